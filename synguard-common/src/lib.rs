@@ -1,0 +1,439 @@
+//! Types and pure logic shared by the XDP program (`synguard-ebpf`) and userspace
+//! (`synguard`).
+//!
+//! Everything here is `#![no_std]`, `#[repr(C)]`, `Copy`, and free of enums with data, so
+//! the same bytes mean the same thing on both sides of the kernel boundary. Multi-byte
+//! values that come from packets (addresses, ports) are kept in **network byte order**
+//! exactly as they sit in the packet; counters, times and settings are native `u64`/`u32`.
+//!
+//! The token bucket is implemented once, in [`gcra`], and used by the kernel and by the
+//! host unit tests.
+#![no_std]
+
+pub mod gcra;
+
+/// Bumped whenever a pinned map's key or value layout changes. A `run` that finds pinned
+/// state with another ABI refuses to adopt it rather than misread it.
+pub const ABI_VERSION: u32 = 1;
+
+/// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
+/// Kernel map names are limited to 15 characters.
+pub mod map_names {
+    pub const CONFIG: &str = "SG_CONFIG";
+    pub const STATS: &str = "SG_STATS";
+    pub const RULES_V4: &str = "SG_RULES_V4";
+    pub const RULES_V6: &str = "SG_RULES_V6";
+    pub const SOURCES: &str = "SG_SOURCES";
+    pub const EVENTS: &str = "SG_EVENTS";
+    /// Every map that `run` pins and adopts.
+    pub const ALL: [&str; 6] = [CONFIG, STATS, RULES_V4, RULES_V6, SOURCES, EVENTS];
+}
+
+/// Capacities. Memory at these sizes is about 40 MiB in all (mostly `SOURCES`).
+pub mod capacity {
+    /// Per-CPU stats slots, indexed by the receiving interface's ifindex. Interfaces whose
+    /// ifindex is at or above this share slot 0; `run` warns when it attaches to one.
+    pub const STATS_SLOTS: u32 = 1024;
+    /// Allow, block and ban entries per address family.
+    pub const RULES: u32 = 262_144;
+    /// Sources with a token bucket (both families).
+    pub const SOURCES: u32 = 1_048_576;
+    /// Ring buffer for events to userspace, bytes (power of two, multiple of page size).
+    pub const EVENTS_BYTES: u32 = 256 * 1024;
+}
+
+/// Verdict reasons. Each packet increments exactly one of the `R_*` counters (its
+/// verdict) and possibly some of the `N_*` notes.
+pub mod stat {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed.
+    pub const R_NON_IP: usize = 0;
+    /// A header was cut short (Ethernet, VLAN, IP or TCP): passed, the kernel discards it.
+    pub const R_TRUNCATED: usize = 1;
+    /// IPv4 with a header length below 20 bytes: passed, the kernel discards it.
+    pub const R_MALFORMED: usize = 2;
+    /// IPv6 with extension headers before the transport header: passed unparsed.
+    pub const R_IPV6_EXT: usize = 3;
+    /// Source matched an allowlist entry: passed unlimited.
+    pub const R_ALLOWED: usize = 4;
+    /// Source matched a manual block entry: dropped.
+    pub const R_BLOCKED: usize = 5;
+    /// Source matched an automatic ban: dropped.
+    pub const R_BANNED: usize = 6;
+    /// IP but not TCP (UDP, ICMP, ...): passed.
+    pub const R_NON_TCP: usize = 7;
+    /// A non-first IPv4 fragment (no TCP header to read): passed.
+    pub const R_FRAGMENT: usize = 8;
+    /// TCP without SYN (ACK, data, FIN, RST): passed.
+    pub const R_TCP_OTHER: usize = 9;
+    /// SYN together with FIN or RST: dropped as invalid.
+    pub const R_INVALID_FLAGS: usize = 10;
+    /// SYN+ACK (a reply to a connection this host opened): passed, not counted as a SYN.
+    pub const R_SYN_ACK: usize = 11;
+    /// SYN to a destination port outside `ports`: passed unlimited.
+    pub const R_SYN_UNPROTECTED: usize = 12;
+    /// SYN within its source's token bucket: passed.
+    pub const R_SYN_PASSED: usize = 13;
+    /// SYN over its source's token bucket: dropped (and the source banned).
+    pub const R_SYN_LIMITED: usize = 14;
+    /// SYN from a new source while the sources table is full: passed without a bucket.
+    pub const R_SYN_UNTRACKED: usize = 15;
+
+    /// Note: a ban was recorded.
+    pub const N_BANS: usize = 16;
+    /// Note: a ban could not be recorded because the rules table is full. The SYNs over the
+    /// limit are still dropped; only the ban of the source's other traffic is missing.
+    pub const N_BAN_TABLE_FULL: usize = 17;
+    /// Note: an event could not be queued because the ring buffer was full.
+    pub const N_EVENTS_LOST: usize = 18;
+    /// Note: an event was not sent because of the per-CPU event rate limit.
+    pub const N_EVENTS_SUPPRESSED: usize = 19;
+    /// Note: `mode = monitor` passed a packet that `enforce` would have dropped.
+    pub const N_MONITOR_PASSED: usize = 20;
+    /// Note: every TCP SYN seen (SYN set, ACK clear, valid flags), whatever its verdict.
+    pub const N_SYNS: usize = 21;
+    /// Note: a new source got a token bucket.
+    pub const N_SOURCES_NEW: usize = 22;
+
+    /// Number of counter slots (room to grow without an ABI change).
+    pub const COUNT: usize = 30;
+    /// Number of verdict reasons (`R_*`).
+    pub const REASONS: usize = 16;
+
+    /// Stable names, used by `status`, `--json` and metrics.
+    pub const NAMES: [&str; 23] = [
+        "non_ip",
+        "truncated",
+        "malformed",
+        "ipv6_ext",
+        "allowed",
+        "blocked",
+        "banned",
+        "non_tcp",
+        "fragment",
+        "tcp_other",
+        "invalid_flags",
+        "syn_ack",
+        "syn_unprotected_port",
+        "syn_passed",
+        "syn_limited",
+        "syn_untracked",
+        "bans",
+        "ban_table_full",
+        "events_lost",
+        "events_suppressed",
+        "monitor_passed",
+        "syns",
+        "sources_new",
+    ];
+
+    /// Whether a verdict reason is a drop (in `enforce` mode).
+    pub const fn is_drop(reason: usize) -> bool {
+        matches!(
+            reason,
+            R_BLOCKED | R_BANNED | R_INVALID_FLAGS | R_SYN_LIMITED
+        )
+    }
+}
+
+pub const MODE_ENFORCE: u32 = 0;
+pub const MODE_MONITOR: u32 = 1;
+
+pub const COOKIES_AUTO: u32 = 0;
+pub const COOKIES_ALWAYS: u32 = 1;
+pub const COOKIES_OFF: u32 = 2;
+
+/// Words in the destination-port bitmap.
+pub const PORT_WORDS: usize = 65536 / 64;
+
+/// Runtime settings, the single entry of the `SG_CONFIG` array. Userspace writes the
+/// human values (for `config show`) together with the values derived from them (which
+/// the kernel uses, so it never divides on the hot path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// [`ABI_VERSION`] of the writer.
+    pub abi: u32,
+    /// [`MODE_ENFORCE`] or [`MODE_MONITOR`].
+    pub mode: u32,
+    /// SYNs per second per source (human value).
+    pub syn_rate: u32,
+    /// Bucket depth in SYNs (human value).
+    pub syn_burst: u32,
+    pub ipv4_prefix: u32,
+    pub ipv6_prefix: u32,
+    /// SYNs per second on one interface that start attack mode.
+    pub attack_syn_rate: u32,
+    /// `COOKIES_*`.
+    pub syn_cookies: u32,
+    /// Derived: nanoseconds between two SYNs at `syn_rate` (GCRA emission interval).
+    pub syn_interval_ns: u64,
+    /// Derived: `(syn_burst - 1) * syn_interval_ns` (GCRA tolerance).
+    pub syn_tolerance_ns: u64,
+    /// Ban length; 0 means sources over the limit have their excess SYNs dropped but are
+    /// not banned.
+    pub ban_ns: u64,
+    pub verified_ns: u64,
+    /// Derived: `ipv4_prefix` as a mask over the address bytes in network order.
+    pub v4_mask: [u8; 4],
+    /// 1 when `ports` is empty (every destination port is protected).
+    pub all_ports: u32,
+    /// Derived: `ipv6_prefix` as a mask over the address bytes.
+    pub v6_mask: [u8; 16],
+    /// Incremented by every write, so readers can tell a change happened.
+    pub generation: u64,
+    /// Protected destination ports, bit `p % 64` of word `p / 64` (host order port).
+    pub ports: [u64; PORT_WORDS],
+}
+
+/// A rule in the `SG_RULES_V4` / `SG_RULES_V6` longest-prefix-match tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// `RULE_ALLOW`, `RULE_BLOCK` or `RULE_BAN`.
+    pub kind: u8,
+    /// What the kernel does on a match: `ACTION_PASS` or `ACTION_DROP`. Userspace sets
+    /// `ACTION_PASS` on a block entry that lies inside an allow entry, so the allowlist
+    /// always wins with a single lookup.
+    pub action: u8,
+    /// Length of `comment` in bytes.
+    pub comment_len: u8,
+    pub _pad: [u8; 5],
+    /// `CLOCK_MONOTONIC` ns when the entry was made.
+    pub created_ns: u64,
+    /// `CLOCK_MONOTONIC` ns when it stops applying; 0 means never.
+    pub expires_ns: u64,
+    /// Packets that matched (updated atomically by the kernel).
+    pub hits: u64,
+    /// Bans: SYNs seen from the source in the current rate window when it was banned.
+    pub syns: u64,
+    /// Bans: the source's SYN rate (per second) when it was banned.
+    pub rate: u64,
+    /// Free text (manual entries), UTF-8, not NUL-terminated.
+    pub comment: [u8; RULE_COMMENT_MAX],
+}
+
+pub const RULE_COMMENT_MAX: usize = 64;
+pub const RULE_ALLOW: u8 = 1;
+pub const RULE_BLOCK: u8 = 2;
+pub const RULE_BAN: u8 = 3;
+pub const ACTION_PASS: u8 = 0;
+pub const ACTION_DROP: u8 = 1;
+
+impl Rule {
+    pub const fn new(kind: u8, action: u8, created_ns: u64, expires_ns: u64) -> Self {
+        Self {
+            kind,
+            action,
+            comment_len: 0,
+            _pad: [0; 5],
+            created_ns,
+            expires_ns,
+            hits: 0,
+            syns: 0,
+            rate: 0,
+            comment: [0; RULE_COMMENT_MAX],
+        }
+    }
+
+    /// Whether the rule has expired at `now_ns` (never, when `expires_ns` is 0).
+    pub const fn expired(&self, now_ns: u64) -> bool {
+        self.expires_ns != 0 && now_ns >= self.expires_ns
+    }
+}
+
+/// Key of `SG_SOURCES`: the source address aggregated to the configured prefix. IPv4
+/// sources are stored as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+    /// Prefix length in the address family's own bits (so `/24` for IPv4), which keeps
+    /// buckets made under another aggregation setting apart until they age out.
+    pub prefix_len: u32,
+}
+
+/// Value of `SG_SOURCES`: one token bucket, kept as GCRA state (see [`gcra`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// GCRA theoretical arrival time, `CLOCK_MONOTONIC` ns.
+    pub tat_ns: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// SYNs seen from this source, all verdicts.
+    pub syns: u64,
+    /// SYNs dropped for being over the limit.
+    pub limited: u64,
+    /// Start of the current rate window (at most one second long).
+    pub window_start_ns: u64,
+    /// SYNs in the current rate window.
+    pub window_syns: u64,
+}
+
+/// Rate windows restart after this long; the rate reported at a ban is the SYNs of the
+/// current window divided by its age.
+pub const RATE_WINDOW_NS: u64 = 1_000_000_000;
+
+pub const EVENT_BAN: u32 = 1;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// A record in the `SG_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `EVENT_*`.
+    pub kind: u32,
+    pub ifindex: u32,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub prefix_len: u8,
+    pub _pad: [u8; 6],
+    /// For IPv4, the first four bytes.
+    pub addr: [u8; 16],
+    pub time_ns: u64,
+    pub expires_ns: u64,
+    pub syns: u64,
+    pub rate: u64,
+}
+
+/// Per-CPU, per-interface counters: the value of `SG_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub counters: [u64; stat::COUNT],
+    /// GCRA state of this CPU's event rate limit.
+    pub event_tat_ns: u64,
+    /// Last time this CPU logged a warning (warnings are limited to one a second).
+    pub warn_ns: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            counters: [0; stat::COUNT],
+            event_tat_ns: 0,
+            warn_ns: 0,
+        }
+    }
+}
+
+/// Events per second per CPU per interface, and burst, before further events are
+/// suppressed (and counted). Bans still happen; userspace finds suppressed ones by
+/// scanning the rules.
+pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000 / 1000;
+pub const EVENT_TOLERANCE_NS: u64 = 100 * EVENT_INTERVAL_NS;
+
+/// Mask an address to a prefix (bytes in network order). Used by userspace to build the
+/// masks the kernel applies, and by tests.
+pub const fn prefix_mask<const N: usize>(prefix_len: u32) -> [u8; N] {
+    let mut mask = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        let bits_before = (i as u32) * 8;
+        mask[i] = if prefix_len >= bits_before + 8 {
+            0xff
+        } else if prefix_len <= bits_before {
+            0
+        } else {
+            0xffu8 << (8 - (prefix_len - bits_before))
+        };
+        i += 1;
+    }
+    mask
+}
+
+/// The `SG_SOURCES` key for an IPv4 source (network-order bytes) under a mask.
+#[inline(always)]
+pub fn source_key_v4(addr: [u8; 4], mask: [u8; 4], prefix_len: u32) -> SourceKey {
+    let a = u32::from_ne_bytes(addr) & u32::from_ne_bytes(mask);
+    let a = a.to_ne_bytes();
+    SourceKey {
+        addr: [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+        ],
+        prefix_len,
+    }
+}
+
+/// The `SG_SOURCES` key for an IPv6 source under a mask.
+#[inline(always)]
+pub fn source_key_v6(addr: [u8; 16], mask: [u8; 16], prefix_len: u32) -> SourceKey {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = addr[i] & mask[i];
+        i += 1;
+    }
+    SourceKey {
+        addr: out,
+        prefix_len,
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and arrays of
+    // integers, with explicit padding fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Stats {}
+}
+
+// Layouts are part of the pinned ABI: changing one must bump ABI_VERSION.
+const _: () = assert!(core::mem::size_of::<Rule>() == 112);
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Bucket>() == 56);
+const _: () = assert!(core::mem::size_of::<Event>() == 64);
+const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 2));
+const _: () = assert!(core::mem::size_of::<Config>() == 96 + 8 * PORT_WORDS);
+const _: () = assert!(stat::NAMES.len() == stat::N_SOURCES_NEW + 1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(prefix_mask::<4>(0), [0, 0, 0, 0]);
+        assert_eq!(prefix_mask::<4>(24), [255, 255, 255, 0]);
+        assert_eq!(prefix_mask::<4>(20), [255, 255, 0xf0, 0]);
+        assert_eq!(prefix_mask::<4>(32), [255; 4]);
+        let m = prefix_mask::<16>(64);
+        assert_eq!(&m[..8], &[255; 8]);
+        assert_eq!(&m[8..], &[0; 8]);
+        assert_eq!(prefix_mask::<16>(1)[0], 0x80);
+    }
+
+    #[test]
+    fn source_keys_aggregate() {
+        let m = prefix_mask::<4>(24);
+        let a = source_key_v4([203, 0, 113, 7], m, 24);
+        let b = source_key_v4([203, 0, 113, 200], m, 24);
+        let c = source_key_v4([203, 0, 114, 7], m, 24);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(&a.addr[10..], &[0xff, 0xff, 203, 0, 113, 0]);
+
+        let m6 = prefix_mask::<16>(64);
+        let mut x = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        let k1 = source_key_v6(x, m6, 64);
+        x[15] = 99;
+        x[9] = 7;
+        assert_eq!(k1, source_key_v6(x, m6, 64));
+        x[7] = 2;
+        assert_ne!(k1, source_key_v6(x, m6, 64));
+    }
+
+    #[test]
+    fn rule_expiry() {
+        let r = Rule::new(RULE_BAN, ACTION_DROP, 10, 100);
+        assert!(!r.expired(99));
+        assert!(r.expired(100));
+        assert!(!Rule::new(RULE_BLOCK, ACTION_DROP, 10, 0).expired(u64::MAX));
+    }
+}

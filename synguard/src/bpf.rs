@@ -1,0 +1,252 @@
+//! The embedded XDP program and typed handles on its maps.
+//!
+//! Two ways in: [`Loaded::load`] loads the program from the object embedded in this
+//! binary (optionally adopting or creating pins), and [`Maps::from_pins`] opens the maps
+//! another process pinned, which is how every CLI command reaches a running `synguard run`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey,
+    },
+    programs::Xdp,
+};
+use synguard_common::{Bucket, Config, Rule, SourceKey, Stats, capacity, map_names, stat};
+
+/// The compiled XDP program, embedded at build time (see `build.rs`).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synguard"));
+
+/// Name of the XDP program in the object.
+pub const PROGRAM: &str = "synguard";
+
+/// A short identifier of the embedded program (FNV-1a of the object), shown by `status`
+/// and `--version` and used to tell whether an adopted program is the same build.
+pub fn build_id() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in OBJECT {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+pub type RulesV4 = LpmTrie<MapData, [u8; 4], Rule>;
+pub type RulesV6 = LpmTrie<MapData, [u8; 16], Rule>;
+pub type V4Key = LpmKey<[u8; 4]>;
+pub type V6Key = LpmKey<[u8; 16]>;
+
+/// Typed handles on every map of the program.
+pub struct Maps {
+    pub config: Array<MapData, Config>,
+    pub stats: PerCpuArray<MapData, Stats>,
+    pub rules_v4: RulesV4,
+    pub rules_v6: RulesV6,
+    pub sources: HashMap<MapData, SourceKey, Bucket>,
+    /// The ring buffer; `None` once taken by the event reader.
+    pub events: Option<RingBuf<MapData>>,
+}
+
+/// Options for loading the program.
+#[derive(Default, Clone)]
+pub struct LoadOptions {
+    /// Pin every map under `DIR/maps/NAME`, adopting maps already pinned there.
+    pub pin_dir: Option<PathBuf>,
+    /// Override map capacities (tests use this to fill a table quickly).
+    pub max_entries: Vec<(&'static str, u32)>,
+}
+
+/// The loaded program and its maps.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("maps")
+}
+
+impl Loaded {
+    /// Load and verify the embedded program. Does not attach it.
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
+        raise_memlock();
+        let pin_paths: Vec<(&'static str, PathBuf)> = match &opts.pin_dir {
+            Some(dir) => map_names::ALL
+                .iter()
+                .map(|n| (*n, maps_dir(dir).join(n)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        for (name, n) in &opts.max_entries {
+            loader.map_max_entries(name, *n);
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .context("loading the eBPF object into the kernel")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
+            .try_into()?;
+        prog.load().context("the kernel refused the XDP program")?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Self { ebpf, maps })
+    }
+
+    pub fn program(&self) -> anyhow::Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program(PROGRAM)
+            .ok_or_else(|| anyhow!("program {PROGRAM} missing"))?
+            .try_into()?)
+    }
+
+    pub fn program_mut(&mut self) -> anyhow::Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| anyhow!("program {PROGRAM} missing"))?
+            .try_into()?)
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn open<T>(dir: &Path, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = maps_dir(dir).join(name);
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let map = Map::from_map_data(data)?;
+    T::try_from(map).with_context(|| {
+        format!(
+            "pinned map {} does not have the layout this synguard expects (another version?)",
+            path.display()
+        )
+    })
+}
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        Ok(Self {
+            config: take(ebpf, map_names::CONFIG)?,
+            stats: take(ebpf, map_names::STATS)?,
+            rules_v4: take(ebpf, map_names::RULES_V4)?,
+            rules_v6: take(ebpf, map_names::RULES_V6)?,
+            sources: take(ebpf, map_names::SOURCES)?,
+            events: Some(take(ebpf, map_names::EVENTS)?),
+        })
+    }
+
+    /// Open the maps pinned under `pin_dir` by `synguard run`.
+    pub fn from_pins(pin_dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            config: open(pin_dir, map_names::CONFIG)?,
+            stats: open(pin_dir, map_names::STATS)?,
+            rules_v4: open(pin_dir, map_names::RULES_V4)?,
+            rules_v6: open(pin_dir, map_names::RULES_V6)?,
+            sources: open(pin_dir, map_names::SOURCES)?,
+            events: None,
+        })
+    }
+
+    pub fn read_config(&self) -> anyhow::Result<Config> {
+        self.config.get(&0, 0).context("reading the config map")
+    }
+
+    pub fn write_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
+        self.config
+            .set(0, cfg, 0)
+            .context("writing the config map")
+    }
+
+    /// Counters of one stats slot (an ifindex, or 0), summed over CPUs.
+    pub fn counters(&self, slot: u32) -> anyhow::Result<[u64; stat::COUNT]> {
+        let per_cpu = self
+            .stats
+            .get(&slot, 0)
+            .with_context(|| format!("reading counters of slot {slot}"))?;
+        let mut sum = [0u64; stat::COUNT];
+        for s in per_cpu.iter() {
+            for (acc, v) in sum.iter_mut().zip(s.counters.iter()) {
+                *acc = acc.wrapping_add(*v);
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Counters summed over every slot and CPU.
+    pub fn total_counters(&self) -> anyhow::Result<[u64; stat::COUNT]> {
+        let mut sum = [0u64; stat::COUNT];
+        for per_cpu in self.stats.iter() {
+            for s in per_cpu?.iter() {
+                for (acc, v) in sum.iter_mut().zip(s.counters.iter()) {
+                    *acc = acc.wrapping_add(*v);
+                }
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Every (slot, counters) pair with any non-zero counter.
+    pub fn counters_by_slot(&self) -> anyhow::Result<Vec<(u32, [u64; stat::COUNT])>> {
+        let mut out = Vec::new();
+        for slot in 0..capacity::STATS_SLOTS {
+            let c = self.counters(slot)?;
+            if c.iter().any(|v| *v != 0) {
+                out.push((slot, c));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it. Raising
+/// it is harmless either way.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid pointer to an initialised struct.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK (ret {ret})");
+    }
+}
+
+/// Check the pinned maps were made by a compatible synguard before adopting them.
+pub fn check_pinned_abi(pin_dir: &Path) -> anyhow::Result<()> {
+    let path = maps_dir(pin_dir).join(map_names::CONFIG);
+    if !path.exists() {
+        return Ok(());
+    }
+    let cfg_map: Array<MapData, Config> = open(pin_dir, map_names::CONFIG)?;
+    let cfg = cfg_map.get(&0, 0)?;
+    if cfg.abi != 0 && cfg.abi != synguard_common::ABI_VERSION {
+        bail!(
+            "the state pinned in {} was written by a synguard with map layout {} (this one \
+             has {}); stop that version and remove {} before starting this one",
+            pin_dir.display(),
+            cfg.abi,
+            synguard_common::ABI_VERSION,
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! synguard: a SYN-flood defence for Linux servers, in XDP.
+//!
+//! The library holds everything the `synguard` binary does, so integration tests can
+//! drive the real program in the kernel through the same code.
+pub mod config;
+pub mod error;
+pub mod bpf;
+pub mod clock;
+pub mod net;
+pub mod rules;

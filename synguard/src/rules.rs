@@ -1,0 +1,251 @@
+//! The allow, block and ban entries, kept together in one longest-prefix-match trie per
+//! address family so the kernel needs a single lookup per packet.
+//!
+//! The allowlist must always win ("checked first"), but a trie returns only the most
+//! specific match. So userspace stores the *effective* action in each entry: a block or
+//! ban entry that lies inside an allow entry gets `ACTION_PASS`. [`reconcile_actions`]
+//! restores that invariant after every change to the allowlist (and `run` re-checks it
+//! every second, in case the kernel banned a source while an allow entry was being added).
+
+use std::net::IpAddr;
+
+use anyhow::Context as _;
+use aya::maps::MapError;
+use ipnet::IpNet;
+use serde::Serialize;
+use synguard_common::{ACTION_DROP, ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, Rule};
+
+use crate::{
+    bpf::{Maps, V4Key, V6Key},
+    clock,
+    net::{covers, v4_net, v6_net},
+};
+
+/// One entry and the prefix it is stored under.
+#[derive(Clone, Debug)]
+pub struct RuleEntry {
+    pub net: IpNet,
+    pub rule: Rule,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Allow,
+    /// A manual block (`block add`).
+    Manual,
+    /// An automatic ban by the rate limiter.
+    Auto,
+}
+
+impl Kind {
+    pub fn of(rule: &Rule) -> Self {
+        match rule.kind {
+            RULE_ALLOW => Self::Allow,
+            RULE_BAN => Self::Auto,
+            _ => Self::Manual,
+        }
+    }
+}
+
+impl RuleEntry {
+    pub fn kind(&self) -> Kind {
+        Kind::of(&self.rule)
+    }
+
+    pub fn comment(&self) -> String {
+        let n = usize::from(self.rule.comment_len).min(RULE_COMMENT_MAX);
+        String::from_utf8_lossy(&self.rule.comment[..n]).into_owned()
+    }
+
+    pub fn is_block(&self) -> bool {
+        matches!(self.rule.kind, RULE_BLOCK | RULE_BAN)
+    }
+}
+
+/// Put a comment into a rule, cut at a character boundary to fit.
+pub fn set_comment(rule: &mut Rule, text: &str) {
+    let mut end = text.len().min(RULE_COMMENT_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    rule.comment = [0; RULE_COMMENT_MAX];
+    rule.comment[..end].copy_from_slice(&text.as_bytes()[..end]);
+    rule.comment_len = end as u8;
+}
+
+fn not_found(e: &MapError) -> bool {
+    matches!(e, MapError::KeyNotFound)
+        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+/// Every entry of both families.
+pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
+    let mut out = Vec::new();
+    for item in maps.rules_v4.iter() {
+        match item {
+            Ok((k, rule)) => {
+                if let Some(net) = v4_net(k.data(), k.prefix_len()) {
+                    out.push(RuleEntry { net, rule });
+                }
+            }
+            // An entry deleted while we iterate: skip it.
+            Err(e) if not_found(&e) => continue,
+            Err(e) => return Err(e).context("reading the IPv4 rules"),
+        }
+    }
+    for item in maps.rules_v6.iter() {
+        match item {
+            Ok((k, rule)) => {
+                if let Some(net) = v6_net(k.data(), k.prefix_len()) {
+                    out.push(RuleEntry { net, rule });
+                }
+            }
+            Err(e) if not_found(&e) => continue,
+            Err(e) => return Err(e).context("reading the IPv6 rules"),
+        }
+    }
+    Ok(out)
+}
+
+fn v4_key(net: &IpNet) -> Option<V4Key> {
+    match net {
+        IpNet::V4(n) => Some(V4Key::new(u32::from(n.prefix_len()), n.network().octets())),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn v6_key(net: &IpNet) -> Option<V6Key> {
+    match net {
+        IpNet::V6(n) => Some(V6Key::new(u32::from(n.prefix_len()), n.network().octets())),
+        IpNet::V4(_) => None,
+    }
+}
+
+/// The entry stored under exactly this prefix.
+pub fn get(maps: &Maps, net: &IpNet) -> anyhow::Result<Option<Rule>> {
+    let r = match net {
+        IpNet::V4(_) => v4_key(net).map(|k| maps.rules_v4.get(&k, 0)),
+        IpNet::V6(_) => v6_key(net).map(|k| maps.rules_v6.get(&k, 0)),
+    };
+    match r {
+        Some(Ok(rule)) => Ok(Some(rule)),
+        Some(Err(e)) if not_found(&e) => Ok(None),
+        Some(Err(e)) => Err(e).context("reading a rule"),
+        None => Ok(None),
+    }
+}
+
+/// Store an entry under a prefix, replacing what was there.
+pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
+    let r = match net {
+        IpNet::V4(_) => v4_key(net).map(|k| maps.rules_v4.insert(&k, rule, 0)),
+        IpNet::V6(_) => v6_key(net).map(|k| maps.rules_v6.insert(&k, rule, 0)),
+    };
+    match r {
+        Some(Ok(())) | None => Ok(()),
+        Some(Err(MapError::SyscallError(s)))
+            if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
+        {
+            anyhow::bail!(
+                "the rules table is full ({} entries per address family); remove entries \
+                 with `synguard block del` or aggregate them into wider prefixes",
+                synguard_common::capacity::RULES
+            )
+        }
+        Some(Err(e)) => Err(e).with_context(|| format!("storing the rule for {net}")),
+    }
+}
+
+/// Remove the entry stored under exactly this prefix. `Ok(false)` if there was none.
+pub fn delete(maps: &mut Maps, net: &IpNet) -> anyhow::Result<bool> {
+    let r = match net {
+        IpNet::V4(_) => v4_key(net).map(|k| maps.rules_v4.remove(&k)),
+        IpNet::V6(_) => v6_key(net).map(|k| maps.rules_v6.remove(&k)),
+    };
+    match r {
+        Some(Ok(())) => Ok(true),
+        Some(Err(e)) if not_found(&e) => Ok(false),
+        Some(Err(e)) => Err(e).with_context(|| format!("removing the rule for {net}")),
+        None => Ok(false),
+    }
+}
+
+/// The entries that match an address, most specific first (the first one is what the
+/// kernel applies, unless it has expired).
+pub fn matching(entries: &[RuleEntry], addr: IpAddr) -> Vec<RuleEntry> {
+    let mut m: Vec<RuleEntry> = entries
+        .iter()
+        .filter(|e| e.net.contains(&addr))
+        .cloned()
+        .collect();
+    m.sort_by(|a, b| b.net.prefix_len().cmp(&a.net.prefix_len()));
+    m
+}
+
+/// The allow entry, if any, that makes a block or ban entry ineffective.
+pub fn shadowing_allow<'a>(entries: &'a [RuleEntry], net: &IpNet) -> Option<&'a RuleEntry> {
+    entries
+        .iter()
+        .filter(|e| e.kind() == Kind::Allow && covers(&e.net, net))
+        .min_by_key(|e| std::cmp::Reverse(e.net.prefix_len()))
+}
+
+/// Set every block and ban entry's effective action: pass if an allow entry covers it,
+/// drop otherwise. Returns how many entries changed.
+pub fn reconcile_actions(maps: &mut Maps) -> anyhow::Result<usize> {
+    let entries = list(maps)?;
+    let mut changed = 0;
+    for e in entries.iter().filter(|e| e.is_block()) {
+        let want = if shadowing_allow(&entries, &e.net).is_some() {
+            ACTION_PASS
+        } else {
+            ACTION_DROP
+        };
+        if e.rule.action != want {
+            // Re-read so a concurrent hit count or replacement is not undone.
+            if let Some(mut current) = get(maps, &e.net)?
+                && current.kind == e.rule.kind
+            {
+                current.action = want;
+                put(maps, &e.net, &current)?;
+                changed += 1;
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Remove block and ban entries that have expired. Returns the removed entries.
+pub fn expire(maps: &mut Maps) -> anyhow::Result<Vec<RuleEntry>> {
+    let now = clock::monotonic_ns();
+    let mut removed = Vec::new();
+    for e in list(maps)? {
+        if e.rule.expired(now) {
+            // Re-check just before deleting: the kernel replaces an expired ban in place
+            // when the source is banned again.
+            if let Some(current) = get(maps, &e.net)?
+                && current.expired(now)
+                && delete(maps, &e.net)?
+            {
+                removed.push(RuleEntry {
+                    net: e.net,
+                    rule: current,
+                });
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// A fresh manual entry.
+pub fn manual(kind: u8, expires_ns: u64, comment: &str) -> Rule {
+    let action = if kind == RULE_ALLOW {
+        ACTION_PASS
+    } else {
+        ACTION_DROP
+    };
+    let mut r = Rule::new(kind, action, clock::monotonic_ns(), expires_ns);
+    set_comment(&mut r, comment);
+    r
+}

@@ -1,0 +1,222 @@
+//! Crafted frames for `TestRun`, built with etherparse so the headers (and checksums) are
+//! right unless a test breaks them on purpose.
+
+use std::net::IpAddr;
+
+use etherparse::{
+    IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv4Options, Ipv6Extensions, Ipv6Header,
+    Ipv6RawExtHeader, PacketBuilder, TcpHeader, VlanId,
+};
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
+
+/// A TCP segment in an Ethernet frame, with optional VLAN tags, IPv4 options or an IPv6
+/// hop-by-hop header, and TCP options.
+#[derive(Clone, Debug)]
+pub struct Tcp {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub vlans: Vec<u16>,
+    pub ipv4_options: Vec<u8>,
+    pub ipv6_hop_by_hop: bool,
+    /// TCP options (MSS, window scale, SACK permitted, timestamps) on SYNs.
+    pub syn_options: bool,
+}
+
+impl Tcp {
+    /// A plain SYN from `src` to `dst:80`.
+    pub fn syn(src: &str, dst: &str) -> Self {
+        Self {
+            src: src.parse().expect("test address"),
+            dst: dst.parse().expect("test address"),
+            sport: 40000,
+            dport: 80,
+            flags: SYN,
+            seq: 0x1000_0000,
+            ack: 0,
+            vlans: Vec::new(),
+            ipv4_options: Vec::new(),
+            ipv6_hop_by_hop: false,
+            syn_options: false,
+        }
+    }
+
+    pub fn flags(mut self, flags: u8) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    pub fn dport(mut self, port: u16) -> Self {
+        self.dport = port;
+        self
+    }
+
+    pub fn sport(mut self, port: u16) -> Self {
+        self.sport = port;
+        self
+    }
+
+    pub fn seq(mut self, seq: u32) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    pub fn ack_number(mut self, ack: u32) -> Self {
+        self.ack = ack;
+        self
+    }
+
+    pub fn vlan(mut self, id: u16) -> Self {
+        self.vlans.push(id);
+        self
+    }
+
+    pub fn ipv4_options(mut self, options: &[u8]) -> Self {
+        self.ipv4_options = options.to_vec();
+        self
+    }
+
+    pub fn hop_by_hop(mut self) -> Self {
+        self.ipv6_hop_by_hop = true;
+        self
+    }
+
+    pub fn with_syn_options(mut self) -> Self {
+        self.syn_options = true;
+        self
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut tcp = TcpHeader::new(self.sport, self.dport, self.seq, 64240);
+        tcp.fin = self.flags & FIN != 0;
+        tcp.syn = self.flags & SYN != 0;
+        tcp.rst = self.flags & RST != 0;
+        tcp.psh = self.flags & PSH != 0;
+        tcp.ack = self.flags & ACK != 0;
+        tcp.acknowledgment_number = self.ack;
+        if self.syn_options {
+            // MSS 1460, SACK permitted, timestamps, NOP, window scale 7.
+            let opts = [
+                2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+            ];
+            tcp.set_options_raw(&opts).expect("options fit");
+        }
+
+        let ip = match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut h = Ipv4Header::new(0, 64, IpNumber::TCP, s.octets(), d.octets())
+                    .expect("header");
+                h.options = Ipv4Options::try_from(self.ipv4_options.as_slice())
+                    .expect("IPv4 options: up to 40 bytes, a multiple of 4");
+                IpHeaders::Ipv4(h, Ipv4Extensions::default())
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let h = Ipv6Header {
+                    traffic_class: 0,
+                    flow_label: Default::default(),
+                    payload_length: 0,
+                    next_header: IpNumber::TCP,
+                    hop_limit: 64,
+                    source: s.octets(),
+                    destination: d.octets(),
+                };
+                let mut ext = Ipv6Extensions::default();
+                if self.ipv6_hop_by_hop {
+                    // PadN to fill the 8-byte header.
+                    ext.hop_by_hop_options = Some(
+                        Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[1, 4, 0, 0, 0, 0])
+                            .expect("hop-by-hop"),
+                    );
+                }
+                IpHeaders::Ipv6(h, ext)
+            }
+            _ => panic!("source and destination must be the same family"),
+        };
+
+        let eth = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
+        let mut out = Vec::new();
+        match self.vlans.as_slice() {
+            [] => eth
+                .ip(ip)
+                .tcp_header(tcp)
+                .write(&mut out, &[])
+                .expect("write"),
+            [one] => eth
+                .single_vlan(VlanId::try_new(*one).expect("vlan id"))
+                .ip(ip)
+                .tcp_header(tcp)
+                .write(&mut out, &[])
+                .expect("write"),
+            [outer, inner] => eth
+                .double_vlan(
+                    VlanId::try_new(*outer).expect("vlan id"),
+                    VlanId::try_new(*inner).expect("vlan id"),
+                )
+                .ip(ip)
+                .tcp_header(tcp)
+                .write(&mut out, &[])
+                .expect("write"),
+            _ => panic!("at most two VLAN tags"),
+        }
+        out
+    }
+}
+
+/// A UDP datagram (a non-TCP IP packet).
+pub fn udp(src: &str, dst: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
+    match (src.parse::<IpAddr>(), dst.parse::<IpAddr>()) {
+        (Ok(IpAddr::V4(s)), Ok(IpAddr::V4(d))) => b
+            .ipv4(s.octets(), d.octets(), 64)
+            .udp(5353, 53)
+            .write(&mut out, b"hello")
+            .expect("write"),
+        (Ok(IpAddr::V6(s)), Ok(IpAddr::V6(d))) => b
+            .ipv6(s.octets(), d.octets(), 64)
+            .udp(5353, 53)
+            .write(&mut out, b"hello")
+            .expect("write"),
+        _ => panic!("bad test addresses"),
+    }
+    out
+}
+
+/// An ARP request (not IP at all).
+pub fn arp() -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[0x08, 0x06]);
+    f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[192, 0, 2, 10]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&[192, 0, 2, 1]);
+    f
+}
+
+/// Byte offset of the first byte after the link-layer headers.
+pub fn l3_offset(frame: &[u8]) -> usize {
+    let mut off = 12;
+    loop {
+        let t = u16::from_be_bytes([frame[off], frame[off + 1]]);
+        if t == 0x8100 || t == 0x88a8 {
+            off += 4;
+        } else {
+            return off + 2;
+        }
+    }
+}

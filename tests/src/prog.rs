@@ -1,0 +1,192 @@
+//! The real synguard program, loaded into the running kernel and driven with
+//! `BPF_PROG_TEST_RUN` on crafted packets.
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use ipnet::IpNet;
+use synguard::{
+    bpf::{LoadOptions, Loaded},
+    config::Settings,
+    rules,
+};
+use synguard_common::{Bucket, Rule, SourceKey, stat};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+/// Panic with a clear message unless running as root: these tests load XDP programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "this test loads the XDP program into the kernel and must run as root \
+             (`cargo xtask test` runs it that way)"
+        );
+    }
+}
+
+/// One private instance of the program with its own maps.
+pub struct Prog {
+    pub loaded: Loaded,
+    pub settings: Settings,
+    generation: u64,
+}
+
+impl Prog {
+    pub fn new(settings: Settings) -> Self {
+        Self::with_options(settings, &LoadOptions::default())
+    }
+
+    pub fn with_options(settings: Settings, opts: &LoadOptions) -> Self {
+        require_root();
+        let loaded = Loaded::load(opts).expect("load the XDP program");
+        let mut p = Self {
+            loaded,
+            settings,
+            generation: 0,
+        };
+        p.apply();
+        p
+    }
+
+    /// Write the current settings into the config map.
+    pub fn apply(&mut self) {
+        self.generation += 1;
+        let cfg = self.settings.to_kernel(self.generation);
+        self.loaded
+            .maps
+            .write_config(&cfg)
+            .expect("write config");
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.settings.set(key, value).expect("valid setting");
+        self.apply();
+    }
+
+    /// Run the program once on a frame; returns the XDP action.
+    pub fn run(&self, frame: &[u8]) -> u32 {
+        self.run_out(frame).0
+    }
+
+    /// Run once and return the action and the frame as the program left it.
+    pub fn run_out(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = self
+            .loaded
+            .program()
+            .expect("program")
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    /// Run `repeat` times in the kernel; returns the action and the mean ns per run.
+    pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> (u32, f64) {
+        let res = self
+            .loaded
+            .program()
+            .expect("program")
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        (
+            res.return_value,
+            res.duration.as_nanos() as f64 / f64::from(repeat.max(1)),
+        )
+    }
+
+    /// All counters, summed over interfaces and CPUs.
+    pub fn counters(&self) -> [u64; stat::COUNT] {
+        self.loaded
+            .maps
+            .total_counters()
+            .expect("read counters")
+    }
+
+    /// The value of one counter.
+    pub fn counter(&self, idx: usize) -> u64 {
+        self.counters()[idx]
+    }
+
+    /// Run a frame and check that exactly the expected counters moved, by the expected
+    /// amounts. Returns the action.
+    #[track_caller]
+    pub fn expect(&self, frame: &[u8], action: u32, moved: &[usize]) -> u32 {
+        let before = self.counters();
+        let got = self.run(frame);
+        let after = self.counters();
+        assert_eq!(got, action, "action (1 drop, 2 pass, 3 tx)");
+        for i in 0..stat::COUNT {
+            let want = moved.iter().filter(|m| **m == i).count() as u64;
+            assert_eq!(
+                after[i] - before[i],
+                want,
+                "counter {} moved by {} (expected {want})",
+                stat::NAMES.get(i).unwrap_or(&"?"),
+                after[i] - before[i]
+            );
+        }
+        got
+    }
+
+    pub fn rules(&self) -> Vec<rules::RuleEntry> {
+        rules::list(&self.loaded.maps).expect("list rules")
+    }
+
+    pub fn rule(&self, net: &str) -> Option<Rule> {
+        let net: IpNet = net.parse().expect("test CIDR");
+        rules::get(&self.loaded.maps, &net).expect("read rule")
+    }
+
+    pub fn put_rule(&mut self, net: &str, rule: &Rule) {
+        let net: IpNet = net.parse().expect("test CIDR");
+        rules::put(&mut self.loaded.maps, &net, rule).expect("store rule");
+    }
+
+    pub fn reconcile(&mut self) {
+        rules::reconcile_actions(&mut self.loaded.maps).expect("reconcile");
+    }
+
+    pub fn buckets(&self) -> Vec<(SourceKey, Bucket)> {
+        self.loaded
+            .maps
+            .sources
+            .iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    /// The bucket for a source address as the kernel keys it (aggregated).
+    pub fn bucket(&self, addr: &str, prefix_len: u32) -> Option<Bucket> {
+        let key = source_key(addr.parse().expect("test address"), prefix_len);
+        self.loaded.maps.sources.get(&key, 0).ok()
+    }
+}
+
+/// The `SG_SOURCES` key of an address aggregated to a prefix length.
+pub fn source_key(addr: IpAddr, prefix_len: u32) -> SourceKey {
+    match addr {
+        IpAddr::V4(a) => synguard_common::source_key_v4(
+            a.octets(),
+            synguard_common::prefix_mask::<4>(prefix_len),
+            prefix_len,
+        ),
+        IpAddr::V6(a) => synguard_common::source_key_v6(
+            a.octets(),
+            synguard_common::prefix_mask::<16>(prefix_len),
+            prefix_len,
+        ),
+    }
+}

@@ -1,0 +1,495 @@
+//! The real XDP program in the running kernel, on crafted packets (`BPF_PROG_TEST_RUN`).
+//! Every test asserts the verdict and exactly which counters and map entries changed.
+
+use std::{thread, time::Duration};
+
+use synguard::{bpf::LoadOptions, config::Settings, rules};
+use synguard_common::{
+    ACTION_DROP, ACTION_PASS, EVENT_BAN, Event, FAMILY_V4, FAMILY_V6, RULE_ALLOW, RULE_BAN,
+    RULE_BLOCK, capacity, map_names, stat::*,
+};
+use synguard_tests::{
+    packet::{self, ACK, FIN, RST, SYN, Tcp},
+    prog::{Prog, XDP_DROP, XDP_PASS},
+};
+
+const SERVER: &str = "192.0.2.1";
+const SERVER6: &str = "2001:db8:ffff::1";
+
+fn settings(pairs: &[(&str, &str)]) -> Settings {
+    let mut s = Settings::default();
+    for (k, v) in pairs {
+        s.set(k, v).expect("valid test setting");
+    }
+    s
+}
+
+fn limited(rate: &str, burst: &str) -> Prog {
+    Prog::new(settings(&[("syn-rate", rate), ("syn-burst", burst)]))
+}
+
+fn manual(kind: u8) -> synguard_common::Rule {
+    rules::manual(kind, 0, "test")
+}
+
+fn drain_events(p: &mut Prog) -> Vec<Event> {
+    let rb = p.loaded.maps.events.as_mut().expect("ring buffer");
+    let mut out = Vec::new();
+    while let Some(item) = rb.next() {
+        assert_eq!(item.len(), size_of::<Event>());
+        // SAFETY: the kernel wrote exactly one `Event` into this record.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+    }
+    out
+}
+
+#[test]
+fn syn_under_and_over_the_limit_bans_the_source_once() {
+    let mut p = limited("1", "3");
+    let syn = Tcp::syn("203.0.113.5", SERVER).build();
+    for i in 0..3 {
+        let new = if i == 0 { vec![N_SOURCES_NEW] } else { vec![] };
+        let mut moved = vec![N_SYNS, R_SYN_PASSED];
+        moved.extend(new);
+        p.expect(&syn, XDP_PASS, &moved);
+    }
+    let b = p.bucket("203.0.113.5", 32).expect("bucket exists");
+    assert_eq!((b.syns, b.limited), (3, 0));
+
+    // The fourth SYN empties the bucket: dropped, and the source is banned.
+    p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+    let ban = p.rule("203.0.113.5/32").expect("ban entry");
+    assert_eq!((ban.kind, ban.action), (RULE_BAN, ACTION_DROP));
+    assert_eq!(ban.syns, 4, "SYNs in the rate window at ban time");
+    assert!(ban.rate >= 4, "rate at ban: {}", ban.rate);
+    let ban_ns = ban.expires_ns - ban.created_ns;
+    assert_eq!(ban_ns, 600_000_000_000, "default ban-for is 10m");
+
+    // From now on everything from the source is dropped by the ban, SYN or not, and
+    // no bucket is touched.
+    p.expect(&syn, XDP_DROP, &[R_BANNED]);
+    let ack = Tcp::syn("203.0.113.5", SERVER).flags(ACK).build();
+    p.expect(&ack, XDP_DROP, &[R_BANNED]);
+    assert_eq!(p.rule("203.0.113.5/32").unwrap().hits, 2);
+    assert_eq!(p.bucket("203.0.113.5", 32).unwrap().syns, 4);
+
+    // Exactly one event for the ban.
+    let events = drain_events(&mut p);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = events[0];
+    assert_eq!((e.kind, e.family, e.prefix_len), (EVENT_BAN, FAMILY_V4, 32));
+    assert_eq!(&e.addr[..4], &[203, 0, 113, 5]);
+    assert_eq!(e.expires_ns, ban.expires_ns);
+
+    // Other sources are unaffected.
+    p.expect(
+        &Tcp::syn("203.0.113.6", SERVER).build(),
+        XDP_PASS,
+        &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
+    );
+}
+
+#[test]
+fn ban_for_zero_limits_without_banning() {
+    let mut p = limited("1", "1");
+    p.set("ban-for", "0s");
+    let syn = Tcp::syn("203.0.113.5", SERVER).build();
+    p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
+    p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED]);
+    p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED]);
+    assert!(p.rules().is_empty());
+    let ack = Tcp::syn("203.0.113.5", SERVER).flags(ACK).build();
+    p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
+}
+
+#[test]
+fn syn_ack_and_ack_are_never_counted_as_syns() {
+    let p = limited("1", "1");
+    let src = "198.51.100.20";
+    for _ in 0..5 {
+        p.expect(
+            &Tcp::syn(src, SERVER).flags(SYN | ACK).build(),
+            XDP_PASS,
+            &[R_SYN_ACK],
+        );
+        p.expect(&Tcp::syn(src, SERVER).flags(ACK).build(), XDP_PASS, &[R_TCP_OTHER]);
+        p.expect(
+            &Tcp::syn(src, SERVER).flags(ACK | packet::PSH).build(),
+            XDP_PASS,
+            &[R_TCP_OTHER],
+        );
+        p.expect(&Tcp::syn(src, SERVER).flags(FIN | ACK).build(), XDP_PASS, &[R_TCP_OTHER]);
+        p.expect(&Tcp::syn(src, SERVER).flags(RST).build(), XDP_PASS, &[R_TCP_OTHER]);
+    }
+    assert!(p.buckets().is_empty(), "no bucket for a source that sent no SYN");
+}
+
+#[test]
+fn vlan_tagged_syns_are_metered_by_their_real_source() {
+    let p = limited("1", "2");
+    for frame in [
+        Tcp::syn("203.0.113.9", SERVER).vlan(10).build(),
+        Tcp::syn("203.0.113.9", SERVER).vlan(100).vlan(200).build(),
+    ] {
+        assert_ne!(packet::l3_offset(&frame), 14, "frame carries VLAN tags");
+    }
+    let one = Tcp::syn("203.0.113.9", SERVER).vlan(10).build();
+    let two = Tcp::syn("203.0.113.9", SERVER).vlan(100).vlan(200).build();
+    assert_eq!(&two[12..14], &[0x88, 0xa8], "outer tag is 802.1ad");
+    p.expect(&one, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
+    p.expect(&two, XDP_PASS, &[N_SYNS, R_SYN_PASSED]);
+    p.expect(&two, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+    assert!(p.rule("203.0.113.9/32").is_some());
+    p.expect(&one, XDP_DROP, &[R_BANNED]);
+    assert_eq!(p.bucket("203.0.113.9", 32).unwrap().syns, 3);
+}
+
+#[test]
+fn ipv4_options_are_skipped_to_find_tcp() {
+    let p = limited("1", "1");
+    // 8 bytes of options (NOP padding and a 4-byte router-alert-like option). If the
+    // program ignored IHL it would read the flags from the wrong place.
+    let frame = Tcp::syn("203.0.113.10", SERVER)
+        .ipv4_options(&[0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00])
+        .build();
+    assert_eq!(frame[packet::l3_offset(&frame)] & 0x0f, 7, "IHL 7");
+    p.expect(&frame, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
+    p.expect(&frame, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+    let ack = Tcp::syn("203.0.113.11", SERVER)
+        .ipv4_options(&[0x01; 40])
+        .flags(ACK)
+        .build();
+    p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
+}
+
+#[test]
+fn ipv6_syns_aggregate_to_the_slash_64() {
+    let p = limited("1", "2");
+    let a = Tcp::syn("2001:db8:1:2::1", SERVER6).build();
+    let b = Tcp::syn("2001:db8:1:2:ffff:ffff:ffff:ffff", SERVER6).build();
+    let other = Tcp::syn("2001:db8:1:3::1", SERVER6).build();
+    p.expect(&a, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
+    p.expect(&b, XDP_PASS, &[N_SYNS, R_SYN_PASSED]);
+    // A third address in the same /64 is the same source: over the limit.
+    let c = Tcp::syn("2001:db8:1:2::abcd", SERVER6).build();
+    p.expect(&c, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+    let ban = p.rule("2001:db8:1:2::/64").expect("ban of the /64");
+    assert_eq!(ban.kind, RULE_BAN);
+    p.expect(&a, XDP_DROP, &[R_BANNED]);
+    // The neighbouring /64 is someone else.
+    p.expect(&other, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
+    let bucket = p.bucket("2001:db8:1:2::", 64).expect("one bucket for the /64");
+    assert_eq!(bucket.syns, 3);
+}
+
+#[test]
+fn ipv6_prefix_setting_changes_aggregation() {
+    let mut p = limited("1", "1");
+    p.set("ipv6-prefix", "128");
+    p.expect(
+        &Tcp::syn("2001:db8:1:2::1", SERVER6).build(),
+        XDP_PASS,
+        &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
+    );
+    p.expect(
+        &Tcp::syn("2001:db8:1:2::2", SERVER6).build(),
+        XDP_PASS,
+        &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
+    );
+    p.set("ipv4-prefix", "24");
+    p.expect(
+        &Tcp::syn("203.0.113.1", SERVER).build(),
+        XDP_PASS,
+        &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
+    );
+    p.expect(
+        &Tcp::syn("203.0.113.2", SERVER).build(),
+        XDP_DROP,
+        &[N_SYNS, R_SYN_LIMITED, N_BANS],
+    );
+    assert!(p.rule("203.0.113.0/24").is_some());
+}
+
+#[test]
+fn ipv6_extension_headers_pass_unparsed_but_blocks_still_apply() {
+    let mut p = limited("1", "1");
+    let frame = Tcp::syn("2001:db8:5::1", SERVER6).hop_by_hop().build();
+    for _ in 0..3 {
+        p.expect(&frame, XDP_PASS, &[R_IPV6_EXT]);
+    }
+    assert!(p.buckets().is_empty(), "never metered, never trusted as a SYN");
+    p.put_rule("2001:db8:5::/48", &manual(RULE_BLOCK));
+    p.expect(&frame, XDP_DROP, &[R_BLOCKED]);
+}
+
+#[test]
+fn invalid_flag_combinations_are_dropped() {
+    let p = limited("1000", "1000");
+    for flags in [SYN | FIN, SYN | RST, SYN | FIN | ACK, SYN | RST | ACK, SYN | FIN | RST] {
+        p.expect(
+            &Tcp::syn("198.51.100.30", SERVER).flags(flags).build(),
+            XDP_DROP,
+            &[R_INVALID_FLAGS],
+        );
+        p.expect(
+            &Tcp::syn("2001:db8:7::1", SERVER6).flags(flags).build(),
+            XDP_DROP,
+            &[R_INVALID_FLAGS],
+        );
+    }
+    assert!(p.buckets().is_empty());
+}
+
+#[test]
+fn truncation_at_every_header_passes() {
+    let p = limited("1000", "1000");
+    let frames = [
+        Tcp::syn("203.0.113.40", SERVER).build(),
+        Tcp::syn("203.0.113.40", SERVER).vlan(5).vlan(6).build(),
+        Tcp::syn("203.0.113.40", SERVER).ipv4_options(&[1; 12]).build(),
+        Tcp::syn("2001:db8:9::1", SERVER6).vlan(7).build(),
+    ];
+    for full in &frames {
+        // The kernel does not run XDP test runs on less than an Ethernet header.
+        for len in 14..full.len() {
+            let cut = &full[..len];
+            let before = p.counters();
+            assert_eq!(p.run(cut), XDP_PASS, "frame cut at {len} of {}", full.len());
+            let after = p.counters();
+            let moved: Vec<usize> = (0..COUNT).filter(|&i| after[i] != before[i]).collect();
+            assert!(
+                moved == [R_TRUNCATED] || (moved == [R_NON_IP] && len < packet::l3_offset(full)),
+                "cut at {len}: counters moved {moved:?}"
+            );
+        }
+        // And the whole frame is a SYN.
+        assert_eq!(p.run(full), XDP_PASS);
+    }
+    assert!(p.counter(R_TRUNCATED) > 100);
+}
+
+#[test]
+fn malformed_and_fragmented_ipv4() {
+    let p = limited("1", "1");
+    let mut bad_ihl = Tcp::syn("203.0.113.50", SERVER).build();
+    bad_ihl[14] = 0x44; // version 4, IHL 4 (16 bytes): impossible
+    p.expect(&bad_ihl, XDP_PASS, &[R_MALFORMED]);
+
+    let mut frag = Tcp::syn("203.0.113.50", SERVER).build();
+    frag[14 + 6] = 0x00;
+    frag[14 + 7] = 0x10; // fragment offset 16 (x8 bytes)
+    p.expect(&frag, XDP_PASS, &[R_FRAGMENT]);
+}
+
+#[test]
+fn non_tcp_and_non_ip_pass() {
+    let p = limited("1", "1");
+    for _ in 0..3 {
+        p.expect(&packet::udp("203.0.113.60", SERVER), XDP_PASS, &[R_NON_TCP]);
+        p.expect(&packet::udp("2001:db8::60", SERVER6), XDP_PASS, &[R_NON_TCP]);
+        p.expect(&packet::arp(), XDP_PASS, &[R_NON_IP]);
+    }
+}
+
+#[test]
+fn blocked_cidr_drops_everything_from_it_and_counts_hits() {
+    let mut p = limited("1000", "1000");
+    p.put_rule("203.0.113.0/24", &manual(RULE_BLOCK));
+    p.put_rule("2001:db8:bad::/48", &manual(RULE_BLOCK));
+    p.expect(&Tcp::syn("203.0.113.77", SERVER).build(), XDP_DROP, &[R_BLOCKED]);
+    p.expect(
+        &Tcp::syn("203.0.113.78", SERVER).flags(ACK).build(),
+        XDP_DROP,
+        &[R_BLOCKED],
+    );
+    p.expect(&packet::udp("203.0.113.79", SERVER), XDP_DROP, &[R_BLOCKED]);
+    p.expect(
+        &Tcp::syn("2001:db8:bad:1::5", SERVER6).build(),
+        XDP_DROP,
+        &[R_BLOCKED],
+    );
+    assert_eq!(p.rule("203.0.113.0/24").unwrap().hits, 3);
+    assert_eq!(p.rule("2001:db8:bad::/48").unwrap().hits, 1);
+    // Just outside the prefix.
+    p.expect(
+        &Tcp::syn("203.0.114.1", SERVER).build(),
+        XDP_PASS,
+        &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
+    );
+}
+
+#[test]
+fn allowlisted_source_is_never_limited_even_inside_a_blocked_cidr() {
+    let mut p = limited("1", "1");
+    p.put_rule("198.51.100.0/24", &manual(RULE_BLOCK));
+    p.put_rule("198.51.100.7/32", &manual(RULE_ALLOW));
+    p.reconcile();
+    let allowed = Tcp::syn("198.51.100.7", SERVER).build();
+    for _ in 0..50 {
+        p.expect(&allowed, XDP_PASS, &[R_ALLOWED]);
+    }
+    assert!(p.buckets().is_empty(), "allowlisted SYNs are not metered");
+    assert!(p.rules().iter().all(|e| e.rule.kind != RULE_BAN));
+    p.expect(&Tcp::syn("198.51.100.8", SERVER).build(), XDP_DROP, &[R_BLOCKED]);
+
+    // A wider allow entry beats a narrower block inside it: the block becomes a pass.
+    p.put_rule("10.0.0.0/8", &manual(RULE_ALLOW));
+    p.put_rule("10.1.0.0/16", &manual(RULE_BLOCK));
+    let inside = Tcp::syn("10.1.2.3", SERVER).build();
+    p.reconcile();
+    assert_eq!(p.rule("10.1.0.0/16").unwrap().action, ACTION_PASS);
+    for _ in 0..10 {
+        p.expect(&inside, XDP_PASS, &[R_ALLOWED]);
+    }
+    // Removing the allow entry makes the block effective again.
+    rules::delete(&mut p.loaded.maps, &"10.0.0.0/8".parse().unwrap()).unwrap();
+    p.reconcile();
+    assert_eq!(p.rule("10.1.0.0/16").unwrap().action, ACTION_DROP);
+    p.expect(&inside, XDP_DROP, &[R_BLOCKED]);
+}
+
+#[test]
+fn ban_expires_on_time() {
+    let mut p = limited("1", "1");
+    p.set("ban-for", "1s");
+    let syn = Tcp::syn("203.0.113.90", SERVER).build();
+    let ack = Tcp::syn("203.0.113.90", SERVER).flags(ACK).build();
+    p.run(&syn);
+    p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+    p.expect(&ack, XDP_DROP, &[R_BANNED]);
+    thread::sleep(Duration::from_millis(1100));
+    // Expired: acts as absent even before userspace removes it.
+    p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
+    let removed = rules::expire(&mut p.loaded.maps).unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].net.to_string(), "203.0.113.90/32");
+    assert!(p.rules().is_empty());
+    // The bucket has refilled after a second at 1/s: the source may connect again.
+    p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED]);
+}
+
+#[test]
+fn an_expired_ban_is_replaced_when_the_source_floods_again() {
+    let mut p = limited("1", "1");
+    p.set("ban-for", "1s");
+    let syn = Tcp::syn("203.0.113.91", SERVER).build();
+    p.run(&syn);
+    p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+    thread::sleep(Duration::from_millis(1100));
+    p.run(&syn);
+    p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+    let ban = p.rule("203.0.113.91/32").unwrap();
+    assert!(!ban.expired(synguard::clock::monotonic_ns()));
+    assert_eq!(drain_events(&mut p).len(), 2, "one event per ban");
+}
+
+#[test]
+fn monitor_mode_decides_and_counts_but_drops_nothing() {
+    let mut p = limited("1", "1");
+    p.set("mode", "monitor");
+    p.put_rule("203.0.113.0/28", &manual(RULE_BLOCK));
+    let syn = Tcp::syn("198.51.100.99", SERVER).build();
+    p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
+    p.expect(
+        &syn,
+        XDP_PASS,
+        &[N_SYNS, R_SYN_LIMITED, N_BANS, N_MONITOR_PASSED],
+    );
+    assert!(p.rule("198.51.100.99/32").is_some(), "the ban is recorded");
+    p.expect(&syn, XDP_PASS, &[R_BANNED, N_MONITOR_PASSED]);
+    p.expect(
+        &Tcp::syn("203.0.113.1", SERVER).build(),
+        XDP_PASS,
+        &[R_BLOCKED, N_MONITOR_PASSED],
+    );
+    p.expect(
+        &Tcp::syn("198.51.100.98", SERVER).flags(SYN | FIN).build(),
+        XDP_PASS,
+        &[R_INVALID_FLAGS, N_MONITOR_PASSED],
+    );
+    // Switching to enforce applies the same decisions.
+    p.set("mode", "enforce");
+    p.expect(&syn, XDP_DROP, &[R_BANNED]);
+}
+
+#[test]
+fn ports_setting_limits_only_protected_ports() {
+    let mut p = limited("1", "1");
+    p.set("ports", "80,443");
+    let ssh = Tcp::syn("203.0.113.100", SERVER).dport(22).build();
+    for _ in 0..5 {
+        p.expect(&ssh, XDP_PASS, &[N_SYNS, R_SYN_UNPROTECTED]);
+    }
+    let https = Tcp::syn("203.0.113.100", SERVER).dport(443).build();
+    p.expect(&https, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
+    p.expect(&https, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+}
+
+#[test]
+fn full_sources_table_passes_new_sources_and_keeps_bans() {
+    let mut p = Prog::with_options(
+        settings(&[("syn-rate", "1"), ("syn-burst", "1")]),
+        &LoadOptions {
+            max_entries: vec![(map_names::SOURCES, 4)],
+            ..Default::default()
+        },
+    );
+    // One source gets banned while there is room.
+    let flooder = Tcp::syn("203.0.113.200", SERVER).build();
+    p.run(&flooder);
+    p.expect(&flooder, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+    for i in 1..=3 {
+        p.expect(
+            &Tcp::syn(&format!("198.51.100.{i}"), SERVER).build(),
+            XDP_PASS,
+            &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
+        );
+    }
+    assert_eq!(p.buckets().len(), 4);
+    // Table full: a new source is passed unmetered and counted; nobody is banned for it.
+    let newcomer = Tcp::syn("198.51.100.50", SERVER).build();
+    for _ in 0..5 {
+        p.expect(&newcomer, XDP_PASS, &[N_SYNS, R_SYN_UNTRACKED]);
+    }
+    assert!(p.rule("198.51.100.50/32").is_none());
+    // The banned source stays banned; tracked sources stay metered.
+    p.expect(&flooder, XDP_DROP, &[R_BANNED]);
+    let one = Tcp::syn("198.51.100.1", SERVER).build();
+    p.expect(&one, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+    let _ = p.set("mode", "enforce");
+}
+
+#[test]
+fn full_rules_table_still_drops_the_excess_and_bans_nobody_wrongly() {
+    let mut p = Prog::with_options(
+        settings(&[("syn-rate", "1"), ("syn-burst", "1")]),
+        &LoadOptions {
+            max_entries: vec![(map_names::RULES_V4, 1)],
+            ..Default::default()
+        },
+    );
+    p.put_rule("192.0.2.128/25", &manual(RULE_BLOCK));
+    let flooder = Tcp::syn("203.0.113.201", SERVER).build();
+    p.expect(&flooder, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
+    // Over the limit, but no room for the ban: the SYN is still dropped.
+    for _ in 0..5 {
+        p.expect(&flooder, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BAN_TABLE_FULL]);
+    }
+    assert_eq!(p.rules().len(), 1, "only the manual entry");
+    // Innocent sources are neither banned nor limited.
+    p.expect(
+        &Tcp::syn("198.51.100.1", SERVER).build(),
+        XDP_PASS,
+        &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
+    );
+    assert_eq!(capacity::RULES, 262_144);
+}
+
+#[test]
+fn every_counter_name_is_distinct() {
+    let mut names = NAMES.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), NAMES.len());
+    assert_eq!(FAMILY_V6, 6);
+}
