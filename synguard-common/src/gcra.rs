@@ -85,7 +85,10 @@ mod tests {
         let now = 100 * SEC;
         let passed = (0..20).filter(|_| b.take(now)).count();
         assert_eq!(passed, 5, "a full bucket passes exactly `burst` at once");
-        assert!(!b.take(now + SEC / 20), "half an interval later: still empty");
+        assert!(
+            !b.take(now + SEC / 20),
+            "half an interval later: still empty"
+        );
         assert!(b.take(now + SEC / 10), "one interval later: one token");
         assert!(!b.take(now + SEC / 10));
     }

@@ -19,7 +19,10 @@
 // `bpfel-unknown-none` has no compare-and-swap, so core's `AtomicU64::fetch_add` is not
 // available; the intrinsic lowers to the BPF atomic add instruction.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic add on bpfel needs core_intrinsics")]
+#![expect(
+    internal_features,
+    reason = "atomic add on bpfel needs core_intrinsics"
+)]
 
 use core::{
     intrinsics::{AtomicOrdering, atomic_xadd},
@@ -34,11 +37,16 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, vlan::VlanHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    vlan::VlanHdr,
+};
 use synguard_common::{
     ACTION_DROP, Bucket, Config, EVENT_BAN, EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event,
-    FAMILY_V4, FAMILY_V6, MODE_MONITOR, RATE_WINDOW_NS, RULE_BAN, Rule, SourceKey,
-    Stats, capacity, gcra, source_key_v4, source_key_v6,
+    FAMILY_V4, FAMILY_V6, MODE_MONITOR, RATE_WINDOW_NS, RULE_BAN, Rule, SourceKey, Stats, capacity,
+    gcra, source_key_v4, source_key_v6,
     stat::{self, *},
 };
 
@@ -391,7 +399,12 @@ fn ban(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
         let addr = [key.addr[12], key.addr[13], key.addr[14], key.addr[15]];
         insert_ban(&SG_RULES_V4, &Key::new(key.prefix_len, addr), &rule, now)
     } else {
-        insert_ban(&SG_RULES_V6, &Key::new(key.prefix_len, key.addr), &rule, now)
+        insert_ban(
+            &SG_RULES_V6,
+            &Key::new(key.prefix_len, key.addr),
+            &rule,
+            now,
+        )
     };
     match result {
         BanResult::Added => {}

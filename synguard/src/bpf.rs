@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey,
-    },
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
     programs::Xdp,
 };
 use synguard_common::{Bucket, Config, Rule, SourceKey, Stats, capacity, map_names, stat};
@@ -130,8 +128,8 @@ where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     let path = maps_dir(dir).join(name);
-    let data =
-        MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
     let map = Map::from_map_data(data)?;
     T::try_from(map).with_context(|| {
         format!(
@@ -170,9 +168,7 @@ impl Maps {
     }
 
     pub fn write_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
-        self.config
-            .set(0, cfg, 0)
-            .context("writing the config map")
+        self.config.set(0, cfg, 0).context("writing the config map")
     }
 
     /// Counters of one stats slot (an ifindex, or 0), summed over CPUs.

@@ -303,11 +303,8 @@ pub fn parse_duration(key: &'static str, value: &str) -> Result<Duration, Config
             "add a unit: {v}s, {v}m or {v}h (durations look like 30s, 10m, 1h)"
         )));
     }
-    humantime::parse_duration(v).map_err(|e| {
-        invalid(format!(
-            "{e}; durations look like 30s, 10m, 1h or 1h30m"
-        ))
-    })
+    humantime::parse_duration(v)
+        .map_err(|e| invalid(format!("{e}; durations look like 30s, 10m, 1h or 1h30m")))
 }
 
 fn parse_int<T: TryFrom<u64> + Copy>(
@@ -330,7 +327,9 @@ fn parse_int<T: TryFrom<u64> + Copy>(
         })
     })?;
     if n < min || n > max {
-        return Err(invalid(format!("out of range: must be between {min} and {max}")));
+        return Err(invalid(format!(
+            "out of range: must be between {min} and {max}"
+        )));
     }
     T::try_from(n).map_err(|_| invalid(format!("must be between {min} and {max}")))
 }
@@ -716,7 +715,12 @@ mod tests {
         let mut tat = 0;
         let passed = (0..100_000u64)
             .filter(|i| {
-                match gcra::conform(tat, 1_000_000_000 + i * 10_000, cfg.syn_interval_ns, cfg.syn_tolerance_ns) {
+                match gcra::conform(
+                    tat,
+                    1_000_000_000 + i * 10_000,
+                    cfg.syn_interval_ns,
+                    cfg.syn_tolerance_ns,
+                ) {
                     Some(n) => {
                         tat = n;
                         true
@@ -733,7 +737,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((u128::from(self.0 >> 11) * u128::from(n)) >> 53) as u64
         }
     }

@@ -2,9 +2,9 @@
 //!
 //! The library holds everything the `synguard` binary does, so integration tests can
 //! drive the real program in the kernel through the same code.
-pub mod config;
-pub mod error;
 pub mod bpf;
 pub mod clock;
+pub mod config;
+pub mod error;
 pub mod net;
 pub mod rules;

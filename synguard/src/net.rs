@@ -37,9 +37,11 @@ pub fn parse_cidr(text: &str) -> anyhow::Result<IpNet> {
 /// Parse a single address.
 pub fn parse_addr(text: &str) -> anyhow::Result<IpAddr> {
     let t = text.trim();
-    t.parse::<IpAddr>()
-        .map(normalize_addr)
-        .map_err(|_| usage(format!("not an IP address: {t} (expected e.g. 192.0.2.1 or 2001:db8::1)")))
+    t.parse::<IpAddr>().map(normalize_addr).map_err(|_| {
+        usage(format!(
+            "not an IP address: {t} (expected e.g. 192.0.2.1 or 2001:db8::1)"
+        ))
+    })
 }
 
 fn normalize_addr(a: IpAddr) -> IpAddr {
@@ -66,14 +68,12 @@ fn normalize(net: IpNet) -> IpNet {
 /// The network an address belongs to when aggregated to a prefix length.
 pub fn aggregate(addr: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
     match addr {
-        IpAddr::V4(a) => IpNet::V4(Ipv4Net::new(a, v4_prefix.min(32)).map_or_else(
-            |_| Ipv4Net::from(a),
-            |n| n.trunc(),
-        )),
-        IpAddr::V6(a) => IpNet::V6(Ipv6Net::new(a, v6_prefix.min(128)).map_or_else(
-            |_| Ipv6Net::from(a),
-            |n| n.trunc(),
-        )),
+        IpAddr::V4(a) => IpNet::V4(
+            Ipv4Net::new(a, v4_prefix.min(32)).map_or_else(|_| Ipv4Net::from(a), |n| n.trunc()),
+        ),
+        IpAddr::V6(a) => IpNet::V6(
+            Ipv6Net::new(a, v6_prefix.min(128)).map_or_else(|_| Ipv6Net::from(a), |n| n.trunc()),
+        ),
     }
 }
 
@@ -103,11 +103,23 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        assert_eq!(parse_cidr("192.0.2.0/24").unwrap().to_string(), "192.0.2.0/24");
+        assert_eq!(
+            parse_cidr("192.0.2.0/24").unwrap().to_string(),
+            "192.0.2.0/24"
+        );
         assert_eq!(parse_cidr("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
-        assert_eq!(parse_cidr(" 2001:db8::/32 ").unwrap().to_string(), "2001:db8::/32");
-        assert_eq!(parse_cidr("2001:db8::1").unwrap().to_string(), "2001:db8::1/128");
-        assert_eq!(parse_cidr("::ffff:192.0.2.0/120").unwrap().to_string(), "192.0.2.0/24");
+        assert_eq!(
+            parse_cidr(" 2001:db8::/32 ").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert_eq!(
+            parse_cidr("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+        assert_eq!(
+            parse_cidr("::ffff:192.0.2.0/120").unwrap().to_string(),
+            "192.0.2.0/24"
+        );
         assert_eq!(parse_cidr("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
     }
 

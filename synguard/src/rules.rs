@@ -13,7 +13,9 @@ use anyhow::Context as _;
 use aya::maps::MapError;
 use ipnet::IpNet;
 use serde::Serialize;
-use synguard_common::{ACTION_DROP, ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, Rule};
+use synguard_common::{
+    ACTION_DROP, ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, Rule,
+};
 
 use crate::{
     bpf::{Maps, V4Key, V6Key},

@@ -116,8 +116,8 @@ impl Tcp {
 
         let ip = match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut h = Ipv4Header::new(0, 64, IpNumber::TCP, s.octets(), d.octets())
-                    .expect("header");
+                let mut h =
+                    Ipv4Header::new(0, 64, IpNumber::TCP, s.octets(), d.octets()).expect("header");
                 h.options = Ipv4Options::try_from(self.ipv4_options.as_slice())
                     .expect("IPv4 options: up to 40 bytes, a multiple of 4");
                 IpHeaders::Ipv4(h, Ipv4Extensions::default())

@@ -55,10 +55,7 @@ impl Prog {
     pub fn apply(&mut self) {
         self.generation += 1;
         let cfg = self.settings.to_kernel(self.generation);
-        self.loaded
-            .maps
-            .write_config(&cfg)
-            .expect("write config");
+        self.loaded.maps.write_config(&cfg).expect("write config");
     }
 
     pub fn set(&mut self, key: &str, value: &str) {
@@ -109,10 +106,7 @@ impl Prog {
 
     /// All counters, summed over interfaces and CPUs.
     pub fn counters(&self) -> [u64; stat::COUNT] {
-        self.loaded
-            .maps
-            .total_counters()
-            .expect("read counters")
+        self.loaded.maps.total_counters().expect("read counters")
     }
 
     /// The value of one counter.

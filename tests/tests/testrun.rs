@@ -112,16 +112,31 @@ fn syn_ack_and_ack_are_never_counted_as_syns() {
             XDP_PASS,
             &[R_SYN_ACK],
         );
-        p.expect(&Tcp::syn(src, SERVER).flags(ACK).build(), XDP_PASS, &[R_TCP_OTHER]);
+        p.expect(
+            &Tcp::syn(src, SERVER).flags(ACK).build(),
+            XDP_PASS,
+            &[R_TCP_OTHER],
+        );
         p.expect(
             &Tcp::syn(src, SERVER).flags(ACK | packet::PSH).build(),
             XDP_PASS,
             &[R_TCP_OTHER],
         );
-        p.expect(&Tcp::syn(src, SERVER).flags(FIN | ACK).build(), XDP_PASS, &[R_TCP_OTHER]);
-        p.expect(&Tcp::syn(src, SERVER).flags(RST).build(), XDP_PASS, &[R_TCP_OTHER]);
+        p.expect(
+            &Tcp::syn(src, SERVER).flags(FIN | ACK).build(),
+            XDP_PASS,
+            &[R_TCP_OTHER],
+        );
+        p.expect(
+            &Tcp::syn(src, SERVER).flags(RST).build(),
+            XDP_PASS,
+            &[R_TCP_OTHER],
+        );
     }
-    assert!(p.buckets().is_empty(), "no bucket for a source that sent no SYN");
+    assert!(
+        p.buckets().is_empty(),
+        "no bucket for a source that sent no SYN"
+    );
 }
 
 #[test]
@@ -178,7 +193,9 @@ fn ipv6_syns_aggregate_to_the_slash_64() {
     p.expect(&a, XDP_DROP, &[R_BANNED]);
     // The neighbouring /64 is someone else.
     p.expect(&other, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
-    let bucket = p.bucket("2001:db8:1:2::", 64).expect("one bucket for the /64");
+    let bucket = p
+        .bucket("2001:db8:1:2::", 64)
+        .expect("one bucket for the /64");
     assert_eq!(bucket.syns, 3);
 }
 
@@ -217,7 +234,10 @@ fn ipv6_extension_headers_pass_unparsed_but_blocks_still_apply() {
     for _ in 0..3 {
         p.expect(&frame, XDP_PASS, &[R_IPV6_EXT]);
     }
-    assert!(p.buckets().is_empty(), "never metered, never trusted as a SYN");
+    assert!(
+        p.buckets().is_empty(),
+        "never metered, never trusted as a SYN"
+    );
     p.put_rule("2001:db8:5::/48", &manual(RULE_BLOCK));
     p.expect(&frame, XDP_DROP, &[R_BLOCKED]);
 }
@@ -225,7 +245,13 @@ fn ipv6_extension_headers_pass_unparsed_but_blocks_still_apply() {
 #[test]
 fn invalid_flag_combinations_are_dropped() {
     let p = limited("1000", "1000");
-    for flags in [SYN | FIN, SYN | RST, SYN | FIN | ACK, SYN | RST | ACK, SYN | FIN | RST] {
+    for flags in [
+        SYN | FIN,
+        SYN | RST,
+        SYN | FIN | ACK,
+        SYN | RST | ACK,
+        SYN | FIN | RST,
+    ] {
         p.expect(
             &Tcp::syn("198.51.100.30", SERVER).flags(flags).build(),
             XDP_DROP,
@@ -246,7 +272,9 @@ fn truncation_at_every_header_passes() {
     let frames = [
         Tcp::syn("203.0.113.40", SERVER).build(),
         Tcp::syn("203.0.113.40", SERVER).vlan(5).vlan(6).build(),
-        Tcp::syn("203.0.113.40", SERVER).ipv4_options(&[1; 12]).build(),
+        Tcp::syn("203.0.113.40", SERVER)
+            .ipv4_options(&[1; 12])
+            .build(),
         Tcp::syn("2001:db8:9::1", SERVER6).vlan(7).build(),
     ];
     for full in &frames {
@@ -286,7 +314,11 @@ fn non_tcp_and_non_ip_pass() {
     let p = limited("1", "1");
     for _ in 0..3 {
         p.expect(&packet::udp("203.0.113.60", SERVER), XDP_PASS, &[R_NON_TCP]);
-        p.expect(&packet::udp("2001:db8::60", SERVER6), XDP_PASS, &[R_NON_TCP]);
+        p.expect(
+            &packet::udp("2001:db8::60", SERVER6),
+            XDP_PASS,
+            &[R_NON_TCP],
+        );
         p.expect(&packet::arp(), XDP_PASS, &[R_NON_IP]);
     }
 }
@@ -296,7 +328,11 @@ fn blocked_cidr_drops_everything_from_it_and_counts_hits() {
     let mut p = limited("1000", "1000");
     p.put_rule("203.0.113.0/24", &manual(RULE_BLOCK));
     p.put_rule("2001:db8:bad::/48", &manual(RULE_BLOCK));
-    p.expect(&Tcp::syn("203.0.113.77", SERVER).build(), XDP_DROP, &[R_BLOCKED]);
+    p.expect(
+        &Tcp::syn("203.0.113.77", SERVER).build(),
+        XDP_DROP,
+        &[R_BLOCKED],
+    );
     p.expect(
         &Tcp::syn("203.0.113.78", SERVER).flags(ACK).build(),
         XDP_DROP,
@@ -330,7 +366,11 @@ fn allowlisted_source_is_never_limited_even_inside_a_blocked_cidr() {
     }
     assert!(p.buckets().is_empty(), "allowlisted SYNs are not metered");
     assert!(p.rules().iter().all(|e| e.rule.kind != RULE_BAN));
-    p.expect(&Tcp::syn("198.51.100.8", SERVER).build(), XDP_DROP, &[R_BLOCKED]);
+    p.expect(
+        &Tcp::syn("198.51.100.8", SERVER).build(),
+        XDP_DROP,
+        &[R_BLOCKED],
+    );
 
     // A wider allow entry beats a narrower block inside it: the block becomes a pass.
     p.put_rule("10.0.0.0/8", &manual(RULE_ALLOW));
@@ -473,7 +513,11 @@ fn full_rules_table_still_drops_the_excess_and_bans_nobody_wrongly() {
     p.expect(&flooder, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
     // Over the limit, but no room for the ban: the SYN is still dropped.
     for _ in 0..5 {
-        p.expect(&flooder, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BAN_TABLE_FULL]);
+        p.expect(
+            &flooder,
+            XDP_DROP,
+            &[N_SYNS, R_SYN_LIMITED, N_BAN_TABLE_FULL],
+        );
     }
     assert_eq!(p.rules().len(), 1, "only the manual entry");
     // Innocent sources are neither banned nor limited.
