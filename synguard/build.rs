@@ -28,5 +28,17 @@ fn main() -> anyhow::Result<()> {
     aya_build::build_ebpf([package], Toolchain::default()).context(
         "building the eBPF program failed; `cargo xtask build` installs the nightly's \
          rust-src and bpf-linker it needs",
-    )
+    )?;
+
+    // A build id for the embedded program (FNV-1a of the object): `--version` and `status`
+    // show it, and `run` uses it to tell whether it is replacing a different build.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("synguard");
+    let object = std::fs::read(&out).with_context(|| format!("reading {}", out.display()))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in object {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    println!("cargo:rustc-env=SYNGUARD_EBPF_ID={h:016x}");
+    Ok(())
 }

@@ -20,16 +20,9 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Name of the XDP program in the object.
 pub const PROGRAM: &str = "synguard";
 
-/// A short identifier of the embedded program (FNV-1a of the object), shown by `status`
-/// and `--version` and used to tell whether an adopted program is the same build.
-pub fn build_id() -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in OBJECT {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
+/// A short identifier of the embedded program (FNV-1a of the object, from `build.rs`),
+/// shown by `status` and `--version`.
+pub const BUILD_ID: &str = env!("SYNGUARD_EBPF_ID");
 
 pub type RulesV4 = LpmTrie<MapData, [u8; 4], Rule>;
 pub type RulesV6 = LpmTrie<MapData, [u8; 16], Rule>;

@@ -3,8 +3,13 @@
 //! The library holds everything the `synguard` binary does, so integration tests can
 //! drive the real program in the kernel through the same code.
 pub mod bpf;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod net;
+pub mod pins;
+pub mod privs;
 pub mod rules;
+pub mod version;

@@ -1,4 +1,34 @@
 //! Test and lab support for synguard: crafted packets, the real program under `TestRun`,
-//! network namespaces with RAII guards, and processes that die with their guard.
+//! network namespaces with RAII guards, real TCP traffic, and the `synguard` binary.
+pub mod netns;
 pub mod packet;
 pub mod prog;
+pub mod traffic;
+
+use std::path::PathBuf;
+
+/// The `synguard` binary under test: `$SYNGUARD_BIN`, or the one cargo built next to
+/// this test executable (`cargo xtask test` builds it first).
+pub fn synguard_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SYNGUARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target dir");
+    let bin = dir.join("synguard");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p synguard`; `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}

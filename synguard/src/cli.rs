@@ -1,0 +1,153 @@
+//! The command line (names fixed by the spec; scripts rely on them).
+
+use std::path::PathBuf;
+
+use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::{config::KEYS, pins::DEFAULT_PIN_DIR};
+
+/// SYN-flood defence in XDP: per-source SYN limits, bans, allow and block lists.
+///
+/// `synguard run` protects interfaces and pins its state; every other command works on
+/// that state from any shell, even in another network namespace.
+#[derive(Debug, Parser)]
+#[command(name = "synguard", version = crate::version::LONG, about, long_about = None)]
+pub struct Cli {
+    /// Where `run` pins its maps and links (a BPF filesystem, mounted if needed).
+    #[arg(
+        long,
+        global = true,
+        env = "SYNGUARD_PIN_DIR",
+        default_value = DEFAULT_PIN_DIR,
+        value_name = "DIR"
+    )]
+    pub pin_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the XDP program, attach it to interfaces and keep it running.
+    ///
+    /// Examples:
+    ///   synguard run --iface eth0
+    ///   synguard run --iface eth0 --iface eth1 --syn-rate 100 --mode monitor
+    ///   synguard run --iface eth0 --config /etc/synguard/synguard.toml
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (driver) mode if the driver supports it, else generic mode (said in the log).
+    Auto,
+    /// Driver mode only; fail if the driver lacks it.
+    Native,
+    /// Generic mode, in the kernel's stack after the driver: works everywhere, slower.
+    Skb,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to protect (repeat for several).
+    #[arg(long = "iface", value_name = "IF", required = true)]
+    pub ifaces: Vec<String>,
+
+    /// How to attach the XDP program.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+
+    /// TOML file with config keys (re-read on SIGHUP). Command-line keys override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// On SIGINT/SIGTERM leave the program attached and the state pinned (protection
+    /// continues; the next `run` adopts it).
+    #[arg(long)]
+    pub keep: bool,
+
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// Every config key as `--KEY VALUE`, generated from [`KEYS`] so the names can never
+/// drift from the TOML file and `config set`.
+#[derive(Debug, Clone, Default)]
+pub struct KeyArgs(pub Vec<(&'static str, String)>);
+
+impl FromArgMatches for KeyArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut out = Vec::new();
+        for k in &KEYS {
+            if let Some(v) = m.get_one::<String>(k.name) {
+                out.push((k.name, v.clone()));
+            }
+        }
+        Ok(Self(out))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for KeyArgs {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for k in &KEYS {
+            cmd = cmd.arg(
+                Arg::new(k.name)
+                    .long(k.name)
+                    .value_name("VALUE")
+                    .help(format!("{} [default: {:?}]", k.help, k.default))
+                    .help_heading("Config keys (also in --config FILE and `config set`)")
+                    .allow_hyphen_values(true),
+            );
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_every_key() {
+        let cli = Cli::try_parse_from([
+            "synguard",
+            "run",
+            "--iface",
+            "eth0",
+            "--iface",
+            "eth1",
+            "--syn-rate",
+            "5",
+            "--mode",
+            "monitor",
+            "--pin-dir",
+            "/run/x",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command;
+        assert_eq!(r.ifaces, ["eth0", "eth1"]);
+        assert_eq!(
+            r.keys.0,
+            [("syn-rate", "5".to_string()), ("mode", "monitor".into())]
+        );
+        assert_eq!(cli.pin_dir, PathBuf::from("/run/x"));
+    }
+}

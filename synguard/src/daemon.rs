@@ -1,0 +1,610 @@
+//! `synguard run`: load the program, write the config, attach to interfaces, and keep
+//! the state in order (ban events, expiry, reloads) until told to stop.
+//!
+//! Restarts never open a gap: maps and links are pinned, a new `run` loads its program
+//! against the pinned maps and swaps it into the pinned links atomically
+//! (`BPF_LINK_UPDATE`), so packets always meet one program or the other.
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use ipnet::IpNet;
+use synguard_common::{EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN, map_names};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    bpf::{LoadOptions, Loaded, Maps},
+    cli::{KeyArgs, RunArgs, XdpModeArg},
+    clock,
+    config::{Settings, format_duration},
+    error::usage,
+    net::{v4_net, v6_net},
+    pins, privs, rules,
+};
+
+/// A network interface by name and index.
+#[derive(Debug, Clone)]
+pub struct Iface {
+    pub name: String,
+    pub index: u32,
+}
+
+/// Resolve interface names, refusing unknown ones with the list of those that exist.
+pub fn resolve_ifaces(names: &[String]) -> anyhow::Result<Vec<Iface>> {
+    let mut out: Vec<Iface> = Vec::new();
+    for name in names {
+        let index = CString::new(name.as_str())
+            .ok()
+            // SAFETY: a valid NUL-terminated name.
+            .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) })
+            .unwrap_or(0);
+        if index == 0 {
+            let mut known: Vec<String> = fs::read_dir("/sys/class/net")
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            known.sort();
+            return Err(usage(format!(
+                "unknown interface {name:?}; interfaces in this network namespace: {}",
+                known.join(", ")
+            )));
+        }
+        if out.iter().any(|i| i.index == index) {
+            return Err(usage(format!("interface {name} given twice")));
+        }
+        out.push(Iface {
+            name: name.clone(),
+            index,
+        });
+    }
+    Ok(out)
+}
+
+/// Defaults, then the file, then command-line keys. Every error is a usage error and
+/// changes nothing.
+pub fn load_settings(file: Option<&Path>, keys: &KeyArgs) -> anyhow::Result<Settings> {
+    let mut s = Settings::default();
+    if let Some(path) = file {
+        let text = fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
+        s.apply_toml(&text)
+            .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    }
+    for (k, v) in &keys.0 {
+        s.set(k, v).map_err(|e| usage(e.to_string()))?;
+    }
+    Ok(s)
+}
+
+/// One protected interface.
+struct Attachment {
+    iface: Iface,
+    mode: &'static str,
+    /// Our descriptor of the pinned link; the pin keeps it attached without us.
+    link: FdLink,
+}
+
+fn is_errno(e: &ProgramError, codes: &[i32]) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error().is_some_and(|c| codes.contains(&c))
+        {
+            return true;
+        }
+        src = err.source();
+    }
+    false
+}
+
+fn attach_fresh(
+    prog: &mut Xdp,
+    iface: &Iface,
+    mode: XdpModeArg,
+) -> anyhow::Result<(FdLink, &'static str)> {
+    let busy = |e: &ProgramError| {
+        if is_errno(e, &[libc::EBUSY, libc::EEXIST]) {
+            Some(anyhow!(
+                "{} already has another XDP program attached; detach it first (`ip link set \
+                 dev {} xdp off`, or stop the tool that attached it)",
+                iface.name,
+                iface.name
+            ))
+        } else {
+            None
+        }
+    };
+    let try_mode = |prog: &mut Xdp, m: XdpMode| prog.attach_to_if_index(iface.index, m);
+    let (id, used) = match mode {
+        XdpModeArg::Skb => match try_mode(prog, XdpMode::Skb) {
+            Ok(id) => (id, "generic (skb)"),
+            Err(e) => return Err(busy(&e).unwrap_or_else(|| anyhow!(e))),
+        },
+        XdpModeArg::Native => match try_mode(prog, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(e) => {
+                if let Some(b) = busy(&e) {
+                    return Err(b);
+                }
+                return Err(usage(format!(
+                    "{} does not support native XDP ({e}); use --xdp-mode auto to fall back \
+                     to generic mode, or --xdp-mode skb",
+                    iface.name
+                )));
+            }
+        },
+        XdpModeArg::Auto => match try_mode(prog, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(e) => {
+                if let Some(b) = busy(&e) {
+                    return Err(b);
+                }
+                log::warn!(
+                    "{}: the driver has no native XDP ({e}); falling back to generic (skb) \
+                     mode, which works everywhere but costs more per packet",
+                    iface.name
+                );
+                match try_mode(prog, XdpMode::Skb) {
+                    Ok(id) => (id, "generic (skb)"),
+                    Err(e) => {
+                        return Err(busy(&e).unwrap_or_else(|| {
+                            usage(format!("{} cannot run XDP programs: {e}", iface.name))
+                        }));
+                    }
+                }
+            }
+        },
+    };
+    let link = prog.take_link(id)?;
+    let fd = FdLink::try_from(link).map_err(|_| {
+        anyhow!(
+            "the kernel attached {} through netlink rather than a BPF link, so protection \
+             could not outlive this process; this kernel is too old for synguard",
+            iface.name
+        )
+    })?;
+    Ok((fd, used))
+}
+
+fn attach(
+    prog: &mut Xdp,
+    pin_dir: &Path,
+    iface: &Iface,
+    mode: XdpModeArg,
+) -> anyhow::Result<Attachment> {
+    let path = pins::link_path(pin_dir, &iface.name);
+    if path.exists() {
+        // Adopt: swap our program into the existing link. The pin stays in place the whole
+        // time, so the interface is never without a program.
+        let adopted = PinnedLink::from_pin(&path)
+            .map_err(|e| anyhow!(e))
+            .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(|e| anyhow!(e)))
+            .and_then(|link| prog.attach_to_link(link).map_err(|e| anyhow!(e)))
+            .and_then(|id| prog.take_link(id).map_err(|e| anyhow!(e)))
+            .and_then(|link| FdLink::try_from(link).map_err(|e| anyhow!(e)));
+        match adopted {
+            Ok(link) => {
+                return Ok(Attachment {
+                    iface: iface.clone(),
+                    mode: "adopted",
+                    link,
+                });
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}: the pinned link from a previous run is unusable ({e:#}); attaching anew",
+                    iface.name
+                );
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    let (link, used) = attach_fresh(prog, iface, mode)?;
+    let pinned = link
+        .pin(&path)
+        .with_context(|| format!("pinning the link of {} at {}", iface.name, path.display()))?;
+    Ok(Attachment {
+        iface: iface.clone(),
+        mode: used,
+        link: pinned.into(),
+    })
+}
+
+/// Links pinned by a previous run for interfaces this run does not protect.
+fn stale_links(pin_dir: &Path, ifaces: &[Iface]) -> Vec<PathBuf> {
+    fs::read_dir(pins::links_dir(pin_dir))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    let n = e.file_name();
+                    !ifaces.iter().any(|i| n.to_str() == Some(i.name.as_str()))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+struct Daemon {
+    pin_dir: PathBuf,
+    maps: Maps,
+    names: HashMap<u32, String>,
+    known_bans: HashSet<IpNet>,
+    settings: Settings,
+    config_file: Option<PathBuf>,
+    keys: KeyArgs,
+    generation: u64,
+    ticks: u64,
+    rules_len: usize,
+}
+
+impl Daemon {
+    fn iface_name(&self, ifindex: u32) -> String {
+        self.names
+            .get(&ifindex)
+            .cloned()
+            .unwrap_or_else(|| format!("ifindex {ifindex}"))
+    }
+
+    fn on_event(&mut self, e: &Event) {
+        if e.kind != EVENT_BAN {
+            return;
+        }
+        let net = if e.family == FAMILY_V4 {
+            v4_net(
+                [e.addr[0], e.addr[1], e.addr[2], e.addr[3]],
+                u32::from(e.prefix_len),
+            )
+        } else {
+            v6_net(e.addr, u32::from(e.prefix_len))
+        };
+        let Some(net) = net else { return };
+        self.known_bans.insert(net);
+        log::warn!(
+            "banned {net} on {}: {} SYN/s ({} SYNs in the last second), for {} (until {})",
+            self.iface_name(e.ifindex),
+            e.rate,
+            e.syns,
+            format_duration(Duration::from_nanos(e.expires_ns.saturating_sub(e.time_ns))),
+            clock::rfc3339(clock::to_wall(e.expires_ns)),
+        );
+    }
+
+    /// Once a second: expire entries, find bans whose events were suppressed, keep the
+    /// allowlist winning, notice `config set`, and every 10 s forget refilled buckets.
+    fn housekeeping(&mut self) -> anyhow::Result<()> {
+        self.ticks += 1;
+        // Expired entries are already ignored by the kernel; sweeping only reclaims room,
+        // so big tables are swept less often.
+        let sweep = self.rules_len < 10_000 || self.ticks.is_multiple_of(10);
+        if sweep {
+            let _lock = pins::lock_writers(&self.pin_dir)?;
+            for gone in rules::expire(&mut self.maps)? {
+                self.known_bans.remove(&gone.net);
+                let what = match gone.rule.kind {
+                    RULE_BAN => "ban",
+                    RULE_ALLOW => "allow entry",
+                    _ => "block",
+                };
+                log::info!(
+                    "{what} on {} expired ({} packets dropped while it lasted)",
+                    gone.net,
+                    gone.rule.hits
+                );
+            }
+            let entries = rules::list(&self.maps)?;
+            self.rules_len = entries.len();
+            for e in entries.iter().filter(|e| e.rule.kind == RULE_BAN) {
+                if self.known_bans.insert(e.net) {
+                    log::warn!(
+                        "banned {}: {} SYN/s, until {} (found by the sweep; its event was \
+                         rate-limited)",
+                        e.net,
+                        e.rule.rate,
+                        clock::rfc3339(clock::to_wall(e.rule.expires_ns))
+                    );
+                }
+            }
+            self.known_bans.retain(|n| {
+                entries
+                    .iter()
+                    .any(|e| e.net == *n && e.rule.kind == RULE_BAN)
+            });
+            if entries.iter().any(|e| e.rule.kind == RULE_ALLOW) {
+                let n = rules::reconcile_actions(&mut self.maps)?;
+                if n > 0 {
+                    log::info!(
+                        "{n} block or ban entries are inside allowlisted ranges: passing them"
+                    );
+                }
+            }
+        }
+
+        let cfg = self.maps.read_config()?;
+        if cfg.generation != self.generation {
+            let now = Settings::from_kernel(&cfg);
+            for (k, v) in now.entries() {
+                let old = self.settings.get(k).unwrap_or_default();
+                if old != v {
+                    log::info!("config changed: {k} {old:?} -> {v:?}");
+                }
+            }
+            self.settings = now;
+            self.generation = cfg.generation;
+        }
+
+        if self.ticks.is_multiple_of(10) {
+            self.gc_sources()?;
+        }
+        Ok(())
+    }
+
+    /// Forget buckets that are full again and idle: indistinguishable from absent ones
+    /// (a new source starts with a full bucket), and they keep the table from filling.
+    fn gc_sources(&mut self) -> anyhow::Result<()> {
+        let now = clock::monotonic_ns();
+        let idle = 10_000_000_000;
+        let stale: Vec<_> = self
+            .maps
+            .sources
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| b.tat_ns <= now && now.saturating_sub(b.last_seen_ns) > idle)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            let _ = self.maps.sources.remove(k);
+        }
+        if !stale.is_empty() {
+            log::debug!("forgot {} idle sources", stale.len());
+        }
+        Ok(())
+    }
+
+    fn reload(&mut self) {
+        let Some(path) = self.config_file.clone() else {
+            log::info!("SIGHUP: no --config file to re-read");
+            return;
+        };
+        match load_settings(Some(&path), &self.keys) {
+            Ok(s) => {
+                self.generation += 1;
+                match self.maps.write_config(&s.to_kernel(self.generation)) {
+                    Ok(()) => {
+                        for (k, v) in s.entries() {
+                            let old = self.settings.get(k).unwrap_or_default();
+                            if old != v {
+                                log::info!("reloaded {}: {k} {old:?} -> {v:?}", path.display());
+                            }
+                        }
+                        self.settings = s;
+                        log::info!("reloaded {}", path.display());
+                    }
+                    Err(e) => log::error!("reloading {}: {e:#}", path.display()),
+                }
+            }
+            Err(e) => log::error!("not reloading, the config in force stays: {e:#}"),
+        }
+    }
+}
+
+/// Watch a descriptor for readability on the runtime.
+fn readable<T: std::os::fd::AsRawFd>(inner: T) -> anyhow::Result<AsyncFd<T>> {
+    // SAFETY: `T` (a ring buffer map or the log reader) owns its descriptor for its whole
+    // life and always returns the same one.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("watching a BPF ring buffer: {}", std::io::Error::from(e)))
+}
+
+fn drain_ring(ring: &mut RingBuf<MapData>, daemon: &mut Daemon) {
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<Event>() {
+            // SAFETY: the kernel writes whole `Event` records into this ring buffer.
+            let e = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+            daemon.on_event(&e);
+        }
+    }
+}
+
+/// `synguard run`.
+pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
+    privs::require_for_run()?;
+    let settings = load_settings(args.config.as_deref(), &args.keys)?;
+    let ifaces = resolve_ifaces(&args.ifaces)?;
+
+    let prepared = pins::prepare(&pin_dir)?;
+    let _daemon_lock = pins::lock_daemon(&pin_dir)?;
+    crate::bpf::check_pinned_abi(&pin_dir)?;
+    let adopting = pins::has_state(&pin_dir);
+
+    let mut loaded = Loaded::load(&LoadOptions {
+        pin_dir: Some(pin_dir.clone()),
+        ..Default::default()
+    })?;
+    let generation = if adopting {
+        loaded.maps.read_config().map(|c| c.generation).unwrap_or(0) + 1
+    } else {
+        1
+    };
+    loaded.maps.write_config(&settings.to_kernel(generation))?;
+    {
+        let _lock = pins::lock_writers(&pin_dir)?;
+        rules::reconcile_actions(&mut loaded.maps)?;
+    }
+    if adopting {
+        let n = rules::list(&loaded.maps)?.len();
+        log::info!(
+            "adopted the state pinned in {} by a previous run ({n} allow/block/ban entries)",
+            pin_dir.display()
+        );
+    }
+
+    // Kernel-side warnings (tables full) are rare and rate-limited; forward them to our log.
+    match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
+        Ok(logger) => {
+            let mut logger = readable(logger)?;
+            tokio::spawn(async move {
+                while let Ok(mut guard) = logger.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => log::debug!("no kernel log channel: {e}"),
+    }
+
+    for path in stale_links(&pin_dir, &ifaces) {
+        log::warn!(
+            "{} was protected by a previous run but is not among --iface: detaching it",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
+        let _ = fs::remove_file(&path);
+    }
+    let mut attachments = Vec::new();
+    for iface in &ifaces {
+        let prog = loaded.program_mut()?;
+        let a = attach(prog, &pin_dir, iface, args.xdp_mode)?;
+        if a.iface.index >= synguard_common::capacity::STATS_SLOTS {
+            log::warn!(
+                "{} has ifindex {} (>= {}): its counters are shared with other such interfaces",
+                a.iface.name,
+                a.iface.index,
+                synguard_common::capacity::STATS_SLOTS
+            );
+        }
+        log::info!(
+            "protecting {} (ifindex {}), XDP {}",
+            a.iface.name,
+            a.iface.index,
+            if a.mode == "adopted" {
+                "program replaced atomically in the pinned link".to_string()
+            } else {
+                format!("{} mode", a.mode)
+            }
+        );
+        attachments.push(a);
+    }
+    log::info!(
+        "synguard {} running: {}; state pinned in {}",
+        crate::version::LONG,
+        settings
+            .entries()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        pin_dir.display()
+    );
+
+    let Loaded { ebpf, mut maps } = loaded;
+    let mut ring = readable(
+        maps.events
+            .take()
+            .ok_or_else(|| anyhow!("{} missing", map_names::EVENTS))?,
+    )?;
+    let known_bans = rules::list(&maps)?
+        .into_iter()
+        .filter(|e| e.rule.kind == RULE_BAN)
+        .map(|e| e.net)
+        .collect();
+    let mut daemon = Daemon {
+        pin_dir: pin_dir.clone(),
+        maps,
+        names: attachments
+            .iter()
+            .map(|a| (a.iface.index, a.iface.name.clone()))
+            .collect(),
+        known_bans,
+        settings,
+        config_file: args.config.clone(),
+        keys: args.keys.clone(),
+        generation,
+        ticks: 0,
+        rules_len: 0,
+    };
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let why = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                drain_ring(guard.get_inner_mut(), &mut daemon);
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                if let Err(e) = daemon.housekeeping() {
+                    log::error!("housekeeping: {e:#}");
+                }
+            }
+            _ = sighup.recv() => daemon.reload(),
+            _ = sigint.recv() => break "SIGINT",
+            _ = sigterm.recv() => break "SIGTERM",
+        }
+    };
+    drain_ring(ring.get_mut(), &mut daemon);
+
+    if args.keep {
+        log::info!(
+            "{why}: leaving protection in place (--keep); state stays pinned in {}",
+            pin_dir.display()
+        );
+        return Ok(());
+    }
+    for a in attachments {
+        let path = pins::link_path(&pin_dir, &a.iface.name);
+        fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        drop(a.link);
+        log::info!("{why}: detached from {}", a.iface.name);
+    }
+    drop(daemon);
+    drop(ring);
+    drop(ebpf);
+    remove_pins(&pin_dir)?;
+    pins::unprepare(&pin_dir, &prepared);
+    log::info!("removed the pinned state in {}", pin_dir.display());
+    Ok(())
+}
+
+fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
+    let dir = crate::bpf::maps_dir(pin_dir);
+    for name in map_names::ALL {
+        let p = dir.join(name);
+        if p.exists() {
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    if pins::links_dir(pin_dir).exists() && fs::read_dir(pins::links_dir(pin_dir))?.next().is_some()
+    {
+        bail!(
+            "links remain pinned in {}",
+            pins::links_dir(pin_dir).display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! Network namespaces, veth pairs, a private BPF filesystem, and processes, each owned by
+//! a guard that removes it when dropped, even when the test fails. Names are unique per
+//! process and call, so tests run in parallel.
+//!
+//! Safety of the host: every namespace here is new and linked only to other namespaces
+//! made here; nothing touches the host's own network namespace.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io::Read as _,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call: `{prefix}{pid}x{n}` (at most 15 bytes
+/// for interface names with prefixes of up to 3 bytes).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// Run a command to completion; panic with its output if it fails.
+#[track_caller]
+pub fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace, deleted (with every process in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("sgt-{}", unique(tag));
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NS ARGS...`
+    #[track_caller]
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut a = vec!["ip", "-n", &self.name];
+        a.extend_from_slice(args);
+        sh(&a)
+    }
+
+    /// Run a command inside the namespace to completion (panics on failure).
+    #[track_caller]
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut a = vec!["ip", "netns", "exec", &self.name];
+        a.extend_from_slice(args);
+        sh(&a)
+    }
+
+    /// Run a command inside the namespace, returning its output whatever the status.
+    pub fn try_exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+    }
+
+    /// A `Command` that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Set a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// Run a closure on a new thread that has entered this namespace (sockets it makes
+    /// live here).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let path = self.path();
+        thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+    }
+
+    /// Interface statistics counter (`/sys/class/net/IF/statistics/NAME`) read inside.
+    pub fn if_stat(&self, ifname: &str, stat: &str) -> u64 {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{ifname}/statistics/{stat}")]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    pub fn ifindex(&self, ifname: &str) -> u32 {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{ifname}/ifindex")]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("ifindex")
+    }
+}
+
+/// Move the calling thread into a network namespace.
+pub fn enter(path: &Path) {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // SAFETY: a valid namespace descriptor; affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: sending a signal has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Connect two namespaces with a veth pair and give each end an address (CIDR form).
+/// Deleting either namespace removes the pair.
+pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    let tmp_a = unique("va");
+    let tmp_b = unique("vb");
+    sh(&[
+        "ip", "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
+    ]);
+    sh(&["ip", "link", "set", &tmp_a, "netns", &a.name, "name", a_if]);
+    sh(&["ip", "link", "set", &tmp_b, "netns", &b.name, "name", b_if]);
+    for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        if !addr.is_empty() {
+            ns.ip(&["addr", "add", addr, "dev", ifname, "nodad"]);
+        }
+        ns.ip(&["link", "set", ifname, "up"]);
+    }
+}
+
+/// A BPF filesystem of our own under /run, unmounted and removed on drop.
+pub struct Bpffs {
+    pub path: PathBuf,
+}
+
+impl Bpffs {
+    pub fn new() -> Self {
+        let path = PathBuf::from(format!("/run/{}", unique("sgt-bpffs-")));
+        std::fs::create_dir_all(&path).expect("mkdir bpffs");
+        sh(&[
+            "mount",
+            "-t",
+            "bpf",
+            "bpf",
+            path.to_str().expect("utf-8 path"),
+        ]);
+        Self { path }
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        self.path.join("synguard")
+    }
+}
+
+impl Default for Bpffs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        if let Ok(c) = CString::new(self.path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid path; lazy unmount so open descriptors do not block it.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// A child process killed (SIGKILL) on drop if still running.
+pub struct ChildGuard {
+    pub child: Option<Child>,
+    pub log: Option<PathBuf>,
+}
+
+impl ChildGuard {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Self {
+            child: Some(child),
+            log: None,
+        }
+    }
+
+    /// Spawn with stdout and stderr going to a log file.
+    pub fn spawn_logged(mut cmd: Command, log: PathBuf) -> Self {
+        let f = File::create(&log).expect("create log");
+        let f2 = f.try_clone().expect("dup log");
+        cmd.stdout(f).stderr(f2);
+        let mut g = Self::spawn(cmd);
+        g.log = Some(log);
+        g
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Wait for exit (up to `timeout`); returns the exit code, or panics.
+    #[track_caller]
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("child");
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return st.code();
+            }
+            if start.elapsed() > timeout {
+                panic!("process {} did not exit within {timeout:?}", self.pid());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Some(p) = &self.log
+            && let Ok(mut f) = File::open(p)
+        {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Wait until the log contains `needle`; panics with the log after `timeout`.
+    #[track_caller]
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!(
+                    "process exited ({st}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "no {needle:?} in the log within {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(p) = &self.log {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
