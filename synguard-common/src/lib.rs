@@ -14,7 +14,7 @@ pub mod gcra;
 
 /// Bumped whenever a pinned map's key or value layout changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -213,6 +213,19 @@ pub struct Rule {
 }
 
 pub const RULE_COMMENT_MAX: usize = 64;
+
+/// Key data of the IPv4 rules trie: the address in the first four bytes and four zero
+/// bytes of padding. The kernel stores a trie value right after the key data in its node,
+/// so with a 4-byte key the value (and its atomic hit counter) would be only 4-byte
+/// aligned; an unaligned locked add measured about 1 µs here instead of a few ns. Prefix
+/// lengths never exceed 32, so the padding takes no part in matching.
+pub type RuleKeyV4 = [u8; 8];
+
+/// The IPv4 rules trie key data for an address.
+#[inline(always)]
+pub const fn rule_key_v4(addr: [u8; 4]) -> RuleKeyV4 {
+    [addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0]
+}
 pub const RULE_ALLOW: u8 = 1;
 pub const RULE_BLOCK: u8 = 2;
 pub const RULE_BAN: u8 = 3;

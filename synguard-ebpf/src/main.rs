@@ -31,7 +31,7 @@ use core::{
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -45,8 +45,8 @@ use network_types::{
 };
 use synguard_common::{
     ACTION_DROP, Bucket, Config, EVENT_BAN, EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event,
-    FAMILY_V4, FAMILY_V6, MODE_MONITOR, RATE_WINDOW_NS, RULE_BAN, Rule, SourceKey, Stats, capacity,
-    gcra, source_key_v4, source_key_v6,
+    FAMILY_V4, FAMILY_V6, MODE_MONITOR, RATE_WINDOW_NS, RULE_BAN, Rule, RuleKeyV4, SourceKey,
+    Stats, capacity, gcra, rule_key_v4, source_key_v4, source_key_v6,
     stat::{self, *},
 };
 
@@ -55,7 +55,7 @@ static SG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static SG_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(capacity::STATS_SLOTS, 0);
 #[map]
-static SG_RULES_V4: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
+static SG_RULES_V4: LpmTrie<RuleKeyV4, Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
 #[map]
 static SG_RULES_V6: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
 #[map]
@@ -172,7 +172,7 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 #[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 fn try_synguard(ctx: &XdpContext) -> Result<u32, Error> {
@@ -231,7 +231,7 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     }
     let src = ip.src_addr;
 
-    if let Some(rule) = SG_RULES_V4.get(Key::new(32, src))
+    if let Some(rule) = SG_RULES_V4.get(Key::new(32, rule_key_v4(src)))
         && let Some(reason) = apply_rule(rule)
     {
         return pkt.verdict(reason);
@@ -341,7 +341,7 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8) -> u32 {
             window_start_ns: now,
             window_syns: 1,
         };
-        return match SG_SOURCES.insert(key, &fresh, BPF_NOEXIST as u64) {
+        return match SG_SOURCES.insert(key, fresh, BPF_NOEXIST as u64) {
             Ok(()) => {
                 pkt.note(N_SOURCES_NEW);
                 pkt.verdict(R_SYN_PASSED)
@@ -396,7 +396,7 @@ fn ban(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
     rule.rate = b.window_syns * 1_000_000_000 / elapsed;
 
     let result = if family == FAMILY_V4 {
-        let addr = [key.addr[12], key.addr[13], key.addr[14], key.addr[15]];
+        let addr = rule_key_v4([key.addr[12], key.addr[13], key.addr[14], key.addr[15]]);
         insert_ban(&SG_RULES_V4, &Key::new(key.prefix_len, addr), &rule, now)
     } else {
         insert_ban(

@@ -12,7 +12,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
     programs::Xdp,
 };
-use synguard_common::{Bucket, Config, Rule, SourceKey, Stats, capacity, map_names, stat};
+use synguard_common::{
+    Bucket, Config, Rule, RuleKeyV4, SourceKey, Stats, capacity, map_names, stat,
+};
 
 /// The compiled XDP program, embedded at build time (see `build.rs`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synguard"));
@@ -24,9 +26,9 @@ pub const PROGRAM: &str = "synguard";
 /// shown by `status` and `--version`.
 pub const BUILD_ID: &str = env!("SYNGUARD_EBPF_ID");
 
-pub type RulesV4 = LpmTrie<MapData, [u8; 4], Rule>;
+pub type RulesV4 = LpmTrie<MapData, RuleKeyV4, Rule>;
 pub type RulesV6 = LpmTrie<MapData, [u8; 16], Rule>;
-pub type V4Key = LpmKey<[u8; 4]>;
+pub type V4Key = LpmKey<RuleKeyV4>;
 pub type V6Key = LpmKey<[u8; 16]>;
 
 /// Typed handles on every map of the program.

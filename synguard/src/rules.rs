@@ -87,7 +87,8 @@ pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
     for item in maps.rules_v4.iter() {
         match item {
             Ok((k, rule)) => {
-                if let Some(net) = v4_net(k.data(), k.prefix_len()) {
+                let d = k.data();
+                if let Some(net) = v4_net([d[0], d[1], d[2], d[3]], k.prefix_len()) {
                     out.push(RuleEntry { net, rule });
                 }
             }
@@ -112,7 +113,10 @@ pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
 
 fn v4_key(net: &IpNet) -> Option<V4Key> {
     match net {
-        IpNet::V4(n) => Some(V4Key::new(u32::from(n.prefix_len()), n.network().octets())),
+        IpNet::V4(n) => Some(V4Key::new(
+            u32::from(n.prefix_len()),
+            synguard_common::rule_key_v4(n.network().octets()),
+        )),
         IpNet::V6(_) => None,
     }
 }
@@ -181,7 +185,7 @@ pub fn matching(entries: &[RuleEntry], addr: IpAddr) -> Vec<RuleEntry> {
         .filter(|e| e.net.contains(&addr))
         .cloned()
         .collect();
-    m.sort_by(|a, b| b.net.prefix_len().cmp(&a.net.prefix_len()));
+    m.sort_by_key(|e| std::cmp::Reverse(e.net.prefix_len()));
     m
 }
 

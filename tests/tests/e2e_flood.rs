@@ -169,7 +169,9 @@ fn single_source_flood_is_banned_and_dropped_while_clients_keep_working() {
     // The counters add up: every SYN hping3 sent was either seen by XDP on that link or
     // dropped by the veth before it (when XDP could not keep up), and nearly all of what
     // XDP saw it dropped.
-    assert!(seen_tcp <= sent, "XDP saw {seen_tcp} > sent {sent}");
+    // hping3 counts a packet after sending it, so SIGINT can land between the two: one
+    // packet of slack.
+    assert!(seen_tcp <= sent + 1, "XDP saw {seen_tcp} > sent {sent}");
     assert!(
         seen_tcp + veth_dropped >= sent,
         "sent {sent} but XDP saw {seen_tcp} and the veth dropped {veth_dropped}"

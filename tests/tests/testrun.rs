@@ -467,7 +467,7 @@ fn ports_setting_limits_only_protected_ports() {
 
 #[test]
 fn full_sources_table_passes_new_sources_and_keeps_bans() {
-    let mut p = Prog::with_options(
+    let p = Prog::with_options(
         settings(&[("syn-rate", "1"), ("syn-burst", "1")]),
         &LoadOptions {
             max_entries: vec![(map_names::SOURCES, 4)],
@@ -496,7 +496,6 @@ fn full_sources_table_passes_new_sources_and_keeps_bans() {
     p.expect(&flooder, XDP_DROP, &[R_BANNED]);
     let one = Tcp::syn("198.51.100.1", SERVER).build();
     p.expect(&one, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
-    let _ = p.set("mode", "enforce");
 }
 
 #[test]
@@ -536,4 +535,19 @@ fn every_counter_name_is_distinct() {
     names.dedup();
     assert_eq!(names.len(), NAMES.len());
     assert_eq!(FAMILY_V6, 6);
+}
+
+#[test]
+fn baseline_noop_programs_load_and_return_their_action() {
+    synguard_tests::prog::require_root();
+    let frame = Tcp::syn("203.0.113.1", SERVER).build();
+    for action in [
+        synguard_tests::baseline::XDP_PASS,
+        synguard_tests::baseline::XDP_DROP,
+    ] {
+        let noop = synguard_tests::baseline::Noop::load(action).expect("load no-op");
+        let (got, ns) = noop.run_repeat(&frame, 1000).expect("run");
+        assert_eq!(got, action);
+        assert!(ns > 0.0);
+    }
 }

@@ -1,1 +1,248 @@
-fn main() {}
+//! `cargo xtask`: the project's operations. Each command first installs what it needs
+//! (idempotently, saying so), then does its job.
+//!
+//! - `build`: the `synguard` binary with its eBPF program embedded;
+//! - `run -- ARGS`: build and run `synguard run ARGS` (as root);
+//! - `test`: format, lints (host and eBPF), and every test, in the real kernel;
+//! - `bench`: the program's per-packet cost next to no-op XDP programs, as ratios.
+
+mod bootstrap;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "synguard's build, test and lab tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain if needed and build `synguard` (one binary).
+    Build {
+        /// Release build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run `synguard run` with these arguments (needs root).
+    ///
+    /// Example: cargo xtask run -- --iface eth0
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what the tests need, then run formatting, lints and every test (needs root).
+    Test,
+    /// Measure the program's per-packet cost in the kernel, as ratios to no-op programs.
+    Bench {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Fewer, shorter rounds (used by `cargo xtask test` so the bench cannot rot).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// Debian packages the tests use.
+const TEST_PACKAGES: &[&str] = &["iproute2", "hping3", "nftables"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn work_dir() -> PathBuf {
+    root().join("target").join("xtask")
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new("cargo");
+    c.args(args).current_dir(root());
+    c
+}
+
+fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: == {name}");
+    let start = Instant::now();
+    bootstrap::run(cmd).with_context(|| format!("step failed: {name}"))?;
+    eprintln!(
+        "xtask: == {name}: ok ({:.1} s)",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn need_root(what: &str) -> anyhow::Result<()> {
+    if !bootstrap::is_root() {
+        bail!(
+            "{what} loads XDP programs into the kernel and must run as root (sudo -E cargo xtask ...)"
+        );
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    bootstrap::toolchain(&work_dir())?;
+    let mut args = vec!["build", "-p", "synguard"];
+    if release {
+        args.push("--release");
+    }
+    step(
+        "build synguard (with the eBPF program embedded)",
+        &mut cargo(&args),
+    )?;
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("synguard"))
+}
+
+fn test() -> anyhow::Result<()> {
+    let start = Instant::now();
+    need_root("cargo xtask test")?;
+    bootstrap::toolchain(&work_dir())?;
+    bootstrap::packages(TEST_PACKAGES)?;
+    step(
+        "format (cargo +nightly fmt --check)",
+        &mut cargo(&["+nightly", "fmt", "--all", "--", "--check"]),
+    )?;
+    step(
+        "clippy, userspace",
+        &mut cargo(&[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "synguard-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step(
+        "clippy, eBPF program",
+        &mut cargo(&[
+            "+nightly",
+            "clippy",
+            "-p",
+            "synguard-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    let bin = build(false)?;
+    let bin = bin.to_string_lossy().into_owned();
+    let with_bin = |mut c: Command| {
+        c.env("SYNGUARD_BIN", &bin);
+        c
+    };
+    step(
+        "unit tests (host)",
+        &mut cargo(&[
+            "test",
+            "--workspace",
+            "--exclude",
+            "synguard-ebpf",
+            "--lib",
+            "--bins",
+        ]),
+    )?;
+    step(
+        "kernel tests: the program under BPF_PROG_TEST_RUN",
+        &mut with_bin(cargo(&[
+            "test",
+            "-p",
+            "synguard-tests",
+            "--test",
+            "testrun",
+        ])),
+    )?;
+    // Floods use all cores: one at a time so they measure what they claim.
+    step(
+        "end-to-end tests in network namespaces",
+        &mut with_bin(cargo(&[
+            "test",
+            "-p",
+            "synguard-tests",
+            "--test",
+            "e2e_flood",
+            "--",
+            "--test-threads=1",
+        ])),
+    )?;
+    step(
+        "benchmark, quick mode",
+        &mut cargo(&[
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "synguard-tests",
+            "--bin",
+            "sg-bench",
+            "--",
+            "--quick",
+        ]),
+    )?;
+    eprintln!(
+        "xtask: all tests passed in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Build { release } => {
+            let bin = build(release)?;
+            eprintln!("xtask: built {}", bin.display());
+            Ok(())
+        }
+        Task::Run { args } => {
+            need_root("cargo xtask run")?;
+            let bin = build(true)?;
+            let mut c = Command::new(bin);
+            c.arg("run").args(args);
+            bootstrap::run(&mut c)
+        }
+        Task::Test => test(),
+        Task::Bench { json, quick } => {
+            need_root("cargo xtask bench")?;
+            bootstrap::toolchain(&work_dir())?;
+            let mut args = vec![
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "synguard-tests",
+                "--bin",
+                "sg-bench",
+                "--",
+            ];
+            if json {
+                args.push("--json");
+            }
+            if quick {
+                args.push("--quick");
+            }
+            step("benchmark", &mut cargo(&args))
+        }
+    }
+}
