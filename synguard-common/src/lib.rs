@@ -14,7 +14,7 @@ pub mod gcra;
 
 /// Bumped whenever a pinned map's key or value layout changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -181,6 +181,11 @@ pub struct Config {
     pub v6_mask: [u8; 16],
     /// Incremented by every write, so readers can tell a change happened.
     pub generation: u64,
+    /// Build id of the program `run` loaded (FNV-1a of the object), for `status`.
+    pub build_id: u64,
+    /// Process id of the `run` that wrote this (0 if none yet).
+    pub daemon_pid: u32,
+    pub _pad: u32,
     /// Protected destination ports, bit `p % 64` of word `p / 64` (host order port).
     pub ports: [u64; PORT_WORDS],
 }
@@ -197,7 +202,11 @@ pub struct Rule {
     pub action: u8,
     /// Length of `comment` in bytes.
     pub comment_len: u8,
-    pub _pad: [u8; 5],
+    /// The prefix length this entry is stored under. A trie lookup ignores the key's
+    /// prefix length and returns the longest match for the address, so readers check this
+    /// to know which entry they got.
+    pub prefix_len: u8,
+    pub _pad: [u8; 4],
     /// `CLOCK_MONOTONIC` ns when the entry was made.
     pub created_ns: u64,
     /// `CLOCK_MONOTONIC` ns when it stops applying; 0 means never.
@@ -214,17 +223,39 @@ pub struct Rule {
 
 pub const RULE_COMMENT_MAX: usize = 64;
 
-/// Key data of the IPv4 rules trie: the address in the first four bytes and four zero
-/// bytes of padding. The kernel stores a trie value right after the key data in its node,
-/// so with a 4-byte key the value (and its atomic hit counter) would be only 4-byte
-/// aligned; an unaligned locked add measured about 1 µs here instead of a few ns. Prefix
-/// lengths never exceed 32, so the padding takes no part in matching.
+/// Key data of the IPv4 rules trie: the address, then the entry's kind, then zeros.
+///
+/// Prefix lengths never exceed 32, so the bytes after the address take no part in
+/// matching, and they serve twice: enumeration (`get_next_key`, which is exact) tells each
+/// entry's kind, and the value, which the kernel stores right after the key data in its
+/// node, is 8-byte aligned (with a 4-byte key its atomic hit counter was misaligned, and an
+/// unaligned locked add measured about 1 µs here instead of a few ns).
 pub type RuleKeyV4 = [u8; 8];
 
-/// The IPv4 rules trie key data for an address.
+/// Key data of the IPv6 rules trie: the address, the kind, zeros (as for IPv4).
+pub type RuleKeyV6 = [u8; 24];
+
+/// Offset of the kind byte in the rule keys.
+pub const RULE_KEY_KIND_V4: usize = 4;
+pub const RULE_KEY_KIND_V6: usize = 16;
+
+/// The IPv4 rules trie key data for an address (kind 0: what packet lookups use).
 #[inline(always)]
-pub const fn rule_key_v4(addr: [u8; 4]) -> RuleKeyV4 {
-    [addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0]
+pub const fn rule_key_v4(addr: [u8; 4], kind: u8) -> RuleKeyV4 {
+    [addr[0], addr[1], addr[2], addr[3], kind, 0, 0, 0]
+}
+
+/// The IPv6 rules trie key data for an address.
+#[inline(always)]
+pub const fn rule_key_v6(addr: [u8; 16], kind: u8) -> RuleKeyV6 {
+    let mut k = [0u8; 24];
+    let mut i = 0;
+    while i < 16 {
+        k[i] = addr[i];
+        i += 1;
+    }
+    k[16] = kind;
+    k
 }
 pub const RULE_ALLOW: u8 = 1;
 pub const RULE_BLOCK: u8 = 2;
@@ -238,7 +269,8 @@ impl Rule {
             kind,
             action,
             comment_len: 0,
-            _pad: [0; 5],
+            prefix_len: 0,
+            _pad: [0; 4],
             created_ns,
             expires_ns,
             hits: 0,
@@ -403,7 +435,7 @@ const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 56);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 2));
-const _: () = assert!(core::mem::size_of::<Config>() == 96 + 8 * PORT_WORDS);
+const _: () = assert!(core::mem::size_of::<Config>() == 112 + 8 * PORT_WORDS);
 const _: () = assert!(stat::NAMES.len() == stat::N_SOURCES_NEW + 1);
 
 #[cfg(test)]

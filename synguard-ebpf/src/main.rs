@@ -45,8 +45,8 @@ use network_types::{
 };
 use synguard_common::{
     ACTION_DROP, Bucket, Config, EVENT_BAN, EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event,
-    FAMILY_V4, FAMILY_V6, MODE_MONITOR, RATE_WINDOW_NS, RULE_BAN, Rule, RuleKeyV4, SourceKey,
-    Stats, capacity, gcra, rule_key_v4, source_key_v4, source_key_v6,
+    FAMILY_V4, FAMILY_V6, MODE_MONITOR, RATE_WINDOW_NS, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6,
+    SourceKey, Stats, capacity, gcra, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     stat::{self, *},
 };
 
@@ -57,7 +57,7 @@ static SG_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(capacity::ST
 #[map]
 static SG_RULES_V4: LpmTrie<RuleKeyV4, Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
 #[map]
-static SG_RULES_V6: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
+static SG_RULES_V6: LpmTrie<RuleKeyV6, Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
 #[map]
 static SG_SOURCES: HashMap<SourceKey, Bucket> = HashMap::with_max_entries(capacity::SOURCES, 0);
 #[map]
@@ -231,7 +231,7 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     }
     let src = ip.src_addr;
 
-    if let Some(rule) = SG_RULES_V4.get(Key::new(32, rule_key_v4(src)))
+    if let Some(rule) = SG_RULES_V4.get(Key::new(32, rule_key_v4(src, 0)))
         && let Some(reason) = apply_rule(rule)
     {
         return pkt.verdict(reason);
@@ -257,7 +257,7 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     let ip = unsafe { &*ip };
     let src = ip.src_addr;
 
-    if let Some(rule) = SG_RULES_V6.get(Key::new(128, src))
+    if let Some(rule) = SG_RULES_V6.get(Key::new(128, rule_key_v6(src, 0)))
         && let Some(reason) = apply_rule(rule)
     {
         return pkt.verdict(reason);
@@ -332,34 +332,7 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8) -> u32 {
     let cfg = pkt.cfg;
     let now = now_ns();
     let Some(bucket) = SG_SOURCES.get_ptr_mut(key) else {
-        let fresh = Bucket {
-            tat_ns: gcra::first(now, cfg.syn_interval_ns),
-            first_seen_ns: now,
-            last_seen_ns: now,
-            syns: 1,
-            limited: 0,
-            window_start_ns: now,
-            window_syns: 1,
-        };
-        return match SG_SOURCES.insert(key, fresh, BPF_NOEXIST as u64) {
-            Ok(()) => {
-                pkt.note(N_SOURCES_NEW);
-                pkt.verdict(R_SYN_PASSED)
-            }
-            // Another CPU created it between our lookup and insert: its first SYN passed,
-            // and so does this one (one SYN of slack per racing CPU).
-            Err(e) if e == -EEXIST => pkt.verdict(R_SYN_PASSED),
-            Err(e) => {
-                if e == -E2BIG && pkt.warn_allowed(now) {
-                    warn!(
-                        pkt.ctx,
-                        "sources table full ({} entries): new sources pass unmetered",
-                        capacity::SOURCES
-                    );
-                }
-                pkt.verdict(R_SYN_UNTRACKED)
-            }
-        };
+        return track_new(pkt, key, now);
     };
     // SAFETY: a live map value. Other CPUs may update the same bucket at the same time;
     // the races lose at most one SYN's accounting per racing CPU, which is within the
@@ -380,73 +353,152 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8) -> u32 {
         None => {
             b.limited += 1;
             if cfg.ban_ns != 0 {
-                ban(pkt, key, family, b, now);
+                let elapsed = now.wrapping_sub(b.window_start_ns).max(1_000_000);
+                let rate = b.window_syns * 1_000_000_000 / elapsed;
+                let info = BanInfo {
+                    syns: b.window_syns,
+                    rate,
+                    now,
+                    expires: now + cfg.ban_ns,
+                };
+                // The ban and its event are separate calls so their stack frames are
+                // never nested (the verifier sums nested frames against 512 bytes).
+                let result = if family == FAMILY_V4 {
+                    record_ban_v4(key, &info)
+                } else {
+                    record_ban_v6(key, &info)
+                };
+                match result {
+                    BanResult::Added => {
+                        pkt.note(N_BANS);
+                        if pkt.event_allowed(now) {
+                            emit_ban(pkt, key, family, &info);
+                        }
+                    }
+                    BanResult::AlreadyBanned => {}
+                    BanResult::TableFull => {
+                        pkt.note(N_BAN_TABLE_FULL);
+                        if pkt.warn_allowed(now) {
+                            warn_full(pkt, FULL_RULES);
+                        }
+                    }
+                }
             }
             pkt.verdict(R_SYN_LIMITED)
         }
     }
 }
 
-/// Record a ban for the source's aggregated prefix and tell userspace, once per ban.
+/// A SYN from a source without a bucket: make one (its first SYN takes one token).
 #[inline(never)]
-fn ban(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
-    let elapsed = now.wrapping_sub(b.window_start_ns).max(1_000_000);
-    let mut rule = Rule::new(RULE_BAN, ACTION_DROP, now, now + pkt.cfg.ban_ns);
-    rule.syns = b.window_syns;
-    rule.rate = b.window_syns * 1_000_000_000 / elapsed;
-
-    let result = if family == FAMILY_V4 {
-        let addr = rule_key_v4([key.addr[12], key.addr[13], key.addr[14], key.addr[15]]);
-        insert_ban(&SG_RULES_V4, &Key::new(key.prefix_len, addr), &rule, now)
-    } else {
-        insert_ban(
-            &SG_RULES_V6,
-            &Key::new(key.prefix_len, key.addr),
-            &rule,
-            now,
-        )
+fn track_new(pkt: &Packet, key: &SourceKey, now: u64) -> u32 {
+    let fresh = Bucket {
+        tat_ns: gcra::first(now, pkt.cfg.syn_interval_ns),
+        first_seen_ns: now,
+        last_seen_ns: now,
+        syns: 1,
+        limited: 0,
+        window_start_ns: now,
+        window_syns: 1,
     };
-    match result {
-        BanResult::Added => {}
-        BanResult::AlreadyBanned => return,
-        BanResult::TableFull => {
-            pkt.note(N_BAN_TABLE_FULL);
-            if pkt.warn_allowed(now) {
-                warn!(
-                    pkt.ctx,
-                    "rules table full ({} entries): bans not recorded, excess SYNs still dropped",
-                    capacity::RULES
-                );
+    match SG_SOURCES.insert(key, fresh, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            pkt.note(N_SOURCES_NEW);
+            pkt.verdict(R_SYN_PASSED)
+        }
+        // Another CPU created it between our lookup and insert: its first SYN passed, and
+        // so does this one (one SYN of slack per racing CPU).
+        Err(e) if e == -EEXIST => pkt.verdict(R_SYN_PASSED),
+        Err(e) => {
+            if e == -E2BIG && pkt.warn_allowed(now) {
+                warn_full(pkt, FULL_SOURCES);
             }
-            return;
+            pkt.verdict(R_SYN_UNTRACKED)
         }
     }
-    pkt.note(N_BANS);
-    if !pkt.event_allowed(now) {
-        return;
+}
+
+const FULL_SOURCES: u8 = 0;
+const FULL_RULES: u8 = 1;
+
+/// Tell userspace a table is full (callers limit this to once a second per CPU).
+#[inline(never)]
+fn warn_full(pkt: &Packet, which: u8) {
+    if which == FULL_SOURCES {
+        warn!(
+            pkt.ctx,
+            "sources table full ({} entries): new sources pass unmetered",
+            capacity::SOURCES
+        );
+    } else {
+        warn!(
+            pkt.ctx,
+            "rules table full ({} entries): bans not recorded, excess SYNs still dropped",
+            capacity::RULES
+        );
     }
+}
+
+/// What a ban records and reports.
+struct BanInfo {
+    /// SYNs in the source's current rate window.
+    syns: u64,
+    /// Its SYN rate per second.
+    rate: u64,
+    now: u64,
+    expires: u64,
+}
+
+#[inline(always)]
+fn ban_rule(key: &SourceKey, info: &BanInfo) -> Rule {
+    let mut rule = Rule::new(RULE_BAN, ACTION_DROP, info.now, info.expires);
+    rule.prefix_len = key.prefix_len as u8;
+    rule.syns = info.syns;
+    rule.rate = info.rate;
+    rule
+}
+
+/// Record a ban of an IPv4 source's aggregated prefix.
+#[inline(never)]
+fn record_ban_v4(key: &SourceKey, info: &BanInfo) -> BanResult {
+    let rule = ban_rule(key, info);
+    let addr = [key.addr[12], key.addr[13], key.addr[14], key.addr[15]];
+    let k = Key::new(key.prefix_len, rule_key_v4(addr, RULE_BAN));
+    insert_ban(&SG_RULES_V4, &k, &rule, info.now)
+}
+
+/// Record a ban of an IPv6 source's aggregated prefix.
+#[inline(never)]
+fn record_ban_v6(key: &SourceKey, info: &BanInfo) -> BanResult {
+    let rule = ban_rule(key, info);
+    let k = Key::new(key.prefix_len, rule_key_v6(key.addr, RULE_BAN));
+    insert_ban(&SG_RULES_V6, &k, &rule, info.now)
+}
+
+/// Tell userspace about a new ban (once per ban; rate-limited by the caller).
+#[inline(never)]
+fn emit_ban(pkt: &Packet, key: &SourceKey, family: u8, info: &BanInfo) {
     let Some(mut entry) = SG_EVENTS.reserve::<Event>(0) else {
         pkt.note(N_EVENTS_LOST);
         return;
     };
-    let (addr, prefix_len) = if family == FAMILY_V4 {
-        let mut a = [0u8; 16];
-        a[..4].copy_from_slice(&key.addr[12..]);
-        (a, key.prefix_len)
+    let mut addr = [0u8; 16];
+    if family == FAMILY_V4 {
+        addr[..4].copy_from_slice(&key.addr[12..]);
     } else {
-        (key.addr, key.prefix_len)
-    };
+        addr = key.addr;
+    }
     entry.write(Event {
         kind: EVENT_BAN,
         ifindex: pkt.ifindex,
         family,
-        prefix_len: prefix_len as u8,
+        prefix_len: key.prefix_len as u8,
         _pad: [0; 6],
         addr,
-        time_ns: now,
-        expires_ns: rule.expires_ns,
-        syns: rule.syns,
-        rate: rule.rate,
+        time_ns: info.now,
+        expires_ns: info.expires,
+        syns: info.syns,
+        rate: info.rate,
     });
     entry.submit(0);
 }
@@ -463,13 +515,17 @@ fn insert_ban<K>(map: &LpmTrie<K, Rule>, key: &Key<K>, rule: &Rule, now: u64) ->
         Ok(()) => BanResult::Added,
         Err(e) if e == -EEXIST => {
             // An entry for exactly this prefix exists. A live one means another CPU banned
-            // it first (so its event is theirs); an expired one is replaced.
+            // it first (so its event is theirs); an expired one is replaced. A lookup
+            // returns the longest match for the address, which may be a more specific
+            // entry: then the exact one cannot be read here, and is left alone.
             match map.get(key) {
-                Some(old) if !old.expired(now) => BanResult::AlreadyBanned,
-                _ => match map.insert(key, rule, 0) {
-                    Ok(()) => BanResult::Added,
-                    Err(_) => BanResult::TableFull,
-                },
+                Some(old) if old.prefix_len == rule.prefix_len && old.expired(now) => {
+                    match map.insert(key, rule, 0) {
+                        Ok(()) => BanResult::Added,
+                        Err(_) => BanResult::TableFull,
+                    }
+                }
+                _ => BanResult::AlreadyBanned,
             }
         }
         Err(_) => BanResult::TableFull,

@@ -13,7 +13,7 @@ use aya::{
     programs::Xdp,
 };
 use synguard_common::{
-    Bucket, Config, Rule, RuleKeyV4, SourceKey, Stats, capacity, map_names, stat,
+    Bucket, Config, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, map_names, stat,
 };
 
 /// The compiled XDP program, embedded at build time (see `build.rs`).
@@ -27,9 +27,9 @@ pub const PROGRAM: &str = "synguard";
 pub const BUILD_ID: &str = env!("SYNGUARD_EBPF_ID");
 
 pub type RulesV4 = LpmTrie<MapData, RuleKeyV4, Rule>;
-pub type RulesV6 = LpmTrie<MapData, [u8; 16], Rule>;
+pub type RulesV6 = LpmTrie<MapData, RuleKeyV6, Rule>;
 pub type V4Key = LpmKey<RuleKeyV4>;
-pub type V6Key = LpmKey<[u8; 16]>;
+pub type V6Key = LpmKey<RuleKeyV6>;
 
 /// Typed handles on every map of the program.
 pub struct Maps {

@@ -37,6 +37,112 @@ pub enum Command {
     ///   synguard run --iface eth0 --config /etc/synguard/synguard.toml
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
+
+    /// Show whether `run` is active, the interfaces, the config and the counters.
+    ///
+    /// Example:
+    ///   synguard status
+    ///   synguard status --json | jq .counters
+    #[command(verbatim_doc_comment)]
+    Status(JsonArg),
+
+    /// Inspect and change the blocklist (manual blocks and automatic bans).
+    #[command(subcommand)]
+    Block(BlockCmd),
+
+    /// Inspect and change the allowlist (never limited, never blocked).
+    #[command(subcommand)]
+    Allow(AllowCmd),
+
+    /// Show or change the settings in force, live.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+
+    /// Explain why an address is passed, limited or blocked.
+    ///
+    /// Examples:
+    ///   synguard explain 203.0.113.66
+    ///   synguard explain 2001:db8::1 --json
+    #[command(verbatim_doc_comment)]
+    Explain {
+        /// The address to explain.
+        addr: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Machine-readable output (stable field names).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlockCmd {
+    /// List blocked prefixes: reason (auto or manual), SYNs seen, first seen, expiry, hits.
+    List(JsonArg),
+    /// Block a prefix (all its traffic is dropped).
+    ///
+    /// Examples:
+    ///   synguard block add 203.0.113.0/24 --for 10m --comment "flood 2026-11-24"
+    ///   synguard block add 2001:db8:bad::/48
+    ///
+    /// Refuses, unless --force, to block an allowlisted address or the address of your
+    /// own SSH session.
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// The prefix, e.g. 203.0.113.0/24, or a single address.
+        cidr: String,
+        /// Remove the block after this long (30s, 10m, 1h, 2d); default: until removed.
+        #[arg(long = "for", value_name = "DURATION", allow_hyphen_values = true)]
+        duration: Option<String>,
+        /// Why (at most 64 bytes); shown by `block list` and `explain`.
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Add it even if it covers an allowlisted address or your own SSH session.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a block or a ban, by its exact prefix.
+    Del { cidr: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AllowCmd {
+    /// List allowlisted prefixes.
+    List(JsonArg),
+    /// Allowlist a prefix: never limited, never blocked, whatever else matches.
+    ///
+    /// Example:
+    ///   synguard allow add 198.51.100.0/24 --comment "office"
+    #[command(verbatim_doc_comment)]
+    Add {
+        cidr: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Remove a prefix from the allowlist, by its exact prefix.
+    Del { cidr: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Show the settings in force.
+    Show(JsonArg),
+    /// Change one setting on the running program (applies to the next packet).
+    ///
+    /// Examples:
+    ///   synguard config set syn-rate 50
+    ///   synguard config set mode monitor
+    ///   synguard config set ports 80,443
+    #[command(verbatim_doc_comment)]
+    Set {
+        key: String,
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -142,7 +248,9 @@ mod tests {
             "/run/x",
         ])
         .unwrap();
-        let Command::Run(r) = cli.command;
+        let Command::Run(r) = cli.command else {
+            panic!("parsed as run");
+        };
         assert_eq!(r.ifaces, ["eth0", "eth1"]);
         assert_eq!(
             r.keys.0,

@@ -511,8 +511,20 @@ impl Settings {
             all_ports: u32::from(self.ports.is_all()),
             v6_mask: prefix_mask::<16>(u32::from(self.ipv6_prefix)),
             generation,
+            build_id: u64::from_str_radix(crate::bpf::BUILD_ID, 16).unwrap_or(0),
+            daemon_pid: 0,
+            _pad: 0,
             ports: self.ports.bitmap(),
         }
+    }
+
+    /// The next kernel config after `current`: these settings, a bumped generation, and
+    /// the identity of the `run` that owns the program kept as it is.
+    pub fn next_kernel(&self, current: &Config) -> Config {
+        let mut c = self.to_kernel(current.generation.wrapping_add(1));
+        c.build_id = current.build_id;
+        c.daemon_pid = current.daemon_pid;
+        c
     }
 
     /// Read back what the kernel holds.

@@ -192,7 +192,7 @@ fn attach(
     iface: &Iface,
     mode: XdpModeArg,
 ) -> anyhow::Result<Attachment> {
-    let path = pins::link_path(pin_dir, &iface.name);
+    let path = pins::link_path(pin_dir, iface.index, &iface.name);
     if path.exists() {
         // Adopt: swap our program into the existing link. The pin stays in place the whole
         // time, so the interface is never without a program.
@@ -230,16 +230,18 @@ fn attach(
     })
 }
 
-/// Links pinned by a previous run for interfaces this run does not protect.
+/// Links pinned by a previous run for interfaces this run does not protect (or that have
+/// been recreated since, with a new index).
 fn stale_links(pin_dir: &Path, ifaces: &[Iface]) -> Vec<PathBuf> {
+    let keep: Vec<PathBuf> = ifaces
+        .iter()
+        .map(|i| pins::link_path(pin_dir, i.index, &i.name))
+        .collect();
     fs::read_dir(pins::links_dir(pin_dir))
         .map(|d| {
             d.filter_map(|e| e.ok())
-                .filter(|e| {
-                    let n = e.file_name();
-                    !ifaces.iter().any(|i| n.to_str() == Some(i.name.as_str()))
-                })
                 .map(|e| e.path())
+                .filter(|p| !keep.contains(p))
                 .collect()
         })
         .unwrap_or_default()
@@ -388,9 +390,14 @@ impl Daemon {
         };
         match load_settings(Some(&path), &self.keys) {
             Ok(s) => {
-                self.generation += 1;
-                match self.maps.write_config(&s.to_kernel(self.generation)) {
-                    Ok(()) => {
+                let written = pins::lock_writers(&self.pin_dir).and_then(|_lock| {
+                    let next = s.next_kernel(&self.maps.read_config()?);
+                    self.maps.write_config(&next)?;
+                    Ok(next.generation)
+                });
+                match written {
+                    Ok(generation) => {
+                        self.generation = generation;
                         for (k, v) in s.entries() {
                             let old = self.settings.get(k).unwrap_or_default();
                             if old != v {
@@ -441,12 +448,25 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         pin_dir: Some(pin_dir.clone()),
         ..Default::default()
     })?;
-    let generation = if adopting {
-        loaded.maps.read_config().map(|c| c.generation).unwrap_or(0) + 1
+    let previous = if adopting {
+        loaded.maps.read_config().ok()
     } else {
-        1
+        None
     };
-    loaded.maps.write_config(&settings.to_kernel(generation))?;
+    let generation = previous.map_or(0, |c| c.generation) + 1;
+    let mut kernel_cfg = settings.to_kernel(generation);
+    kernel_cfg.daemon_pid = std::process::id();
+    if let Some(prev) = previous
+        && prev.build_id != 0
+        && prev.build_id != kernel_cfg.build_id
+    {
+        log::info!(
+            "upgrading the program from build {:016x} to {}",
+            prev.build_id,
+            crate::bpf::BUILD_ID
+        );
+    }
+    loaded.maps.write_config(&kernel_cfg)?;
     {
         let _lock = pins::lock_writers(&pin_dir)?;
         rules::reconcile_actions(&mut loaded.maps)?;
@@ -577,7 +597,7 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for a in attachments {
-        let path = pins::link_path(&pin_dir, &a.iface.name);
+        let path = pins::link_path(&pin_dir, a.iface.index, &a.iface.name);
         fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
         drop(a.link);
         log::info!("{why}: detached from {}", a.iface.name);

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use synguard::{
-    cli::{Cli, Command},
+    cli::{AllowCmd, BlockCmd, Cli, Command, ConfigCmd},
+    cmd::{State, block, config, explain, status},
+    config::Settings,
     error,
 };
 
@@ -32,7 +34,53 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let pin = cli.pin_dir.as_path();
     match cli.command {
         Command::Run(args) => synguard::daemon::run(cli.pin_dir, args).await,
+        Command::Status(a) => status::status(&State::open(pin)?, a.json),
+        Command::Block(BlockCmd::List(a)) => block::block_list(&State::open(pin)?, a.json),
+        Command::Block(BlockCmd::Add {
+            cidr,
+            duration,
+            comment,
+            force,
+        }) => {
+            // Validate the input before touching the state, so bad input changes nothing
+            // even when there is no state to change.
+            synguard::net::parse_cidr(&cidr)?;
+            block::block_add(
+                &mut State::open(pin)?,
+                &block::BlockAdd {
+                    cidr: &cidr,
+                    duration: duration.as_deref(),
+                    comment: &comment,
+                    force,
+                },
+            )
+        }
+        Command::Block(BlockCmd::Del { cidr }) => {
+            synguard::net::parse_cidr(&cidr)?;
+            block::block_del(&mut State::open(pin)?, &cidr)
+        }
+        Command::Allow(AllowCmd::List(a)) => block::allow_list(&State::open(pin)?, a.json),
+        Command::Allow(AllowCmd::Add { cidr, comment }) => {
+            synguard::net::parse_cidr(&cidr)?;
+            block::allow_add(&mut State::open(pin)?, &cidr, &comment)
+        }
+        Command::Allow(AllowCmd::Del { cidr }) => {
+            synguard::net::parse_cidr(&cidr)?;
+            block::allow_del(&mut State::open(pin)?, &cidr)
+        }
+        Command::Config(ConfigCmd::Show(a)) => config::show(&State::open(pin)?, a.json),
+        Command::Config(ConfigCmd::Set { key, value }) => {
+            Settings::default()
+                .set(&key, &value)
+                .map_err(|e| error::usage(e.to_string()))?;
+            config::set(&mut State::open(pin)?, &key, &value)
+        }
+        Command::Explain { addr, json } => {
+            synguard::net::parse_addr(&addr)?;
+            explain::explain(&State::open(pin)?, &addr, json)
+        }
     }
 }

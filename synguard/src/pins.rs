@@ -29,8 +29,28 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
-pub fn link_path(pin_dir: &Path, ifname: &str) -> PathBuf {
-    links_dir(pin_dir).join(ifname)
+/// The pin of an interface's XDP link: `links/IFINDEX-IFNAME`, so that every command can
+/// tell which interface (and which per-interface counters) it belongs to, even from
+/// another network namespace.
+pub fn link_path(pin_dir: &Path, ifindex: u32, ifname: &str) -> PathBuf {
+    links_dir(pin_dir).join(format!("{ifindex}-{ifname}"))
+}
+
+/// The interfaces with a pinned link: (ifindex, name, pin path).
+pub fn pinned_links(pin_dir: &Path) -> Vec<(u32, String, PathBuf)> {
+    let mut out: Vec<(u32, String, PathBuf)> = fs::read_dir(links_dir(pin_dir))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let (idx, ifname) = name.split_once('-')?;
+                    Some((idx.parse().ok()?, ifname.to_string(), e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 /// Whether `path` lies on a BPF filesystem.

@@ -7,14 +7,15 @@
 //! restores that invariant after every change to the allowlist (and `run` re-checks it
 //! every second, in case the kernel banned a source while an allow entry was being added).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 use aya::maps::MapError;
 use ipnet::IpNet;
 use serde::Serialize;
 use synguard_common::{
-    ACTION_DROP, ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, Rule,
+    ACTION_DROP, ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, RULE_KEY_KIND_V4,
+    RULE_KEY_KIND_V6, Rule, rule_key_v4, rule_key_v6,
 };
 
 use crate::{
@@ -28,6 +29,10 @@ use crate::{
 pub struct RuleEntry {
     pub net: IpNet,
     pub rule: Rule,
+    /// More specific entries cover every address of this one, so it never matches and
+    /// its value cannot be read (a trie lookup returns the longest match); `rule` then
+    /// holds only its kind.
+    pub covered: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -81,76 +86,182 @@ fn not_found(e: &MapError) -> bool {
         || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
-/// Every entry of both families.
-pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
+/// Every stored prefix with its kind, exactly (key enumeration is exact; lookups are not).
+fn keys(maps: &Maps) -> anyhow::Result<Vec<(IpNet, u8)>> {
     let mut out = Vec::new();
-    for item in maps.rules_v4.iter() {
-        match item {
-            Ok((k, rule)) => {
+    for k in maps.rules_v4.keys() {
+        match k {
+            Ok(k) => {
                 let d = k.data();
                 if let Some(net) = v4_net([d[0], d[1], d[2], d[3]], k.prefix_len()) {
-                    out.push(RuleEntry { net, rule });
+                    out.push((net, d[RULE_KEY_KIND_V4]));
                 }
             }
-            // An entry deleted while we iterate: skip it.
             Err(e) if not_found(&e) => continue,
-            Err(e) => return Err(e).context("reading the IPv4 rules"),
+            Err(e) => return Err(e).context("listing the IPv4 rules"),
         }
     }
-    for item in maps.rules_v6.iter() {
-        match item {
-            Ok((k, rule)) => {
-                if let Some(net) = v6_net(k.data(), k.prefix_len()) {
-                    out.push(RuleEntry { net, rule });
+    for k in maps.rules_v6.keys() {
+        match k {
+            Ok(k) => {
+                let d = k.data();
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&d[..16]);
+                if let Some(net) = v6_net(a, k.prefix_len()) {
+                    out.push((net, d[RULE_KEY_KIND_V6]));
                 }
             }
             Err(e) if not_found(&e) => continue,
-            Err(e) => return Err(e).context("reading the IPv6 rules"),
+            Err(e) => return Err(e).context("listing the IPv6 rules"),
         }
     }
     Ok(out)
 }
 
-fn v4_key(net: &IpNet) -> Option<V4Key> {
-    match net {
-        IpNet::V4(n) => Some(V4Key::new(
-            u32::from(n.prefix_len()),
-            synguard_common::rule_key_v4(n.network().octets()),
-        )),
-        IpNet::V6(_) => None,
-    }
-}
-
-fn v6_key(net: &IpNet) -> Option<V6Key> {
-    match net {
-        IpNet::V6(n) => Some(V6Key::new(u32::from(n.prefix_len()), n.network().octets())),
-        IpNet::V4(_) => None,
-    }
-}
-
-/// The entry stored under exactly this prefix.
-pub fn get(maps: &Maps, net: &IpNet) -> anyhow::Result<Option<Rule>> {
-    let r = match net {
-        IpNet::V4(_) => v4_key(net).map(|k| maps.rules_v4.get(&k, 0)),
-        IpNet::V6(_) => v6_key(net).map(|k| maps.rules_v6.get(&k, 0)),
+/// What the kernel would match for an address: the longest matching entry.
+fn lookup(maps: &Maps, addr: IpAddr) -> anyhow::Result<Option<Rule>> {
+    let r = match addr {
+        IpAddr::V4(a) => maps
+            .rules_v4
+            .get(&V4Key::new(32, rule_key_v4(a.octets(), 0)), 0),
+        IpAddr::V6(a) => maps
+            .rules_v6
+            .get(&V6Key::new(128, rule_key_v6(a.octets(), 0)), 0),
     };
     match r {
-        Some(Ok(rule)) => Ok(Some(rule)),
-        Some(Err(e)) if not_found(&e) => Ok(None),
-        Some(Err(e)) => Err(e).context("reading a rule"),
+        Ok(rule) => Ok(Some(rule)),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(e).context("looking up a rule"),
+    }
+}
+
+fn span(net: &IpNet) -> (u128, u128) {
+    match net {
+        IpNet::V4(n) => (
+            u128::from(u32::from(n.network())),
+            u128::from(u32::from(n.broadcast())),
+        ),
+        IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+/// An address of `net` outside every one of `inner` (the more specific entries inside
+/// it), if there is one: looking it up returns exactly the entry stored under `net`.
+fn witness(net: &IpNet, inner: &[IpNet]) -> Option<IpAddr> {
+    let (lo, hi) = span(net);
+    let mut spans: Vec<(u128, u128)> = inner.iter().map(span).collect();
+    spans.sort_unstable();
+    let mut next = lo;
+    for (a, b) in spans {
+        if a > next {
+            break;
+        }
+        if b >= next {
+            if b == hi {
+                return None;
+            }
+            next = b + 1;
+        }
+    }
+    if next > hi {
+        return None;
+    }
+    Some(match net {
+        IpNet::V4(_) => IpAddr::V4(Ipv4Addr::from(next as u32)),
+        IpNet::V6(_) => IpAddr::V6(Ipv6Addr::from(next)),
+    })
+}
+
+/// Read the entry stored under exactly `net`, given every stored prefix.
+fn read_exact(maps: &Maps, net: &IpNet, all: &[(IpNet, u8)]) -> anyhow::Result<Option<Rule>> {
+    let p = net.prefix_len();
+    match lookup(maps, net.network())? {
+        Some(r) if r.prefix_len == p => return Ok(Some(r)),
+        Some(r) if r.prefix_len > p => {}
+        _ => return Ok(None),
+    }
+    let inner: Vec<IpNet> = all
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| n.prefix_len() > p && covers(net, n))
+        .collect();
+    match witness(net, &inner) {
+        Some(w) => Ok(lookup(maps, w)?.filter(|r| r.prefix_len == p)),
         None => Ok(None),
+    }
+}
+
+/// Every entry of both families, read exactly.
+pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
+    let all = keys(maps)?;
+    let mut out = Vec::with_capacity(all.len());
+    for (net, kind) in &all {
+        match read_exact(maps, net, &all)? {
+            Some(rule) => out.push(RuleEntry {
+                net: *net,
+                rule,
+                covered: false,
+            }),
+            None => {
+                // Gone since we listed it, or covered: keep covered ones, with their kind.
+                let inner: Vec<IpNet> = all
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .filter(|n| n.prefix_len() > net.prefix_len() && covers(net, n))
+                    .collect();
+                if witness(net, &inner).is_none() {
+                    let mut rule = Rule::new(*kind, ACTION_DROP, 0, 0);
+                    rule.prefix_len = net.prefix_len();
+                    out.push(RuleEntry {
+                        net: *net,
+                        rule,
+                        covered: true,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The entry stored under exactly this prefix (not merely one that matches it).
+pub fn get(maps: &Maps, net: &IpNet) -> anyhow::Result<Option<Rule>> {
+    let p = net.prefix_len();
+    match lookup(maps, net.network())? {
+        Some(r) if r.prefix_len == p => Ok(Some(r)),
+        Some(r) if r.prefix_len > p => {
+            let all = keys(maps)?;
+            read_exact(maps, net, &all)
+        }
+        _ => Ok(None),
     }
 }
 
 /// Store an entry under a prefix, replacing what was there.
 pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
+    let mut rule = *rule;
+    rule.prefix_len = net.prefix_len();
     let r = match net {
-        IpNet::V4(_) => v4_key(net).map(|k| maps.rules_v4.insert(&k, rule, 0)),
-        IpNet::V6(_) => v6_key(net).map(|k| maps.rules_v6.insert(&k, rule, 0)),
+        IpNet::V4(n) => maps.rules_v4.insert(
+            &V4Key::new(
+                u32::from(n.prefix_len()),
+                rule_key_v4(n.network().octets(), rule.kind),
+            ),
+            rule,
+            0,
+        ),
+        IpNet::V6(n) => maps.rules_v6.insert(
+            &V6Key::new(
+                u32::from(n.prefix_len()),
+                rule_key_v6(n.network().octets(), rule.kind),
+            ),
+            rule,
+            0,
+        ),
     };
     match r {
-        Some(Ok(())) | None => Ok(()),
-        Some(Err(MapError::SyscallError(s)))
+        Ok(()) => Ok(()),
+        Err(MapError::SyscallError(s))
             if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
         {
             anyhow::bail!(
@@ -159,21 +270,27 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
                 synguard_common::capacity::RULES
             )
         }
-        Some(Err(e)) => Err(e).with_context(|| format!("storing the rule for {net}")),
+        Err(e) => Err(e).with_context(|| format!("storing the rule for {net}")),
     }
 }
 
 /// Remove the entry stored under exactly this prefix. `Ok(false)` if there was none.
 pub fn delete(maps: &mut Maps, net: &IpNet) -> anyhow::Result<bool> {
+    // Deletion matches the prefix exactly (the kind byte of the key is not compared).
     let r = match net {
-        IpNet::V4(_) => v4_key(net).map(|k| maps.rules_v4.remove(&k)),
-        IpNet::V6(_) => v6_key(net).map(|k| maps.rules_v6.remove(&k)),
+        IpNet::V4(n) => maps.rules_v4.remove(&V4Key::new(
+            u32::from(n.prefix_len()),
+            rule_key_v4(n.network().octets(), 0),
+        )),
+        IpNet::V6(n) => maps.rules_v6.remove(&V6Key::new(
+            u32::from(n.prefix_len()),
+            rule_key_v6(n.network().octets(), 0),
+        )),
     };
     match r {
-        Some(Ok(())) => Ok(true),
-        Some(Err(e)) if not_found(&e) => Ok(false),
-        Some(Err(e)) => Err(e).with_context(|| format!("removing the rule for {net}")),
-        None => Ok(false),
+        Ok(()) => Ok(true),
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing the rule for {net}")),
     }
 }
 
@@ -202,7 +319,7 @@ pub fn shadowing_allow<'a>(entries: &'a [RuleEntry], net: &IpNet) -> Option<&'a 
 pub fn reconcile_actions(maps: &mut Maps) -> anyhow::Result<usize> {
     let entries = list(maps)?;
     let mut changed = 0;
-    for e in entries.iter().filter(|e| e.is_block()) {
+    for e in entries.iter().filter(|e| e.is_block() && !e.covered) {
         let want = if shadowing_allow(&entries, &e.net).is_some() {
             ACTION_PASS
         } else {
@@ -227,7 +344,7 @@ pub fn expire(maps: &mut Maps) -> anyhow::Result<Vec<RuleEntry>> {
     let now = clock::monotonic_ns();
     let mut removed = Vec::new();
     for e in list(maps)? {
-        if e.rule.expired(now) {
+        if !e.covered && e.rule.expired(now) {
             // Re-check just before deleting: the kernel replaces an expired ban in place
             // when the source is banned again.
             if let Some(current) = get(maps, &e.net)?
@@ -237,6 +354,7 @@ pub fn expire(maps: &mut Maps) -> anyhow::Result<Vec<RuleEntry>> {
                 removed.push(RuleEntry {
                     net: e.net,
                     rule: current,
+                    covered: false,
                 });
             }
         }
@@ -254,4 +372,46 @@ pub fn manual(kind: u8, expires_ns: u64, comment: &str) -> Rule {
     let mut r = Rule::new(kind, action, clock::monotonic_ns(), expires_ns);
     set_comment(&mut r, comment);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn witness_avoids_more_specific_entries() {
+        assert_eq!(
+            witness(&n("10.0.0.0/24"), &[]),
+            Some("10.0.0.0".parse().unwrap())
+        );
+        assert_eq!(
+            witness(&n("10.0.0.0/24"), &[n("10.0.0.0/32")]),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            witness(&n("10.0.0.0/24"), &[n("10.0.0.0/25"), n("10.0.0.128/26")]),
+            Some("10.0.0.192".parse().unwrap())
+        );
+        assert_eq!(
+            witness(&n("10.0.0.0/24"), &[n("10.0.0.128/25"), n("10.0.0.0/25")]),
+            None,
+            "tiled"
+        );
+        assert_eq!(
+            witness(&n("10.0.0.0/24"), &[n("10.0.0.0/25"), n("10.0.0.0/26")]),
+            Some("10.0.0.128".parse().unwrap())
+        );
+        assert_eq!(
+            witness(&n("2001:db8::/64"), &[n("2001:db8::/65")]),
+            Some("2001:db8::8000:0:0:0".parse().unwrap())
+        );
+        assert_eq!(
+            witness(&n("0.0.0.0/0"), &[n("0.0.0.0/1"), n("128.0.0.0/1")]),
+            None
+        );
+    }
 }

@@ -551,3 +551,69 @@ fn baseline_noop_programs_load_and_return_their_action() {
         assert!(ns > 0.0);
     }
 }
+
+/// A trie lookup returns the longest match for an address, ignoring the prefix length in
+/// the key; reading entries back must still be exact when prefixes share an address.
+#[test]
+fn overlapping_entries_are_read_back_exactly() {
+    let mut p = limited("1000", "1000");
+    let entry = |kind, comment: &str| rules::manual(kind, 0, comment);
+    p.put_rule("10.0.0.0/8", &entry(RULE_BLOCK, "eight"));
+    p.put_rule("10.0.0.0/24", &entry(RULE_ALLOW, "twenty-four"));
+    p.put_rule("10.0.0.0/32", &entry(RULE_BLOCK, "host"));
+    p.put_rule("10.1.0.0/24", &entry(RULE_BLOCK, "tiled"));
+    p.put_rule("10.1.0.0/25", &entry(RULE_BLOCK, "low half"));
+    p.put_rule("10.1.0.128/25", &entry(RULE_BLOCK, "high half"));
+    p.put_rule("2001:db8::/32", &entry(RULE_BLOCK, "v6 wide"));
+    p.put_rule("2001:db8::/128", &entry(RULE_ALLOW, "v6 host"));
+
+    fn get(p: &Prog, net: &str) -> Option<(u8, u8)> {
+        rules::get(&p.loaded.maps, &net.parse().unwrap())
+            .unwrap()
+            .map(|r| (r.kind, r.prefix_len))
+    }
+    assert_eq!(get(&p, "10.0.0.0/8"), Some((RULE_BLOCK, 8)));
+    assert_eq!(get(&p, "10.0.0.0/24"), Some((RULE_ALLOW, 24)));
+    assert_eq!(get(&p, "10.0.0.0/32"), Some((RULE_BLOCK, 32)));
+    assert_eq!(get(&p, "10.0.0.0/16"), None, "a prefix that is not stored");
+    assert_eq!(get(&p, "10.0.0.1/32"), None);
+    assert_eq!(get(&p, "2001:db8::/32"), Some((RULE_BLOCK, 32)));
+    assert_eq!(get(&p, "2001:db8::/128"), Some((RULE_ALLOW, 128)));
+    assert_eq!(get(&p, "10.1.0.0/24"), None, "fully covered: unreadable");
+
+    let listed = p.rules();
+    let find = |net: &str| {
+        listed
+            .iter()
+            .find(|e| e.net.to_string() == net)
+            .unwrap_or_else(|| panic!("{net} listed"))
+    };
+    assert_eq!(listed.len(), 8);
+    assert_eq!(find("10.0.0.0/8").comment(), "eight");
+    assert_eq!(find("10.0.0.0/24").comment(), "twenty-four");
+    assert_eq!(find("10.0.0.0/32").comment(), "host");
+    assert_eq!(find("2001:db8::/32").comment(), "v6 wide");
+    let tiled = find("10.1.0.0/24");
+    assert!(tiled.covered);
+    assert_eq!(tiled.rule.kind, RULE_BLOCK, "the kind survives in the key");
+
+    assert!(!rules::delete(&mut p.loaded.maps, &"10.0.0.0/16".parse().unwrap()).unwrap());
+    assert!(rules::delete(&mut p.loaded.maps, &"10.0.0.0/24".parse().unwrap()).unwrap());
+    assert_eq!(get(&p, "10.0.0.0/8"), Some((RULE_BLOCK, 8)));
+    assert_eq!(get(&p, "10.0.0.0/32"), Some((RULE_BLOCK, 32)));
+
+    // And the kernel decides with the most specific live entry.
+    p.reconcile();
+    p.expect(
+        &Tcp::syn("10.0.0.0", SERVER).build(),
+        XDP_DROP,
+        &[R_BLOCKED],
+    );
+    assert_eq!(p.rule("10.0.0.0/32").unwrap().hits, 1);
+    assert_eq!(p.rule("10.0.0.0/8").unwrap().hits, 0);
+    p.expect(
+        &Tcp::syn("2001:db8::", SERVER6).build(),
+        XDP_PASS,
+        &[R_ALLOWED],
+    );
+}

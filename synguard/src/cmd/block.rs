@@ -1,0 +1,441 @@
+//! `synguard block list|add|del` and `synguard allow list|add|del`.
+
+use std::{net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use synguard_common::{ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX};
+
+use super::{State, print_json, table, time_human, time_json};
+use crate::{
+    clock,
+    config::{format_duration, parse_duration},
+    error::usage,
+    net::{covers, parse_cidr},
+    rules::{self, Kind, RuleEntry},
+};
+
+#[derive(Serialize)]
+struct BlockJson {
+    prefix: String,
+    reason: Kind,
+    /// SYNs seen from the source in its last rate window when it was banned.
+    syns: Option<u64>,
+    /// Its SYN rate per second when it was banned.
+    rate: Option<u64>,
+    first_seen: Option<String>,
+    expires: Option<String>,
+    expires_in_s: Option<u64>,
+    hits: u64,
+    comment: String,
+    /// `drop`, or `pass` when an allow entry covers it.
+    effective: &'static str,
+    allowed_by: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AllowJson {
+    prefix: String,
+    added: Option<String>,
+    hits: u64,
+    comment: String,
+}
+
+fn sorted(mut entries: Vec<RuleEntry>) -> Vec<RuleEntry> {
+    entries.sort_by(|a, b| {
+        (a.net.addr(), a.net.prefix_len()).cmp(&(b.net.addr(), b.net.prefix_len()))
+    });
+    entries
+}
+
+pub fn block_list(state: &State, json: bool) -> anyhow::Result<()> {
+    let all = rules::list(&state.maps)?;
+    let now = clock::monotonic_ns();
+    let blocks: Vec<RuleEntry> = sorted(all.iter().filter(|e| e.is_block()).cloned().collect());
+    let rows: Vec<BlockJson> = blocks
+        .iter()
+        .filter(|e| !e.rule.expired(now))
+        .map(|e| {
+            let auto = e.rule.kind == RULE_BAN;
+            let allowed_by = rules::shadowing_allow(&all, &e.net).map(|a| a.net.to_string());
+            BlockJson {
+                prefix: e.net.to_string(),
+                reason: e.kind(),
+                syns: auto.then_some(e.rule.syns),
+                rate: auto.then_some(e.rule.rate),
+                first_seen: time_json(e.rule.created_ns),
+                expires: time_json(e.rule.expires_ns),
+                expires_in_s: (e.rule.expires_ns != 0)
+                    .then(|| e.rule.expires_ns.saturating_sub(now) / 1_000_000_000),
+                hits: e.rule.hits,
+                comment: e.comment(),
+                effective: if allowed_by.is_some() { "pass" } else { "drop" },
+                allowed_by,
+            }
+        })
+        .collect();
+    if json {
+        return print_json(&rows);
+    }
+    if rows.is_empty() {
+        println!("nothing is blocked");
+        return Ok(());
+    }
+    let table_rows = blocks
+        .iter()
+        .filter(|e| !e.rule.expired(now))
+        .zip(&rows)
+        .map(|(e, j)| {
+            let mut comment = j.comment.clone();
+            if let Some(a) = &j.allowed_by {
+                comment = format!("[not applied: inside allowlisted {a}] {comment}");
+            }
+            vec![
+                j.prefix.clone(),
+                match j.reason {
+                    Kind::Auto => "auto".into(),
+                    _ => "manual".into(),
+                },
+                j.syns.map_or("-".into(), |s| s.to_string()),
+                j.rate.map_or("-".into(), |r| format!("{r}/s")),
+                time_human(e.rule.created_ns, "-"),
+                time_human(e.rule.expires_ns, "never"),
+                j.hits.to_string(),
+                comment.trim().to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "prefix",
+                "reason",
+                "syns seen",
+                "rate",
+                "first seen",
+                "expires",
+                "hits",
+                "comment"
+            ],
+            table_rows
+        )
+    );
+    Ok(())
+}
+
+pub fn allow_list(state: &State, json: bool) -> anyhow::Result<()> {
+    let allows = sorted(
+        rules::list(&state.maps)?
+            .into_iter()
+            .filter(|e| e.rule.kind == RULE_ALLOW)
+            .collect(),
+    );
+    let rows: Vec<AllowJson> = allows
+        .iter()
+        .map(|e| AllowJson {
+            prefix: e.net.to_string(),
+            added: time_json(e.rule.created_ns),
+            hits: e.rule.hits,
+            comment: e.comment(),
+        })
+        .collect();
+    if json {
+        return print_json(&rows);
+    }
+    if rows.is_empty() {
+        println!("the allowlist is empty");
+        return Ok(());
+    }
+    println!(
+        "{}",
+        table(
+            &["prefix", "added", "hits", "comment"],
+            allows
+                .iter()
+                .zip(&rows)
+                .map(|(e, j)| {
+                    vec![
+                        j.prefix.clone(),
+                        time_human(e.rule.created_ns, "-"),
+                        j.hits.to_string(),
+                        j.comment.clone(),
+                    ]
+                })
+                .collect()
+        )
+    );
+    Ok(())
+}
+
+fn check_comment(comment: &str) -> anyhow::Result<()> {
+    if comment.len() > RULE_COMMENT_MAX {
+        return Err(usage(format!(
+            "the comment is {} bytes long; at most {RULE_COMMENT_MAX} fit",
+            comment.len()
+        )));
+    }
+    if comment.chars().any(char::is_control) {
+        return Err(usage("the comment contains control characters"));
+    }
+    Ok(())
+}
+
+/// Client addresses of the SSH sessions this command runs under: `SSH_CONNECTION` (or
+/// `SSH_CLIENT`) of this process or, since `sudo` usually drops it, of its ancestors.
+pub fn ssh_clients() -> Vec<IpAddr> {
+    fn from_environ(env: &[u8]) -> Option<IpAddr> {
+        env.split(|b| *b == 0).find_map(|kv| {
+            let kv = std::str::from_utf8(kv).ok()?;
+            let v = kv
+                .strip_prefix("SSH_CONNECTION=")
+                .or_else(|| kv.strip_prefix("SSH_CLIENT="))?;
+            v.split_whitespace().next()?.parse().ok()
+        })
+    }
+    let mut out = Vec::new();
+    for var in ["SSH_CONNECTION", "SSH_CLIENT"] {
+        if let Some(ip) = std::env::var(var)
+            .ok()
+            .and_then(|v| v.split_whitespace().next().and_then(|a| a.parse().ok()))
+        {
+            out.push(ip);
+        }
+    }
+    let mut pid = std::os::unix::process::parent_id();
+    for _ in 0..32 {
+        if pid <= 1 {
+            break;
+        }
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+            && let Some(ip) = from_environ(&env)
+        {
+            out.push(ip);
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            break;
+        };
+        // The command name is in parentheses and may contain spaces: parse after it.
+        pid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+pub struct BlockAdd<'a> {
+    pub cidr: &'a str,
+    pub duration: Option<&'a str>,
+    pub comment: &'a str,
+    pub force: bool,
+}
+
+pub fn block_add(state: &mut State, a: &BlockAdd<'_>) -> anyhow::Result<()> {
+    let net = parse_cidr(a.cidr)?;
+    check_comment(a.comment)?;
+    let ttl = match a.duration {
+        Some(d) => {
+            let d = parse_duration("for", d)?;
+            if d < Duration::from_secs(1) {
+                return Err(usage(
+                    "--for must be at least 1s (leave it out to block until you remove it)",
+                ));
+            }
+            Some(d)
+        }
+        None => None,
+    };
+
+    let _lock = state.write_lock()?;
+    let all = rules::list(&state.maps)?;
+    if let Some(same) = all
+        .iter()
+        .find(|e| e.net == net && e.rule.kind == RULE_ALLOW)
+    {
+        return Err(usage(format!(
+            "{net} is on the allowlist{}; remove it first with `synguard allow del {net}`",
+            comment_suffix(&same.comment())
+        )));
+    }
+    if !a.force {
+        for e in all.iter().filter(|e| e.rule.kind == RULE_ALLOW) {
+            if covers(&net, &e.net) {
+                return Err(usage(format!(
+                    "refusing: {net} covers the allowlisted {}{}. Allowlisted addresses stay \
+                     allowed whatever is blocked, so they would not be blocked anyway; pass \
+                     --force to add the block for the rest of {net}",
+                    e.net,
+                    comment_suffix(&e.comment())
+                )));
+            }
+            if covers(&e.net, &net) {
+                return Err(usage(format!(
+                    "refusing: {net} lies inside the allowlisted {}{}, so blocking it would \
+                     have no effect; remove the allow entry first (`synguard allow del {}`), \
+                     or pass --force to add the block anyway",
+                    e.net,
+                    comment_suffix(&e.comment()),
+                    e.net
+                )));
+            }
+        }
+        for ip in ssh_clients() {
+            if net.contains(&ip) {
+                return Err(usage(format!(
+                    "refusing: {net} contains {ip}, the address of your own SSH session \
+                     (SSH_CONNECTION): you would lock yourself out. Allowlist it first \
+                     (`synguard allow add {ip}`) or pass --force if you mean it"
+                )));
+            }
+        }
+    }
+
+    let now = clock::monotonic_ns();
+    let expires = ttl.map_or(0, |d| now + d.as_nanos() as u64);
+    let mut rule = rules::manual(RULE_BLOCK, expires, a.comment);
+    let previous = rules::get(&state.maps, &net)?;
+    if let Some(prev) = previous {
+        rule.hits = prev.hits;
+    }
+    if rules::shadowing_allow(&all, &net).is_some() {
+        rule.action = ACTION_PASS;
+    }
+    rules::put(&mut state.maps, &net, &rule)?;
+    let verb = match previous.map(|p| p.kind) {
+        Some(RULE_BLOCK) => "updated the block on",
+        Some(RULE_BAN) => "turned the automatic ban into a manual block on",
+        _ => "blocked",
+    };
+    println!(
+        "{verb} {net}{}{}",
+        ttl.map_or(" until removed".to_string(), |d| format!(
+            " for {} (until {})",
+            format_duration(d),
+            clock::rfc3339(clock::to_wall(expires))
+        )),
+        comment_suffix(a.comment)
+    );
+    state.note_no_daemon();
+    Ok(())
+}
+
+fn comment_suffix(c: &str) -> String {
+    if c.is_empty() {
+        String::new()
+    } else {
+        format!(" ({c})")
+    }
+}
+
+pub fn block_del(state: &mut State, cidr: &str) -> anyhow::Result<()> {
+    let net = parse_cidr(cidr)?;
+    let _lock = state.write_lock()?;
+    match rules::get(&state.maps, &net)? {
+        Some(r) if r.kind == RULE_ALLOW => Err(usage(format!(
+            "{net} is an allow entry, not a block; use `synguard allow del {net}`"
+        ))),
+        Some(r) => {
+            rules::delete(&mut state.maps, &net)?;
+            if r.kind == RULE_BAN {
+                // An unbanned source starts again with a full bucket; otherwise its next
+                // SYN would find the bucket still empty and ban it again at once.
+                forget_bucket(state, &net);
+            }
+            println!(
+                "removed the {} on {net} ({} packets dropped while it lasted)",
+                if r.kind == RULE_BAN { "ban" } else { "block" },
+                r.hits
+            );
+            state.note_no_daemon();
+            Ok(())
+        }
+        None => {
+            let all = rules::list(&state.maps)?;
+            let covering: Vec<String> = rules::matching(&all, net.network())
+                .into_iter()
+                .filter(|e| e.is_block() && covers(&e.net, &net))
+                .map(|e| e.net.to_string())
+                .collect();
+            Err(usage(if covering.is_empty() {
+                format!(
+                    "{net} is not blocked (`synguard block list` shows what is); entries are \
+                     removed by their exact prefix"
+                )
+            } else {
+                format!(
+                    "there is no entry for {net} itself, but it is inside the blocked {}; \
+                     remove that prefix, or allowlist {net}",
+                    covering.join(", ")
+                )
+            }))
+        }
+    }
+}
+
+fn forget_bucket(state: &mut State, net: &IpNet) {
+    let key = match net {
+        IpNet::V4(n) => synguard_common::source_key_v4(
+            n.network().octets(),
+            [0xff; 4],
+            u32::from(n.prefix_len()),
+        ),
+        IpNet::V6(n) => synguard_common::source_key_v6(
+            n.network().octets(),
+            [0xff; 16],
+            u32::from(n.prefix_len()),
+        ),
+    };
+    let _ = state.maps.sources.remove(&key);
+}
+
+pub fn allow_add(state: &mut State, cidr: &str, comment: &str) -> anyhow::Result<()> {
+    let net = parse_cidr(cidr)?;
+    check_comment(comment)?;
+    let _lock = state.write_lock()?;
+    let previous = rules::get(&state.maps, &net)?;
+    let mut rule = rules::manual(RULE_ALLOW, 0, comment);
+    if let Some(p) = previous {
+        rule.hits = if p.kind == RULE_ALLOW { p.hits } else { 0 };
+    }
+    rules::put(&mut state.maps, &net, &rule)?;
+    let changed = rules::reconcile_actions(&mut state.maps)?;
+    match previous.map(|p| p.kind) {
+        Some(RULE_ALLOW) => println!("updated the allow entry {net}{}", comment_suffix(comment)),
+        Some(RULE_BAN) => println!("allowed {net}, replacing its automatic ban"),
+        Some(_) => println!("allowed {net}, replacing the block on it"),
+        None => println!("allowed {net}{}", comment_suffix(comment)),
+    }
+    if changed > 0 {
+        println!("{changed} block or ban entries inside {net} no longer apply");
+    }
+    state.note_no_daemon();
+    Ok(())
+}
+
+pub fn allow_del(state: &mut State, cidr: &str) -> anyhow::Result<()> {
+    let net = parse_cidr(cidr)?;
+    let _lock = state.write_lock()?;
+    match rules::get(&state.maps, &net)? {
+        Some(r) if r.kind == RULE_ALLOW => {
+            rules::delete(&mut state.maps, &net)?;
+            let changed = rules::reconcile_actions(&mut state.maps)?;
+            println!("removed {net} from the allowlist");
+            if changed > 0 {
+                println!("{changed} block or ban entries inside {net} apply again");
+            }
+            state.note_no_daemon();
+            Ok(())
+        }
+        Some(_) => Err(usage(format!(
+            "{net} is a block, not an allow entry; use `synguard block del {net}`"
+        ))),
+        None => Err(usage(format!(
+            "{net} is not on the allowlist (`synguard allow list` shows it); entries are \
+             removed by their exact prefix"
+        ))),
+    }
+}

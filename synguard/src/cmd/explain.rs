@@ -1,0 +1,268 @@
+//! `synguard explain ADDR`: why an address is passed, limited or blocked, from the same
+//! state the kernel decides with.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+use synguard_common::{ACTION_PASS, RULE_ALLOW, RULE_BAN, gcra, prefix_mask};
+
+use super::{State, print_json, time_human, time_json};
+use crate::{
+    clock,
+    config::{Mode, Settings},
+    net::{aggregate, parse_addr},
+    rules::{self, Kind, RuleEntry},
+};
+
+#[derive(Serialize)]
+struct EntryJson {
+    prefix: String,
+    kind: Kind,
+    created: Option<String>,
+    expires: Option<String>,
+    expired: bool,
+    hits: u64,
+    comment: String,
+    rate_at_ban: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct BucketJson {
+    /// The source as metered: the address aggregated to ipv4-prefix / ipv6-prefix.
+    source: String,
+    tracked: bool,
+    tokens: u64,
+    burst: u32,
+    rate: u32,
+    syns: u64,
+    limited: u64,
+    first_seen: Option<String>,
+    last_seen: Option<String>,
+    full_in_ms: u64,
+}
+
+#[derive(Serialize)]
+struct ExplainJson {
+    address: String,
+    /// `allowed`, `blocked`, `banned`, `limited` (bucket empty), `metered` (tracked, within
+    /// its limit) or `new` (never seen).
+    verdict: &'static str,
+    summary: String,
+    entry: Option<EntryJson>,
+    matches: Vec<EntryJson>,
+    bucket: BucketJson,
+    mode: Mode,
+    port_note: Option<String>,
+}
+
+fn entry_json(e: &RuleEntry, now: u64) -> EntryJson {
+    EntryJson {
+        prefix: e.net.to_string(),
+        kind: e.kind(),
+        created: time_json(e.rule.created_ns),
+        expires: time_json(e.rule.expires_ns),
+        expired: e.rule.expired(now),
+        hits: e.rule.hits,
+        comment: e.comment(),
+        rate_at_ban: (e.rule.kind == RULE_BAN).then_some(e.rule.rate),
+    }
+}
+
+fn bucket(state: &State, addr: IpAddr, s: &Settings, now: u64) -> BucketJson {
+    let cfg = s.to_kernel(0);
+    let source = aggregate(addr, s.ipv4_prefix, s.ipv6_prefix);
+    let key = match addr {
+        IpAddr::V4(a) => synguard_common::source_key_v4(
+            a.octets(),
+            prefix_mask::<4>(u32::from(s.ipv4_prefix)),
+            u32::from(s.ipv4_prefix),
+        ),
+        IpAddr::V6(a) => synguard_common::source_key_v6(
+            a.octets(),
+            prefix_mask::<16>(u32::from(s.ipv6_prefix)),
+            u32::from(s.ipv6_prefix),
+        ),
+    };
+    match state.maps.sources.get(&key, 0) {
+        Ok(b) => BucketJson {
+            source: source.to_string(),
+            tracked: true,
+            tokens: gcra::tokens(b.tat_ns, now, cfg.syn_interval_ns, cfg.syn_tolerance_ns)
+                .min(u64::from(s.syn_burst)),
+            burst: s.syn_burst,
+            rate: s.syn_rate,
+            syns: b.syns,
+            limited: b.limited,
+            first_seen: time_json(b.first_seen_ns),
+            last_seen: time_json(b.last_seen_ns),
+            full_in_ms: gcra::refill_ns(b.tat_ns, now) / 1_000_000,
+        },
+        Err(_) => BucketJson {
+            source: source.to_string(),
+            tracked: false,
+            tokens: u64::from(s.syn_burst),
+            burst: s.syn_burst,
+            rate: s.syn_rate,
+            syns: 0,
+            limited: 0,
+            first_seen: None,
+            last_seen: None,
+            full_in_ms: 0,
+        },
+    }
+}
+
+pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
+    let addr = parse_addr(text)?;
+    let settings = Settings::from_kernel(&state.maps.read_config()?);
+    let now = clock::monotonic_ns();
+    let all = rules::list(&state.maps)?;
+    let matches = rules::matching(&all, addr);
+    let live: Vec<&RuleEntry> = matches.iter().filter(|e| !e.rule.expired(now)).collect();
+    let b = bucket(state, addr, &settings, now);
+
+    let (verdict, summary, entry) = match live.first() {
+        Some(e) if e.rule.kind == RULE_ALLOW => (
+            "allowed",
+            format!(
+                "ALLOWED by the allowlist entry {}{}: never limited or blocked",
+                e.net,
+                paren(&e.comment())
+            ),
+            Some(*e),
+        ),
+        Some(e) if e.rule.action == ACTION_PASS => {
+            let by = rules::shadowing_allow(&all, &e.net)
+                .map(|a| a.net.to_string())
+                .unwrap_or_else(|| "an allow entry".into());
+            (
+                "allowed",
+                format!(
+                    "ALLOWED: it is inside the blocked {}, but that block lies inside the \
+                     allowlisted {by}, and the allowlist always wins",
+                    e.net
+                ),
+                Some(*e),
+            )
+        }
+        Some(e) if e.rule.kind == RULE_BAN => (
+            "banned",
+            format!(
+                "BANNED automatically as {}: it sent {} SYN/s, over syn-rate {}/s with \
+                 syn-burst {}; since {}, until {}; {} packets dropped since",
+                e.net,
+                e.rule.rate,
+                settings.syn_rate,
+                settings.syn_burst,
+                time_human(e.rule.created_ns, "-"),
+                time_human(e.rule.expires_ns, "removed"),
+                e.rule.hits
+            ),
+            Some(*e),
+        ),
+        Some(e) => (
+            "blocked",
+            format!(
+                "BLOCKED by the manual entry {}{}; since {}, until {}; {} packets dropped",
+                e.net,
+                paren(&e.comment()),
+                time_human(e.rule.created_ns, "-"),
+                time_human(e.rule.expires_ns, "removed"),
+                e.rule.hits
+            ),
+            Some(*e),
+        ),
+        None if b.tracked && b.tokens == 0 => (
+            "limited",
+            format!(
+                "LIMITED: its source {} has used up its bucket ({} SYN/s, burst {}); its next \
+                 SYN is dropped{} (the bucket is full again in {} ms if it stops)",
+                b.source,
+                settings.syn_rate,
+                settings.syn_burst,
+                if settings.ban_for.is_zero() {
+                    String::new()
+                } else {
+                    " and the source banned".to_string()
+                },
+                b.full_in_ms
+            ),
+            None,
+        ),
+        None if b.tracked => (
+            "metered",
+            format!(
+                "PASSED, metered: its source {} may open {} more SYNs at once ({} of {}), \
+                 then {} a second",
+                b.source, b.tokens, b.tokens, b.burst, b.rate
+            ),
+            None,
+        ),
+        None => (
+            "new",
+            format!(
+                "PASSED: no state for its source {} yet; its first {} SYNs pass at once, \
+                 then {} a second",
+                b.source, settings.syn_burst, settings.syn_rate
+            ),
+            None,
+        ),
+    };
+    let port_note = (!settings.ports.is_all()).then(|| {
+        format!(
+            "only SYNs to ports {} are metered; other ports pass unmetered",
+            settings.ports
+        )
+    });
+    let out = ExplainJson {
+        address: addr.to_string(),
+        verdict,
+        summary: summary.clone(),
+        entry: entry.map(|e| entry_json(e, now)),
+        matches: matches.iter().map(|e| entry_json(e, now)).collect(),
+        bucket: b,
+        mode: settings.mode,
+        port_note,
+    };
+    if json {
+        return print_json(&out);
+    }
+    println!("{addr}: {summary}");
+    if out.bucket.tracked {
+        println!(
+            "  source {}: {} of {} SYNs left, {} SYNs seen, {} over the limit, first seen {}, \
+             last seen {}",
+            out.bucket.source,
+            out.bucket.tokens,
+            out.bucket.burst,
+            out.bucket.syns,
+            out.bucket.limited,
+            out.bucket.first_seen.as_deref().unwrap_or("-"),
+            out.bucket.last_seen.as_deref().unwrap_or("-"),
+        );
+    }
+    for e in matches.iter().skip(usize::from(entry.is_some())) {
+        println!(
+            "  also matches {} ({:?}{}){}",
+            e.net,
+            e.kind(),
+            if e.rule.expired(now) { ", expired" } else { "" },
+            paren(&e.comment())
+        );
+    }
+    if let Some(n) = &out.port_note {
+        println!("  {n}");
+    }
+    if settings.mode == Mode::Monitor {
+        println!("  mode is monitor: drops are decided and counted but not applied");
+    }
+    Ok(())
+}
+
+fn paren(c: &str) -> String {
+    if c.is_empty() {
+        String::new()
+    } else {
+        format!(" ({c})")
+    }
+}

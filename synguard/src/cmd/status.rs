@@ -1,0 +1,203 @@
+//! `synguard status`: is it running, where, with which settings, and what has it done.
+
+use std::collections::BTreeMap;
+
+use aya::programs::links::{FdLink, PinnedLink};
+use serde::Serialize;
+use synguard_common::{RULE_ALLOW, RULE_BAN, RULE_BLOCK, capacity, stat};
+
+use super::{State, print_json, table};
+use crate::{bpf::BUILD_ID, config::Settings, pins, rules};
+
+#[derive(Serialize)]
+struct IfaceJson {
+    name: String,
+    ifindex: u32,
+    link_id: Option<u32>,
+    program_id: Option<u32>,
+    counters: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Serialize)]
+struct EntriesJson {
+    allow: usize,
+    block: usize,
+    ban: usize,
+    capacity_per_family: u32,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    pin_dir: String,
+    daemon_running: bool,
+    daemon_pid: Option<u32>,
+    program_build_id: String,
+    this_binary_build_id: &'static str,
+    interfaces: Vec<IfaceJson>,
+    config: BTreeMap<&'static str, String>,
+    counters: BTreeMap<&'static str, u64>,
+    dropped: u64,
+    passed: u64,
+    entries: EntriesJson,
+    sources_tracked: usize,
+    sources_capacity: u32,
+}
+
+fn named(c: &[u64; stat::COUNT]) -> BTreeMap<&'static str, u64> {
+    stat::NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, c[i]))
+        .collect()
+}
+
+pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
+    let cfg = state.maps.read_config()?;
+    let settings = Settings::from_kernel(&cfg);
+    let totals = state.maps.total_counters()?;
+    let mut interfaces = Vec::new();
+    for (ifindex, name, path) in pins::pinned_links(&state.pin_dir) {
+        let info = PinnedLink::from_pin(&path)
+            .ok()
+            .map(FdLink::from)
+            .and_then(|l| l.info().ok());
+        let slot = if ifindex < capacity::STATS_SLOTS {
+            ifindex
+        } else {
+            0
+        };
+        interfaces.push(IfaceJson {
+            name,
+            ifindex,
+            link_id: info.as_ref().map(|i| i.id()),
+            program_id: info.as_ref().map(|i| i.program_id()),
+            counters: named(&state.maps.counters(slot)?),
+        });
+    }
+    let entries = rules::list(&state.maps)?;
+    let count = |k| entries.iter().filter(|e| e.rule.kind == k).count();
+    let sources = state.maps.sources.keys().filter(Result::is_ok).count();
+    let dropped: u64 = (0..stat::REASONS)
+        .filter(|r| stat::is_drop(*r))
+        .map(|r| totals[r])
+        .sum::<u64>()
+        .saturating_sub(totals[stat::N_MONITOR_PASSED]);
+    let passed: u64 = (0..stat::REASONS).map(|r| totals[r]).sum::<u64>() - dropped;
+    let out = StatusJson {
+        pin_dir: state.pin_dir.display().to_string(),
+        daemon_running: state.daemon,
+        daemon_pid: (state.daemon && cfg.daemon_pid != 0).then_some(cfg.daemon_pid),
+        program_build_id: format!("{:016x}", cfg.build_id),
+        this_binary_build_id: BUILD_ID,
+        interfaces,
+        config: settings.entries().into_iter().collect(),
+        counters: named(&totals),
+        dropped,
+        passed,
+        entries: EntriesJson {
+            allow: count(RULE_ALLOW),
+            block: count(RULE_BLOCK),
+            ban: count(RULE_BAN),
+            capacity_per_family: capacity::RULES,
+        },
+        sources_tracked: sources,
+        sources_capacity: capacity::SOURCES,
+    };
+    if json {
+        return print_json(&out);
+    }
+
+    println!("synguard {}", crate::version::LONG);
+    println!("state:      {}", out.pin_dir);
+    println!(
+        "daemon:     {}",
+        if out.daemon_running {
+            format!("running (pid {})", cfg.daemon_pid)
+        } else {
+            "NOT RUNNING: the program stays attached with the state below, but nothing logs \
+             bans or sweeps expired entries; start `synguard run`"
+                .to_string()
+        }
+    );
+    if out.program_build_id != BUILD_ID {
+        println!(
+            "program:    build {} (this binary has {}: restart `synguard run` to upgrade)",
+            out.program_build_id, BUILD_ID
+        );
+    }
+    if out.interfaces.is_empty() {
+        println!("interfaces: none attached");
+    }
+    for i in &out.interfaces {
+        println!(
+            "interface:  {} (ifindex {}, XDP program id {})",
+            i.name,
+            i.ifindex,
+            i.program_id.map_or("?".into(), |p| p.to_string())
+        );
+    }
+    println!(
+        "mode:       {}{}",
+        settings.get("mode").unwrap_or_default(),
+        if settings.mode == crate::config::Mode::Monitor {
+            " (decides and counts, drops nothing)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "config:     {}",
+        settings
+            .entries()
+            .iter()
+            .filter(|(k, _)| *k != "mode")
+            .map(|(k, v)| format!("{k}={}", if v.is_empty() { "all" } else { v }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "entries:    {} allowed, {} blocked, {} banned (room for {} per address family); \
+         {} sources metered (room for {})",
+        out.entries.allow,
+        out.entries.block,
+        out.entries.ban,
+        capacity::RULES,
+        sources,
+        capacity::SOURCES
+    );
+    println!("packets:    {} passed, {} dropped", passed, dropped);
+    let rows: Vec<Vec<String>> = stat::NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| totals[*i] != 0)
+        .map(|(i, n)| {
+            let kind = if i >= stat::REASONS {
+                "note"
+            } else if stat::is_drop(i) {
+                "drop"
+            } else {
+                "pass"
+            };
+            let mut row = vec![n.to_string(), kind.to_string(), totals[i].to_string()];
+            for iface in &out.interfaces {
+                row.push(iface.counters.get(n).copied().unwrap_or(0).to_string());
+            }
+            row
+        })
+        .collect();
+    if !rows.is_empty() {
+        let mut header = vec!["counter", "verdict", "total"];
+        let names: Vec<String> = out.interfaces.iter().map(|i| i.name.clone()).collect();
+        header.extend(names.iter().map(String::as_str));
+        println!("\n{}", table(&header, rows));
+    }
+    if totals[stat::N_BAN_TABLE_FULL] + totals[stat::R_SYN_UNTRACKED] + totals[stat::N_EVENTS_LOST]
+        > 0
+    {
+        println!(
+            "\nwarning: a table was full (ban_table_full, syn_untracked or events_lost above): \
+             see the README on full tables"
+        );
+    }
+    Ok(())
+}
