@@ -96,6 +96,21 @@ pub fn load_settings(file: Option<&Path>, keys: &KeyArgs) -> anyhow::Result<Sett
     Ok(s)
 }
 
+/// "101 SYNs within 1 ms (at least 101000 SYN/s)" or "450 SYNs in 800 ms (562 SYN/s)".
+/// The kernel measures the rate over the source's current window (at most a second) with
+/// a coarse clock, so windows shorter than a millisecond only give a lower bound.
+pub fn describe_rate(syns: u64, rate: u64) -> String {
+    if rate == 0 {
+        return format!("{syns} SYNs");
+    }
+    let ms = syns.saturating_mul(1000) / rate;
+    if ms <= 1 {
+        format!("{syns} SYNs within 1 ms (at least {rate} SYN/s)")
+    } else {
+        format!("{syns} SYNs in {ms} ms ({rate} SYN/s)")
+    }
+}
+
 /// One protected interface.
 struct Attachment {
     iface: Iface,
@@ -283,10 +298,9 @@ impl Daemon {
         let Some(net) = net else { return };
         self.known_bans.insert(net);
         log::warn!(
-            "banned {net} on {}: {} SYN/s ({} SYNs in the last second), for {} (until {})",
+            "banned {net} on {}: {}, for {} (until {})",
             self.iface_name(e.ifindex),
-            e.rate,
-            e.syns,
+            describe_rate(e.syns, e.rate),
             format_duration(Duration::from_nanos(e.expires_ns.saturating_sub(e.time_ns))),
             clock::rfc3339(clock::to_wall(e.expires_ns)),
         );
@@ -319,10 +333,10 @@ impl Daemon {
             for e in entries.iter().filter(|e| e.rule.kind == RULE_BAN) {
                 if self.known_bans.insert(e.net) {
                     log::warn!(
-                        "banned {}: {} SYN/s, until {} (found by the sweep; its event was \
+                        "banned {}: {}, until {} (found by the sweep; its event was \
                          rate-limited)",
                         e.net,
-                        e.rule.rate,
+                        describe_rate(e.rule.syns, e.rule.rate),
                         clock::rfc3339(clock::to_wall(e.rule.expires_ns))
                     );
                 }
@@ -493,19 +507,28 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         Err(e) => log::debug!("no kernel log channel: {e}"),
     }
 
-    for path in stale_links(&pin_dir, &ifaces) {
-        log::warn!(
-            "{} was protected by a previous run but is not among --iface: detaching it",
-            path.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        );
-        let _ = fs::remove_file(&path);
-    }
-    let mut attachments = Vec::new();
+    let mut attachments: Vec<Attachment> = Vec::new();
     for iface in &ifaces {
-        let prog = loaded.program_mut()?;
-        let a = attach(prog, &pin_dir, iface, args.xdp_mode)?;
+        let attached = loaded
+            .program_mut()
+            .and_then(|prog| attach(prog, &pin_dir, iface, args.xdp_mode));
+        let a = match attached {
+            Ok(a) => a,
+            Err(e) => {
+                // Undo what this run did, and only that: links it made, and the pinned
+                // maps if it created them. Adopted state stays as it was, protecting.
+                for a in attachments.drain(..).filter(|a| a.mode != "adopted") {
+                    let _ =
+                        fs::remove_file(pins::link_path(&pin_dir, a.iface.index, &a.iface.name));
+                }
+                if !adopting {
+                    drop(loaded);
+                    let _ = remove_pins(&pin_dir);
+                    pins::unprepare(&pin_dir, &prepared);
+                }
+                return Err(e);
+            }
+        };
         if a.iface.index >= synguard_common::capacity::STATS_SLOTS {
             log::warn!(
                 "{} has ifindex {} (>= {}): its counters are shared with other such interfaces",
@@ -525,6 +548,15 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             }
         );
         attachments.push(a);
+    }
+    for path in stale_links(&pin_dir, &ifaces) {
+        log::warn!(
+            "{} was protected by a previous run but is not among --iface: detaching it",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
+        let _ = fs::remove_file(&path);
     }
     log::info!(
         "synguard {} running: {}; state pinned in {}",
@@ -627,4 +659,19 @@ fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_described_honestly() {
+        assert_eq!(
+            describe_rate(101, 101_000),
+            "101 SYNs within 1 ms (at least 101000 SYN/s)"
+        );
+        assert_eq!(describe_rate(450, 562), "450 SYNs in 800 ms (562 SYN/s)");
+        assert_eq!(describe_rate(3, 0), "3 SYNs");
+    }
 }

@@ -4,6 +4,7 @@ pub mod baseline;
 pub mod netns;
 pub mod packet;
 pub mod prog;
+pub mod topo;
 pub mod traffic;
 
 use std::path::PathBuf;

@@ -8,90 +8,18 @@ use std::{net::SocketAddr, thread, time::Duration};
 use synguard::{bpf::Maps, rules};
 use synguard_common::{RULE_BAN, stat::*};
 use synguard_tests::{
-    netns::{Bpffs, ChildGuard, Netns, veth},
     prog::require_root,
     synguard_bin,
+    topo::{ATTACKER, Lab, TARGET, transmitted},
     traffic::{Server, client_loop},
 };
-
-/// The server (192.0.2.1 on its loopback) with one link to an employees' network and one
-/// to the attacker's.
-struct Lab {
-    server: Netns,
-    client: Netns,
-    attacker: Netns,
-}
-
-const TARGET: &str = "192.0.2.1:80";
-const ATTACKER: &str = "203.0.113.66";
-
-impl Lab {
-    fn new() -> Self {
-        let server = Netns::new("srv");
-        let client = Netns::new("cli");
-        let attacker = Netns::new("att");
-        veth(
-            &server,
-            "sgc",
-            "198.51.100.1/24",
-            &client,
-            "eth0",
-            "198.51.100.10/24",
-        );
-        veth(
-            &server,
-            "sga",
-            "203.0.113.1/24",
-            &attacker,
-            "eth0",
-            &format!("{ATTACKER}/24"),
-        );
-        server.ip(&["addr", "add", "192.0.2.1/32", "dev", "lo"]);
-        client.ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1"]);
-        attacker.ip(&["route", "add", "192.0.2.0/24", "via", "203.0.113.1"]);
-        // Real flooders do not answer the server's SYN-ACKs; without this the attacker's
-        // own kernel would reset every half-open connection for the server.
-        attacker.exec(&["nft", "add table inet sg; add chain inet sg out { type filter hook output priority 0; }; add rule inet sg out tcp flags rst drop"]);
-        Self {
-            server,
-            client,
-            attacker,
-        }
-    }
-
-    fn synguard(&self, pin_dir: &std::path::Path, args: &[&str]) -> ChildGuard {
-        let mut cmd = self
-            .server
-            .command(synguard_bin().to_str().expect("utf-8 path"));
-        cmd.arg("--pin-dir").arg(pin_dir).args(args);
-        let log =
-            std::env::temp_dir().join(format!("{}.log", synguard_tests::netns::unique("sgd")));
-        let mut g = ChildGuard::spawn_logged(cmd, log);
-        g.wait_for_log("running:", Duration::from_secs(20));
-        g
-    }
-}
-
-/// hping3's own count of what it sent.
-fn transmitted(hping_output: &str) -> u64 {
-    hping_output
-        .lines()
-        .find_map(|l| {
-            l.split(" packets transmitted")
-                .next()
-                .filter(|_| l.contains("packets transmitted"))
-        })
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no count in hping3 output: {hping_output}"))
-}
 
 #[test]
 fn single_source_flood_is_banned_and_dropped_while_clients_keep_working() {
     require_root();
     let lab = Lab::new();
-    let bpffs = Bpffs::new();
-    let pin_dir = bpffs.pin_dir();
-    let mut daemon = lab.synguard(&pin_dir, &["run", "--iface", "sgc", "--iface", "sga"]);
+    let pin_dir = lab.pin_dir();
+    let mut daemon = lab.daemon(&["run", "--iface", "sgc", "--iface", "sga"]);
     let _web = Server::start(&lab.server, TARGET.parse().expect("addr"));
     let target: SocketAddr = TARGET.parse().expect("addr");
 
@@ -216,9 +144,8 @@ fn single_source_flood_is_banned_and_dropped_while_clients_keep_working() {
 fn sigkill_keeps_the_flood_dropped_and_a_new_run_adopts_the_bans() {
     require_root();
     let lab = Lab::new();
-    let bpffs = Bpffs::new();
-    let pin_dir = bpffs.pin_dir();
-    let mut daemon = lab.synguard(&pin_dir, &["run", "--iface", "sga", "--syn-burst", "10"]);
+    let pin_dir = lab.pin_dir();
+    let mut daemon = lab.daemon(&["run", "--iface", "sga", "--syn-burst", "10"]);
     let first = lab.attacker.try_exec(&[
         "timeout",
         "-s",
@@ -256,13 +183,27 @@ fn sigkill_keeps_the_flood_dropped_and_a_new_run_adopts_the_bans() {
         after > before + 10_000,
         "banned drops went on after SIGKILL: {before} -> {after}"
     );
+    // Pretend the program left attached came from another version.
+    let mut maps = maps;
+    let mut cfg = maps.read_config().expect("config");
+    cfg.build_id = 0xdead;
+    maps.write_config(&cfg).expect("write config");
     drop(maps);
+    let link_before = link_and_prog(&pin_dir);
 
-    // A new run adopts the state: the ban and counters are intact.
-    let mut again = lab.synguard(&pin_dir, &["run", "--iface", "sga"]);
+    // A new run adopts the state: the ban and counters are intact, and the program is
+    // swapped inside the same link (never detached: no gap in protection).
+    let mut again = lab.daemon(&["run", "--iface", "sga"]);
     let log = again.log_text();
     assert!(log.contains("adopted the state pinned"), "{log}");
     assert!(log.contains("replaced atomically"), "{log}");
+    assert!(
+        log.contains("upgrading the program from build 000000000000dead"),
+        "{log}"
+    );
+    let link_after = link_and_prog(&pin_dir);
+    assert_eq!(link_before.0, link_after.0, "the same link throughout");
+    assert_ne!(link_before.1, link_after.1, "holding the new program");
     let maps = Maps::from_pins(&pin_dir).expect("pins");
     let bans: Vec<_> = rules::list(&maps)
         .expect("rules")
@@ -287,4 +228,15 @@ fn sigkill_keeps_the_flood_dropped_and_a_new_run_adopts_the_bans() {
     drop(maps);
     again.signal(libc::SIGTERM);
     assert_eq!(again.wait(Duration::from_secs(10)), Some(0));
+}
+
+/// (link id, program id) of the single pinned link.
+fn link_and_prog(pin_dir: &std::path::Path) -> (u32, u32) {
+    let links = synguard::pins::pinned_links(pin_dir);
+    assert_eq!(links.len(), 1, "{links:?}");
+    let link = aya::programs::links::PinnedLink::from_pin(&links[0].2).expect("pinned link");
+    let info = aya::programs::links::FdLink::from(link)
+        .info()
+        .expect("link info");
+    (info.id(), info.program_id())
 }

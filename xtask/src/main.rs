@@ -174,19 +174,24 @@ fn test() -> anyhow::Result<()> {
             "testrun",
         ])),
     )?;
-    // Floods use all cores: one at a time so they measure what they claim.
-    step(
-        "end-to-end tests in network namespaces",
-        &mut with_bin(cargo(&[
-            "test",
-            "-p",
-            "synguard-tests",
-            "--test",
-            "e2e_flood",
-            "--",
-            "--test-threads=1",
-        ])),
-    )?;
+    // Floods use all cores: one test at a time so each measures what it claims.
+    for (name, test) in [
+        ("end-to-end flood tests in network namespaces", "e2e_flood"),
+        ("the command line against a running daemon", "cli"),
+    ] {
+        step(
+            name,
+            &mut with_bin(cargo(&[
+                "test",
+                "-p",
+                "synguard-tests",
+                "--test",
+                test,
+                "--",
+                "--test-threads=1",
+            ])),
+        )?;
+    }
     step(
         "benchmark, quick mode",
         &mut cargo(&[

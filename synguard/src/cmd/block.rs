@@ -239,7 +239,7 @@ pub fn block_add(state: &mut State, a: &BlockAdd<'_>) -> anyhow::Result<()> {
     check_comment(a.comment)?;
     let ttl = match a.duration {
         Some(d) => {
-            let d = parse_duration("for", d)?;
+            let d = parse_duration("--for", d).map_err(|e| usage(e.to_string()))?;
             if d < Duration::from_secs(1) {
                 return Err(usage(
                     "--for must be at least 1s (leave it out to block until you remove it)",

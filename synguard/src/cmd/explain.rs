@@ -148,10 +148,10 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
         Some(e) if e.rule.kind == RULE_BAN => (
             "banned",
             format!(
-                "BANNED automatically as {}: it sent {} SYN/s, over syn-rate {}/s with \
+                "BANNED automatically as {}: it sent {}, over syn-rate {}/s with \
                  syn-burst {}; since {}, until {}; {} packets dropped since",
                 e.net,
-                e.rule.rate,
+                crate::daemon::describe_rate(e.rule.syns, e.rule.rate),
                 settings.syn_rate,
                 settings.syn_burst,
                 time_human(e.rule.created_ns, "-"),

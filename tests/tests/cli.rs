@@ -1,0 +1,663 @@
+//! The command line as an operator uses it: a real `synguard run` in the server's network
+//! namespace, every other command from the host's namespace on the pinned state.
+
+use std::{
+    net::SocketAddr,
+    process::Output,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use synguard::bpf::Maps;
+use synguard_common::stat;
+use synguard_tests::{
+    prog::require_root,
+    synguard_bin,
+    topo::{ATTACKER, CLIENT, Lab, TARGET},
+    traffic::{Server, fetch},
+};
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Everything a command could change, for "bad input changes nothing".
+fn snapshot(lab: &Lab) -> (Value, Value, Value) {
+    (
+        lab.json(&["block", "list"]),
+        lab.json(&["allow", "list"]),
+        lab.json(&["config", "show"]),
+    )
+}
+
+#[test]
+fn every_command_and_its_json() {
+    require_root();
+    let lab = Lab::new();
+    let _daemon = lab.daemon(&[
+        "run",
+        "--iface",
+        "sgc",
+        "--iface",
+        "sga",
+        "--syn-burst",
+        "5",
+    ]);
+
+    // status
+    let human = lab.ok(&["status"]);
+    assert!(human.contains("daemon:     running (pid"), "{human}");
+    assert!(human.contains("interface:  sgc"), "{human}");
+    assert!(human.contains("interface:  sga"), "{human}");
+    let st = lab.json(&["status"]);
+    assert_eq!(st["daemon_running"], true);
+    assert_eq!(st["interfaces"].as_array().unwrap().len(), 2);
+    assert_eq!(st["config"]["syn-burst"], "5");
+    assert_eq!(st["program_build_id"], st["this_binary_build_id"]);
+
+    // A flood gets the attacker banned; the ban shows everywhere.
+    lab.hping(2, &["-S", "-p", "80", "--flood", "192.0.2.1"]);
+    thread::sleep(Duration::from_millis(300));
+    let bans = lab.json(&["block", "list"]);
+    let ban = bans
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["prefix"] == format!("{ATTACKER}/32"))
+        .unwrap_or_else(|| panic!("attacker banned: {bans}"));
+    assert_eq!(ban["reason"], "auto");
+    assert!(ban["syns"].as_u64().unwrap() >= 6);
+    assert!(ban["rate"].as_u64().unwrap() > 1000, "{ban}");
+    assert!(ban["hits"].as_u64().unwrap() > 1000, "{ban}");
+    assert!(ban["first_seen"].as_str().unwrap().ends_with('Z'));
+    let left = ban["expires_in_s"].as_u64().unwrap();
+    assert!((590..=600).contains(&left), "{left}");
+    let human = lab.ok(&["block", "list"]);
+    assert!(
+        human.contains("PREFIX") && human.contains("auto"),
+        "{human}"
+    );
+    assert!(human.contains(&format!("{ATTACKER}/32")), "{human}");
+
+    // Manual block with expiry and comment.
+    let out = lab.ok(&[
+        "block",
+        "add",
+        "2001:db8:bad::/48",
+        "--for",
+        "10m",
+        "--comment",
+        "rotating v6",
+    ]);
+    assert!(out.contains("blocked 2001:db8:bad::/48 for 10m"), "{out}");
+    let list = lab.json(&["block", "list"]);
+    let m = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["prefix"] == "2001:db8:bad::/48")
+        .expect("listed");
+    assert_eq!(m["reason"], "manual");
+    assert_eq!(m["comment"], "rotating v6");
+    assert_eq!(m["syns"], Value::Null);
+    assert!(m["expires_in_s"].as_u64().unwrap() >= 598);
+
+    // Allowlist.
+    lab.ok(&["allow", "add", "198.51.100.0/24", "--comment", "office"]);
+    let allow = lab.json(&["allow", "list"]);
+    assert_eq!(allow[0]["prefix"], "198.51.100.0/24");
+    assert_eq!(allow[0]["comment"], "office");
+    assert!(lab.ok(&["allow", "list"]).contains("office"));
+
+    // config show / set.
+    let cfg = lab.json(&["config", "show"]);
+    assert_eq!(cfg["syn-rate"], "200");
+    assert!(lab.ok(&["config", "show"]).contains("syn-burst        5 *"));
+    let out = lab.ok(&["config", "set", "syn-rate", "50"]);
+    assert!(out.contains("syn-rate: 200 -> 50"), "{out}");
+    assert_eq!(lab.json(&["config", "show"])["syn-rate"], "50");
+
+    // explain: banned, blocked, allowed, metered, new.
+    let e = lab.json(&["explain", ATTACKER]);
+    assert_eq!(e["verdict"], "banned");
+    assert_eq!(e["entry"]["prefix"], format!("{ATTACKER}/32"));
+    assert!(e["bucket"]["syns"].as_u64().unwrap() >= 6);
+    assert!(
+        lab.ok(&["explain", ATTACKER])
+            .contains("BANNED automatically")
+    );
+    assert_eq!(
+        lab.json(&["explain", "2001:db8:bad:1::1"])["verdict"],
+        "blocked"
+    );
+    let e = lab.json(&["explain", CLIENT]);
+    assert_eq!(e["verdict"], "allowed");
+    assert_eq!(e["entry"]["comment"], "office");
+    assert_eq!(lab.json(&["explain", "192.0.2.200"])["verdict"], "new");
+
+    // block del lifts the ban and resets the bucket.
+    let out = lab.ok(&["block", "del", ATTACKER]);
+    assert!(out.contains("removed the ban"), "{out}");
+    let e = lab.json(&["explain", ATTACKER]);
+    assert_eq!(e["verdict"], "new", "{e}");
+    lab.ok(&["allow", "del", "198.51.100.0/24"]);
+    assert_eq!(lab.json(&["allow", "list"]), Value::Array(vec![]));
+    assert_eq!(lab.json(&["explain", CLIENT])["verdict"], "new");
+
+    // Help texts carry examples.
+    let help = text(&lab.sg(&["block", "add", "--help"]));
+    assert!(
+        help.contains("Examples:") && help.contains("--for"),
+        "{help}"
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_an_actionable_message_and_changes_nothing() {
+    require_root();
+    let lab = Lab::new();
+    let _daemon = lab.daemon(&["run", "--iface", "sga"]);
+    lab.ok(&["block", "add", "203.0.113.128/25", "--comment", "keep"]);
+    lab.ok(&["allow", "add", "198.51.100.0/24"]);
+    let before = snapshot(&lab);
+
+    let long = "x".repeat(65);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["block", "add", "300.1.2.3/33"],
+            "not a CIDR: 300.1.2.3/33",
+        ),
+        (vec!["block", "add", "banana"], "not an IP address: banana"),
+        (
+            vec!["block", "add", "10.0.0.5/24"],
+            "host bits set; the network is 10.0.0.0/24",
+        ),
+        (
+            vec!["block", "add", "203.0.113.0/24", "--for", "-5s"],
+            "cannot be negative",
+        ),
+        (
+            vec!["block", "add", "203.0.113.0/24", "--for", "soon"],
+            "durations look like 30s, 10m, 1h",
+        ),
+        (
+            vec!["block", "add", "203.0.113.0/24", "--for", "10"],
+            "add a unit",
+        ),
+        (
+            vec!["block", "add", "203.0.113.0/24", "--comment", &long],
+            "at most 64",
+        ),
+        (vec!["block", "del", "192.0.2.99"], "is not blocked"),
+        (
+            vec!["block", "del", "203.0.113.200"],
+            "inside the blocked 203.0.113.128/25",
+        ),
+        (
+            vec!["block", "del", "198.51.100.0/24"],
+            "use `synguard allow del",
+        ),
+        (
+            vec!["allow", "del", "192.0.2.0/24"],
+            "is not on the allowlist",
+        ),
+        (vec!["allow", "add", "1.2.3.4/40"], "not a CIDR"),
+        (vec!["explain", "999.1.1.1"], "not an IP address"),
+        (
+            vec!["config", "set", "nonsense", "1"],
+            "unknown config key `nonsense`",
+        ),
+        (
+            vec!["config", "set", "syn-rat", "1"],
+            "did you mean `syn-rate`",
+        ),
+        (vec!["config", "set", "syn-rate", "0"], "out of range"),
+        (
+            vec!["config", "set", "syn-rate", "-3"],
+            "between 1 and 10000000",
+        ),
+        (
+            vec!["config", "set", "ban-for", "-1m"],
+            "cannot be negative",
+        ),
+        (
+            vec!["config", "set", "ipv4-prefix", "33"],
+            "between 8 and 32",
+        ),
+        (vec!["config", "set", "mode", "drop"], "enforce or monitor"),
+        (vec!["config", "set", "ports", "0"], "port 0"),
+    ];
+    for (args, want) in &cases {
+        let out = lab.sg(args);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(want), "{args:?}: expected {want:?} in: {t}");
+        assert!(t.starts_with("error: "), "{args:?}: {t}");
+        assert_eq!(snapshot(&lab), before, "{args:?} changed the state");
+    }
+
+    // Interfaces and privileges, on `run` (with a pin dir of its own).
+    let other = lab.bpffs.path.join("other");
+    let other = other.to_str().unwrap();
+    let bin = synguard_bin();
+    let bin = bin.to_str().unwrap();
+    let run_cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![bin, "--pin-dir", other, "run", "--iface", "nosuch0"],
+            "unknown interface \"nosuch0\"",
+        ),
+        (
+            vec![
+                bin,
+                "--pin-dir",
+                other,
+                "run",
+                "--iface",
+                "lo",
+                "--xdp-mode",
+                "native",
+            ],
+            "lo does not support native XDP",
+        ),
+        (
+            vec![
+                bin,
+                "--pin-dir",
+                other,
+                "run",
+                "--iface",
+                "sga",
+                "--syn-burst",
+                "0",
+            ],
+            "invalid value for `syn-burst`",
+        ),
+        (
+            vec![
+                bin,
+                "--pin-dir",
+                other,
+                "run",
+                "--iface",
+                "sga",
+                "--config",
+                "/nonexistent.toml",
+            ],
+            "cannot read config file /nonexistent.toml",
+        ),
+        (
+            vec![
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                bin,
+                "--pin-dir",
+                other,
+                "run",
+                "--iface",
+                "sga",
+            ],
+            "needs root or the capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN",
+        ),
+        (
+            vec![
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                bin,
+                "--pin-dir",
+                other,
+                "status",
+            ],
+            "needs root or the capabilities CAP_BPF",
+        ),
+        (
+            vec![bin, "--pin-dir", other, "status"],
+            "synguard is not running on this host",
+        ),
+        (
+            vec![bin, "--pin-dir", other, "block", "add", "192.0.2.0/24"],
+            "start it with `synguard run --iface IF`",
+        ),
+    ];
+    for (args, want) in &run_cases {
+        let out = lab.server.try_exec(args);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(want), "{args:?}: expected {want:?} in: {t}");
+        assert_eq!(snapshot(&lab), before, "{args:?} changed the state");
+    }
+    let st = lab.server.ip(&["link", "show", "lo"]);
+    assert!(!String::from_utf8_lossy(&st.stdout).contains("xdp"));
+
+    // A bad config file is refused with the reason.
+    let bad = lab.bpffs.path.with_extension("toml");
+    std::fs::write(&bad, "syn-rate = 0\n").unwrap();
+    let out = lab.server.try_exec(&[
+        bin,
+        "--pin-dir",
+        other,
+        "run",
+        "--iface",
+        "sga",
+        "--config",
+        bad.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&bad);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("invalid value for `syn-rate`"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn config_set_under_live_traffic_changes_drops_within_a_second() {
+    require_root();
+    let lab = Lab::new();
+    let _daemon = lab.daemon(&[
+        "run",
+        "--iface",
+        "sga",
+        "--syn-rate",
+        "100000",
+        "--syn-burst",
+        "100000",
+    ]);
+    let slot = lab.server.ifindex("sga");
+    let maps = Maps::from_pins(&lab.pin_dir()).unwrap();
+    let dropped = |m: &Maps| {
+        let c = m.counters(slot).unwrap();
+        c[stat::R_SYN_LIMITED] + c[stat::R_BANNED]
+    };
+    // 1000 SYN/s from one source, for 6 s, in the background.
+    let attacker = lab.attacker.path();
+    let sender = thread::spawn(move || {
+        synguard_tests::netns::enter(&attacker);
+        std::process::Command::new("timeout")
+            .args([
+                "-s",
+                "INT",
+                "6",
+                "hping3",
+                "-S",
+                "-p",
+                "80",
+                "-i",
+                "u1000",
+                "192.0.2.1",
+            ])
+            .output()
+    });
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(dropped(&maps), 0, "nothing dropped under a generous limit");
+    let passed_before = maps.counters(slot).unwrap()[stat::R_SYN_PASSED];
+    assert!(passed_before > 500, "the SYNs are flowing: {passed_before}");
+
+    let t0 = Instant::now();
+    lab.ok(&["config", "set", "syn-rate", "10"]);
+    lab.ok(&["config", "set", "syn-burst", "5"]);
+    let mut took = None;
+    while t0.elapsed() < Duration::from_secs(1) {
+        if dropped(&maps) > 0 {
+            took = Some(t0.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let took = took.unwrap_or_else(|| panic!("no drops within 1 s of `config set`"));
+    println!("drops started {took:?} after `config set`");
+    sender.join().unwrap().unwrap();
+    assert!(
+        dropped(&maps) > 1000,
+        "and the source stays cut off: {}",
+        dropped(&maps)
+    );
+}
+
+#[test]
+fn manual_block_with_for_stops_traffic_and_expires_on_time() {
+    require_root();
+    let lab = Lab::new();
+    let _daemon = lab.daemon(&["run", "--iface", "sgc"]);
+    let _web = Server::start(&lab.server, TARGET.parse().unwrap());
+    let target: SocketAddr = TARGET.parse().unwrap();
+    let try_fetch = |lab: &Lab| {
+        lab.client
+            .spawn(move || fetch(target, Duration::from_millis(700)).is_ok())
+            .join()
+            .unwrap()
+    };
+    assert!(try_fetch(&lab), "the client works before the block");
+    let t0 = Instant::now();
+    lab.ok(&["block", "add", CLIENT, "--for", "3s", "--comment", "test"]);
+    assert!(!try_fetch(&lab), "blocked");
+    thread::sleep(Duration::from_millis(1500));
+    assert!(!try_fetch(&lab), "still blocked at 2 s");
+    assert_eq!(lab.json(&["explain", CLIENT])["verdict"], "blocked");
+    while t0.elapsed() < Duration::from_millis(3100) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(try_fetch(&lab), "free again after 3 s");
+    // The daemon's sweep removes it within a second.
+    thread::sleep(Duration::from_millis(1200));
+    assert_eq!(lab.json(&["block", "list"]), Value::Array(vec![]));
+}
+
+#[test]
+fn lockout_guard_protects_allowlisted_addresses_and_the_operators_ssh_session() {
+    require_root();
+    let lab = Lab::new();
+    let _daemon = lab.daemon(&["run", "--iface", "sga"]);
+    lab.ok(&["allow", "add", "198.51.100.0/24", "--comment", "office"]);
+    let out = lab.sg(&["block", "add", "198.51.0.0/16"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("covers the allowlisted 198.51.100.0/24 (office)"),
+        "{}",
+        text(&out)
+    );
+    let out = lab.sg(&["block", "add", "198.51.100.7"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("inside the allowlisted"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(lab.json(&["block", "list"]), Value::Array(vec![]));
+    // --force adds it; the allowlisted part stays allowed.
+    lab.ok(&["block", "add", "198.51.0.0/16", "--force"]);
+    assert_eq!(lab.json(&["explain", "198.51.100.9"])["verdict"], "allowed");
+    assert_eq!(lab.json(&["explain", "198.51.7.9"])["verdict"], "blocked");
+
+    let ssh = [("SSH_CONNECTION", "203.0.113.77 51000 192.0.2.1 22")];
+    let out = lab.sg_env(&["block", "add", "203.0.113.0/24"], &ssh);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("contains 203.0.113.77, the address of your own SSH session"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(lab.json(&["explain", "203.0.113.77"])["verdict"], "new");
+    let out = lab.sg_env(&["block", "add", "203.0.113.0/24", "--force"], &ssh);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(lab.json(&["explain", "203.0.113.77"])["verdict"], "blocked");
+    // Unrelated prefixes are not refused.
+    let out = lab.sg_env(&["block", "add", "192.0.2.128/25"], &ssh);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn concurrent_writers_and_expiring_bans_never_lose_an_entry() {
+    require_root();
+    let lab = Lab::new();
+    let _daemon = lab.daemon(&[
+        "run",
+        "--iface",
+        "sga",
+        "--syn-rate",
+        "1",
+        "--syn-burst",
+        "1",
+        "--ban-for",
+        "1s",
+    ]);
+    // Bans appear and expire all along: forged sources from 198.18.0.0/15 send a few
+    // SYNs each, get banned for a second, and the daemon sweeps them.
+    let attacker = lab.attacker.path();
+    let churn = thread::spawn(move || {
+        synguard_tests::netns::enter(&attacker);
+        let start = Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < Duration::from_secs(8) {
+            // hping3 lingers about a second after its last packet: ten at a time.
+            let batch: Vec<_> = (0..10)
+                .map(|_| {
+                    n += 1;
+                    let src = format!("198.18.{}.{}", (n / 250) % 256, n % 250 + 1);
+                    std::process::Command::new("hping3")
+                        .args(["-q", "-S", "-p", "80", "-c", "3", "-i", "u1000", "-a", &src])
+                        .arg("192.0.2.1")
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .expect("hping3")
+                })
+                .collect();
+            for mut child in batch {
+                let _ = child.wait();
+            }
+        }
+        n
+    });
+
+    let pin = lab.pin_dir();
+    let writer = |base: u8, count: u8, delete_every: u8| {
+        let pin = pin.clone();
+        thread::spawn(move || {
+            for i in 0..count {
+                let net = format!("10.{base}.{i}.0/24");
+                let out = std::process::Command::new(synguard_bin())
+                    .arg("--pin-dir")
+                    .arg(&pin)
+                    .args(["block", "add", &net, "--comment", &format!("w{base}-{i}")])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", text(&out));
+                if delete_every > 0 && i % delete_every == 0 {
+                    let out = std::process::Command::new(synguard_bin())
+                        .arg("--pin-dir")
+                        .arg(&pin)
+                        .args(["block", "del", &net])
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{}", text(&out));
+                }
+            }
+        })
+    };
+    let a = writer(1, 120, 0);
+    let b = writer(2, 120, 3);
+    let c = writer(3, 120, 0);
+    a.join().unwrap();
+    b.join().unwrap();
+    c.join().unwrap();
+    let sources = churn.join().unwrap();
+    assert!(sources > 40, "bans churned: {sources} sources");
+
+    let list = lab.json(&["block", "list"]);
+    let manual: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "manual")
+        .map(|e| {
+            (
+                e["prefix"].as_str().unwrap().to_string(),
+                e["comment"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut want = Vec::new();
+    for base in 1..=3u8 {
+        for i in 0..120u8 {
+            if base == 2 && i % 3 == 0 {
+                continue;
+            }
+            want.push((format!("10.{base}.{i}.0/24"), format!("w{base}-{i}")));
+        }
+    }
+    let mut got = manual.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len(), "entries lost or left behind");
+    assert_eq!(got, want);
+    // Every automatic ban is well-formed; expired ones get swept.
+    thread::sleep(Duration::from_millis(2500));
+    let left: Vec<Value> = lab
+        .json(&["block", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "auto")
+        .cloned()
+        .collect();
+    assert!(left.is_empty(), "bans outlived ban-for: {left:?}");
+}
+
+#[test]
+fn config_file_is_reread_on_sighup_and_a_bad_one_is_refused() {
+    require_root();
+    let lab = Lab::new();
+    let file = lab.bpffs.path.with_extension("sighup.toml");
+    std::fs::write(&file, "syn-rate = 100\nports = [80, 443]\n").unwrap();
+    let daemon = lab.daemon(&[
+        "run",
+        "--iface",
+        "sga",
+        "--config",
+        file.to_str().unwrap(),
+        "--syn-burst",
+        "7",
+    ]);
+    let cfg = lab.json(&["config", "show"]);
+    assert_eq!(
+        (cfg["syn-rate"].as_str(), cfg["ports"].as_str()),
+        (Some("100"), Some("80,443"))
+    );
+    assert_eq!(cfg["syn-burst"], "7", "command-line keys override the file");
+
+    std::fs::write(&file, "syn-rate = 50\nban-for = \"5m\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    let start = Instant::now();
+    while lab.json(&["config", "show"])["syn-rate"] != "50" {
+        assert!(start.elapsed() < Duration::from_secs(3), "not reloaded");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let cfg = lab.json(&["config", "show"]);
+    assert_eq!(cfg["ban-for"], "5m");
+    assert_eq!(
+        cfg["ports"], "",
+        "keys gone from the file go back to their defaults"
+    );
+    assert_eq!(cfg["syn-burst"], "7");
+
+    std::fs::write(&file, "syn-rate = 0\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    let mut d = daemon;
+    d.wait_for_log(
+        "not reloading, the config in force stays",
+        Duration::from_secs(3),
+    );
+    assert!(d.log_text().contains("invalid value for `syn-rate`"));
+    assert_eq!(lab.json(&["config", "show"])["syn-rate"], "50");
+    let _ = std::fs::remove_file(&file);
+}
