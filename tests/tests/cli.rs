@@ -661,3 +661,48 @@ fn config_file_is_reread_on_sighup_and_a_bad_one_is_refused() {
     assert_eq!(lab.json(&["config", "show"])["syn-rate"], "50");
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn keep_leaves_protection_in_place_and_sigint_without_it_cleans_up() {
+    require_root();
+    let lab = Lab::new();
+    let mut daemon = lab.daemon(&["run", "--iface", "sga", "--keep"]);
+    lab.ok(&["block", "add", ATTACKER, "--comment", "kept"]);
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait(Duration::from_secs(10)), Some(0));
+    assert!(
+        daemon
+            .log_text()
+            .contains("leaving protection in place (--keep)")
+    );
+    let link = lab.server.ip(&["link", "show", "sga"]);
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "still attached"
+    );
+    let st = lab.json(&["status"]);
+    assert_eq!(st["daemon_running"], false);
+    assert_eq!(lab.json(&["explain", ATTACKER])["verdict"], "blocked");
+    // Still enforced with no daemon at all.
+    let out = lab.hping(
+        1,
+        &["-S", "-p", "80", "-c", "3", "-i", "u100000", "192.0.2.1"],
+    );
+    assert!(out.contains("100% packet loss"), "{out}");
+    let maps = Maps::from_pins(&lab.pin_dir()).unwrap();
+    let blocked = maps.counters(lab.server.ifindex("sga")).unwrap()[stat::R_BLOCKED];
+    assert!(blocked >= 3, "{blocked}");
+    drop(maps);
+
+    let mut again = lab.daemon(&["run", "--iface", "sga"]);
+    assert_eq!(lab.json(&["explain", ATTACKER])["entry"]["comment"], "kept");
+    again.signal(libc::SIGINT);
+    assert_eq!(again.wait(Duration::from_secs(10)), Some(0));
+    assert!(again.log_text().contains("SIGINT: detached from sga"));
+    let link = lab.server.ip(&["link", "show", "sga"]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "detached"
+    );
+    assert!(!lab.pin_dir().exists());
+}
