@@ -273,6 +273,7 @@ struct Daemon {
     generation: u64,
     ticks: u64,
     rules_len: usize,
+    purge_warned: bool,
 }
 
 impl Daemon {
@@ -304,6 +305,29 @@ impl Daemon {
             format_duration(Duration::from_nanos(e.expires_ns.saturating_sub(e.time_ns))),
             clock::rfc3339(clock::to_wall(e.expires_ns)),
         );
+        self.purge(&net);
+    }
+
+    /// Remove a newly banned source's half-open connections from the SYN queues (see
+    /// `purge`). Not in monitor mode, which changes nothing.
+    fn purge(&mut self, net: &IpNet) {
+        if self.settings.mode == crate::config::Mode::Monitor {
+            return;
+        }
+        match crate::purge::purge(net) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "removed {n} half-open connections from {net} from the server's SYN queues"
+            ),
+            Err(e) if !self.purge_warned => {
+                self.purge_warned = true;
+                log::warn!(
+                    "cannot remove half-open connections of banned sources ({e}); they will \
+                     time out by themselves (the kernel needs CONFIG_INET_DIAG_DESTROY)"
+                );
+            }
+            Err(_) => {}
+        }
     }
 
     /// Once a second: expire entries, find bans whose events were suppressed, keep the
@@ -332,6 +356,7 @@ impl Daemon {
             self.rules_len = entries.len();
             for e in entries.iter().filter(|e| e.rule.kind == RULE_BAN) {
                 if self.known_bans.insert(e.net) {
+                    self.purge(&e.net);
                     log::warn!(
                         "banned {}: {}, until {} (found by the sweep; its event was \
                          rate-limited)",
@@ -595,6 +620,7 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         generation,
         ticks: 0,
         rules_len: 0,
+        purge_warned: false,
     };
 
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -12,5 +12,6 @@ pub mod error;
 pub mod net;
 pub mod pins;
 pub mod privs;
+pub mod purge;
 pub mod rules;
 pub mod version;
