@@ -14,7 +14,7 @@ pub mod gcra;
 
 /// Bumped whenever a pinned map's key or value layout changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -89,7 +89,8 @@ pub mod stat {
     pub const N_EVENTS_SUPPRESSED: usize = 19;
     /// Note: `mode = monitor` passed a packet that `enforce` would have dropped.
     pub const N_MONITOR_PASSED: usize = 20;
-    /// Note: every TCP SYN seen (SYN set, ACK clear, valid flags), whatever its verdict.
+    /// Note: every TCP SYN (SYN set, ACK clear, valid flags) from a source that is not on
+    /// the allowlist, blocked or banned: the SYNs the rate limiter looks at.
     pub const N_SYNS: usize = 21;
     /// Note: a new source got a token bucket.
     pub const N_SOURCES_NEW: usize = 22;
@@ -202,9 +203,9 @@ pub struct Rule {
     pub action: u8,
     /// Length of `comment` in bytes.
     pub comment_len: u8,
-    /// The prefix length this entry is stored under. A trie lookup ignores the key's
-    /// prefix length and returns the longest match for the address, so readers check this
-    /// to know which entry they got.
+    /// The prefix length this entry is stored under. A trie lookup returns the longest
+    /// matching entry no longer than the key's prefix length, which may be a shorter one
+    /// than asked for; readers check this to know which entry they got.
     pub prefix_len: u8,
     pub _pad: [u8; 4],
     /// `CLOCK_MONOTONIC` ns when the entry was made.
@@ -213,7 +214,8 @@ pub struct Rule {
     pub expires_ns: u64,
     /// Packets that matched (updated atomically by the kernel).
     pub hits: u64,
-    /// Bans: SYNs seen from the source in the current rate window when it was banned.
+    /// Bans: SYNs the source sent over the span its rate was measured on (see
+    /// [`rate_span`]).
     pub syns: u64,
     /// Bans: the source's SYN rate (per second) when it was banned.
     pub rate: u64,
@@ -226,10 +228,10 @@ pub const RULE_COMMENT_MAX: usize = 64;
 /// Key data of the IPv4 rules trie: the address, then the entry's kind, then zeros.
 ///
 /// Prefix lengths never exceed 32, so the bytes after the address take no part in
-/// matching, and they serve twice: enumeration (`get_next_key`, which is exact) tells each
-/// entry's kind, and the value, which the kernel stores right after the key data in its
-/// node, is 8-byte aligned (with a 4-byte key its atomic hit counter was misaligned, and an
-/// unaligned locked add measured about 1 µs here instead of a few ns).
+/// matching, and they serve twice: enumerating the keys tells each entry's kind, and the
+/// value, which the kernel stores right after the key data in its node, is 8-byte aligned
+/// (with a 4-byte key its atomic hit counter was misaligned, and an unaligned locked add
+/// measured about 1 µs here instead of a few ns).
 pub type RuleKeyV4 = [u8; 8];
 
 /// Key data of the IPv6 rules trie: the address, the kind, zeros (as for IPv4).
@@ -313,11 +315,29 @@ pub struct Bucket {
     pub window_start_ns: u64,
     /// SYNs in the current rate window.
     pub window_syns: u64,
+    /// SYNs in the window before it, if it ended less than a window ago (else 0).
+    pub prev_window_syns: u64,
 }
 
-/// Rate windows restart after this long; the rate reported at a ban is the SYNs of the
-/// current window divided by its age.
+/// Rate windows restart after this long. The rate reported at a ban is the SYNs of the
+/// current window divided by its age or, when the window is younger than
+/// [`YOUNG_WINDOW_NS`], the SYNs of this window and the one before over their span.
 pub const RATE_WINDOW_NS: u64 = 1_000_000_000;
+pub const YOUNG_WINDOW_NS: u64 = 100_000_000;
+
+/// The (SYNs, nanoseconds) a ban reports: see [`RATE_WINDOW_NS`]. Spans under a
+/// millisecond count as one (the kernel's coarse clock cannot tell them apart).
+#[inline(always)]
+pub const fn rate_span(b: &Bucket, now: u64) -> (u64, u64) {
+    let age = now.saturating_sub(b.window_start_ns);
+    if age < YOUNG_WINDOW_NS && b.prev_window_syns != 0 {
+        (b.prev_window_syns + b.window_syns, RATE_WINDOW_NS + age)
+    } else if age < 1_000_000 {
+        (b.window_syns, 1_000_000)
+    } else {
+        (b.window_syns, age)
+    }
+}
 
 pub const EVENT_BAN: u32 = 1;
 
@@ -432,7 +452,7 @@ mod pod {
 // Layouts are part of the pinned ABI: changing one must bump ABI_VERSION.
 const _: () = assert!(core::mem::size_of::<Rule>() == 112);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Bucket>() == 56);
+const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 2));
 const _: () = assert!(core::mem::size_of::<Config>() == 112 + 8 * PORT_WORDS);
@@ -480,5 +500,38 @@ mod tests {
         assert!(!r.expired(99));
         assert!(r.expired(100));
         assert!(!Rule::new(RULE_BLOCK, ACTION_DROP, 10, 0).expired(u64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    fn bucket(start: u64, cur: u64, prev: u64) -> Bucket {
+        Bucket {
+            window_start_ns: start,
+            window_syns: cur,
+            prev_window_syns: prev,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_burst_is_measured_over_its_own_span() {
+        // 101 SYNs within half a millisecond of a fresh window: the 1 ms floor.
+        assert_eq!(rate_span(&bucket(0, 101, 0), 500_000), (101, 1_000_000));
+        // 450 SYNs over 800 ms.
+        assert_eq!(
+            rate_span(&bucket(0, 450, 0), 800_000_000),
+            (450, 800_000_000)
+        );
+    }
+
+    #[test]
+    fn a_young_window_is_measured_with_the_one_before() {
+        // A steady 250/s source whose window restarted 2 ms ago: about 250/s, not 1000/s.
+        let (syns, span) = rate_span(&bucket(0, 1, 250), 2_000_000);
+        let rate = syns * 1_000_000_000 / span;
+        assert!((245..=255).contains(&rate), "{rate}");
     }
 }

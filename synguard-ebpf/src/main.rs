@@ -46,7 +46,8 @@ use network_types::{
 use synguard_common::{
     ACTION_DROP, Bucket, Config, EVENT_BAN, EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event,
     FAMILY_V4, FAMILY_V6, MODE_MONITOR, RATE_WINDOW_NS, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6,
-    SourceKey, Stats, capacity, gcra, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
+    SourceKey, Stats, capacity, gcra, rate_span, rule_key_v4, rule_key_v6, source_key_v4,
+    source_key_v6,
     stat::{self, *},
 };
 
@@ -231,10 +232,11 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     }
     let src = ip.src_addr;
 
-    if let Some(rule) = SG_RULES_V4.get(Key::new(32, rule_key_v4(src, 0)))
-        && let Some(reason) = apply_rule(rule)
-    {
-        return pkt.verdict(reason);
+    if let Some(rule) = live_rule(
+        |len| SG_RULES_V4.get(Key::new(len, rule_key_v4(src, 0))),
+        32,
+    ) {
+        return pkt.verdict(apply_rule(rule));
     }
 
     if ip.proto != IPPROTO_TCP {
@@ -257,10 +259,11 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     let ip = unsafe { &*ip };
     let src = ip.src_addr;
 
-    if let Some(rule) = SG_RULES_V6.get(Key::new(128, rule_key_v6(src, 0)))
-        && let Some(reason) = apply_rule(rule)
-    {
-        return pkt.verdict(reason);
+    if let Some(rule) = live_rule(
+        |len| SG_RULES_V6.get(Key::new(len, rule_key_v6(src, 0))),
+        128,
+    ) {
+        return pkt.verdict(apply_rule(rule));
     }
 
     match ip.next_hdr {
@@ -275,13 +278,32 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     tcp(ctx, pkt, off + Ipv6Hdr::LEN, &key, FAMILY_V6)
 }
 
-/// What a matching rule means for this packet, or `None` if it has expired (expired
-/// entries act as absent until userspace removes them, within a second).
+/// Longest expired entries a lookup steps past before giving up (then the packet is
+/// treated as matching no entry, until userspace sweeps the expired ones, within a second).
+const EXPIRED_SKIPS: usize = 4;
+
+/// The longest live entry matching the source. An expired entry acts as absent: the
+/// lookup continues with the next shorter prefix, so an expired ban or block never hides
+/// a live allow or block entry around it.
 #[inline(always)]
-fn apply_rule(rule: &Rule) -> Option<usize> {
-    if rule.expires_ns != 0 && now_ns() >= rule.expires_ns {
-        return None;
+fn live_rule<'a>(lookup: impl Fn(u32) -> Option<&'a Rule>, max_len: u32) -> Option<&'a Rule> {
+    let mut len = max_len;
+    for _ in 0..EXPIRED_SKIPS {
+        let rule = lookup(len)?;
+        if rule.expires_ns == 0 || now_ns() < rule.expires_ns {
+            return Some(rule);
+        }
+        if rule.prefix_len == 0 {
+            return None;
+        }
+        len = u32::from(rule.prefix_len) - 1;
     }
+    None
+}
+
+/// What a matching live rule means for this packet; counts the hit.
+#[inline(always)]
+fn apply_rule(rule: &Rule) -> usize {
     // SAFETY: map values are writable kernel memory that lives as long as the entry; the
     // counter is only ever updated atomically.
     unsafe {
@@ -290,13 +312,13 @@ fn apply_rule(rule: &Rule) -> Option<usize> {
             1,
         )
     };
-    Some(if rule.action != ACTION_DROP {
+    if rule.action != ACTION_DROP {
         R_ALLOWED
     } else if rule.kind == RULE_BAN {
         R_BANNED
     } else {
         R_BLOCKED
-    })
+    }
 }
 
 #[inline(always)]
@@ -340,7 +362,13 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8) -> u32 {
     let b = unsafe { &mut *bucket };
     b.syns += 1;
     b.last_seen_ns = now;
-    if now.wrapping_sub(b.window_start_ns) >= RATE_WINDOW_NS {
+    let age = now.wrapping_sub(b.window_start_ns);
+    if age >= RATE_WINDOW_NS {
+        b.prev_window_syns = if age < 2 * RATE_WINDOW_NS {
+            b.window_syns
+        } else {
+            0
+        };
         b.window_start_ns = now;
         b.window_syns = 0;
     }
@@ -353,10 +381,10 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8) -> u32 {
         None => {
             b.limited += 1;
             if cfg.ban_ns != 0 {
-                let elapsed = now.wrapping_sub(b.window_start_ns).max(1_000_000);
-                let rate = b.window_syns * 1_000_000_000 / elapsed;
+                let (syns, span) = rate_span(b, now);
+                let rate = syns * 1_000_000_000 / span;
                 let info = BanInfo {
-                    syns: b.window_syns,
+                    syns,
                     rate,
                     now,
                     expires: now + cfg.ban_ns,
@@ -400,6 +428,7 @@ fn track_new(pkt: &Packet, key: &SourceKey, now: u64) -> u32 {
         limited: 0,
         window_start_ns: now,
         window_syns: 1,
+        prev_window_syns: 0,
     };
     match SG_SOURCES.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) => {
@@ -441,7 +470,7 @@ fn warn_full(pkt: &Packet, which: u8) {
 
 /// What a ban records and reports.
 struct BanInfo {
-    /// SYNs in the source's current rate window.
+    /// SYNs over the span the rate was measured on.
     syns: u64,
     /// Its SYN rate per second.
     rate: u64,
@@ -514,10 +543,9 @@ fn insert_ban<K>(map: &LpmTrie<K, Rule>, key: &Key<K>, rule: &Rule, now: u64) ->
     match map.insert(key, rule, BPF_NOEXIST as u64) {
         Ok(()) => BanResult::Added,
         Err(e) if e == -EEXIST => {
-            // An entry for exactly this prefix exists. A live one means another CPU banned
-            // it first (so its event is theirs); an expired one is replaced. A lookup
-            // returns the longest match for the address, which may be a more specific
-            // entry: then the exact one cannot be read here, and is left alone.
+            // An entry for exactly this prefix exists (a lookup at the key's length returns
+            // it). A live one means another CPU banned it first, so its event is theirs;
+            // an expired one is replaced.
             match map.get(key) {
                 Some(old) if old.prefix_len == rule.prefix_len && old.expired(now) => {
                     match map.insert(key, rule, 0) {

@@ -1,5 +1,6 @@
-//! The kernel program stamps times with `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`); this
-//! module reads the same clock and converts its stamps to wall-clock time for display.
+//! The kernel program stamps times with `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC`, at
+//! tick resolution); this module reads the same clock and converts its stamps to
+//! wall-clock time for display.
 
 use std::time::{Duration, SystemTime};
 

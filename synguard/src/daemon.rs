@@ -201,39 +201,29 @@ fn attach_fresh(
     Ok((fd, used))
 }
 
-fn attach(
+/// Swap our program into an interface's pinned link (atomic: the pin stays in place the
+/// whole time, so the interface is never without a program).
+fn adopt(prog: &mut Xdp, pin_dir: &Path, iface: &Iface) -> anyhow::Result<Attachment> {
+    let path = pins::link_path(pin_dir, iface.index, &iface.name);
+    let pinned = PinnedLink::from_pin(&path)?;
+    let link = XdpLink::try_from(FdLink::from(pinned))?;
+    let id = prog.attach_to_link(link)?;
+    let link = FdLink::try_from(prog.take_link(id)?)?;
+    Ok(Attachment {
+        iface: iface.clone(),
+        mode: "adopted",
+        link,
+    })
+}
+
+/// Attach to an interface and pin the link.
+fn attach_new(
     prog: &mut Xdp,
     pin_dir: &Path,
     iface: &Iface,
     mode: XdpModeArg,
 ) -> anyhow::Result<Attachment> {
     let path = pins::link_path(pin_dir, iface.index, &iface.name);
-    if path.exists() {
-        // Adopt: swap our program into the existing link. The pin stays in place the whole
-        // time, so the interface is never without a program.
-        let adopted = PinnedLink::from_pin(&path)
-            .map_err(|e| anyhow!(e))
-            .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(|e| anyhow!(e)))
-            .and_then(|link| prog.attach_to_link(link).map_err(|e| anyhow!(e)))
-            .and_then(|id| prog.take_link(id).map_err(|e| anyhow!(e)))
-            .and_then(|link| FdLink::try_from(link).map_err(|e| anyhow!(e)));
-        match adopted {
-            Ok(link) => {
-                return Ok(Attachment {
-                    iface: iface.clone(),
-                    mode: "adopted",
-                    link,
-                });
-            }
-            Err(e) => {
-                log::warn!(
-                    "{}: the pinned link from a previous run is unusable ({e:#}); attaching anew",
-                    iface.name
-                );
-                let _ = fs::remove_file(&path);
-            }
-        }
-    }
     let (link, used) = attach_fresh(prog, iface, mode)?;
     let pinned = link
         .pin(&path)
@@ -472,19 +462,22 @@ fn drain_ring(ring: &mut RingBuf<MapData>, daemon: &mut Daemon) {
     }
 }
 
-/// `synguard run`.
-pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
-    privs::require_for_run()?;
-    let settings = load_settings(args.config.as_deref(), &args.keys)?;
-    let ifaces = resolve_ifaces(&args.ifaces)?;
-
-    let prepared = pins::prepare(&pin_dir)?;
-    let _daemon_lock = pins::lock_daemon(&pin_dir)?;
-    crate::bpf::check_pinned_abi(&pin_dir)?;
-    let adopting = pins::has_state(&pin_dir);
-
+/// Load, attach and configure, in the order that keeps a failure harmless:
+/// - fresh state gets its config before the program is attached anywhere;
+/// - interfaces without a pinned link are attached first, and detached again if any
+///   attach fails, before any adopted link is touched;
+/// - adopted links then get the new program (an atomic swap each), and only once every
+///   interface is protected is the adopted config replaced.
+fn start(
+    pin_dir: &Path,
+    settings: &Settings,
+    ifaces: &[Iface],
+    mode: XdpModeArg,
+    adopting: bool,
+) -> anyhow::Result<(Loaded, Vec<Attachment>, u64)> {
+    crate::bpf::check_pinned_abi(pin_dir)?;
     let mut loaded = Loaded::load(&LoadOptions {
-        pin_dir: Some(pin_dir.clone()),
+        pin_dir: Some(pin_dir.to_path_buf()),
         ..Default::default()
     })?;
     let previous = if adopting {
@@ -495,21 +488,91 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     let generation = previous.map_or(0, |c| c.generation) + 1;
     let mut kernel_cfg = settings.to_kernel(generation);
     kernel_cfg.daemon_pid = std::process::id();
+    if !adopting {
+        loaded.maps.write_config(&kernel_cfg)?;
+    }
+
+    let mut attachments: Vec<Attachment> = Vec::new();
+    let undo = |attachments: &mut Vec<Attachment>| {
+        for a in attachments.drain(..).filter(|a| a.mode != "adopted") {
+            let _ = fs::remove_file(pins::link_path(pin_dir, a.iface.index, &a.iface.name));
+        }
+    };
+    let (to_adopt, fresh): (Vec<&Iface>, Vec<&Iface>) = ifaces
+        .iter()
+        .partition(|i| pins::link_path(pin_dir, i.index, &i.name).exists());
+    for iface in fresh {
+        match loaded
+            .program_mut()
+            .and_then(|prog| attach_new(prog, pin_dir, iface, mode))
+        {
+            Ok(a) => attachments.push(a),
+            Err(e) => {
+                undo(&mut attachments);
+                return Err(e);
+            }
+        }
+    }
+    for iface in to_adopt {
+        let result = loaded.program_mut().and_then(|prog| {
+            adopt(prog, pin_dir, iface).or_else(|e| {
+                log::warn!(
+                    "{}: the pinned link from a previous run is unusable ({e:#}); attaching anew",
+                    iface.name
+                );
+                let _ = fs::remove_file(pins::link_path(pin_dir, iface.index, &iface.name));
+                attach_new(prog, pin_dir, iface, mode)
+            })
+        });
+        match result {
+            Ok(a) => attachments.push(a),
+            Err(e) => {
+                undo(&mut attachments);
+                return Err(e);
+            }
+        }
+    }
+
     if let Some(prev) = previous
         && prev.build_id != 0
         && prev.build_id != kernel_cfg.build_id
     {
         log::info!(
-            "upgrading the program from build {:016x} to {}",
+            "upgraded the program from build {:016x} to {}",
             prev.build_id,
             crate::bpf::BUILD_ID
         );
     }
-    loaded.maps.write_config(&kernel_cfg)?;
-    {
-        let _lock = pins::lock_writers(&pin_dir)?;
-        rules::reconcile_actions(&mut loaded.maps)?;
+    if adopting {
+        loaded.maps.write_config(&kernel_cfg)?;
     }
+    let _lock = pins::lock_writers(pin_dir)?;
+    rules::reconcile_actions(&mut loaded.maps)?;
+    Ok((loaded, attachments, generation))
+}
+
+/// `synguard run`.
+pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
+    privs::require_for_run()?;
+    let settings = load_settings(args.config.as_deref(), &args.keys)?;
+    let ifaces = resolve_ifaces(&args.ifaces)?;
+
+    let prepared = pins::prepare(&pin_dir)?;
+    let _daemon_lock = pins::lock_daemon(&pin_dir)?;
+    let adopting = pins::has_state(&pin_dir);
+    let (mut loaded, attachments, generation) =
+        match start(&pin_dir, &settings, &ifaces, args.xdp_mode, adopting) {
+            Ok(started) => started,
+            Err(e) => {
+                // Undo what this run did, and only that. Adopted state stays as it was,
+                // protecting, with its config unchanged.
+                if !adopting {
+                    let _ = remove_pins(&pin_dir);
+                    pins::unprepare(&pin_dir, &prepared);
+                }
+                return Err(e);
+            }
+        };
     if adopting {
         let n = rules::list(&loaded.maps)?.len();
         log::info!(
@@ -517,43 +580,7 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             pin_dir.display()
         );
     }
-
-    // Kernel-side warnings (tables full) are rare and rate-limited; forward them to our log.
-    match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
-        Ok(logger) => {
-            let mut logger = readable(logger)?;
-            tokio::spawn(async move {
-                while let Ok(mut guard) = logger.readable_mut().await {
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-            });
-        }
-        Err(e) => log::debug!("no kernel log channel: {e}"),
-    }
-
-    let mut attachments: Vec<Attachment> = Vec::new();
-    for iface in &ifaces {
-        let attached = loaded
-            .program_mut()
-            .and_then(|prog| attach(prog, &pin_dir, iface, args.xdp_mode));
-        let a = match attached {
-            Ok(a) => a,
-            Err(e) => {
-                // Undo what this run did, and only that: links it made, and the pinned
-                // maps if it created them. Adopted state stays as it was, protecting.
-                for a in attachments.drain(..).filter(|a| a.mode != "adopted") {
-                    let _ =
-                        fs::remove_file(pins::link_path(&pin_dir, a.iface.index, &a.iface.name));
-                }
-                if !adopting {
-                    drop(loaded);
-                    let _ = remove_pins(&pin_dir);
-                    pins::unprepare(&pin_dir, &prepared);
-                }
-                return Err(e);
-            }
-        };
+    for a in &attachments {
         if a.iface.index >= synguard_common::capacity::STATS_SLOTS {
             log::warn!(
                 "{} has ifindex {} (>= {}): its counters are shared with other such interfaces",
@@ -572,8 +599,22 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
                 format!("{} mode", a.mode)
             }
         );
-        attachments.push(a);
     }
+
+    // Kernel-side warnings (tables full) are rare and rate-limited; forward them to our log.
+    match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
+        Ok(logger) => {
+            let mut logger = readable(logger)?;
+            tokio::spawn(async move {
+                while let Ok(mut guard) = logger.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => log::debug!("no kernel log channel: {e}"),
+    }
+
     for path in stale_links(&pin_dir, &ifaces) {
         log::warn!(
             "{} was protected by a previous run but is not among --iface: detaching it",

@@ -85,15 +85,22 @@ fn mount_bpffs(at: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What [`prepare`] did, so a clean shutdown can undo exactly that.
+/// What [`prepare`] did, so a clean shutdown (or a failed start) can undo exactly that.
 #[derive(Debug, Default)]
 pub struct Prepared {
     /// A bpffs we mounted on the pin directory itself.
     pub mounted_on_pin_dir: bool,
+    /// Directories we created, outermost first.
+    pub created: Vec<PathBuf>,
+}
+
+fn is_empty_dir(path: &Path) -> bool {
+    fs::read_dir(path).is_ok_and(|mut d| d.next().is_none())
 }
 
 /// Make sure the pin directory exists on a BPF filesystem, mounting one where needed
-/// (as systemd does at `/sys/fs/bpf` on ordinary distributions), and say so.
+/// (as systemd does at `/sys/fs/bpf` on ordinary distributions), and say so. A BPF
+/// filesystem is only ever mounted on an empty directory, never over anything.
 pub fn prepare(pin_dir: &Path) -> anyhow::Result<Prepared> {
     let mut prepared = Prepared::default();
     if !pin_dir.is_absolute() {
@@ -102,30 +109,55 @@ pub fn prepare(pin_dir: &Path) -> anyhow::Result<Prepared> {
             pin_dir.display()
         )));
     }
+    let sys_bpf = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(sys_bpf) && sys_bpf.is_dir() && !is_bpffs(sys_bpf) {
+        if !is_empty_dir(sys_bpf) {
+            return Err(usage(
+                "/sys/fs/bpf is not a BPF filesystem and not empty; mount one there \
+                 (mount -t bpf bpf /sys/fs/bpf) or pass a --pin-dir on a BPF filesystem",
+            ));
+        }
+        mount_bpffs(sys_bpf)?;
+        log::info!("mounted the BPF filesystem on /sys/fs/bpf (it was not mounted)");
+    }
     if pin_dir.exists() {
+        if !pin_dir.is_dir() {
+            return Err(usage(format!(
+                "--pin-dir {} is not a directory",
+                pin_dir.display()
+            )));
+        }
         if !is_bpffs(pin_dir) {
+            if !is_empty_dir(pin_dir) {
+                return Err(usage(format!(
+                    "{} is not on a BPF filesystem and not empty: synguard mounts one only on \
+                     an empty directory; pick an empty or new directory, or one on a BPF \
+                     filesystem",
+                    pin_dir.display()
+                )));
+            }
             mount_bpffs(pin_dir)?;
             log::info!("mounted a BPF filesystem on {}", pin_dir.display());
             prepared.mounted_on_pin_dir = true;
         }
     } else {
-        let sys_bpf = Path::new("/sys/fs/bpf");
-        if pin_dir.starts_with(sys_bpf) && sys_bpf.is_dir() && !is_bpffs(sys_bpf) {
-            mount_bpffs(sys_bpf)?;
-            log::info!("mounted the BPF filesystem on /sys/fs/bpf (it was not mounted)");
-        }
-        let mut ancestor = pin_dir.parent();
-        while let Some(a) = ancestor {
-            if a.exists() {
+        let mut missing = Vec::new();
+        let mut p = Some(pin_dir);
+        while let Some(d) = p {
+            if d.exists() {
                 break;
             }
-            ancestor = a.parent();
+            missing.push(d.to_path_buf());
+            p = d.parent();
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(pin_dir)
-            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        missing.reverse();
+        for d in &missing {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(d)
+                .with_context(|| format!("creating {}", d.display()))?;
+            prepared.created.push(d.clone());
+        }
         if !is_bpffs(pin_dir) {
             mount_bpffs(pin_dir)?;
             log::info!("mounted a BPF filesystem on {}", pin_dir.display());
@@ -143,18 +175,25 @@ pub fn prepare(pin_dir: &Path) -> anyhow::Result<Prepared> {
     Ok(prepared)
 }
 
-/// Undo [`prepare`] after the pins have been removed.
+/// Undo [`prepare`] once the pins are gone: the subdirectories, a mount we made, and the
+/// directories we created.
 pub fn unprepare(pin_dir: &Path, prepared: &Prepared) {
     for d in [crate::bpf::maps_dir(pin_dir), links_dir(pin_dir)] {
         let _ = fs::remove_dir(&d);
     }
-    if prepared.mounted_on_pin_dir {
-        if let Ok(c) = CString::new(pin_dir.as_os_str().as_bytes()) {
-            // SAFETY: a valid NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-    } else {
+    if prepared.mounted_on_pin_dir
+        && let Ok(c) = CString::new(pin_dir.as_os_str().as_bytes())
+    {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    if prepared.created.is_empty() && !prepared.mounted_on_pin_dir {
+        // The pin directory was made inside an existing BPF filesystem by an earlier
+        // step of ours or by this run: remove it if it is empty now.
         let _ = fs::remove_dir(pin_dir);
+    }
+    for d in prepared.created.iter().rev() {
+        let _ = fs::remove_dir(d);
     }
 }
 
@@ -180,7 +219,18 @@ fn flock(path: &Path, op: libc::c_int) -> std::io::Result<Option<File>> {
 }
 
 /// Take the daemon lock: held by the running `synguard run` for its whole life.
+///
+/// Other commands take this lock shared for an instant to see whether a daemon runs, so a
+/// busy lock is retried for half a second before concluding another `run` holds it.
 pub fn lock_daemon(pin_dir: &Path) -> anyhow::Result<DirLock> {
+    for _ in 0..20 {
+        if let Some(f) = flock(pin_dir, libc::LOCK_EX | libc::LOCK_NB)
+            .with_context(|| format!("locking {}", pin_dir.display()))?
+        {
+            return Ok(DirLock { _file: f });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
     match flock(pin_dir, libc::LOCK_EX | libc::LOCK_NB)
         .with_context(|| format!("locking {}", pin_dir.display()))?
     {

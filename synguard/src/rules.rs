@@ -7,7 +7,7 @@
 //! restores that invariant after every change to the allowlist (and `run` re-checks it
 //! every second, in case the kernel banned a source while an allow entry was being added).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use anyhow::Context as _;
 use aya::maps::MapError;
@@ -29,10 +29,6 @@ use crate::{
 pub struct RuleEntry {
     pub net: IpNet,
     pub rule: Rule,
-    /// More specific entries cover every address of this one, so it never matches and
-    /// its value cannot be read (a trie lookup returns the longest match); `rule` then
-    /// holds only its kind.
-    pub covered: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -86,15 +82,17 @@ fn not_found(e: &MapError) -> bool {
         || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
-/// Every stored prefix with its kind, exactly (key enumeration is exact; lookups are not).
+/// Every stored prefix with its kind (from the key), each once even if entries are
+/// deleted while we walk (a trie walk restarts from the beginning when its current key
+/// disappears).
 fn keys(maps: &Maps) -> anyhow::Result<Vec<(IpNet, u8)>> {
-    let mut out = Vec::new();
+    let mut out = std::collections::BTreeMap::new();
     for k in maps.rules_v4.keys() {
         match k {
             Ok(k) => {
                 let d = k.data();
                 if let Some(net) = v4_net([d[0], d[1], d[2], d[3]], k.prefix_len()) {
-                    out.push((net, d[RULE_KEY_KIND_V4]));
+                    out.insert(net, d[RULE_KEY_KIND_V4]);
                 }
             }
             Err(e) if not_found(&e) => continue,
@@ -108,133 +106,51 @@ fn keys(maps: &Maps) -> anyhow::Result<Vec<(IpNet, u8)>> {
                 let mut a = [0u8; 16];
                 a.copy_from_slice(&d[..16]);
                 if let Some(net) = v6_net(a, k.prefix_len()) {
-                    out.push((net, d[RULE_KEY_KIND_V6]));
+                    out.insert(net, d[RULE_KEY_KIND_V6]);
                 }
             }
             Err(e) if not_found(&e) => continue,
             Err(e) => return Err(e).context("listing the IPv6 rules"),
         }
     }
-    Ok(out)
-}
-
-/// What the kernel would match for an address: the longest matching entry.
-fn lookup(maps: &Maps, addr: IpAddr) -> anyhow::Result<Option<Rule>> {
-    let r = match addr {
-        IpAddr::V4(a) => maps
-            .rules_v4
-            .get(&V4Key::new(32, rule_key_v4(a.octets(), 0)), 0),
-        IpAddr::V6(a) => maps
-            .rules_v6
-            .get(&V6Key::new(128, rule_key_v6(a.octets(), 0)), 0),
-    };
-    match r {
-        Ok(rule) => Ok(Some(rule)),
-        Err(e) if not_found(&e) => Ok(None),
-        Err(e) => Err(e).context("looking up a rule"),
-    }
-}
-
-fn span(net: &IpNet) -> (u128, u128) {
-    match net {
-        IpNet::V4(n) => (
-            u128::from(u32::from(n.network())),
-            u128::from(u32::from(n.broadcast())),
-        ),
-        IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
-    }
-}
-
-/// An address of `net` outside every one of `inner` (the more specific entries inside
-/// it), if there is one: looking it up returns exactly the entry stored under `net`.
-fn witness(net: &IpNet, inner: &[IpNet]) -> Option<IpAddr> {
-    let (lo, hi) = span(net);
-    let mut spans: Vec<(u128, u128)> = inner.iter().map(span).collect();
-    spans.sort_unstable();
-    let mut next = lo;
-    for (a, b) in spans {
-        if a > next {
-            break;
-        }
-        if b >= next {
-            if b == hi {
-                return None;
-            }
-            next = b + 1;
-        }
-    }
-    if next > hi {
-        return None;
-    }
-    Some(match net {
-        IpNet::V4(_) => IpAddr::V4(Ipv4Addr::from(next as u32)),
-        IpNet::V6(_) => IpAddr::V6(Ipv6Addr::from(next)),
-    })
-}
-
-/// Read the entry stored under exactly `net`, given every stored prefix.
-fn read_exact(maps: &Maps, net: &IpNet, all: &[(IpNet, u8)]) -> anyhow::Result<Option<Rule>> {
-    let p = net.prefix_len();
-    match lookup(maps, net.network())? {
-        Some(r) if r.prefix_len == p => return Ok(Some(r)),
-        Some(r) if r.prefix_len > p => {}
-        _ => return Ok(None),
-    }
-    let inner: Vec<IpNet> = all
-        .iter()
-        .map(|(n, _)| *n)
-        .filter(|n| n.prefix_len() > p && covers(net, n))
-        .collect();
-    match witness(net, &inner) {
-        Some(w) => Ok(lookup(maps, w)?.filter(|r| r.prefix_len == p)),
-        None => Ok(None),
-    }
-}
-
-/// Every entry of both families, read exactly.
-pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
-    let all = keys(maps)?;
-    let mut out = Vec::with_capacity(all.len());
-    for (net, kind) in &all {
-        match read_exact(maps, net, &all)? {
-            Some(rule) => out.push(RuleEntry {
-                net: *net,
-                rule,
-                covered: false,
-            }),
-            None => {
-                // Gone since we listed it, or covered: keep covered ones, with their kind.
-                let inner: Vec<IpNet> = all
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .filter(|n| n.prefix_len() > net.prefix_len() && covers(net, n))
-                    .collect();
-                if witness(net, &inner).is_none() {
-                    let mut rule = Rule::new(*kind, ACTION_DROP, 0, 0);
-                    rule.prefix_len = net.prefix_len();
-                    out.push(RuleEntry {
-                        net: *net,
-                        rule,
-                        covered: true,
-                    });
-                }
-            }
-        }
-    }
-    Ok(out)
+    Ok(out.into_iter().collect())
 }
 
 /// The entry stored under exactly this prefix (not merely one that matches it).
+///
+/// A trie lookup with a key of length `p` returns the longest entry no longer than `p`
+/// that matches; the value records its own prefix length, so a shorter match is told
+/// apart from the exact entry.
 pub fn get(maps: &Maps, net: &IpNet) -> anyhow::Result<Option<Rule>> {
     let p = net.prefix_len();
-    match lookup(maps, net.network())? {
-        Some(r) if r.prefix_len == p => Ok(Some(r)),
-        Some(r) if r.prefix_len > p => {
-            let all = keys(maps)?;
-            read_exact(maps, net, &all)
-        }
-        _ => Ok(None),
+    let r = match net {
+        IpNet::V4(n) => maps.rules_v4.get(
+            &V4Key::new(u32::from(p), rule_key_v4(n.network().octets(), 0)),
+            0,
+        ),
+        IpNet::V6(n) => maps.rules_v6.get(
+            &V6Key::new(u32::from(p), rule_key_v6(n.network().octets(), 0)),
+            0,
+        ),
+    };
+    match r {
+        Ok(rule) if rule.prefix_len == p => Ok(Some(rule)),
+        Ok(_) => Ok(None),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(e).context("reading a rule"),
     }
+}
+
+/// Every entry of both families.
+pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
+    let mut out = Vec::new();
+    for (net, _kind) in keys(maps)? {
+        // Gone since we listed it: skip.
+        if let Some(rule) = get(maps, &net)? {
+            out.push(RuleEntry { net, rule });
+        }
+    }
+    Ok(out)
 }
 
 /// Store an entry under a prefix, replacing what was there.
@@ -319,7 +235,7 @@ pub fn shadowing_allow<'a>(entries: &'a [RuleEntry], net: &IpNet) -> Option<&'a 
 pub fn reconcile_actions(maps: &mut Maps) -> anyhow::Result<usize> {
     let entries = list(maps)?;
     let mut changed = 0;
-    for e in entries.iter().filter(|e| e.is_block() && !e.covered) {
+    for e in entries.iter().filter(|e| e.is_block()) {
         let want = if shadowing_allow(&entries, &e.net).is_some() {
             ACTION_PASS
         } else {
@@ -344,7 +260,7 @@ pub fn expire(maps: &mut Maps) -> anyhow::Result<Vec<RuleEntry>> {
     let now = clock::monotonic_ns();
     let mut removed = Vec::new();
     for e in list(maps)? {
-        if !e.covered && e.rule.expired(now) {
+        if e.rule.expired(now) {
             // Re-check just before deleting: the kernel replaces an expired ban in place
             // when the source is banned again.
             if let Some(current) = get(maps, &e.net)?
@@ -354,7 +270,6 @@ pub fn expire(maps: &mut Maps) -> anyhow::Result<Vec<RuleEntry>> {
                 removed.push(RuleEntry {
                     net: e.net,
                     rule: current,
-                    covered: false,
                 });
             }
         }
@@ -372,46 +287,4 @@ pub fn manual(kind: u8, expires_ns: u64, comment: &str) -> Rule {
     let mut r = Rule::new(kind, action, clock::monotonic_ns(), expires_ns);
     set_comment(&mut r, comment);
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn n(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn witness_avoids_more_specific_entries() {
-        assert_eq!(
-            witness(&n("10.0.0.0/24"), &[]),
-            Some("10.0.0.0".parse().unwrap())
-        );
-        assert_eq!(
-            witness(&n("10.0.0.0/24"), &[n("10.0.0.0/32")]),
-            Some("10.0.0.1".parse().unwrap())
-        );
-        assert_eq!(
-            witness(&n("10.0.0.0/24"), &[n("10.0.0.0/25"), n("10.0.0.128/26")]),
-            Some("10.0.0.192".parse().unwrap())
-        );
-        assert_eq!(
-            witness(&n("10.0.0.0/24"), &[n("10.0.0.128/25"), n("10.0.0.0/25")]),
-            None,
-            "tiled"
-        );
-        assert_eq!(
-            witness(&n("10.0.0.0/24"), &[n("10.0.0.0/25"), n("10.0.0.0/26")]),
-            Some("10.0.0.128".parse().unwrap())
-        );
-        assert_eq!(
-            witness(&n("2001:db8::/64"), &[n("2001:db8::/65")]),
-            Some("2001:db8::8000:0:0:0".parse().unwrap())
-        );
-        assert_eq!(
-            witness(&n("0.0.0.0/0"), &[n("0.0.0.0/1"), n("128.0.0.0/1")]),
-            None
-        );
-    }
 }

@@ -50,7 +50,9 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
-        let name = format!("sgt-{}", unique(tag));
+        // sgt-TAG-PID-N: `cleanup_stale` finds the ones whose process is gone.
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("sgt-{tag}-{}-{n}", std::process::id());
         sh(&["ip", "netns", "add", &name]);
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);
@@ -159,13 +161,11 @@ impl Drop for Netns {
 /// Connect two namespaces with a veth pair and give each end an address (CIDR form).
 /// Deleting either namespace removes the pair.
 pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
-    let tmp_a = unique("va");
-    let tmp_b = unique("vb");
+    // Created directly inside the two namespaces: nothing ever exists in the host's.
     sh(&[
-        "ip", "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
+        "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
     ]);
-    sh(&["ip", "link", "set", &tmp_a, "netns", &a.name, "name", a_if]);
-    sh(&["ip", "link", "set", &tmp_b, "netns", &b.name, "name", b_if]);
     for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
         if !addr.is_empty() {
             ns.ip(&["addr", "add", addr, "dev", ifname, "nodad"]);
@@ -181,7 +181,8 @@ pub struct Bpffs {
 
 impl Bpffs {
     pub fn new() -> Self {
-        let path = PathBuf::from(format!("/run/{}", unique("sgt-bpffs-")));
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!("/run/sgt-bpffs-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&path).expect("mkdir bpffs");
         sh(&[
             "mount",
@@ -315,4 +316,46 @@ impl Drop for ChildGuard {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// The owner pid in a name made here (`...-PID-N`).
+fn owner_pid(name: &str) -> Option<u32> {
+    let mut parts = name.rsplit('-');
+    let _n = parts.next()?;
+    parts.next()?.parse().ok()
+}
+
+/// Remove namespaces and BPF filesystems left behind by test or lab processes that were
+/// killed before their guards could run (SIGKILL). Only names made here (`sgt-...`)
+/// whose owner process is gone are touched.
+pub fn cleanup_stale() -> usize {
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    let mut removed = 0;
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if name.starts_with("sgt-")
+                && let Some(pid) = owner_pid(name)
+                && !alive(pid)
+            {
+                drop(Netns {
+                    name: name.to_string(),
+                });
+                removed += 1;
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/run") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("sgt-bpffs-")
+                && let Some(pid) = owner_pid(&name)
+                && !alive(pid)
+            {
+                drop(Bpffs { path: e.path() });
+                removed += 1;
+            }
+        }
+    }
+    removed
 }

@@ -339,6 +339,7 @@ fn bad_input_exits_2_with_an_actionable_message_and_changes_nothing() {
 
     // A bad config file is refused with the reason.
     let bad = lab.bpffs.path.with_extension("toml");
+    let _bad_guard = TempFile(bad.clone());
     std::fs::write(&bad, "syn-rate = 0\n").unwrap();
     let out = lab.server.try_exec(&[
         bin,
@@ -350,7 +351,6 @@ fn bad_input_exits_2_with_an_actionable_message_and_changes_nothing() {
         "--config",
         bad.to_str().unwrap(),
     ]);
-    let _ = std::fs::remove_file(&bad);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out).contains("invalid value for `syn-rate`"),
@@ -495,11 +495,39 @@ fn lockout_guard_protects_allowlisted_addresses_and_the_operators_ssh_session() 
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// Sets a flag when dropped, so helper threads stop even when a test panics.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A file removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn synguard_cmd(pin: &std::path::Path, args: &[&str]) -> Output {
+    std::process::Command::new(synguard_bin())
+        .arg("--pin-dir")
+        .arg(pin)
+        .args(args)
+        .env_remove("SSH_CONNECTION")
+        .output()
+        .expect("run synguard")
+}
+
 #[test]
 fn concurrent_writers_and_expiring_bans_never_lose_an_entry() {
     require_root();
     let lab = Lab::new();
-    let _daemon = lab.daemon(&[
+    let daemon = lab.daemon(&[
         "run",
         "--iface",
         "sga",
@@ -510,14 +538,19 @@ fn concurrent_writers_and_expiring_bans_never_lose_an_entry() {
         "--ban-for",
         "1s",
     ]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_guard = StopOnDrop(stop.clone());
     // Bans appear and expire all along: forged sources from 198.18.0.0/15 send a few
     // SYNs each, get banned for a second, and the daemon sweeps them.
     let attacker = lab.attacker.path();
+    let churn_stop = stop.clone();
     let churn = thread::spawn(move || {
         synguard_tests::netns::enter(&attacker);
         let start = Instant::now();
         let mut n = 0u32;
-        while start.elapsed() < Duration::from_secs(8) {
+        while start.elapsed() < Duration::from_secs(8)
+            && !churn_stop.load(std::sync::atomic::Ordering::Relaxed)
+        {
             // hping3 lingers about a second after its last packet: ten at a time.
             let batch: Vec<_> = (0..10)
                 .map(|_| {
@@ -536,45 +569,62 @@ fn concurrent_writers_and_expiring_bans_never_lose_an_entry() {
                 let _ = child.wait();
             }
         }
-        n
     });
 
     let pin = lab.pin_dir();
+    // Two writers adding blocks, one of them deleting some again, and a third toggling an
+    // allow entry that covers the first writer's range (each toggle rewrites the
+    // effective action of every block inside it).
     let writer = |base: u8, count: u8, delete_every: u8| {
         let pin = pin.clone();
         thread::spawn(move || {
             for i in 0..count {
                 let net = format!("10.{base}.{i}.0/24");
-                let out = std::process::Command::new(synguard_bin())
-                    .arg("--pin-dir")
-                    .arg(&pin)
-                    .args(["block", "add", &net, "--comment", &format!("w{base}-{i}")])
-                    .output()
-                    .unwrap();
+                let out = synguard_cmd(
+                    &pin,
+                    &[
+                        "block",
+                        "add",
+                        &net,
+                        "--comment",
+                        &format!("w{base}-{i}"),
+                        "--force",
+                    ],
+                );
                 assert!(out.status.success(), "{}", text(&out));
                 if delete_every > 0 && i % delete_every == 0 {
-                    let out = std::process::Command::new(synguard_bin())
-                        .arg("--pin-dir")
-                        .arg(&pin)
-                        .args(["block", "del", &net])
-                        .output()
-                        .unwrap();
+                    let out = synguard_cmd(&pin, &["block", "del", &net]);
                     assert!(out.status.success(), "{}", text(&out));
                 }
             }
         })
     };
+    let toggler = {
+        let pin = pin.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut toggles = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && toggles < 400 {
+                let out = synguard_cmd(&pin, &["allow", "add", "10.1.0.0/16"]);
+                assert!(out.status.success(), "{}", text(&out));
+                let out = synguard_cmd(&pin, &["allow", "del", "10.1.0.0/16"]);
+                assert!(out.status.success(), "{}", text(&out));
+                toggles += 1;
+            }
+            toggles
+        })
+    };
     let a = writer(1, 120, 0);
     let b = writer(2, 120, 3);
-    let c = writer(3, 120, 0);
     a.join().unwrap();
     b.join().unwrap();
-    c.join().unwrap();
-    let sources = churn.join().unwrap();
-    assert!(sources > 40, "bans churned: {sources} sources");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let toggles = toggler.join().unwrap();
+    churn.join().unwrap();
+    assert!(toggles > 5, "the allow entry was toggled: {toggles}");
 
     let list = lab.json(&["block", "list"]);
-    let manual: Vec<(String, String)> = list
+    let manual: Vec<(String, String, String)> = list
         .as_array()
         .unwrap()
         .iter()
@@ -583,24 +633,34 @@ fn concurrent_writers_and_expiring_bans_never_lose_an_entry() {
             (
                 e["prefix"].as_str().unwrap().to_string(),
                 e["comment"].as_str().unwrap().to_string(),
+                e["effective"].as_str().unwrap().to_string(),
             )
         })
         .collect();
     let mut want = Vec::new();
-    for base in 1..=3u8 {
+    for base in 1..=2u8 {
         for i in 0..120u8 {
             if base == 2 && i % 3 == 0 {
                 continue;
             }
-            want.push((format!("10.{base}.{i}.0/24"), format!("w{base}-{i}")));
+            want.push((
+                format!("10.{base}.{i}.0/24"),
+                format!("w{base}-{i}"),
+                "drop".to_string(),
+            ));
         }
     }
-    let mut got = manual.clone();
+    let mut got = manual;
     got.sort();
     want.sort();
-    assert_eq!(got.len(), want.len(), "entries lost or left behind");
-    assert_eq!(got, want);
-    // Every automatic ban is well-formed; expired ones get swept.
+    assert_eq!(
+        got, want,
+        "every entry, its comment, and (with the allow entry gone) drop"
+    );
+
+    let bans = daemon.log_text().matches("banned 198.18.").count();
+    assert!(bans >= 10, "bans churned: {bans}");
+    // Every automatic ban expires and is swept.
     thread::sleep(Duration::from_millis(2500));
     let left: Vec<Value> = lab
         .json(&["block", "list"])
@@ -614,10 +674,222 @@ fn concurrent_writers_and_expiring_bans_never_lose_an_entry() {
 }
 
 #[test]
+fn suppressed_ban_events_are_found_by_the_sweep() {
+    require_root();
+    let lab = Lab::new();
+    let daemon = lab.daemon(&[
+        "run",
+        "--iface",
+        "sga",
+        "--syn-rate",
+        "1",
+        "--syn-burst",
+        "1",
+    ]);
+    // 256 sources banned within milliseconds: more than the per-CPU event burst (100).
+    let spec = synguard_tests::flood::FloodSpec {
+        ifindex: lab.attacker.ifindex("eth0"),
+        src_mac: synguard_tests::lab::mac_of(&lab.attacker, "eth0").expect("mac"),
+        dst_mac: synguard_tests::lab::mac_of(&lab.server, "sga").expect("mac"),
+        source: synguard_tests::flood::Source::Random("198.18.7.0/24".parse().unwrap()),
+        dst: "192.0.2.1".parse().unwrap(),
+        dport: 80,
+        rate: None,
+        duration: Duration::from_millis(300),
+        threads: 1,
+        batch: 64,
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sent = lab
+        .attacker
+        .spawn(move || {
+            synguard_tests::flood::run(&spec, &std::sync::atomic::AtomicBool::new(false))
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+    let _ = stop;
+    assert!(sent.sent > 10_000, "{sent:?}");
+    let maps = Maps::from_pins(&lab.pin_dir()).unwrap();
+    let c = maps.total_counters().unwrap();
+    assert_eq!(c[stat::N_BANS], 256, "every source banned");
+    assert!(c[stat::N_EVENTS_SUPPRESSED] > 0, "events suppressed");
+    let mut d = daemon;
+    d.wait_for_log(
+        "found by the sweep; its event was rate-limited",
+        Duration::from_secs(3),
+    );
+    let start = Instant::now();
+    while d.log_text().matches("banned 198.18.7.").count() < 256 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "every ban logged once"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d.log_text().matches("banned 198.18.7.").count(), 256);
+}
+
+#[test]
+fn explain_shows_limited_and_metered_sources() {
+    require_root();
+    let lab = Lab::new();
+    let _daemon = lab.daemon(&[
+        "run",
+        "--iface",
+        "sga",
+        "--iface",
+        "sgc",
+        "--ban-for",
+        "0s",
+        "--syn-rate",
+        "1",
+        "--syn-burst",
+        "3",
+    ]);
+    let _web = Server::start(&lab.server, TARGET.parse().unwrap());
+    let target: SocketAddr = TARGET.parse().unwrap();
+    let ok = lab
+        .client
+        .spawn(move || fetch(target, Duration::from_secs(2)).is_ok())
+        .join()
+        .unwrap();
+    assert!(ok);
+    let e = lab.json(&["explain", CLIENT]);
+    assert_eq!(e["verdict"], "metered", "{e}");
+    assert_eq!(e["bucket"]["tokens"], 2);
+    assert!(
+        lab.ok(&["explain", CLIENT])
+            .contains("may open 2 more SYNs at once")
+    );
+    // hping3 lingers after its last packet; stop it at once so the bucket (1 SYN/s) has
+    // no time to earn a token back before `explain` looks.
+    let out = lab.attacker.try_exec(&[
+        "timeout",
+        "-s",
+        "KILL",
+        "0.2",
+        "hping3",
+        "-S",
+        "-p",
+        "80",
+        "-i",
+        "u2000",
+        "192.0.2.1",
+    ]);
+    let _ = out;
+    let e = lab.json(&["explain", ATTACKER]);
+    assert_eq!(e["verdict"], "limited", "{e}");
+    assert_eq!(e["bucket"]["tokens"], 0);
+    assert!(e["bucket"]["limited"].as_u64().unwrap() >= 6, "{e}");
+    assert!(lab.ok(&["explain", ATTACKER]).contains("LIMITED"));
+}
+
+#[test]
+fn auto_mode_falls_back_to_generic_xdp_and_says_so() {
+    require_root();
+    let lab = Lab::new();
+    // Loopback has no native XDP.
+    let d = lab.daemon(&["run", "--iface", "lo"]);
+    let log = d.log_text();
+    assert!(
+        log.contains("lo: the driver has no native XDP")
+            && log.contains("falling back to generic (skb) mode"),
+        "{log}"
+    );
+    assert!(
+        log.contains("protecting lo (ifindex 1), XDP generic (skb) mode"),
+        "{log}"
+    );
+    let link = lab.server.ip(&["link", "show", "lo"]);
+    assert!(String::from_utf8_lossy(&link.stdout).contains("xdpgeneric"));
+}
+
+#[test]
+fn a_failed_run_leaves_adopted_state_exactly_as_it_was() {
+    require_root();
+    let lab = Lab::new();
+    let mut first = lab.daemon(&["run", "--iface", "sga", "--keep", "--syn-rate", "77"]);
+    lab.ok(&["block", "add", "203.0.113.128/25"]);
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait(Duration::from_secs(10)), Some(0));
+    let before = lab.json(&["status"]);
+    let snap = snapshot(&lab);
+    // This run would change the mode and the rate, but cannot attach to lo natively.
+    let bin = synguard_bin();
+    let pin = lab.pin_dir();
+    let out = lab.server.try_exec(&[
+        bin.to_str().unwrap(),
+        "--pin-dir",
+        pin.to_str().unwrap(),
+        "run",
+        "--iface",
+        "sga",
+        "--iface",
+        "lo",
+        "--xdp-mode",
+        "native",
+        "--mode",
+        "monitor",
+        "--syn-rate",
+        "5",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(snapshot(&lab), snap, "lists and config unchanged");
+    let after = lab.json(&["status"]);
+    assert_eq!(after["config"]["mode"], "enforce");
+    assert_eq!(after["config"]["syn-rate"], "77");
+    assert_eq!(
+        after["interfaces"][0]["program_id"], before["interfaces"][0]["program_id"],
+        "the attached program is the one from before"
+    );
+    let lo = lab.server.ip(&["link", "show", "lo"]);
+    assert!(!String::from_utf8_lossy(&lo.stdout).contains("xdp"));
+}
+
+#[test]
+fn pin_dir_is_never_mounted_over_a_directory_with_contents() {
+    require_root();
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(synguard_tests::netns::unique("sgpin"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = TempDirGuard(dir.clone());
+    std::fs::write(dir.join("precious"), "data").unwrap();
+    let bin = synguard_bin();
+    let out = lab.server.try_exec(&[
+        bin.to_str().unwrap(),
+        "--pin-dir",
+        dir.to_str().unwrap(),
+        "run",
+        "--iface",
+        "sga",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("not on a BPF filesystem and not empty"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("precious")).unwrap(),
+        "data"
+    );
+}
+
+struct TempDirGuard(std::path::PathBuf);
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
 fn config_file_is_reread_on_sighup_and_a_bad_one_is_refused() {
     require_root();
     let lab = Lab::new();
     let file = lab.bpffs.path.with_extension("sighup.toml");
+    let _file_guard = TempFile(file.clone());
     std::fs::write(&file, "syn-rate = 100\nports = [80, 443]\n").unwrap();
     let daemon = lab.daemon(&[
         "run",
@@ -659,7 +931,6 @@ fn config_file_is_reread_on_sighup_and_a_bad_one_is_refused() {
     );
     assert!(d.log_text().contains("invalid value for `syn-rate`"));
     assert_eq!(lab.json(&["config", "show"])["syn-rate"], "50");
-    let _ = std::fs::remove_file(&file);
 }
 
 #[test]

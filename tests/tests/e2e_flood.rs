@@ -198,7 +198,7 @@ fn sigkill_keeps_the_flood_dropped_and_a_new_run_adopts_the_bans() {
     assert!(log.contains("adopted the state pinned"), "{log}");
     assert!(log.contains("replaced atomically"), "{log}");
     assert!(
-        log.contains("upgrading the program from build 000000000000dead"),
+        log.contains("upgraded the program from build 000000000000dead"),
         "{log}"
     );
     let link_after = link_and_prog(&pin_dir);

@@ -5,8 +5,8 @@ use std::{thread, time::Duration};
 
 use synguard::{bpf::LoadOptions, config::Settings, rules};
 use synguard_common::{
-    ACTION_DROP, ACTION_PASS, EVENT_BAN, Event, FAMILY_V4, FAMILY_V6, RULE_ALLOW, RULE_BAN,
-    RULE_BLOCK, capacity, map_names, stat::*,
+    ACTION_DROP, ACTION_PASS, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN, RULE_BLOCK,
+    map_names, stat::*,
 };
 use synguard_tests::{
     packet::{self, ACK, FIN, RST, SYN, Tcp},
@@ -525,7 +525,6 @@ fn full_rules_table_still_drops_the_excess_and_bans_nobody_wrongly() {
         XDP_PASS,
         &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
     );
-    assert_eq!(capacity::RULES, 262_144);
 }
 
 #[test]
@@ -534,7 +533,6 @@ fn every_counter_name_is_distinct() {
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), NAMES.len());
-    assert_eq!(FAMILY_V6, 6);
 }
 
 #[test]
@@ -552,8 +550,8 @@ fn baseline_noop_programs_load_and_return_their_action() {
     }
 }
 
-/// A trie lookup returns the longest match for an address, ignoring the prefix length in
-/// the key; reading entries back must still be exact when prefixes share an address.
+/// Reading entries back is exact when prefixes share an address, including a prefix
+/// whose every address lies in narrower entries.
 #[test]
 fn overlapping_entries_are_read_back_exactly() {
     let mut p = limited("1000", "1000");
@@ -579,7 +577,11 @@ fn overlapping_entries_are_read_back_exactly() {
     assert_eq!(get(&p, "10.0.0.1/32"), None);
     assert_eq!(get(&p, "2001:db8::/32"), Some((RULE_BLOCK, 32)));
     assert_eq!(get(&p, "2001:db8::/128"), Some((RULE_ALLOW, 128)));
-    assert_eq!(get(&p, "10.1.0.0/24"), None, "fully covered: unreadable");
+    assert_eq!(
+        get(&p, "10.1.0.0/24"),
+        Some((RULE_BLOCK, 24)),
+        "tiled by two /25s"
+    );
 
     let listed = p.rules();
     let find = |net: &str| {
@@ -593,9 +595,7 @@ fn overlapping_entries_are_read_back_exactly() {
     assert_eq!(find("10.0.0.0/24").comment(), "twenty-four");
     assert_eq!(find("10.0.0.0/32").comment(), "host");
     assert_eq!(find("2001:db8::/32").comment(), "v6 wide");
-    let tiled = find("10.1.0.0/24");
-    assert!(tiled.covered);
-    assert_eq!(tiled.rule.kind, RULE_BLOCK, "the kind survives in the key");
+    assert_eq!(find("10.1.0.0/24").comment(), "tiled");
 
     assert!(!rules::delete(&mut p.loaded.maps, &"10.0.0.0/16".parse().unwrap()).unwrap());
     assert!(rules::delete(&mut p.loaded.maps, &"10.0.0.0/24".parse().unwrap()).unwrap());
@@ -615,5 +615,113 @@ fn overlapping_entries_are_read_back_exactly() {
         &Tcp::syn("2001:db8::", SERVER6).build(),
         XDP_PASS,
         &[R_ALLOWED],
+    );
+}
+
+/// What the kernel's trie lookup returns for a key of length p: the longest entry no
+/// longer than p (the key's prefix length limits the match).
+#[test]
+fn trie_lookup_respects_the_key_prefix_length() {
+    let mut p = limited("1000", "1000");
+    p.put_rule("10.0.0.0/8", &rules::manual(RULE_BLOCK, 0, "eight"));
+    p.put_rule("10.0.0.0/32", &rules::manual(RULE_BLOCK, 0, "host"));
+    let at = |len: u32| {
+        p.loaded
+            .maps
+            .rules_v4
+            .get(
+                &synguard::bpf::V4Key::new(len, synguard_common::rule_key_v4([10, 0, 0, 0], 0)),
+                0,
+            )
+            .ok()
+            .map(|r| r.prefix_len)
+    };
+    assert_eq!(at(32), Some(32));
+    assert_eq!(at(24), Some(8));
+    assert_eq!(at(8), Some(8));
+    assert_eq!(at(7), None);
+}
+
+#[test]
+fn an_expired_entry_never_hides_a_live_one_around_it() {
+    let mut p = limited("1", "1");
+    let past = |kind| {
+        let mut r = rules::manual(kind, 1, "expired");
+        r.created_ns = 0;
+        r
+    };
+    // An allowlisted host with an expired (forced) block inside the allow range: still
+    // allowed, never metered, never banned.
+    p.put_rule("198.51.100.0/24", &rules::manual(RULE_ALLOW, 0, "office"));
+    p.put_rule("198.51.100.7/32", &past(RULE_BLOCK));
+    let syn = Tcp::syn("198.51.100.7", SERVER).build();
+    for _ in 0..5 {
+        p.expect(&syn, XDP_PASS, &[R_ALLOWED]);
+    }
+    assert!(p.buckets().is_empty());
+    assert_eq!(
+        p.rule("198.51.100.7/32").unwrap().expires_ns,
+        1,
+        "no ban replaced it"
+    );
+
+    // An expired ban inside a permanent manual block: still blocked.
+    p.put_rule("203.0.113.0/24", &rules::manual(RULE_BLOCK, 0, "net"));
+    p.put_rule("203.0.113.9/32", &past(RULE_BAN));
+    p.expect(
+        &Tcp::syn("203.0.113.9", SERVER).build(),
+        XDP_DROP,
+        &[R_BLOCKED],
+    );
+
+    // Nested expired entries are stepped past too.
+    p.put_rule("10.0.0.0/8", &rules::manual(RULE_BLOCK, 0, "eight"));
+    p.put_rule("10.0.0.0/16", &past(RULE_BLOCK));
+    p.put_rule("10.0.0.0/24", &past(RULE_BAN));
+    p.put_rule("10.0.0.5/32", &past(RULE_BAN));
+    p.expect(
+        &Tcp::syn("10.0.0.5", SERVER).build(),
+        XDP_DROP,
+        &[R_BLOCKED],
+    );
+    assert_eq!(p.rule("10.0.0.0/8").unwrap().hits, 1);
+}
+
+/// Events are rate-limited per CPU (bans still happen) and a full ring buffer is counted.
+#[test]
+fn ban_events_are_rate_limited_and_a_full_ring_is_counted() {
+    let mut p = Prog::with_options(
+        settings(&[("syn-rate", "1"), ("syn-burst", "1")]),
+        &LoadOptions {
+            // 4 KiB holds about 56 events.
+            max_entries: vec![(map_names::EVENTS, 4096)],
+            ..Default::default()
+        },
+    );
+    for i in 0..150u32 {
+        let src = format!("198.18.{}.{}", i / 200, i % 200 + 1);
+        let syn = Tcp::syn(&src, SERVER).build();
+        p.run(&syn);
+        p.run(&syn);
+    }
+    let c = p.counters();
+    assert_eq!(c[N_BANS], 150, "every source banned");
+    assert_eq!(p.rules().len(), 150);
+    let events = drain_events(&mut p);
+    assert!(
+        (50..=60).contains(&events.len()),
+        "the ring held what fit: {}",
+        events.len()
+    );
+    assert!(c[N_EVENTS_LOST] >= 40, "lost: {}", c[N_EVENTS_LOST]);
+    assert!(
+        c[N_EVENTS_SUPPRESSED] >= 40,
+        "suppressed: {}",
+        c[N_EVENTS_SUPPRESSED]
+    );
+    assert_eq!(
+        events.len() as u64 + c[N_EVENTS_LOST] + c[N_EVENTS_SUPPRESSED],
+        150,
+        "each ban was sent, lost or suppressed"
     );
 }

@@ -41,6 +41,15 @@ enum Task {
     },
     /// Install what the tests need, then run formatting, lints and every test (needs root).
     Test,
+    /// Replay SYN floods against a real web server in network namespaces, with and
+    /// without synguard, and print what the employees saw (needs root).
+    ///
+    /// Example: cargo xtask lab --scenario single-source --duration 5
+    Lab {
+        /// Arguments for the lab (see `cargo xtask lab -- --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Measure the program's per-packet cost in the kernel, as ratios to no-op programs.
     Bench {
         /// Machine-readable output.
@@ -52,8 +61,10 @@ enum Task {
     },
 }
 
-/// Debian packages the tests use.
-const TEST_PACKAGES: &[&str] = &["iproute2", "hping3", "nftables"];
+/// Debian packages the lab drives.
+const LAB_PACKAGES: &[&str] = &["iproute2", "hping3", "nftables", "nginx"];
+/// Debian packages the tests use (the tests include a short lab run).
+const TEST_PACKAGES: &[&str] = LAB_PACKAGES;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -228,6 +239,31 @@ fn main() -> anyhow::Result<()> {
             bootstrap::run(&mut c)
         }
         Task::Test => test(),
+        Task::Lab { args } => {
+            need_root("cargo xtask lab")?;
+            bootstrap::toolchain(&work_dir())?;
+            bootstrap::packages(LAB_PACKAGES)?;
+            step(
+                "build synguard and the lab (release)",
+                &mut cargo(&[
+                    "build",
+                    "--release",
+                    "-p",
+                    "synguard",
+                    "-p",
+                    "synguard-tests",
+                    "--bin",
+                    "synguard",
+                    "--bin",
+                    "sg-lab",
+                ]),
+            )?;
+            let release = root().join("target/release");
+            let mut c = Command::new(release.join("sg-lab"));
+            c.args(args).env("SYNGUARD_BIN", release.join("synguard"));
+            eprintln!("xtask: == lab");
+            bootstrap::run(&mut c)
+        }
         Task::Bench { json, quick } => {
             need_root("cargo xtask bench")?;
             bootstrap::toolchain(&work_dir())?;

@@ -11,7 +11,7 @@ use crate::{
     clock,
     config::{format_duration, parse_duration},
     error::usage,
-    net::{covers, parse_cidr},
+    net::{covers, parse_addr, parse_cidr},
     rules::{self, Kind, RuleEntry},
 };
 
@@ -190,14 +190,14 @@ pub fn ssh_clients() -> Vec<IpAddr> {
             let v = kv
                 .strip_prefix("SSH_CONNECTION=")
                 .or_else(|| kv.strip_prefix("SSH_CLIENT="))?;
-            v.split_whitespace().next()?.parse().ok()
+            parse_addr(v.split_whitespace().next()?).ok()
         })
     }
     let mut out = Vec::new();
     for var in ["SSH_CONNECTION", "SSH_CLIENT"] {
         if let Some(ip) = std::env::var(var)
             .ok()
-            .and_then(|v| v.split_whitespace().next().and_then(|a| a.parse().ok()))
+            .and_then(|v| v.split_whitespace().next().and_then(|a| parse_addr(a).ok()))
         {
             out.push(ip);
         }
@@ -240,9 +240,10 @@ pub fn block_add(state: &mut State, a: &BlockAdd<'_>) -> anyhow::Result<()> {
     let ttl = match a.duration {
         Some(d) => {
             let d = parse_duration("--for", d).map_err(|e| usage(e.to_string()))?;
-            if d < Duration::from_secs(1) {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(10 * 365 * 24 * 3600) {
                 return Err(usage(
-                    "--for must be at least 1s (leave it out to block until you remove it)",
+                    "--for must be between 1s and 3650d (leave it out to block until you \
+                     remove it)",
                 ));
             }
             Some(d)
