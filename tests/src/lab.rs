@@ -518,7 +518,9 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// The connection flood: hundreds of real addresses completing handshakes and holding
-/// the connections open without a request, as fast as `per_second` allows.
+/// the connections open, as fast as `per_second` allows. Each sends the start of a
+/// request and never finishes it: nginx reclaims idle connections that have sent nothing
+/// when it runs short, but not ones in the middle of a request.
 fn connection_flood(
     net: &LabNet,
     per_second: u32,
@@ -558,9 +560,11 @@ fn connection_flood(
                         if sock
                             .connect_timeout(&SockAddr::from(target), Duration::from_millis(500))
                             .is_ok()
-                            && let Ok(mut h) = held.lock()
                         {
-                            h.push(sock);
+                            let _ = sock.send(b"GET / HTTP/1.1\r\nHost: sales.example\r\n");
+                            if let Ok(mut h) = held.lock() {
+                                h.push(sock);
+                            }
                         }
                     }
                 });

@@ -189,6 +189,7 @@ fn test() -> anyhow::Result<()> {
     for (name, test) in [
         ("end-to-end flood tests in network namespaces", "e2e_flood"),
         ("the command line against a running daemon", "cli"),
+        ("a short lab run: the founding incident, replayed", "lab"),
     ] {
         step(
             name,

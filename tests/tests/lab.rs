@@ -1,0 +1,113 @@
+//! A short run of the lab (`cargo xtask lab`): the founding incident, single-source, on
+//! both server profiles. It must show the outage without synguard on the legacy server
+//! (so the lab can detect what it claims to prevent) and no outage with synguard.
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use synguard_tests::{
+    flood::{self, FloodSpec, Source},
+    lab::{self, Profile, RunSpec, Scenario, mac_of},
+    netns::{Netns, veth},
+    prog::require_root,
+};
+
+fn run(profile: Profile, synguard: bool) -> lab::RunResult {
+    let spec = RunSpec {
+        scenario: Scenario::SingleSource,
+        profile,
+        synguard,
+        duration: Duration::from_secs(4),
+        synguard_args: Vec::new(),
+    };
+    let r = lab::run(&spec, &Arc::new(AtomicBool::new(false))).expect("lab run");
+    println!("{}", lab::table(std::slice::from_ref(&r)));
+    r
+}
+
+#[test]
+fn single_source_outage_on_legacy_and_none_with_synguard() {
+    require_root();
+    lab::check_tools().expect("lab tools installed");
+    let legacy_off = run(Profile::Legacy, false);
+    let legacy_on = run(Profile::Legacy, true);
+    let defaults_on = run(Profile::Defaults, true);
+
+    for r in [&legacy_off, &legacy_on, &defaults_on] {
+        assert!(r.attack_pps > 10_000.0, "hping3 flooded: {r:?}");
+        // 20 employees; during an outage each request waits out its 3 s timeout.
+        assert!(r.employee_requests >= 20, "employees kept trying: {r:?}");
+    }
+    assert!(
+        legacy_off.success_rate < 0.99,
+        "without synguard the legacy server fails its employees: {legacy_off:?}"
+    );
+    assert!(legacy_off.listen_drops > 0, "{legacy_off:?}");
+    for r in [&legacy_on, &defaults_on] {
+        assert!(
+            r.success_rate >= 0.99,
+            "with synguard employees keep working: {r:?}"
+        );
+        let dropped = r.xdp_dropped.expect("synguard ran");
+        assert!(
+            dropped as f64 >= 0.9 * r.attack_sent as f64,
+            "the flood died in XDP: {r:?}"
+        );
+    }
+}
+
+/// The generator reports what it really sent: every frame it counts arrives at the other
+/// end of the wire (or is counted as dropped there).
+#[test]
+fn flood_generator_reports_what_it_sent() {
+    require_root();
+    let a = Netns::new("gen-a");
+    let b = Netns::new("gen-b");
+    veth(&a, "eth0", "203.0.113.0/31", &b, "eth0", "203.0.113.1/31");
+    for (source, dst) in [
+        (
+            Source::Random("198.18.0.0/15".parse().unwrap()),
+            "192.0.2.1",
+        ),
+        (
+            Source::Random("2001:db8:8000::/33".parse().unwrap()),
+            "2001:db8:2::1",
+        ),
+        (Source::Fixed("203.0.113.0".parse().unwrap()), "192.0.2.1"),
+    ] {
+        let before = b.if_stat("eth0", "rx_packets") + b.if_stat("eth0", "rx_dropped");
+        let spec = FloodSpec {
+            ifindex: a.ifindex("eth0"),
+            src_mac: mac_of(&a, "eth0").unwrap(),
+            dst_mac: mac_of(&b, "eth0").unwrap(),
+            source,
+            dst: dst.parse().unwrap(),
+            dport: 80,
+            rate: Some(50_000),
+            duration: Duration::from_millis(500),
+            threads: 2,
+            batch: 32,
+        };
+        let report = a
+            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
+            .join()
+            .unwrap()
+            .unwrap();
+        let after = b.if_stat("eth0", "rx_packets") + b.if_stat("eth0", "rx_dropped");
+        let tx_dropped = a.if_stat("eth0", "tx_dropped");
+        println!("{report:?}, received {}", after - before);
+        assert!(report.sent > 10_000, "{report:?}");
+        // A target rate is a ceiling (a busy machine may fall short of it).
+        assert!(report.pps < 55_000.0, "{report:?}");
+        // Every frame it counts arrived (or was dropped at the receiver's end); a fresh
+        // link also carries a few frames of its own (IPv6 neighbour discovery).
+        let seen = after - before + tx_dropped;
+        assert!(
+            seen >= report.sent && seen <= report.sent + 10,
+            "sent {} but the wire carried {seen}",
+            report.sent
+        );
+    }
+}
