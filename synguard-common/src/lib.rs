@@ -14,7 +14,7 @@ pub mod gcra;
 
 /// Bumped whenever a pinned map's key or value layout changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -25,8 +25,12 @@ pub mod map_names {
     pub const RULES_V6: &str = "SG_RULES_V6";
     pub const SOURCES: &str = "SG_SOURCES";
     pub const EVENTS: &str = "SG_EVENTS";
+    pub const IFSTATE: &str = "SG_IFSTATE";
+    pub const VERIFIED: &str = "SG_VERIFIED";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 6] = [CONFIG, STATS, RULES_V4, RULES_V6, SOURCES, EVENTS];
+    pub const ALL: [&str; 8] = [
+        CONFIG, STATS, RULES_V4, RULES_V6, SOURCES, EVENTS, IFSTATE, VERIFIED,
+    ];
 }
 
 /// Capacities. Memory at these sizes is about 40 MiB in all (mostly `SOURCES`).
@@ -40,6 +44,11 @@ pub mod capacity {
     pub const SOURCES: u32 = 1_048_576;
     /// Ring buffer for events to userspace, bytes (power of two, multiple of page size).
     pub const EVENTS_BYTES: u32 = 256 * 1024;
+    /// Sources verified by a completed handshake (least recently used ones are forgotten
+    /// when full: they are challenged again, nothing worse).
+    pub const VERIFIED: u32 = 262_144;
+    /// CPUs whose SYN rates the attack detector adds up.
+    pub const MAX_CPUS: u32 = 128;
 }
 
 /// Verdict reasons. Each packet increments exactly one of the `R_*` counters (its
@@ -94,14 +103,41 @@ pub mod stat {
     pub const N_SYNS: usize = 21;
     /// Note: a new source got a token bucket.
     pub const N_SOURCES_NEW: usize = 22;
+    /// Answered in XDP with a SYN cookie SYN-ACK (attack mode): the SYN never reaches the
+    /// kernel's stack.
+    pub const R_COOKIE_SENT: usize = 23;
+    /// Attack mode, and no socket listens on the SYN's destination: dropped.
+    pub const R_COOKIE_NO_LISTENER: usize = 24;
+    /// Attack mode, from a verified source: passed to the kernel with all its options.
+    pub const R_SYN_VERIFIED: usize = 25;
+    /// Attack mode, but no cookie could be made (the kernel's `tcp_syncookies` not set
+    /// yet, a request for the same connection already queued, IP options): passed to the
+    /// kernel, which handles it as it would without synguard.
+    pub const R_COOKIE_FALLBACK: usize = 26;
+    /// Note: an ACK carried a valid cookie (or belonged to an established connection):
+    /// its source is now verified.
+    pub const N_VERIFIED: usize = 27;
+    /// Note: an ACK from an unverified source carried no valid cookie (passed; the kernel
+    /// answers it with a reset).
+    pub const N_COOKIE_ACK_INVALID: usize = 28;
+    /// Note: an interface entered attack mode.
+    pub const N_ATTACKS: usize = 29;
 
-    /// Number of counter slots (room to grow without an ABI change).
+    /// Number of counter slots.
     pub const COUNT: usize = 30;
-    /// Number of verdict reasons (`R_*`).
-    pub const REASONS: usize = 16;
+
+    /// Whether a counter is a verdict reason (each packet increments exactly one).
+    pub const fn is_reason(i: usize) -> bool {
+        i < 16 || (i >= R_COOKIE_SENT && i <= R_COOKIE_FALLBACK)
+    }
+
+    /// Every verdict reason.
+    pub const REASON_LIST: [usize; 20] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 23, 24, 25, 26,
+    ];
 
     /// Stable names, used by `status`, `--json` and metrics.
-    pub const NAMES: [&str; 23] = [
+    pub const NAMES: [&str; COUNT] = [
         "non_ip",
         "truncated",
         "malformed",
@@ -125,13 +161,20 @@ pub mod stat {
         "monitor_passed",
         "syns",
         "sources_new",
+        "cookie_sent",
+        "cookie_no_listener",
+        "syn_verified",
+        "cookie_fallback",
+        "verified",
+        "cookie_ack_invalid",
+        "attacks",
     ];
 
     /// Whether a verdict reason is a drop (in `enforce` mode).
     pub const fn is_drop(reason: usize) -> bool {
         matches!(
             reason,
-            R_BLOCKED | R_BANNED | R_INVALID_FLAGS | R_SYN_LIMITED
+            R_BLOCKED | R_BANNED | R_INVALID_FLAGS | R_SYN_LIMITED | R_COOKIE_NO_LISTENER
         )
     }
 }
@@ -142,6 +185,48 @@ pub const MODE_MONITOR: u32 = 1;
 pub const COOKIES_AUTO: u32 = 0;
 pub const COOKIES_ALWAYS: u32 = 1;
 pub const COOKIES_OFF: u32 = 2;
+
+/// The hysteresis decision, shared by the kernel and the tests: given the state, the
+/// total SYN rate now and the thresholds, the next state. Returns `Some(true)` when
+/// attack mode starts, `Some(false)` when it ends.
+#[inline(always)]
+pub fn attack_step(
+    st: &mut IfState,
+    rate: u64,
+    now: u64,
+    enter: u64,
+    calm_ns: u64,
+) -> Option<bool> {
+    st.rate = rate;
+    st.rate_ns = now;
+    if st.attack == 0 {
+        if rate >= enter {
+            st.attack = 1;
+            st.since_ns = now;
+            st.calm_since_ns = 0;
+            st.peak_rate = rate;
+            return Some(true);
+        }
+        return None;
+    }
+    if rate > st.peak_rate {
+        st.peak_rate = rate;
+    }
+    if rate * 2 >= enter {
+        st.calm_since_ns = 0;
+        return None;
+    }
+    if st.calm_since_ns == 0 {
+        st.calm_since_ns = now;
+        return None;
+    }
+    if now.saturating_sub(st.calm_since_ns) >= calm_ns {
+        st.attack = 0;
+        st.calm_since_ns = 0;
+        return Some(false);
+    }
+    None
+}
 
 /// Words in the destination-port bitmap.
 pub const PORT_WORDS: usize = 65536 / 64;
@@ -186,7 +271,12 @@ pub struct Config {
     pub build_id: u64,
     /// Process id of the `run` that wrote this (0 if none yet).
     pub daemon_pid: u32,
-    pub _pad: u32,
+    /// The value of `net.ipv4.tcp_syncookies` before attack mode changed it, or -1. Kept
+    /// here (pinned) so a `run` after a crash can restore it.
+    pub saved_syncookies: i32,
+    /// How long the SYN rate must stay below half of `attack_syn_rate` before attack mode
+    /// ends ([`ATTACK_CALM_NS`]; tests shorten it).
+    pub attack_calm_ns: u64,
     /// Protected destination ports, bit `p % 64` of word `p / 64` (host order port).
     pub ports: [u64; PORT_WORDS],
 }
@@ -340,6 +430,39 @@ pub const fn rate_span(b: &Bucket, now: u64) -> (u64, u64) {
 }
 
 pub const EVENT_BAN: u32 = 1;
+/// An interface entered attack mode; `rate` is the total SYN rate that triggered it.
+pub const EVENT_ATTACK_ON: u32 = 2;
+/// An interface left attack mode; `rate` is the peak SYN rate of the attack, `syns`
+/// how long it lasted in milliseconds.
+pub const EVENT_ATTACK_OFF: u32 = 3;
+
+/// The attack detector measures each CPU's SYN rate over windows this long.
+pub const ATTACK_WINDOW_NS: u64 = 100_000_000;
+/// A CPU's rate older than this no longer counts (that CPU stopped seeing SYNs).
+pub const ATTACK_STALE_NS: u64 = 3 * ATTACK_WINDOW_NS;
+/// Attack mode ends once the total rate has stayed below half of `attack-syn-rate` for
+/// this long (hysteresis: it starts at the full rate, ends well below it, and does not
+/// flap while an attack pauses for a moment).
+pub const ATTACK_CALM_NS: u64 = 10_000_000_000;
+
+/// Attack-mode state of one interface: the value of `SG_IFSTATE` (one entry per stats
+/// slot, shared by all CPUs; races between CPUs only repeat the same decision).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfState {
+    /// 1 while in attack mode.
+    pub attack: u32,
+    pub _pad: u32,
+    /// When attack mode started (0 if not in attack mode).
+    pub since_ns: u64,
+    /// Since when the rate has been below the exit threshold (0 if not).
+    pub calm_since_ns: u64,
+    /// The latest total SYN rate (per second) and when it was measured.
+    pub rate: u64,
+    pub rate_ns: u64,
+    /// The highest total rate of the current (or last) attack.
+    pub peak_rate: u64,
+}
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -372,6 +495,12 @@ pub struct Stats {
     pub event_tat_ns: u64,
     /// Last time this CPU logged a warning (warnings are limited to one a second).
     pub warn_ns: u64,
+    /// This CPU's SYN rate window: start and SYNs so far.
+    pub window_start_ns: u64,
+    pub window_syns: u64,
+    /// This CPU's SYN rate (per second) over its last closed window, and when it closed.
+    pub cpu_rate: u64,
+    pub cpu_rate_ns: u64,
 }
 
 impl Default for Stats {
@@ -380,6 +509,10 @@ impl Default for Stats {
             counters: [0; stat::COUNT],
             event_tat_ns: 0,
             warn_ns: 0,
+            window_start_ns: 0,
+            window_syns: 0,
+            cpu_rate: 0,
+            cpu_rate_ns: 0,
         }
     }
 }
@@ -447,6 +580,7 @@ mod pod {
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Stats {}
+    unsafe impl aya::Pod for super::IfState {}
 }
 
 // Layouts are part of the pinned ABI: changing one must bump ABI_VERSION.
@@ -454,9 +588,9 @@ const _: () = assert!(core::mem::size_of::<Rule>() == 112);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
-const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 2));
-const _: () = assert!(core::mem::size_of::<Config>() == 112 + 8 * PORT_WORDS);
-const _: () = assert!(stat::NAMES.len() == stat::N_SOURCES_NEW + 1);
+const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 6));
+const _: () = assert!(core::mem::size_of::<Config>() == 120 + 8 * PORT_WORDS);
+const _: () = assert!(stat::NAMES.len() == stat::COUNT);
 
 #[cfg(test)]
 mod tests {
@@ -533,5 +667,38 @@ mod rate_tests {
         let (syns, span) = rate_span(&bucket(0, 1, 250), 2_000_000);
         let rate = syns * 1_000_000_000 / span;
         assert!((245..=255).contains(&rate), "{rate}");
+    }
+}
+
+#[cfg(test)]
+mod attack_tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn enters_at_the_threshold_and_leaves_after_a_calm_period() {
+        let mut st = IfState::default();
+        assert_eq!(attack_step(&mut st, 999, SEC, 1000, 10 * SEC), None);
+        assert_eq!(
+            attack_step(&mut st, 1000, 2 * SEC, 1000, 10 * SEC),
+            Some(true)
+        );
+        assert_eq!(st.since_ns, 2 * SEC);
+        // Below the entry threshold but above half of it: still an attack.
+        assert_eq!(attack_step(&mut st, 600, 3 * SEC, 1000, 10 * SEC), None);
+        assert_eq!(st.calm_since_ns, 0);
+        // Calm starts; a short burst resets it (no flapping).
+        assert_eq!(attack_step(&mut st, 100, 4 * SEC, 1000, 10 * SEC), None);
+        assert_eq!(attack_step(&mut st, 5000, 8 * SEC, 1000, 10 * SEC), None);
+        assert_eq!(st.peak_rate, 5000);
+        assert_eq!(attack_step(&mut st, 100, 9 * SEC, 1000, 10 * SEC), None);
+        assert_eq!(attack_step(&mut st, 100, 18 * SEC, 1000, 10 * SEC), None);
+        assert_eq!(
+            attack_step(&mut st, 100, 19 * SEC, 1000, 10 * SEC),
+            Some(false)
+        );
+        assert_eq!(st.attack, 0);
+        assert_eq!(attack_step(&mut st, 100, 20 * SEC, 1000, 10 * SEC), None);
     }
 }

@@ -25,15 +25,24 @@
 )]
 
 use core::{
+    ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
-    mem,
+    mem::{self, MaybeUninit},
 };
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, xdp_action},
-    helpers::generated::bpf_ktime_get_coarse_ns,
+    Global,
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+        tcphdr, xdp_action,
+    },
+    helpers::generated::{
+        bpf_ktime_get_coarse_ns, bpf_map_lookup_percpu_elem, bpf_sk_release, bpf_skc_lookup_tcp,
+        bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+    },
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
@@ -44,10 +53,11 @@ use network_types::{
     vlan::VlanHdr,
 };
 use synguard_common::{
-    ACTION_DROP, Bucket, Config, EVENT_BAN, EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event,
-    FAMILY_V4, FAMILY_V6, MODE_MONITOR, RATE_WINDOW_NS, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6,
-    SourceKey, Stats, capacity, gcra, rate_span, rule_key_v4, rule_key_v6, source_key_v4,
-    source_key_v6,
+    ACTION_DROP, ATTACK_CALM_NS, ATTACK_STALE_NS, ATTACK_WINDOW_NS, Bucket, COOKIES_ALWAYS,
+    COOKIES_AUTO, Config, EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, EVENT_INTERVAL_NS,
+    EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR, RATE_WINDOW_NS,
+    RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step, capacity, gcra, rate_span,
+    rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     stat::{self, *},
 };
 
@@ -63,6 +73,15 @@ static SG_RULES_V6: LpmTrie<RuleKeyV6, Rule> = LpmTrie::with_max_entries(capacit
 static SG_SOURCES: HashMap<SourceKey, Bucket> = HashMap::with_max_entries(capacity::SOURCES, 0);
 #[map]
 static SG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+#[map]
+static SG_IFSTATE: Array<IfState> = Array::with_max_entries(capacity::STATS_SLOTS, 0);
+#[map]
+static SG_VERIFIED: LruHashMap<SourceKey, u64> =
+    LruHashMap::with_max_entries(capacity::VERIFIED, 0);
+
+/// Possible CPUs, set by the loader: the attack detector adds up every CPU's SYN rate.
+#[unsafe(no_mangle)]
+static NR_CPUS: Global<u32> = Global::new(1);
 
 const ETH_P_IP: u16 = 0x0800u16.to_be();
 const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
@@ -101,6 +120,7 @@ struct Packet<'a> {
     cfg: &'a Config,
     stats: *mut Stats,
     ifindex: u32,
+    slot: u32,
 }
 
 impl Packet<'_> {
@@ -115,7 +135,21 @@ impl Packet<'_> {
             }
             return xdp_action::XDP_DROP;
         }
+        if reason == R_COOKIE_SENT {
+            // The frame now holds our SYN-ACK (monitor mode never rewrites it).
+            return xdp_action::XDP_TX;
+        }
         xdp_action::XDP_PASS
+    }
+
+    /// Whether unverified SYNs are answered with cookies now.
+    #[inline(always)]
+    fn cookies_active(&self) -> bool {
+        match self.cfg.syn_cookies {
+            COOKIES_ALWAYS => true,
+            COOKIES_AUTO => SG_IFSTATE.get(self.slot).is_some_and(|s| s.attack != 0),
+            _ => false,
+        }
     }
 
     #[inline(always)]
@@ -190,6 +224,7 @@ fn try_synguard(ctx: &XdpContext) -> Result<u32, Error> {
         cfg,
         stats,
         ifindex,
+        slot,
     };
 
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
@@ -232,11 +267,9 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     }
     let src = ip.src_addr;
 
-    if let Some(rule) = live_rule(
-        |len| SG_RULES_V4.get(Key::new(len, rule_key_v4(src, 0))),
-        32,
-    ) {
-        return pkt.verdict(apply_rule(rule));
+    let reason = rule_reason_v4(&src);
+    if reason != NO_RULE {
+        return pkt.verdict(reason);
     }
 
     if ip.proto != IPPROTO_TCP {
@@ -247,7 +280,14 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     }
     let prefix = pkt.cfg.ipv4_prefix;
     let key = source_key_v4(src, pkt.cfg.v4_mask, prefix);
-    tcp(ctx, pkt, off + ihl, &key, FAMILY_V4)
+    let at = Offsets {
+        l3: off,
+        l4: off + ihl,
+        family: FAMILY_V4,
+        // The cookie reply is built for a plain 20-byte IPv4 header.
+        simple: ihl == Ipv4Hdr::LEN,
+    };
+    tcp(ctx, pkt, &at, &key)
 }
 
 #[inline(always)]
@@ -259,11 +299,9 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     let ip = unsafe { &*ip };
     let src = ip.src_addr;
 
-    if let Some(rule) = live_rule(
-        |len| SG_RULES_V6.get(Key::new(len, rule_key_v6(src, 0))),
-        128,
-    ) {
-        return pkt.verdict(apply_rule(rule));
+    let reason = rule_reason_v6(&ip.src_addr);
+    if reason != NO_RULE {
+        return pkt.verdict(reason);
     }
 
     match ip.next_hdr {
@@ -275,7 +313,13 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
         _ => return pkt.verdict(R_NON_TCP),
     }
     let key = source_key_v6(src, pkt.cfg.v6_mask, pkt.cfg.ipv6_prefix);
-    tcp(ctx, pkt, off + Ipv6Hdr::LEN, &key, FAMILY_V6)
+    let at = Offsets {
+        l3: off,
+        l4: off + Ipv6Hdr::LEN,
+        family: FAMILY_V6,
+        simple: true,
+    };
+    tcp(ctx, pkt, &at, &key)
 }
 
 /// Longest expired entries a lookup steps past before giving up (then the packet is
@@ -301,6 +345,32 @@ fn live_rule<'a>(lookup: impl Fn(u32) -> Option<&'a Rule>, max_len: u32) -> Opti
     None
 }
 
+/// No live rule matches the source.
+const NO_RULE: usize = usize::MAX;
+
+/// The verdict of the longest live rule for an IPv4 source, or `NO_RULE`. Out of line so
+/// the keys it builds stay off the main stack frame.
+#[inline(never)]
+fn rule_reason_v4(src: &[u8; 4]) -> usize {
+    let src = *src;
+    live_rule(
+        |len| SG_RULES_V4.get(Key::new(len, rule_key_v4(src, 0))),
+        32,
+    )
+    .map_or(NO_RULE, apply_rule)
+}
+
+/// The same for an IPv6 source.
+#[inline(never)]
+fn rule_reason_v6(src: &[u8; 16]) -> usize {
+    let src = *src;
+    live_rule(
+        |len| SG_RULES_V6.get(Key::new(len, rule_key_v6(src, 0))),
+        128,
+    )
+    .map_or(NO_RULE, apply_rule)
+}
+
 /// What a matching live rule means for this packet; counts the hit.
 #[inline(always)]
 fn apply_rule(rule: &Rule) -> usize {
@@ -321,14 +391,29 @@ fn apply_rule(rule: &Rule) -> usize {
     }
 }
 
+/// Where the headers are.
+struct Offsets {
+    l3: usize,
+    l4: usize,
+    family: u8,
+    /// No IP options (IPv4) or extension headers (IPv6): the cookie reply can be built.
+    simple: bool,
+}
+
 #[inline(always)]
-fn tcp(ctx: &XdpContext, pkt: &Packet, off: usize, key: &SourceKey, family: u8) -> u32 {
-    let Some(th) = ptr_at::<TcpHdr>(ctx, off) else {
+fn tcp(ctx: &XdpContext, pkt: &Packet, at: &Offsets, key: &SourceKey) -> u32 {
+    let Some(th) = ptr_at::<TcpHdr>(ctx, at.l4) else {
         return pkt.verdict(R_TRUNCATED);
     };
     // SAFETY: bounds checked; the flags byte lies inside the 20-byte header.
     let flags = unsafe { *(th as *const u8).add(TCP_FLAGS_OFFSET) };
     if flags & TCP_SYN == 0 {
+        // In attack mode, an ACK from an unverified source may complete a cookie
+        // handshake: if so, its source becomes verified. The ACK always goes on to the
+        // kernel, which accepts the cookie or resets.
+        if flags & TCP_ACK != 0 && flags & TCP_RST == 0 && pkt.cookies_active() {
+            check_ack(pkt, at, key);
+        }
         return pkt.verdict(R_TCP_OTHER);
     }
     if flags & (TCP_FIN | TCP_RST) != 0 {
@@ -338,6 +423,8 @@ fn tcp(ctx: &XdpContext, pkt: &Packet, off: usize, key: &SourceKey, family: u8) 
         return pkt.verdict(R_SYN_ACK);
     }
     pkt.note(N_SYNS);
+    let now = now_ns();
+    track_rate(pkt, now);
 
     // SAFETY: bounds checked.
     let dport = u16::from_be_bytes(unsafe { (*th).dest });
@@ -345,14 +432,544 @@ fn tcp(ctx: &XdpContext, pkt: &Packet, off: usize, key: &SourceKey, family: u8) 
     {
         return pkt.verdict(R_SYN_UNPROTECTED);
     }
-    meter_syn(pkt, key, family)
+    let metered = meter_syn(pkt, key, at.family, now);
+    if metered == R_SYN_LIMITED || !pkt.cookies_active() {
+        return pkt.verdict(metered);
+    }
+    // Attack mode: verified sources go straight to the kernel; the others are answered
+    // here with a SYN cookie and never reach the server's SYN queue.
+    if is_verified(key, now) {
+        return pkt.verdict(R_SYN_VERIFIED);
+    }
+    if pkt.cfg.mode == MODE_MONITOR {
+        pkt.note(R_COOKIE_SENT);
+        pkt.note(N_MONITOR_PASSED);
+        return xdp_action::XDP_PASS;
+    }
+    let reason = if !at.simple {
+        R_COOKIE_FALLBACK
+    } else if at.family == FAMILY_V4 {
+        syn_cookie_v4(ctx, at)
+    } else {
+        syn_cookie_v6(ctx, at)
+    };
+    pkt.verdict(reason)
 }
 
-/// The per-source token bucket.
+/// Whether a source completed a handshake within `verified-for`.
 #[inline(always)]
-fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8) -> u32 {
-    let cfg = pkt.cfg;
+fn is_verified(key: &SourceKey, now: u64) -> bool {
+    // SAFETY: a copy of the value is read at once; an entry evicted meanwhile leaves a
+    // stale but valid u64.
+    SG_VERIFIED
+        .get_ptr(key)
+        .is_some_and(|until| unsafe { *until } > now)
+}
+
+/// Count a SYN in this CPU's rate window; when a window closes, re-evaluate attack mode.
+#[inline(always)]
+fn track_rate(pkt: &Packet, now: u64) {
+    // SAFETY: this CPU's own slot (see `Packet::note`).
+    let st = unsafe { &mut *pkt.stats };
+    st.window_syns += 1;
+    let age = now.wrapping_sub(st.window_start_ns);
+    if age >= ATTACK_WINDOW_NS {
+        st.cpu_rate = if age > 10 * ATTACK_WINDOW_NS {
+            0
+        } else {
+            st.window_syns * 1_000_000_000 / age
+        };
+        st.cpu_rate_ns = now;
+        st.window_start_ns = now;
+        st.window_syns = 0;
+        evaluate_attack(pkt, now);
+    }
+}
+
+/// Add up every CPU's current SYN rate on this interface and apply the hysteresis. Runs
+/// once per window per CPU, never per packet, and takes no lock: each CPU writes only its
+/// own rate, and concurrent evaluations can only repeat the same decision.
+#[inline(never)]
+fn evaluate_attack(pkt: &Packet, now: u64) {
+    let nr = NR_CPUS.load().min(capacity::MAX_CPUS);
+    let slot = pkt.slot;
+    let mut total = 0u64;
+    for cpu in 0..capacity::MAX_CPUS {
+        if cpu >= nr {
+            break;
+        }
+        // SAFETY: a lookup in our own per-CPU array; the result is checked for null.
+        let p = unsafe {
+            bpf_map_lookup_percpu_elem(
+                &SG_STATS as *const _ as *mut c_void,
+                &slot as *const u32 as *const c_void,
+                cpu,
+            )
+        } as *const Stats;
+        if p.is_null() {
+            continue;
+        }
+        // SAFETY: a live per-CPU value; a racing writer can only make it one window old.
+        let s = unsafe { &*p };
+        if now.wrapping_sub(s.cpu_rate_ns) <= ATTACK_STALE_NS {
+            total += s.cpu_rate;
+        }
+    }
+    let Some(state) = SG_IFSTATE.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a live map value shared by CPUs; see above.
+    let state = unsafe { &mut *state };
+    let calm = if pkt.cfg.attack_calm_ns == 0 {
+        ATTACK_CALM_NS
+    } else {
+        pkt.cfg.attack_calm_ns
+    };
+    let since = state.since_ns;
+    match attack_step(state, total, now, u64::from(pkt.cfg.attack_syn_rate), calm) {
+        Some(true) => {
+            pkt.note(N_ATTACKS);
+            emit_attack(pkt, EVENT_ATTACK_ON, total, 0, now);
+        }
+        Some(false) => {
+            let lasted_ms = now.saturating_sub(since) / 1_000_000;
+            emit_attack(pkt, EVENT_ATTACK_OFF, state.peak_rate, lasted_ms, now);
+        }
+        None => {}
+    }
+}
+
+/// Tell userspace attack mode started or ended (a handful of events per attack).
+#[inline(never)]
+fn emit_attack(pkt: &Packet, kind: u32, rate: u64, lasted_ms: u64, now: u64) {
+    let Some(mut entry) = SG_EVENTS.reserve::<Event>(0) else {
+        pkt.note(N_EVENTS_LOST);
+        return;
+    };
+    entry.write(Event {
+        kind,
+        ifindex: pkt.ifindex,
+        family: 0,
+        prefix_len: 0,
+        _pad: [0; 6],
+        addr: [0; 16],
+        time_ns: now,
+        expires_ns: 0,
+        syns: lasted_ms,
+        rate,
+    });
+    entry.submit(0);
+}
+
+const TCP_LISTEN: u32 = 10;
+/// The TCP header of a cookie SYN-ACK: 20 bytes and the MSS option.
+const SYNACK_TCP_LEN: usize = 24;
+const MAX_TCP_LEN: usize = 60;
+
+/// The TCP header (options included) copied onto the stack, with its length: the cookie
+/// helpers want the whole header and a length the verifier can bound.
+#[inline(always)]
+fn load_tcp_header(
+    ctx: &XdpContext,
+    l4: usize,
+    buf: &mut MaybeUninit<[u8; MAX_TCP_LEN]>,
+) -> Option<u32> {
+    let th = ptr_at::<TcpHdr>(ctx, l4)?;
+    // SAFETY: bounds checked; byte 12 holds the data offset.
+    let doff = u64::from(unsafe { *(th as *const u8).add(12) } >> 4) * 4;
+    // The helper needs a length the verifier knows is 20..=60. `doff` is at most 60 by
+    // construction; the lower bound must be checked on the very register passed on, so
+    // `black_box` stops LLVM from folding the check into arithmetic on a copy.
+    let len = core::hint::black_box(doff);
+    if len < 20 || len > MAX_TCP_LEN as u64 {
+        return None;
+    }
+    let len = len as u32;
+    // SAFETY: `buf` has room for 60 bytes; the helper checks the packet bounds.
+    let rc =
+        unsafe { bpf_xdp_load_bytes(ctx.ctx, l4 as u32, buf.as_mut_ptr() as *mut c_void, len) };
+    (rc == 0).then_some(len)
+}
+
+/// Find the listening socket a segment is for, in the receiving device's namespace.
+#[inline(always)]
+fn lookup_sock(
+    ctx: &XdpContext,
+    tuple: &mut MaybeUninit<bpf_sock_tuple>,
+    size: usize,
+) -> *mut bpf_sock {
+    // SAFETY: `tuple` holds `size` initialised bytes (the rest zeroed).
+    unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.ctx as *mut c_void,
+            tuple.as_mut_ptr(),
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    }
+}
+
+/// Ones' complement sum of the big-endian 16-bit words of `N` bytes at `p`, read four
+/// bytes at a time (few loads, few registers: the verifier's stack budget is tight).
+///
+/// # Safety
+/// `p` must be valid for `N` bytes (`N` a multiple of 4).
+#[inline(always)]
+unsafe fn sum16<const N: usize>(p: *const u8, acc: u32) -> u32 {
+    let mut acc = u64::from(acc);
+    let mut i = 0;
+    while i < N {
+        // SAFETY: within the `N` bytes the caller vouches for.
+        let w = u32::from_be(unsafe { (p.add(i) as *const u32).read_unaligned() });
+        acc += u64::from(w >> 16) + u64::from(w & 0xffff);
+        i += 4;
+    }
+    (acc & 0xffff_ffff) as u32 + (acc >> 32) as u32
+}
+
+#[inline(always)]
+fn fold(mut acc: u32) -> u16 {
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    !(acc as u16)
+}
+
+/// Resize the frame to end right after a 24-byte TCP header at `l4`, and return a
+/// pointer to the frame, bounds-checked for `l4 + 24` bytes.
+#[inline(always)]
+fn resize_for_synack(ctx: &XdpContext, l4: usize) -> Option<*mut u8> {
+    let cur = ctx.data_end() - ctx.data();
+    let want = l4 + SYNACK_TCP_LEN;
+    if want != cur {
+        // SAFETY: the helper checks the new size against the frame.
+        let rc = unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - cur as i32) };
+        if rc != 0 {
+            return None;
+        }
+    }
+    // The frame moved: bounds are checked again on the new pointers.
+    let start = ctx.data();
+    if start + l4 + SYNACK_TCP_LEN > ctx.data_end() {
+        return None;
+    }
+    Some(start as *mut u8)
+}
+
+/// Swap `N` bytes at `a` with `N` bytes at `b`, through registers (4 bytes at a time, or
+/// 2 when `N` is not a multiple of 4).
+///
+/// # Safety
+/// Both ranges valid for `N` bytes, `N` even, and not overlapping.
+#[inline(always)]
+unsafe fn swap_bytes<const N: usize>(a: *mut u8, b: *mut u8) {
+    let mut i = 0;
+    while i < N {
+        // SAFETY: within the ranges the caller vouches for. Volatile keeps each pair of
+        // loads next to its stores: hoisting all loads first would spill registers and
+        // cost stack the verifier's 512-byte budget cannot spare. (Packet data has no
+        // alignment requirement in XDP on the architectures that run this.)
+        unsafe {
+            if N % 4 == 0 {
+                let x = (a.add(i) as *const u32).read_volatile();
+                let y = (b.add(i) as *const u32).read_volatile();
+                (a.add(i) as *mut u32).write_volatile(y);
+                (b.add(i) as *mut u32).write_volatile(x);
+                i += 4;
+            } else {
+                let x = (a.add(i) as *const u16).read_volatile();
+                let y = (b.add(i) as *const u16).read_volatile();
+                (a.add(i) as *mut u16).write_volatile(y);
+                (b.add(i) as *mut u16).write_volatile(x);
+                i += 2;
+            }
+        }
+    }
+}
+
+/// Turn the SYN's TCP header at `tcp` into the cookie SYN-ACK's (24 bytes, in place) and
+/// checksum it, given the pseudo-header sum.
+///
+/// # Safety
+/// `tcp` valid for 24 bytes.
+#[inline(always)]
+unsafe fn write_synack_tcp(tcp: *mut u8, cookie: u32, mss: u16, pseudo: u32) {
+    // SAFETY: within the 24 bytes the caller vouches for.
+    unsafe {
+        swap_bytes::<2>(tcp, tcp.add(2));
+        let client_seq = (tcp.add(4) as *const u32).read_unaligned();
+        let ack = u32::from_be(client_seq).wrapping_add(1);
+        (tcp.add(4) as *mut u32).write_unaligned(cookie.to_be());
+        (tcp.add(8) as *mut u32).write_unaligned(ack.to_be());
+        *tcp.add(12) = ((SYNACK_TCP_LEN / 4) as u8) << 4;
+        *tcp.add(13) = TCP_SYN | TCP_ACK;
+        (tcp.add(14) as *mut u16).write_unaligned(65535u16.to_be());
+        (tcp.add(16) as *mut u32).write_unaligned(0); // checksum and urgent pointer
+        (tcp.add(20) as *mut u32)
+            .write_unaligned(u32::from_be_bytes([2, 4, (mss >> 8) as u8, mss as u8]).to_be());
+        let sum =
+            sum16::<SYNACK_TCP_LEN>(tcp, pseudo + SYNACK_TCP_LEN as u32 + u32::from(IPPROTO_TCP));
+        (tcp.add(16) as *mut u16).write_unaligned(fold(sum).to_be());
+    }
+}
+
+/// Ask the kernel for a cookie for this SYN from its listener: (cookie, MSS), or `None`
+/// (and why, as a verdict reason).
+#[inline(always)]
+fn gen_cookie(
+    ctx: &XdpContext,
+    tuple: &mut MaybeUninit<bpf_sock_tuple>,
+    tuple_size: usize,
+    ip: *mut c_void,
+    ip_len: u32,
+    l4: usize,
+) -> Result<(u32, u16), usize> {
+    let sk = lookup_sock(ctx, tuple, tuple_size);
+    if sk.is_null() {
+        return Err(R_COOKIE_NO_LISTENER);
+    }
+    let mut buf = MaybeUninit::<[u8; MAX_TCP_LEN]>::uninit();
+    // SAFETY: `sk` is a referenced socket from the lookup; released on every path.
+    let value = unsafe {
+        let value = if (*sk).state != TCP_LISTEN {
+            -1
+        } else {
+            match load_tcp_header(ctx, l4, &mut buf) {
+                Some(len) => bpf_tcp_gen_syncookie(
+                    sk as *mut c_void,
+                    ip,
+                    ip_len,
+                    buf.as_mut_ptr() as *mut tcphdr,
+                    len,
+                ),
+                None => -1,
+            }
+        };
+        bpf_sk_release(sk as *mut c_void);
+        value
+    };
+    if value < 0 {
+        return Err(R_COOKIE_FALLBACK);
+    }
+    Ok((value as u32, (value >> 32) as u16))
+}
+
+/// Answer an IPv4 SYN with a cookie SYN-ACK made by the kernel for its listener, built
+/// in place and sent back with XDP_TX.
+#[inline(never)]
+fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets) -> usize {
+    let (l3, l4) = (at.l3, at.l4);
+    let (Some(ip), Some(th)) = (ptr_at::<Ipv4Hdr>(ctx, l3), ptr_at::<[u8; 4]>(ctx, l4)) else {
+        return R_COOKIE_FALLBACK;
+    };
+    // SAFETY: bounds checked.
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::zeroed();
+    // SAFETY: bounds checked; the tuple's IPv4 part is saddr, daddr, sport, dport, the
+    // same bytes in the same order as in the packet.
+    unsafe {
+        let t = tuple.as_mut_ptr() as *mut u8;
+        core::ptr::copy_nonoverlapping((ip as *const u8).add(12), t, 8);
+        core::ptr::copy_nonoverlapping(th as *const u8, t.add(8), 4);
+    }
+    let (cookie, mss) = match gen_cookie(
+        ctx,
+        &mut tuple,
+        mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
+        ip as *mut c_void,
+        Ipv4Hdr::LEN as u32,
+        l4,
+    ) {
+        Ok(c) => c,
+        Err(reason) => return reason,
+    };
+    let Some(frame) = resize_for_synack(ctx, l4) else {
+        return R_COOKIE_FALLBACK;
+    };
+    // SAFETY: `resize_for_synack` checked the frame holds l4 + 24 bytes, and l3 + 20 = l4.
+    unsafe {
+        swap_bytes::<6>(frame, frame.add(6));
+        let ip = frame.add(l3);
+        *ip = 0x45;
+        *ip.add(1) = 0;
+        (ip.add(2) as *mut u16).write_unaligned(((Ipv4Hdr::LEN + SYNACK_TCP_LEN) as u16).to_be());
+        (ip.add(4) as *mut u32).write_unaligned(0x4000u32.to_be()); // id 0, don't fragment
+        *ip.add(8) = 64;
+        *ip.add(9) = IPPROTO_TCP;
+        (ip.add(10) as *mut u16).write_unaligned(0);
+        swap_bytes::<4>(ip.add(12), ip.add(16));
+        (ip.add(10) as *mut u16).write_unaligned(fold(sum16::<20>(ip, 0)).to_be());
+        let pseudo = sum16::<8>(ip.add(12), 0);
+        write_synack_tcp(frame.add(l4), cookie, mss, pseudo);
+    }
+    R_COOKIE_SENT
+}
+
+/// Answer an IPv6 SYN the same way.
+#[inline(never)]
+fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets) -> usize {
+    let (l3, l4) = (at.l3, at.l4);
+    let (Some(ip), Some(th)) = (ptr_at::<Ipv6Hdr>(ctx, l3), ptr_at::<[u8; 4]>(ctx, l4)) else {
+        return R_COOKIE_FALLBACK;
+    };
+    // SAFETY: bounds checked.
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::zeroed();
+    // SAFETY: bounds checked; the tuple's IPv6 part is saddr, daddr, sport, dport, the
+    // same bytes in the same order as in the packet.
+    unsafe {
+        let t = tuple.as_mut_ptr() as *mut u8;
+        core::ptr::copy_nonoverlapping((ip as *const u8).add(8), t, 32);
+        core::ptr::copy_nonoverlapping(th as *const u8, t.add(32), 4);
+    }
+    let (cookie, mss) = match gen_cookie(
+        ctx,
+        &mut tuple,
+        mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
+        ip as *mut c_void,
+        Ipv6Hdr::LEN as u32,
+        l4,
+    ) {
+        Ok(c) => c,
+        Err(reason) => return reason,
+    };
+    let Some(frame) = resize_for_synack(ctx, l4) else {
+        return R_COOKIE_FALLBACK;
+    };
+    // SAFETY: `resize_for_synack` checked the frame holds l4 + 24 bytes, and l3 + 40 = l4.
+    unsafe {
+        swap_bytes::<6>(frame, frame.add(6));
+        let ip = frame.add(l3);
+        (ip as *mut u32).write_unaligned(0x6000_0000u32.to_be());
+        (ip.add(4) as *mut u16).write_unaligned((SYNACK_TCP_LEN as u16).to_be());
+        *ip.add(6) = IPPROTO_TCP;
+        *ip.add(7) = 64;
+        swap_bytes::<16>(ip.add(8), ip.add(24));
+        let pseudo = sum16::<32>(ip.add(8), 0);
+        write_synack_tcp(frame.add(l4), cookie, mss, pseudo);
+    }
+    R_COOKIE_SENT
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AckCheck {
+    /// The ACK carried a valid cookie, or belongs to a connection the kernel knows.
+    Proven,
+    Invalid,
+    /// Nothing to learn (no listener, or the check could not run).
+    Unknown,
+}
+
+/// An ACK from an unverified source while cookies are on: does it prove the source?
+#[inline(never)]
+fn check_ack(pkt: &Packet, at: &Offsets, key: &SourceKey) {
     let now = now_ns();
+    if is_verified(key, now) || !at.simple {
+        return;
+    }
+    let result = if at.family == FAMILY_V4 {
+        ack_v4(pkt.ctx, at)
+    } else {
+        ack_v6(pkt.ctx, at)
+    };
+    match result {
+        AckCheck::Proven => {
+            // Only a correct cookie (or a real connection) gets here: forged sources never
+            // see their SYN-ACK, so they can never insert themselves.
+            let until = now.saturating_add(pkt.cfg.verified_ns);
+            if SG_VERIFIED.insert(key, until, 0).is_ok() {
+                pkt.note(N_VERIFIED);
+            }
+        }
+        AckCheck::Invalid => pkt.note(N_COOKIE_ACK_INVALID),
+        AckCheck::Unknown => {}
+    }
+}
+
+#[inline(always)]
+fn ack_check(
+    ctx: &XdpContext,
+    sk: *mut bpf_sock,
+    ip: *mut c_void,
+    ip_len: u32,
+    l4: usize,
+) -> AckCheck {
+    if sk.is_null() {
+        return AckCheck::Unknown;
+    }
+    let mut buf = MaybeUninit::<[u8; MAX_TCP_LEN]>::uninit();
+    // SAFETY: `sk` is a referenced socket from the lookup, released on every path.
+    unsafe {
+        if (*sk).state != TCP_LISTEN {
+            // An established connection or a request the kernel queued itself: the source
+            // completed a real handshake.
+            bpf_sk_release(sk as *mut c_void);
+            return AckCheck::Proven;
+        }
+        let r = match load_tcp_header(ctx, l4, &mut buf) {
+            Some(len) => bpf_tcp_check_syncookie(
+                sk as *mut c_void,
+                ip,
+                ip_len,
+                buf.as_mut_ptr() as *mut tcphdr,
+                len,
+            ),
+            None => -1,
+        };
+        bpf_sk_release(sk as *mut c_void);
+        if r == 0 {
+            AckCheck::Proven
+        } else {
+            AckCheck::Invalid
+        }
+    }
+}
+
+#[inline(never)]
+fn ack_v4(ctx: &XdpContext, at: &Offsets) -> AckCheck {
+    let (Some(ip), Some(th)) = (ptr_at::<Ipv4Hdr>(ctx, at.l3), ptr_at::<[u8; 4]>(ctx, at.l4))
+    else {
+        return AckCheck::Unknown;
+    };
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::zeroed();
+    // SAFETY: bounds checked; see `syn_cookie_v4`.
+    unsafe {
+        let t = tuple.as_mut_ptr() as *mut u8;
+        core::ptr::copy_nonoverlapping((ip as *const u8).add(12), t, 8);
+        core::ptr::copy_nonoverlapping(th as *const u8, t.add(8), 4);
+    }
+    let sk = lookup_sock(
+        ctx,
+        &mut tuple,
+        mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
+    );
+    ack_check(ctx, sk, ip as *mut c_void, Ipv4Hdr::LEN as u32, at.l4)
+}
+
+#[inline(never)]
+fn ack_v6(ctx: &XdpContext, at: &Offsets) -> AckCheck {
+    let (Some(ip), Some(th)) = (ptr_at::<Ipv6Hdr>(ctx, at.l3), ptr_at::<[u8; 4]>(ctx, at.l4))
+    else {
+        return AckCheck::Unknown;
+    };
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::zeroed();
+    // SAFETY: bounds checked; see `syn_cookie_v6`.
+    unsafe {
+        let t = tuple.as_mut_ptr() as *mut u8;
+        core::ptr::copy_nonoverlapping((ip as *const u8).add(8), t, 32);
+        core::ptr::copy_nonoverlapping(th as *const u8, t.add(32), 4);
+    }
+    let sk = lookup_sock(
+        ctx,
+        &mut tuple,
+        mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
+    );
+    ack_check(ctx, sk, ip as *mut c_void, Ipv6Hdr::LEN as u32, at.l4)
+}
+
+/// The per-source token bucket: `R_SYN_PASSED`, `R_SYN_LIMITED` (banning the source) or
+/// `R_SYN_UNTRACKED`, not yet counted.
+#[inline(always)]
+fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8, now: u64) -> usize {
+    let cfg = pkt.cfg;
     let Some(bucket) = SG_SOURCES.get_ptr_mut(key) else {
         return track_new(pkt, key, now);
     };
@@ -376,50 +993,62 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8) -> u32 {
     match gcra::conform(b.tat_ns, now, cfg.syn_interval_ns, cfg.syn_tolerance_ns) {
         Some(tat) => {
             b.tat_ns = tat;
-            pkt.verdict(R_SYN_PASSED)
+            R_SYN_PASSED
         }
         None => {
             b.limited += 1;
             if cfg.ban_ns != 0 {
-                let (syns, span) = rate_span(b, now);
-                let rate = syns * 1_000_000_000 / span;
-                let info = BanInfo {
-                    syns,
-                    rate,
-                    now,
-                    expires: now + cfg.ban_ns,
-                };
-                // The ban and its event are separate calls so their stack frames are
-                // never nested (the verifier sums nested frames against 512 bytes).
-                let result = if family == FAMILY_V4 {
-                    record_ban_v4(key, &info)
-                } else {
-                    record_ban_v6(key, &info)
-                };
-                match result {
-                    BanResult::Added => {
-                        pkt.note(N_BANS);
-                        if pkt.event_allowed(now) {
-                            emit_ban(pkt, key, family, &info);
-                        }
+                on_limit(pkt, key, family, b, now);
+            }
+            R_SYN_LIMITED
+        }
+    }
+}
+
+/// A source went over its limit: ban it and tell userspace. Out of line: rare, and its
+/// frame must not add to the hot path's.
+#[inline(never)]
+fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
+    let cfg = pkt.cfg;
+    {
+        {
+            let (syns, span) = rate_span(b, now);
+            let rate = syns * 1_000_000_000 / span;
+            let info = BanInfo {
+                syns,
+                rate,
+                now,
+                expires: now + cfg.ban_ns,
+            };
+            // The ban and its event are separate calls so their stack frames are
+            // never nested (the verifier sums nested frames against 512 bytes).
+            let result = if family == FAMILY_V4 {
+                record_ban_v4(key, &info)
+            } else {
+                record_ban_v6(key, &info)
+            };
+            match result {
+                BanResult::Added => {
+                    pkt.note(N_BANS);
+                    if pkt.event_allowed(now) {
+                        emit_ban(pkt, key, family, &info);
                     }
-                    BanResult::AlreadyBanned => {}
-                    BanResult::TableFull => {
-                        pkt.note(N_BAN_TABLE_FULL);
-                        if pkt.warn_allowed(now) {
-                            warn_full(pkt, FULL_RULES);
-                        }
+                }
+                BanResult::AlreadyBanned => {}
+                BanResult::TableFull => {
+                    pkt.note(N_BAN_TABLE_FULL);
+                    if pkt.warn_allowed(now) {
+                        warn_full(pkt, FULL_RULES);
                     }
                 }
             }
-            pkt.verdict(R_SYN_LIMITED)
         }
     }
 }
 
 /// A SYN from a source without a bucket: make one (its first SYN takes one token).
 #[inline(never)]
-fn track_new(pkt: &Packet, key: &SourceKey, now: u64) -> u32 {
+fn track_new(pkt: &Packet, key: &SourceKey, now: u64) -> usize {
     let fresh = Bucket {
         tat_ns: gcra::first(now, pkt.cfg.syn_interval_ns),
         first_seen_ns: now,
@@ -433,16 +1062,16 @@ fn track_new(pkt: &Packet, key: &SourceKey, now: u64) -> u32 {
     match SG_SOURCES.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) => {
             pkt.note(N_SOURCES_NEW);
-            pkt.verdict(R_SYN_PASSED)
+            R_SYN_PASSED
         }
         // Another CPU created it between our lookup and insert: its first SYN passed, and
         // so does this one (one SYN of slack per racing CPU).
-        Err(e) if e == -EEXIST => pkt.verdict(R_SYN_PASSED),
+        Err(e) if e == -EEXIST => R_SYN_PASSED,
         Err(e) => {
             if e == -E2BIG && pkt.warn_allowed(now) {
                 warn_full(pkt, FULL_SOURCES);
             }
-            pkt.verdict(R_SYN_UNTRACKED)
+            R_SYN_UNTRACKED
         }
     }
 }

@@ -13,7 +13,8 @@ use aya::{
     programs::Xdp,
 };
 use synguard_common::{
-    Bucket, Config, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, map_names, stat,
+    Bucket, Config, IfState, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, map_names,
+    stat,
 };
 
 /// The compiled XDP program, embedded at build time (see `build.rs`).
@@ -40,6 +41,9 @@ pub struct Maps {
     pub sources: HashMap<MapData, SourceKey, Bucket>,
     /// The ring buffer; `None` once taken by the event reader.
     pub events: Option<RingBuf<MapData>>,
+    pub ifstate: Array<MapData, IfState>,
+    /// Verified sources and until when (`CLOCK_MONOTONIC` ns).
+    pub verified: HashMap<MapData, SourceKey, u64>,
 }
 
 /// Options for loading the program.
@@ -79,6 +83,9 @@ impl Loaded {
         for (name, n) in &opts.max_entries {
             loader.map_max_entries(name, *n);
         }
+        // The attack detector adds up the SYN rate of every possible CPU.
+        let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
+        loader.override_global("NR_CPUS", &cpus, true);
         let mut ebpf = loader
             .load(OBJECT)
             .context("loading the eBPF object into the kernel")?;
@@ -143,6 +150,8 @@ impl Maps {
             rules_v6: take(ebpf, map_names::RULES_V6)?,
             sources: take(ebpf, map_names::SOURCES)?,
             events: Some(take(ebpf, map_names::EVENTS)?),
+            ifstate: take(ebpf, map_names::IFSTATE)?,
+            verified: take(ebpf, map_names::VERIFIED)?,
         })
     }
 
@@ -155,6 +164,8 @@ impl Maps {
             rules_v6: open(pin_dir, map_names::RULES_V6)?,
             sources: open(pin_dir, map_names::SOURCES)?,
             events: None,
+            ifstate: open(pin_dir, map_names::IFSTATE)?,
+            verified: open(pin_dir, map_names::VERIFIED)?,
         })
     }
 
@@ -179,6 +190,13 @@ impl Maps {
             }
         }
         Ok(sum)
+    }
+
+    /// Attack-mode state of a stats slot.
+    pub fn ifstate(&self, slot: u32) -> anyhow::Result<IfState> {
+        self.ifstate
+            .get(&slot, 0)
+            .with_context(|| format!("reading the attack state of slot {slot}"))
     }
 
     /// Counters summed over every slot and CPU.

@@ -513,7 +513,8 @@ impl Settings {
             generation,
             build_id: u64::from_str_radix(crate::bpf::BUILD_ID, 16).unwrap_or(0),
             daemon_pid: 0,
-            _pad: 0,
+            saved_syncookies: -1,
+            attack_calm_ns: synguard_common::ATTACK_CALM_NS,
             ports: self.ports.bitmap(),
         }
     }
@@ -524,6 +525,8 @@ impl Settings {
         let mut c = self.to_kernel(current.generation.wrapping_add(1));
         c.build_id = current.build_id;
         c.daemon_pid = current.daemon_pid;
+        c.saved_syncookies = current.saved_syncookies;
+        c.attack_calm_ns = current.attack_calm_ns;
         c
     }
 

@@ -117,6 +117,8 @@ pub struct RunResult {
     pub connect_p99_ms: Option<f64>,
     /// Packets the XDP program dropped on the server's interface (synguard runs only).
     pub xdp_dropped: Option<u64>,
+    /// SYNs the XDP program answered itself with a SYN cookie (attack mode).
+    pub xdp_answered: Option<u64>,
     /// CPU time the whole machine spent in softirq per second of attack (the lab's
     /// server, router and attacker share it), in milliseconds.
     pub softirq_ms_per_s: f64,
@@ -387,15 +389,25 @@ impl LabNet {
             .unwrap_or_default()
     }
 
-    /// Packets the XDP program dropped on the server's interface.
-    pub fn xdp_dropped(&self) -> anyhow::Result<u64> {
+    /// The XDP program's counters on the server's interface.
+    pub fn counters(&self) -> anyhow::Result<[u64; stat::COUNT]> {
         let maps = synguard::bpf::Maps::from_pins(&self.bpffs.pin_dir())?;
-        let c = maps.counters(self.server.ifindex("eth0"))?;
-        let drops: u64 = (0..stat::REASONS)
-            .filter(|r| stat::is_drop(*r))
-            .map(|r| c[r])
+        maps.counters(self.server.ifindex("eth0"))
+    }
+
+    /// Packets the XDP program dropped, and SYNs it answered itself, on the server's
+    /// interface.
+    pub fn xdp_dropped_answered(&self) -> anyhow::Result<(u64, u64)> {
+        let c = self.counters()?;
+        let drops: u64 = stat::REASON_LIST
+            .iter()
+            .filter(|r| stat::is_drop(**r))
+            .map(|&r| c[r])
             .sum();
-        Ok(drops.saturating_sub(c[stat::N_MONITOR_PASSED]))
+        Ok((
+            drops.saturating_sub(c[stat::N_MONITOR_PASSED]),
+            c[stat::R_COOKIE_SENT],
+        ))
     }
 
     fn listen_drops(&self) -> u64 {
@@ -671,10 +683,11 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
     let mut errors: Vec<(String, u64)> = errors.into_iter().collect();
     errors.sort_by_key(|e| std::cmp::Reverse(e.1));
 
-    let xdp_dropped = if spec.synguard {
-        Some(net.xdp_dropped()?)
+    let (xdp_dropped, xdp_answered) = if spec.synguard {
+        let (d, a) = net.xdp_dropped_answered()?;
+        (Some(d), Some(a))
     } else {
-        None
+        (None, None)
     };
     let clk = 100.0; // USER_HZ
     Ok(RunResult {
@@ -694,6 +707,7 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
         connect_p50_ms: percentile(&sorted, 50.0),
         connect_p99_ms: percentile(&sorted, 99.0),
         xdp_dropped,
+        xdp_answered,
         softirq_ms_per_s: soft as f64 * 1000.0 / clk / attack_secs.max(1e-9),
         listen_drops: net.listen_drops().saturating_sub(listen_before),
         errors: errors
@@ -733,6 +747,7 @@ pub fn table(results: &[RunResult]) -> String {
         "p50 ms",
         "p99 ms",
         "XDP dropped",
+        "XDP answered",
         "softirq ms/s",
     ];
     let rows: Vec<Vec<String>> = results
@@ -752,6 +767,7 @@ pub fn table(results: &[RunResult]) -> String {
                 fmt_ms(r.connect_p50_ms),
                 fmt_ms(r.connect_p99_ms),
                 r.xdp_dropped.map_or("-".into(), |d| d.to_string()),
+                r.xdp_answered.map_or("-".into(), |d| d.to_string()),
                 format!("{:.0}", r.softirq_ms_per_s),
             ]
         })

@@ -77,12 +77,16 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
     let entries = rules::list(&state.maps)?;
     let count = |k| entries.iter().filter(|e| e.rule.kind == k).count();
     let sources = state.maps.sources.keys().filter(Result::is_ok).count();
-    let dropped: u64 = (0..stat::REASONS)
+    let dropped: u64 = stat::REASON_LIST
+        .iter()
+        .copied()
         .filter(|r| stat::is_drop(*r))
         .map(|r| totals[r])
         .sum::<u64>()
         .saturating_sub(totals[stat::N_MONITOR_PASSED]);
-    let passed: u64 = (0..stat::REASONS).map(|r| totals[r]).sum::<u64>() - dropped;
+    let answered = totals[stat::R_COOKIE_SENT];
+    let passed: u64 =
+        stat::REASON_LIST.iter().map(|&r| totals[r]).sum::<u64>() - dropped - answered;
     let out = StatusJson {
         pin_dir: state.pin_dir.display().to_string(),
         daemon_running: state.daemon,
@@ -171,8 +175,10 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         .enumerate()
         .filter(|(i, _)| totals[*i] != 0)
         .map(|(i, n)| {
-            let kind = if i >= stat::REASONS {
+            let kind = if !stat::is_reason(i) {
                 "note"
+            } else if i == stat::R_COOKIE_SENT {
+                "answer"
             } else if stat::is_drop(i) {
                 "drop"
             } else {
