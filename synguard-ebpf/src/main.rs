@@ -473,11 +473,19 @@ fn track_rate(pkt: &Packet, now: u64) {
     let st = unsafe { &mut *pkt.stats };
     st.window_syns += 1;
     let age = now.wrapping_sub(st.window_start_ns);
-    if age >= ATTACK_WINDOW_NS {
+    // Close the window at its end, or early once this CPU alone has seen more SYNs in it
+    // than the threshold allows for a whole window: attack mode then starts within
+    // `attack-syn-rate / 10` SYNs instead of up to a window later.
+    let early = st.window_syns * (1_000_000_000 / ATTACK_WINDOW_NS)
+        >= u64::from(pkt.cfg.attack_syn_rate)
+        && age > 0
+        && SG_IFSTATE.get(pkt.slot).is_some_and(|s| s.attack == 0);
+    if age >= ATTACK_WINDOW_NS || early {
         st.cpu_rate = if age > 10 * ATTACK_WINDOW_NS {
             0
         } else {
-            st.window_syns * 1_000_000_000 / age
+            // A window shorter than a coarse-clock tick counts as one millisecond.
+            st.window_syns * 1_000_000_000 / age.max(1_000_000)
         };
         st.cpu_rate_ns = now;
         st.window_start_ns = now;
@@ -670,7 +678,7 @@ unsafe fn swap_bytes<const N: usize>(a: *mut u8, b: *mut u8) {
         // cost stack the verifier's 512-byte budget cannot spare. (Packet data has no
         // alignment requirement in XDP on the architectures that run this.)
         unsafe {
-            if N % 4 == 0 {
+            if N.is_multiple_of(4) {
                 let x = (a.add(i) as *const u32).read_volatile();
                 let y = (b.add(i) as *const u32).read_volatile();
                 (a.add(i) as *mut u32).write_volatile(y);

@@ -23,7 +23,10 @@ use aya::{
     },
 };
 use ipnet::IpNet;
-use synguard_common::{EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN, map_names};
+use synguard_common::{
+    EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN, capacity,
+    map_names,
+};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -264,6 +267,8 @@ struct Daemon {
     ticks: u64,
     rules_len: usize,
     purge_warned: bool,
+    /// Interfaces in attack mode, as last reported.
+    attacks: HashSet<u32>,
 }
 
 impl Daemon {
@@ -275,8 +280,11 @@ impl Daemon {
     }
 
     fn on_event(&mut self, e: &Event) {
-        if e.kind != EVENT_BAN {
-            return;
+        match e.kind {
+            EVENT_ATTACK_ON => return self.on_attack(e.ifindex, true, e.rate, 0),
+            EVENT_ATTACK_OFF => return self.on_attack(e.ifindex, false, e.rate, e.syns),
+            EVENT_BAN => {}
+            _ => return,
         }
         let net = if e.family == FAMILY_V4 {
             v4_net(
@@ -296,6 +304,98 @@ impl Daemon {
             clock::rfc3339(clock::to_wall(e.expires_ns)),
         );
         self.purge(&net);
+    }
+
+    /// Attack mode started or ended on an interface (events from several CPUs can repeat
+    /// a transition: only real changes are logged).
+    fn on_attack(&mut self, ifindex: u32, on: bool, rate: u64, lasted_ms: u64) {
+        let was = self.attacks.contains(&ifindex);
+        if on == was {
+            return;
+        }
+        let name = self.iface_name(ifindex);
+        if on {
+            self.attacks.insert(ifindex);
+            let what = match self.settings.syn_cookies {
+                crate::config::Cookies::Off => {
+                    "syn-cookies = off, so SYNs are only counted and metered".to_string()
+                }
+                _ => "SYNs from unverified sources are answered with SYN cookies from XDP".into(),
+            };
+            log::warn!(
+                "attack mode ON on {name}: {rate} SYN/s (attack-syn-rate {}); {what}",
+                self.settings.attack_syn_rate
+            );
+            self.manage_syncookies();
+            // What reached the kernel before attack mode started is mostly the flood's
+            // half-open connections, filling the SYN queues for a minute of retries on a
+            // server without cookies. Clear them; a real client's retransmitted SYN is
+            // answered with a cookie.
+            if self.settings.mode != crate::config::Mode::Monitor
+                && self.settings.syn_cookies != crate::config::Cookies::Off
+            {
+                match crate::purge::purge_where(|_| true) {
+                    Ok(0) => {}
+                    Ok(n) => log::info!(
+                        "removed {n} half-open connections the flood left in the SYN queues"
+                    ),
+                    Err(e) => log::debug!("purging the SYN queues: {e}"),
+                }
+            }
+        } else {
+            self.attacks.remove(&ifindex);
+            log::warn!(
+                "attack mode OFF on {name} after {} (peak {rate} SYN/s)",
+                format_duration(Duration::from_millis(lasted_ms))
+            );
+        }
+        self.manage_syncookies();
+    }
+
+    /// Keep `net.ipv4.tcp_syncookies` at 2 while cookies are answered from XDP (the
+    /// kernel's helper issues cookies only then), and put the previous value back
+    /// afterwards. The previous value is kept in the pinned config, so a `run` after a
+    /// crash restores it.
+    fn manage_syncookies(&mut self) {
+        let want = match self.settings.syn_cookies {
+            crate::config::Cookies::Always => true,
+            crate::config::Cookies::Auto => !self.attacks.is_empty(),
+            crate::config::Cookies::Off => false,
+        };
+        if let Err(e) = sync_syncookies(&self.pin_dir, &mut self.maps, want) {
+            log::error!("managing net.ipv4.tcp_syncookies: {e:#}");
+        }
+    }
+
+    /// Attack state left on by a complete silence (no SYN closes a rate window, so the
+    /// kernel never sees the calm): clear it once the calm period has passed.
+    fn settle_attacks(&mut self) {
+        let now = clock::monotonic_ns();
+        let calm = self
+            .maps
+            .read_config()
+            .map_or(synguard_common::ATTACK_CALM_NS, |c| c.attack_calm_ns);
+        for ifindex in self.names.keys().copied().collect::<Vec<_>>() {
+            let slot = if ifindex < capacity::STATS_SLOTS {
+                ifindex
+            } else {
+                0
+            };
+            let Ok(mut st) = self.maps.ifstate(slot) else {
+                continue;
+            };
+            if st.attack != 0 && now.saturating_sub(st.rate_ns) > calm + 1_000_000_000 {
+                let lasted = now.saturating_sub(st.since_ns) / 1_000_000;
+                st.attack = 0;
+                st.calm_since_ns = 0;
+                if self.maps.ifstate.set(slot, st, 0).is_ok() {
+                    self.on_attack(ifindex, false, st.peak_rate, lasted);
+                }
+            } else if st.attack != 0 && !self.attacks.contains(&ifindex) {
+                // Adopted, or its event was lost: pick it up.
+                self.on_attack(ifindex, true, st.rate, 0);
+            }
+        }
     }
 
     /// Remove a newly banned source's half-open connections from the SYN queues (see
@@ -384,6 +484,8 @@ impl Daemon {
             self.generation = cfg.generation;
         }
 
+        self.settle_attacks();
+        self.manage_syncookies();
         if self.ticks.is_multiple_of(10) {
             self.gc_sources()?;
         }
@@ -488,6 +590,13 @@ fn start(
     let generation = previous.map_or(0, |c| c.generation) + 1;
     let mut kernel_cfg = settings.to_kernel(generation);
     kernel_cfg.daemon_pid = std::process::id();
+    if let Some(prev) = previous {
+        // What a previous run changed and must be able to restore, and internal tuning.
+        kernel_cfg.saved_syncookies = prev.saved_syncookies;
+        if prev.attack_calm_ns != 0 {
+            kernel_cfg.attack_calm_ns = prev.attack_calm_ns;
+        }
+    }
     if !adopting {
         loaded.maps.write_config(&kernel_cfg)?;
     }
@@ -662,7 +771,12 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         ticks: 0,
         rules_len: 0,
         purge_warned: false,
+        attacks: HashSet::new(),
     };
+    // Pick up an attack in progress (adopted state), then put tcp_syncookies where it
+    // belongs: a run that crashed during an attack may have left it changed.
+    daemon.settle_attacks();
+    daemon.manage_syncookies();
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -688,6 +802,11 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     };
     drain_ring(ring.get_mut(), &mut daemon);
 
+    if (!args.keep || daemon.attacks.is_empty())
+        && let Err(e) = sync_syncookies(&pin_dir, &mut daemon.maps, false)
+    {
+        log::error!("restoring net.ipv4.tcp_syncookies: {e:#}");
+    }
     if args.keep {
         log::info!(
             "{why}: leaving protection in place (--keep); state stays pinned in {}",
@@ -707,6 +826,49 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     remove_pins(&pin_dir)?;
     pins::unprepare(&pin_dir, &prepared);
     log::info!("removed the pinned state in {}", pin_dir.display());
+    Ok(())
+}
+
+const SYNCOOKIES: &str = "/proc/sys/net/ipv4/tcp_syncookies";
+
+fn read_syncookies() -> anyhow::Result<i32> {
+    let text = fs::read_to_string(SYNCOOKIES).with_context(|| format!("reading {SYNCOOKIES}"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{SYNCOOKIES} holds {text:?}"))
+}
+
+fn write_syncookies(v: i32) -> anyhow::Result<()> {
+    fs::write(SYNCOOKIES, format!("{v}\n")).with_context(|| format!("writing {v} to {SYNCOOKIES}"))
+}
+
+/// Set `net.ipv4.tcp_syncookies` to 2 (`want`) or back to the value saved in the pinned
+/// config, saying what it does.
+pub fn sync_syncookies(pin_dir: &Path, maps: &mut Maps, want: bool) -> anyhow::Result<()> {
+    let current = read_syncookies()?;
+    let _lock = pins::lock_writers(pin_dir)?;
+    let mut cfg = maps.read_config()?;
+    if want {
+        if current != 2 {
+            if cfg.saved_syncookies < 0 {
+                cfg.saved_syncookies = current;
+                maps.write_config(&cfg)?;
+            }
+            write_syncookies(2)?;
+            log::info!(
+                "set net.ipv4.tcp_syncookies = 2 (was {current}) while SYN cookies are answered \
+                 from XDP"
+            );
+        }
+    } else if cfg.saved_syncookies >= 0 {
+        let saved = cfg.saved_syncookies;
+        if current == 2 && saved != 2 {
+            write_syncookies(saved)?;
+            log::info!("restored net.ipv4.tcp_syncookies = {saved}");
+        }
+        cfg.saved_syncookies = -1;
+        maps.write_config(&cfg)?;
+    }
     Ok(())
 }
 

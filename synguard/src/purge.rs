@@ -224,8 +224,13 @@ pub fn destroy(h: &HalfOpen) -> io::Result<()> {
 /// Destroy every half-open connection from `net`. Returns how many went; connections that
 /// completed or vanished in between are not errors.
 pub fn purge(net: &IpNet) -> io::Result<usize> {
+    purge_where(|peer| net.contains(peer))
+}
+
+/// Destroy every half-open connection whose peer passes `keep_out`.
+pub fn purge_where(mut doomed: impl FnMut(&IpAddr) -> bool) -> io::Result<usize> {
     let mut n = 0;
-    for h in half_open()?.into_iter().filter(|h| net.contains(&h.peer)) {
+    for h in half_open()?.into_iter().filter(|h| doomed(&h.peer)) {
         match destroy(&h) {
             Ok(()) => n += 1,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}

@@ -56,6 +56,17 @@ impl Noop {
         Ok(Self { ebpf })
     }
 
+    /// Attach to an interface of the calling thread's network namespace (until dropped).
+    pub fn attach(&mut self, ifname: &str) -> anyhow::Result<()> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut("noop")
+            .ok_or_else(|| anyhow::anyhow!("noop program missing"))?
+            .try_into()?;
+        prog.attach(ifname, aya::programs::XdpMode::default())?;
+        Ok(())
+    }
+
     /// Mean ns per run over `repeat` runs, and the action returned.
     pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, f64)> {
         let prog: &Xdp = self

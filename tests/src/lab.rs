@@ -119,6 +119,8 @@ pub struct RunResult {
     pub xdp_dropped: Option<u64>,
     /// SYNs the XDP program answered itself with a SYN cookie (attack mode).
     pub xdp_answered: Option<u64>,
+    /// SYNs the XDP program passed on to the server's TCP stack.
+    pub syns_to_kernel: Option<u64>,
     /// CPU time the whole machine spent in softirq per second of attack (the lab's
     /// server, router and attacker share it), in milliseconds.
     pub softirq_ms_per_s: f64,
@@ -150,6 +152,10 @@ pub struct LabNet {
     dir: PathBuf,
     nginx: Option<ChildGuard>,
     pub synguard: Option<ChildGuard>,
+    /// A no-op XDP program on the router's end of the server's link: on veth, frames a
+    /// program sends back with XDP_TX (synguard's cookie SYN-ACKs) are only delivered if
+    /// the peer runs an XDP program too. Attached in every run, so rows compare.
+    _peer_xdp: crate::baseline::Noop,
 }
 
 impl Drop for LabNet {
@@ -332,6 +338,14 @@ impl LabNet {
         ])
         .args(["-g", "daemon off;"]);
         let nginx = ChildGuard::spawn_logged(cmd, dir.join("nginx.out"));
+        let peer_xdp = router
+            .spawn(|| {
+                let mut noop = crate::baseline::Noop::load(crate::baseline::XDP_PASS)?;
+                noop.attach("r-srv")?;
+                anyhow::Ok(noop)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("attaching the router's XDP program panicked"))??;
         let mut net = Self {
             router,
             server,
@@ -342,8 +356,17 @@ impl LabNet {
             dir,
             nginx: Some(nginx),
             synguard: None,
+            _peer_xdp: peer_xdp,
         };
         net.wait_for_web()?;
+        // Resolve neighbours on every hop once, so that no measurement includes the one
+        // packet a fresh IPv6 neighbour lookup loses (a first connection would otherwise
+        // wait a second for its SYN to be retransmitted, with or without synguard).
+        for target in [SERVER4, SERVER6] {
+            let _ = net
+                .employees
+                .try_exec(&["ping", "-c", "1", "-W", "1", target]);
+        }
         Ok(net)
     }
 
@@ -683,11 +706,22 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
     let mut errors: Vec<(String, u64)> = errors.into_iter().collect();
     errors.sort_by_key(|e| std::cmp::Reverse(e.1));
 
-    let (xdp_dropped, xdp_answered) = if spec.synguard {
+    let (xdp_dropped, xdp_answered, syns_to_kernel) = if spec.synguard {
         let (d, a) = net.xdp_dropped_answered()?;
-        (Some(d), Some(a))
+        let c = net.counters()?;
+        let passed = [
+            stat::R_SYN_PASSED,
+            stat::R_SYN_VERIFIED,
+            stat::R_COOKIE_FALLBACK,
+            stat::R_SYN_UNTRACKED,
+            stat::R_SYN_UNPROTECTED,
+        ]
+        .iter()
+        .map(|&r| c[r])
+        .sum();
+        (Some(d), Some(a), Some(passed))
     } else {
-        (None, None)
+        (None, None, None)
     };
     let clk = 100.0; // USER_HZ
     Ok(RunResult {
@@ -708,6 +742,7 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
         connect_p99_ms: percentile(&sorted, 99.0),
         xdp_dropped,
         xdp_answered,
+        syns_to_kernel,
         softirq_ms_per_s: soft as f64 * 1000.0 / clk / attack_secs.max(1e-9),
         listen_drops: net.listen_drops().saturating_sub(listen_before),
         errors: errors

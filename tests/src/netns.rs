@@ -56,6 +56,14 @@ impl Netns {
         sh(&["ip", "netns", "add", &name]);
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);
+        // No duplicate address detection in a private namespace: it only delays the first
+        // IPv6 packets (link-local addresses are unusable for about a second otherwise).
+        for key in [
+            "net.ipv6.conf.default.accept_dad",
+            "net.ipv6.conf.all.accept_dad",
+        ] {
+            ns.sysctl(key, "0");
+        }
         ns
     }
 

@@ -185,10 +185,24 @@ fn test() -> anyhow::Result<()> {
             "testrun",
         ])),
     )?;
+    step(
+        "kernel tests: attack mode and SYN cookies",
+        &mut with_bin(cargo(&[
+            "test",
+            "-p",
+            "synguard-tests",
+            "--test",
+            "cookies",
+        ])),
+    )?;
     // Floods use all cores: one test at a time so each measures what it claims.
     for (name, test) in [
         ("end-to-end flood tests in network namespaces", "e2e_flood"),
         ("the command line against a running daemon", "cli"),
+        (
+            "attack mode end to end: cookies, forged floods, tcp_syncookies",
+            "e2e_cookies",
+        ),
         ("a short lab run: the founding incident, replayed", "lab"),
     ] {
         step(

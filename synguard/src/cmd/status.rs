@@ -10,11 +10,21 @@ use super::{State, print_json, table};
 use crate::{bpf::BUILD_ID, config::Settings, pins, rules};
 
 #[derive(Serialize)]
+struct AttackJson {
+    active: bool,
+    since: Option<String>,
+    /// The latest total SYN rate on the interface, per second.
+    syn_rate: u64,
+    peak_syn_rate: u64,
+}
+
+#[derive(Serialize)]
 struct IfaceJson {
     name: String,
     ifindex: u32,
     link_id: Option<u32>,
     program_id: Option<u32>,
+    attack: AttackJson,
     counters: BTreeMap<&'static str, u64>,
 }
 
@@ -41,6 +51,9 @@ struct StatusJson {
     entries: EntriesJson,
     sources_tracked: usize,
     sources_capacity: u32,
+    verified_sources: usize,
+    /// `net.ipv4.tcp_syncookies` as synguard found it before attack mode set it to 2.
+    saved_tcp_syncookies: Option<i32>,
 }
 
 fn named(c: &[u64; stat::COUNT]) -> BTreeMap<&'static str, u64> {
@@ -66,11 +79,22 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         } else {
             0
         };
+        let st = state.maps.ifstate(slot)?;
+        let fresh = crate::clock::monotonic_ns().saturating_sub(st.rate_ns)
+            <= synguard_common::ATTACK_STALE_NS;
         interfaces.push(IfaceJson {
             name,
             ifindex,
             link_id: info.as_ref().map(|i| i.id()),
             program_id: info.as_ref().map(|i| i.program_id()),
+            attack: AttackJson {
+                active: st.attack != 0,
+                since: (st.attack != 0)
+                    .then(|| super::time_json(st.since_ns))
+                    .flatten(),
+                syn_rate: if fresh { st.rate } else { 0 },
+                peak_syn_rate: st.peak_rate,
+            },
             counters: named(&state.maps.counters(slot)?),
         });
     }
@@ -106,6 +130,8 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         },
         sources_tracked: sources,
         sources_capacity: capacity::SOURCES,
+        verified_sources: state.maps.verified.keys().filter(Result::is_ok).count(),
+        saved_tcp_syncookies: (cfg.saved_syncookies >= 0).then_some(cfg.saved_syncookies),
     };
     if json {
         return print_json(&out);
@@ -134,10 +160,20 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
     }
     for i in &out.interfaces {
         println!(
-            "interface:  {} (ifindex {}, XDP program id {})",
+            "interface:  {} (ifindex {}, XDP program id {}){}",
             i.name,
             i.ifindex,
-            i.program_id.map_or("?".into(), |p| p.to_string())
+            i.program_id.map_or("?".into(), |p| p.to_string()),
+            if i.attack.active {
+                format!(
+                    ": ATTACK MODE since {}, {} SYN/s now, peak {} SYN/s",
+                    i.attack.since.as_deref().unwrap_or("?"),
+                    i.attack.syn_rate,
+                    i.attack.peak_syn_rate
+                )
+            } else {
+                String::new()
+            }
         );
     }
     println!(
@@ -169,7 +205,16 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         sources,
         capacity::SOURCES
     );
-    println!("packets:    {} passed, {} dropped", passed, dropped);
+    println!(
+        "packets:    {passed} passed, {dropped} dropped, {answered} SYNs answered with cookies; \
+         {} sources verified",
+        out.verified_sources
+    );
+    if let Some(v) = out.saved_tcp_syncookies {
+        println!(
+            "sysctl:     net.ipv4.tcp_syncookies = 2 during attack mode (was {v}; restored after)"
+        );
+    }
     let rows: Vec<Vec<String>> = stat::NAMES
         .iter()
         .enumerate()

@@ -1,0 +1,358 @@
+//! Attack mode in the real kernel: SYNs answered with SYN cookies from XDP
+//! (`BPF_PROG_TEST_RUN`), cookie ACKs verifying their sources, and the hysteresis.
+//!
+//! The cookie helpers look sockets up in the namespace of the receiving device, which
+//! under `TestRun` is the calling thread's: each test runs on a thread inside a namespace
+//! of its own with real listening sockets.
+
+use std::{
+    net::{IpAddr, TcpListener},
+    thread,
+    time::Duration,
+};
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use synguard::config::Settings;
+use synguard_common::{EVENT_ATTACK_OFF, EVENT_ATTACK_ON, Event, RULE_ALLOW, stat::*};
+use synguard_tests::{
+    netns::Netns,
+    packet::{ACK, Tcp},
+    prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, require_root, source_key},
+};
+
+const SERVER: &str = "192.0.2.1";
+const SERVER6: &str = "2001:db8:2::1";
+
+/// Run `test` on a thread inside a fresh namespace that has listeners on port 80 of
+/// 192.0.2.1 and 2001:db8:2::1, with `net.ipv4.tcp_syncookies` set to `syncookies`.
+fn in_server_ns(syncookies: &str, test: impl FnOnce() + Send + 'static) {
+    require_root();
+    let ns = Netns::new("cookie");
+    ns.ip(&["addr", "add", "192.0.2.1/32", "dev", "lo"]);
+    ns.ip(&["addr", "add", "2001:db8:2::1/128", "dev", "lo", "nodad"]);
+    ns.sysctl("net.ipv4.tcp_syncookies", syncookies);
+    let result = ns
+        .spawn(move || {
+            // One CPU: the attack detector measures per CPU.
+            // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread only.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(0, &mut set);
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+            }
+            let _l4 = TcpListener::bind("192.0.2.1:80").expect("listen v4");
+            let _l6 = TcpListener::bind("[2001:db8:2::1]:80").expect("listen v6");
+            test();
+        })
+        .join();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn settings(pairs: &[(&str, &str)]) -> Settings {
+    let mut s = Settings::default();
+    for (k, v) in pairs {
+        s.set(k, v).expect("valid test setting");
+    }
+    s
+}
+
+fn always() -> Prog {
+    Prog::new(settings(&[("syn-cookies", "always")]))
+}
+
+/// Check that `out` is the SYN-ACK answering `syn`, and return (cookie, MSS).
+fn check_synack(syn: &[u8], out: &[u8]) -> (u32, u16) {
+    let inp = SlicedPacket::from_ethernet(syn).expect("input parses");
+    let rep = SlicedPacket::from_ethernet(out).expect("reply parses");
+    let (Some(li), Some(lo)) = (inp.link.as_ref(), rep.link.as_ref()) else {
+        panic!("no Ethernet");
+    };
+    let (li, lo) = match (li, lo) {
+        (etherparse::LinkSlice::Ethernet2(a), etherparse::LinkSlice::Ethernet2(b)) => (a, b),
+        _ => panic!("not Ethernet II"),
+    };
+    assert_eq!(lo.source(), li.destination(), "MACs swapped");
+    assert_eq!(lo.destination(), li.source(), "MACs swapped");
+    assert_eq!(inp.link_exts.len(), rep.link_exts.len(), "VLAN tags kept");
+    let (TransportSlice::Tcp(ti), TransportSlice::Tcp(to)) = (
+        inp.transport.expect("tcp in"),
+        rep.transport.expect("tcp out"),
+    ) else {
+        panic!("not TCP");
+    };
+    assert!(
+        to.syn() && to.ack() && !to.rst() && !to.fin(),
+        "SYN-ACK flags"
+    );
+    assert_eq!(
+        (to.source_port(), to.destination_port()),
+        (ti.destination_port(), ti.source_port())
+    );
+    assert_eq!(
+        to.acknowledgment_number(),
+        ti.sequence_number().wrapping_add(1),
+        "ACK = ISN + 1"
+    );
+    assert_eq!(to.options().len(), 4, "MSS only");
+    assert_eq!(&to.options()[..2], &[2, 4]);
+    let mss = u16::from_be_bytes([to.options()[2], to.options()[3]]);
+    assert!(mss >= 536, "MSS {mss}");
+    let tcp_ok = match (inp.net.expect("ip in"), rep.net.expect("ip out")) {
+        (NetSlice::Ipv4(a), NetSlice::Ipv4(b)) => {
+            assert_eq!(b.header().source_addr(), a.header().destination_addr());
+            assert_eq!(b.header().destination_addr(), a.header().source_addr());
+            let h = b.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+            assert_eq!(h.total_len, 44);
+            to.to_header()
+                .calc_checksum_ipv4(&h, to.payload())
+                .expect("sum")
+                == to.checksum()
+        }
+        (NetSlice::Ipv6(a), NetSlice::Ipv6(b)) => {
+            assert_eq!(b.header().source_addr(), a.header().destination_addr());
+            assert_eq!(b.header().destination_addr(), a.header().source_addr());
+            let h = b.header().to_header();
+            assert_eq!(h.payload_length, 24);
+            to.to_header()
+                .calc_checksum_ipv6(&h, to.payload())
+                .expect("sum")
+                == to.checksum()
+        }
+        _ => panic!("address family changed"),
+    };
+    assert!(tcp_ok, "TCP checksum");
+    assert!(to.payload().is_empty());
+    (to.sequence_number(), mss)
+}
+
+#[test]
+fn syns_are_answered_with_valid_cookie_syn_acks() {
+    in_server_ns("2", || {
+        let p = always();
+        let frames = [
+            Tcp::syn("198.51.100.10", SERVER).seq(7).build(),
+            Tcp::syn("198.51.100.10", SERVER)
+                .with_syn_options()
+                .sport(40001)
+                .build(),
+            Tcp::syn("198.51.100.10", SERVER)
+                .vlan(10)
+                .sport(40002)
+                .build(),
+            Tcp::syn("198.51.100.10", SERVER)
+                .vlan(10)
+                .vlan(20)
+                .sport(40003)
+                .build(),
+            Tcp::syn("2001:db8:5::10", SERVER6).seq(u32::MAX).build(),
+            Tcp::syn("2001:db8:5::10", SERVER6)
+                .with_syn_options()
+                .vlan(30)
+                .sport(40004)
+                .build(),
+        ];
+        for syn in &frames {
+            let before = p.counter(R_COOKIE_SENT);
+            let (action, out) = p.run_out(syn);
+            assert_eq!(action, XDP_TX, "answered in XDP");
+            assert_eq!(p.counter(R_COOKIE_SENT), before + 1);
+            check_synack(syn, &out);
+        }
+        // The SYNs never reached the kernel: no request sockets were queued.
+        assert_eq!(p.counter(R_SYN_PASSED), 0);
+    });
+}
+
+#[test]
+fn a_valid_cookie_ack_verifies_the_source_and_its_syns_then_pass() {
+    in_server_ns("2", || {
+        let p = always();
+        for (client, server) in [("198.51.100.10", SERVER), ("2001:db8:5::10", SERVER6)] {
+            let syn = Tcp::syn(client, server).seq(1000).build();
+            let (action, out) = p.run_out(&syn);
+            assert_eq!(action, XDP_TX);
+            let (cookie, _) = check_synack(&syn, &out);
+
+            // A forged ACK proves nothing. (A forger does not know the cookie; a value one
+            // or two off would decode as another MSS index, which the kernel accepts.)
+            let wrong = Tcp::syn(client, server)
+                .flags(ACK)
+                .seq(1001)
+                .ack_number(cookie ^ 0x5a5a_5a5a)
+                .build();
+            p.expect(&wrong, XDP_PASS, &[R_TCP_OTHER, N_COOKIE_ACK_INVALID]);
+            let key = source_key(
+                client.parse::<IpAddr>().unwrap(),
+                if client.contains(':') { 64 } else { 32 },
+            );
+            assert!(p.loaded.maps.verified.get(&key, 0).is_err(), "not verified");
+            p.expect(&syn, XDP_TX, &[N_SYNS, R_COOKIE_SENT]);
+
+            // The right ACK verifies the source; the ACK itself goes on to the kernel.
+            let ack = Tcp::syn(client, server)
+                .flags(ACK)
+                .seq(1001)
+                .ack_number(cookie.wrapping_add(1))
+                .build();
+            p.expect(&ack, XDP_PASS, &[R_TCP_OTHER, N_VERIFIED]);
+            let until = p.loaded.maps.verified.get(&key, 0).expect("verified");
+            let now = synguard::clock::monotonic_ns();
+            assert!(until > now + 3_500_000_000_000, "for verified-for (1h)");
+            // From now on its SYNs go straight to the kernel, with all their options.
+            let again = Tcp::syn(client, server)
+                .with_syn_options()
+                .sport(50000)
+                .build();
+            let (action, out) = p.run_out(&again);
+            assert_eq!(action, XDP_PASS);
+            assert_eq!(out, again, "untouched");
+        }
+        assert_eq!(p.counter(R_SYN_VERIFIED), 2);
+    });
+}
+
+#[test]
+fn no_listener_means_drop_and_no_cookie_means_fallback_to_the_kernel() {
+    in_server_ns("2", || {
+        let p = always();
+        p.expect(
+            &Tcp::syn("198.51.100.10", SERVER).dport(81).build(),
+            XDP_DROP,
+            &[N_SYNS, N_SOURCES_NEW, R_COOKIE_NO_LISTENER],
+        );
+        p.expect(
+            &Tcp::syn("2001:db8:5::10", SERVER6).dport(81).build(),
+            XDP_DROP,
+            &[N_SYNS, N_SOURCES_NEW, R_COOKIE_NO_LISTENER],
+        );
+        // IPv4 options: no cookie reply is built; the kernel gets the SYN.
+        p.expect(
+            &Tcp::syn("198.51.100.11", SERVER)
+                .ipv4_options(&[1, 1, 1, 0])
+                .build(),
+            XDP_PASS,
+            &[N_SYNS, N_SOURCES_NEW, R_COOKIE_FALLBACK],
+        );
+    });
+    // With tcp_syncookies = 1 and an empty queue the kernel will not issue a cookie: the
+    // SYN goes to the kernel, as without synguard.
+    in_server_ns("1", || {
+        let p = always();
+        p.expect(
+            &Tcp::syn("198.51.100.10", SERVER).build(),
+            XDP_PASS,
+            &[N_SYNS, N_SOURCES_NEW, R_COOKIE_FALLBACK],
+        );
+    });
+}
+
+#[test]
+fn limits_allowlist_and_monitor_mode_keep_working_in_attack_mode() {
+    in_server_ns("2", || {
+        let mut p = Prog::new(settings(&[
+            ("syn-cookies", "always"),
+            ("syn-rate", "1"),
+            ("syn-burst", "2"),
+        ]));
+        // A single heavy source is still banned.
+        let syn = Tcp::syn("203.0.113.66", SERVER).build();
+        p.expect(&syn, XDP_TX, &[N_SYNS, N_SOURCES_NEW, R_COOKIE_SENT]);
+        p.expect(&syn, XDP_TX, &[N_SYNS, R_COOKIE_SENT]);
+        p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+        p.expect(&syn, XDP_DROP, &[R_BANNED]);
+        // Allowlisted sources are never challenged.
+        p.put_rule(
+            "198.51.100.0/24",
+            &synguard::rules::manual(RULE_ALLOW, 0, "office"),
+        );
+        let office = Tcp::syn("198.51.100.7", SERVER).build();
+        let (action, out) = p.run_out(&office);
+        assert_eq!((action, out), (XDP_PASS, office));
+        // Monitor mode decides and counts, but neither answers nor drops.
+        p.set("mode", "monitor");
+        let fresh = Tcp::syn("192.0.2.77", SERVER).build();
+        let (action, out) = p.run_out(&fresh);
+        assert_eq!((action, &out), (XDP_PASS, &fresh));
+        assert_eq!(p.counter(N_MONITOR_PASSED), 1);
+    });
+}
+
+fn drain(p: &mut Prog) -> Vec<Event> {
+    let rb = p.loaded.maps.events.as_mut().expect("ring buffer");
+    let mut out = Vec::new();
+    while let Some(item) = rb.next() {
+        // SAFETY: the kernel writes whole `Event` records.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+    }
+    out
+}
+
+#[test]
+fn attack_mode_starts_at_the_threshold_and_ends_after_a_calm_period() {
+    in_server_ns("2", || {
+        let mut p = Prog::new(settings(&[
+            ("syn-cookies", "auto"),
+            ("attack-syn-rate", "1000"),
+            ("syn-rate", "10000000"),
+            ("syn-burst", "1000000"),
+        ]));
+        // Shorten the calm period for the test (not a user setting).
+        let mut cfg = p.loaded.maps.read_config().unwrap();
+        cfg.attack_calm_ns = 400_000_000;
+        p.loaded.maps.write_config(&cfg).unwrap();
+        let slot = 1; // loopback: TestRun's receiving device
+        let state = |p: &Prog| p.loaded.maps.ifstate(slot).unwrap();
+        let syn = |n: u16| Tcp::syn("198.18.0.1", SERVER).sport(20000 + n).build();
+
+        // Below the threshold: normal SYNs.
+        assert_eq!(p.run(&syn(0)), XDP_PASS);
+        thread::sleep(Duration::from_millis(120));
+        for i in 0..5 {
+            assert_eq!(p.run(&syn(i)), XDP_PASS);
+        }
+        assert_eq!(state(&p).attack, 0);
+        // 2000 SYNs in one burst: over 1000/s. Attack mode starts during the burst, as
+        // soon as this CPU's window holds more SYNs than the threshold allows per window.
+        p.run_repeat(&syn(9), 2000);
+        let st = state(&p);
+        assert_eq!(st.attack, 1, "{st:?}");
+        assert!(st.peak_rate >= 1000, "{st:?}");
+        assert_eq!(p.counter(N_ATTACKS), 1);
+        assert!(
+            p.counter(R_COOKIE_SENT) > 0,
+            "the rest of the burst got cookies"
+        );
+        let ev = drain(&mut p);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].kind, EVENT_ATTACK_ON);
+        assert!(ev[0].rate >= 1000);
+
+        // Calm, but not for long enough yet: still in attack mode.
+        thread::sleep(Duration::from_millis(110));
+        assert_eq!(p.run(&syn(10)), XDP_TX);
+        thread::sleep(Duration::from_millis(110));
+        assert_eq!(p.run(&syn(11)), XDP_TX);
+        assert_ne!(state(&p).calm_since_ns, 0);
+        // Calm for longer than the calm period: attack mode ends at the next window.
+        thread::sleep(Duration::from_millis(450));
+        assert_eq!(p.run(&syn(12)), XDP_PASS, "attack mode over");
+        assert_eq!(state(&p).attack, 0);
+        let ev = drain(&mut p);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].kind, EVENT_ATTACK_OFF);
+        assert!(ev[0].rate >= 1000, "peak rate");
+        assert!(ev[0].syns >= 500, "lasted (ms): {}", ev[0].syns);
+    });
+}
+
+#[test]
+fn outside_the_listeners_namespace_the_same_syn_finds_no_listener() {
+    // A check of the harness itself: the lookup really is per namespace.
+    require_root();
+    let p = always();
+    assert_eq!(p.run(&Tcp::syn("198.51.100.10", SERVER).build()), XDP_DROP);
+    assert_eq!(p.counter(R_COOKIE_NO_LISTENER), 1);
+}

@@ -1,0 +1,216 @@
+//! Attack mode end to end, in the lab's namespaces: real clients completing connections
+//! through SYN cookies answered in XDP, forged floods on a server without cookies of its
+//! own, and `net.ipv4.tcp_syncookies` put back afterwards, even after a SIGKILL.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    thread,
+    time::{Duration, Instant},
+};
+
+use synguard_common::stat::*;
+use synguard_tests::{
+    flood::{self, FloodSpec, Source},
+    lab::{self, LabNet, Profile, RunSpec, Scenario, mac_of, request},
+    prog::require_root,
+};
+
+fn syncookies(net: &LabNet) -> String {
+    let out = net
+        .server
+        .exec(&["cat", "/proc/sys/net/ipv4/tcp_syncookies"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn fetch(net: &LabNet, from: &str, to: &str) -> Result<Duration, String> {
+    let local = from.parse().expect("addr");
+    let target: SocketAddr = to.parse().expect("addr");
+    net.employees
+        .spawn(move || request(target, Some(local), Duration::from_secs(3)))
+        .join()
+        .expect("client thread")
+}
+
+#[test]
+fn clients_complete_connections_through_xdp_cookies_v4_and_v6() {
+    require_root();
+    let mut net = LabNet::new(Profile::Legacy).expect("lab");
+    assert_eq!(
+        syncookies(&net),
+        "0",
+        "the legacy server has no cookies of its own"
+    );
+    net.start_synguard(&["--syn-cookies".into(), "always".into()])
+        .expect("synguard");
+    assert_eq!(
+        syncookies(&net),
+        "2",
+        "set for the helper while cookies are answered"
+    );
+
+    for (from, to) in [
+        ("198.51.100.10", "192.0.2.1:80"),
+        ("2001:db8:5::10", "[2001:db8:2::1]:80"),
+    ] {
+        let before = net.counters().expect("counters");
+        let took =
+            fetch(&net, from, to).unwrap_or_else(|e| panic!("{from} through the cookie path: {e}"));
+        assert!(
+            took < Duration::from_millis(500),
+            "no retransmission needed: {took:?}"
+        );
+        let after = net.counters().expect("counters");
+        assert_eq!(
+            after[R_COOKIE_SENT] - before[R_COOKIE_SENT],
+            1,
+            "answered in XDP"
+        );
+        assert_eq!(
+            after[N_VERIFIED] - before[N_VERIFIED],
+            1,
+            "the cookie ACK verified it"
+        );
+        // Its next connection goes straight to the kernel.
+        fetch(&net, from, to).expect("second fetch");
+        let later = net.counters().expect("counters");
+        assert_eq!(later[R_SYN_VERIFIED] - after[R_SYN_VERIFIED], 1);
+        assert_eq!(later[R_COOKIE_SENT], after[R_COOKIE_SENT]);
+    }
+
+    // Stopping synguard puts tcp_syncookies back.
+    let mut d = net.synguard.take().expect("daemon");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(0));
+    assert!(
+        d.log_text()
+            .contains("restored net.ipv4.tcp_syncookies = 0"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(syncookies(&net), "0");
+}
+
+fn forged(scenario: Scenario) {
+    require_root();
+    let r = lab::run(
+        &RunSpec {
+            scenario,
+            profile: Profile::Legacy,
+            synguard: true,
+            duration: Duration::from_secs(6),
+            synguard_args: Vec::new(),
+        },
+        &Arc::new(AtomicBool::new(false)),
+    )
+    .expect("lab run");
+    println!("{}", lab::table(std::slice::from_ref(&r)));
+    println!("{r:?}");
+    assert!(r.attack_pps > 50_000.0, "a real flood: {r:?}");
+    assert!(r.success_rate >= 0.99, "employees kept working: {r:?}");
+    let to_kernel = r.syns_to_kernel.expect("synguard ran");
+    assert!(
+        (to_kernel as f64) < 0.01 * r.attack_sent as f64,
+        "the server's stack saw almost none of the forged SYNs: {to_kernel} of {}",
+        r.attack_sent
+    );
+    assert!(
+        r.xdp_answered.expect("synguard ran") > r.attack_sent / 2,
+        "{r:?}"
+    );
+}
+
+#[test]
+fn forged_ipv4_flood_on_a_server_without_cookies() {
+    forged(Scenario::Forged);
+}
+
+#[test]
+fn forged_ipv6_flood_on_a_server_without_cookies() {
+    forged(Scenario::ForgedV6);
+}
+
+fn flood(net: &LabNet, seconds: f64) -> u64 {
+    let spec = FloodSpec {
+        ifindex: net.attacker.ifindex("eth0"),
+        src_mac: mac_of(&net.attacker, "eth0").expect("mac"),
+        dst_mac: mac_of(&net.router, "r-att").expect("mac"),
+        source: Source::Random("198.18.0.0/15".parse().expect("net")),
+        dst: "192.0.2.1".parse().expect("addr"),
+        dport: 80,
+        rate: Some(20_000),
+        duration: Duration::from_secs_f64(seconds),
+        threads: 1,
+        batch: 32,
+    };
+    net.attacker
+        .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
+        .join()
+        .expect("flood thread")
+        .expect("flood")
+        .sent
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "{what} within {timeout:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
+    require_root();
+    let mut net = LabNet::new(Profile::Defaults).expect("lab");
+    assert_eq!(syncookies(&net), "1");
+    net.start_synguard(&[]).expect("synguard");
+    // A short calm period for the test (an internal setting, not a config key).
+    let pin = net.bpffs.pin_dir();
+    let mut maps = synguard::bpf::Maps::from_pins(&pin).expect("maps");
+    let mut cfg = maps.read_config().expect("config");
+    cfg.attack_calm_ns = 1_000_000_000;
+    maps.write_config(&cfg).expect("config");
+
+    assert!(flood(&net, 1.0) > 10_000);
+    wait_for("cookies on", Duration::from_secs(2), || {
+        syncookies(&net) == "2"
+    });
+    let log = net.synguard_log();
+    assert!(log.contains("attack mode ON on eth0"), "{log}");
+    assert!(
+        log.contains("set net.ipv4.tcp_syncookies = 2 (was 1)"),
+        "{log}"
+    );
+    wait_for("attack mode over", Duration::from_secs(5), || {
+        syncookies(&net) == "1"
+    });
+    let log = net.synguard_log();
+    assert!(log.contains("attack mode OFF on eth0"), "{log}");
+    assert!(
+        log.contains("restored net.ipv4.tcp_syncookies = 1"),
+        "{log}"
+    );
+
+    // Again, and this time the daemon dies during the attack.
+    flood(&net, 1.0);
+    wait_for("cookies on", Duration::from_secs(2), || {
+        syncookies(&net) == "2"
+    });
+    let mut d = net.synguard.take().expect("daemon");
+    d.signal(libc::SIGKILL);
+    d.wait(Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(syncookies(&net), "2", "nobody restored it");
+    assert_eq!(
+        maps.read_config().expect("config").saved_syncookies,
+        1,
+        "but it is remembered"
+    );
+    // The next run finds the attack long over and puts the value back.
+    net.start_synguard(&[]).expect("synguard again");
+    wait_for("restored by the next run", Duration::from_secs(3), || {
+        syncookies(&net) == "1"
+    });
+    assert_eq!(maps.read_config().expect("config").saved_syncookies, -1);
+}
