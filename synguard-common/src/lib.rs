@@ -438,6 +438,10 @@ pub const EVENT_ATTACK_OFF: u32 = 3;
 
 /// The attack detector measures each CPU's SYN rate over windows this long.
 pub const ATTACK_WINDOW_NS: u64 = 100_000_000;
+/// A window may close early, once it holds more SYNs than the threshold allows for a
+/// whole window, but not before it is this old: a burst is judged over a real interval,
+/// so one flooder's `syn-burst` (banned a millisecond later) does not start attack mode.
+pub const ATTACK_EARLY_NS: u64 = 10_000_000;
 /// A CPU's rate older than this no longer counts (that CPU stopped seeing SYNs).
 pub const ATTACK_STALE_NS: u64 = 3 * ATTACK_WINDOW_NS;
 /// Attack mode ends once the total rate has stayed below half of `attack-syn-rate` for

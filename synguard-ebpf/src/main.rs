@@ -53,11 +53,11 @@ use network_types::{
     vlan::VlanHdr,
 };
 use synguard_common::{
-    ACTION_DROP, ATTACK_CALM_NS, ATTACK_STALE_NS, ATTACK_WINDOW_NS, Bucket, COOKIES_ALWAYS,
-    COOKIES_AUTO, Config, EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, EVENT_INTERVAL_NS,
-    EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR, RATE_WINDOW_NS,
-    RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step, capacity, gcra, rate_span,
-    rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
+    ACTION_DROP, ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_STALE_NS, ATTACK_WINDOW_NS, Bucket,
+    COOKIES_ALWAYS, COOKIES_AUTO, Config, EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN,
+    EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR,
+    RATE_WINDOW_NS, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step, capacity,
+    gcra, rate_span, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     stat::{self, *},
 };
 
@@ -474,11 +474,11 @@ fn track_rate(pkt: &Packet, now: u64) {
     st.window_syns += 1;
     let age = now.wrapping_sub(st.window_start_ns);
     // Close the window at its end, or early once this CPU alone has seen more SYNs in it
-    // than the threshold allows for a whole window: attack mode then starts within
-    // `attack-syn-rate / 10` SYNs instead of up to a window later.
-    let early = st.window_syns * (1_000_000_000 / ATTACK_WINDOW_NS)
-        >= u64::from(pkt.cfg.attack_syn_rate)
-        && age > 0
+    // than the threshold allows for a whole window (and it is at least 10 ms old): attack
+    // mode then starts within 10 ms of a flood instead of up to a window later.
+    let early = age >= ATTACK_EARLY_NS
+        && st.window_syns * (1_000_000_000 / ATTACK_WINDOW_NS)
+            >= u64::from(pkt.cfg.attack_syn_rate)
         && SG_IFSTATE.get(pkt.slot).is_some_and(|s| s.attack == 0);
     if age >= ATTACK_WINDOW_NS || early {
         st.cpu_rate = if age > 10 * ATTACK_WINDOW_NS {
@@ -606,7 +606,8 @@ fn lookup_sock(
     tuple: &mut MaybeUninit<bpf_sock_tuple>,
     size: usize,
 ) -> *mut bpf_sock {
-    // SAFETY: `tuple` holds `size` initialised bytes (the rest zeroed).
+    // SAFETY: the first `size` bytes of `tuple` are initialised, and the helper reads no
+    // more than that. (Not zeroing the rest avoids a byte-loop memset.)
     unsafe {
         bpf_skc_lookup_tcp(
             ctx.ctx as *mut c_void,
@@ -771,7 +772,7 @@ fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets) -> usize {
         return R_COOKIE_FALLBACK;
     };
     // SAFETY: bounds checked.
-    let mut tuple = MaybeUninit::<bpf_sock_tuple>::zeroed();
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
     // SAFETY: bounds checked; the tuple's IPv4 part is saddr, daddr, sport, dport, the
     // same bytes in the same order as in the packet.
     unsafe {
@@ -820,7 +821,7 @@ fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets) -> usize {
         return R_COOKIE_FALLBACK;
     };
     // SAFETY: bounds checked.
-    let mut tuple = MaybeUninit::<bpf_sock_tuple>::zeroed();
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
     // SAFETY: bounds checked; the tuple's IPv6 part is saddr, daddr, sport, dport, the
     // same bytes in the same order as in the packet.
     unsafe {
@@ -937,7 +938,7 @@ fn ack_v4(ctx: &XdpContext, at: &Offsets) -> AckCheck {
     else {
         return AckCheck::Unknown;
     };
-    let mut tuple = MaybeUninit::<bpf_sock_tuple>::zeroed();
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
     // SAFETY: bounds checked; see `syn_cookie_v4`.
     unsafe {
         let t = tuple.as_mut_ptr() as *mut u8;
@@ -958,7 +959,7 @@ fn ack_v6(ctx: &XdpContext, at: &Offsets) -> AckCheck {
     else {
         return AckCheck::Unknown;
     };
-    let mut tuple = MaybeUninit::<bpf_sock_tuple>::zeroed();
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
     // SAFETY: bounds checked; see `syn_cookie_v6`.
     unsafe {
         let t = tuple.as_mut_ptr() as *mut u8;

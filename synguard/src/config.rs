@@ -230,10 +230,12 @@ pub const KEYS: [KeyInfo; 10] = [
     },
     KeyInfo {
         name: "attack-syn-rate",
-        default: "1000",
+        default: "2000",
         help: "SYNs per second on one interface that start attack mode (100-100000000)",
-        why: "Well above the new-connection rate of a busy company web site, far below what \
-              fills a small SYN queue from forged sources in a second.",
+        why: "Above the new-connection rate of a busy company web site, and above what one \
+              flooder's burst amounts to before its ban (syn-burst over a 100 ms window), \
+              so attack mode means a flood from many sources. A server without SYN cookies \
+              of its own and a small backlog should set it lower.",
     },
     KeyInfo {
         name: "syn-cookies",

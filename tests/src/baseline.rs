@@ -13,6 +13,7 @@ use object::{
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 /// An ELF object holding one XDP program named `noop` that returns `action`.
 pub fn object(action: u32) -> Vec<u8> {

@@ -314,17 +314,25 @@ fn attack_mode_starts_at_the_threshold_and_ends_after_a_calm_period() {
             assert_eq!(p.run(&syn(i)), XDP_PASS);
         }
         assert_eq!(state(&p).attack, 0);
-        // 2000 SYNs in one burst: over 1000/s. Attack mode starts during the burst, as
-        // soon as this CPU's window holds more SYNs than the threshold allows per window.
+        // 2000 SYNs in a burst far shorter than 10 ms, starting a fresh window (the
+        // kernel's coarse clock ticks every few ms): judged when the window closes.
+        thread::sleep(Duration::from_millis(120));
         p.run_repeat(&syn(9), 2000);
+        assert_eq!(
+            state(&p).attack,
+            0,
+            "a burst is judged over a real interval"
+        );
+        thread::sleep(Duration::from_millis(110));
+        assert_eq!(
+            p.run(&syn(20)),
+            XDP_TX,
+            "window closed at about 18000/s: cookies"
+        );
         let st = state(&p);
         assert_eq!(st.attack, 1, "{st:?}");
         assert!(st.peak_rate >= 1000, "{st:?}");
         assert_eq!(p.counter(N_ATTACKS), 1);
-        assert!(
-            p.counter(R_COOKIE_SENT) > 0,
-            "the rest of the burst got cookies"
-        );
         let ev = drain(&mut p);
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].kind, EVENT_ATTACK_ON);

@@ -691,7 +691,12 @@ fn an_expired_entry_never_hides_a_live_one_around_it() {
 #[test]
 fn ban_events_are_rate_limited_and_a_full_ring_is_counted() {
     let mut p = Prog::with_options(
-        settings(&[("syn-rate", "1"), ("syn-burst", "1")]),
+        // No attack mode here: only ban events.
+        settings(&[
+            ("syn-rate", "1"),
+            ("syn-burst", "1"),
+            ("attack-syn-rate", "100000000"),
+        ]),
         &LoadOptions {
             // 4 KiB holds about 56 events.
             max_entries: vec![(map_names::EVENTS, 4096)],
