@@ -99,7 +99,14 @@ pub struct RunSpec {
     pub duration: Duration,
     /// Extra `synguard run` arguments.
     pub synguard_args: Vec<String>,
+    /// SYNs per second the generator sends in the forged scenarios; `None` is flat out.
+    /// A fixed rate makes rows with and without synguard carry the same load.
+    pub attack_rate: Option<u64>,
 }
+
+/// The forged scenarios' default rate: well within what the generator reaches on two
+/// cores while the server, router and employees share them.
+pub const DEFAULT_ATTACK_RATE: u64 = 150_000;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunResult {
@@ -662,9 +669,9 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
                 source,
                 dst,
                 dport: 80,
-                rate: None,
+                rate: spec.attack_rate,
                 duration: d,
-                threads: 1,
+                threads: if spec.attack_rate.is_some() { 2 } else { 1 },
                 batch: 64,
             };
             let stop2 = stop.clone();

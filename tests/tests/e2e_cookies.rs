@@ -100,6 +100,8 @@ fn forged(scenario: Scenario) {
             synguard: true,
             duration: Duration::from_secs(6),
             synguard_args: Vec::new(),
+            // The highest rate the generator reaches (flat out).
+            attack_rate: None,
         },
         &Arc::new(AtomicBool::new(false)),
     )

@@ -21,6 +21,7 @@ fn run(profile: Profile, synguard: bool) -> lab::RunResult {
         synguard,
         duration: Duration::from_secs(4),
         synguard_args: Vec::new(),
+        attack_rate: None,
     };
     let r = lab::run(&spec, &Arc::new(AtomicBool::new(false))).expect("lab run");
     println!("{}", lab::table(std::slice::from_ref(&r)));

@@ -37,6 +37,10 @@ struct Args {
     /// Seconds each attack lasts (1-600).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     duration: u64,
+    /// SYNs per second in the forged scenarios (0: as fast as the generator can, on one
+    /// thread). A fixed rate gives runs with and without synguard the same load.
+    #[arg(long, default_value_t = lab::DEFAULT_ATTACK_RATE)]
+    attack_rate: u64,
     /// Runs with synguard, without, or both.
     #[arg(long, value_enum, default_value_t = Protection::Both)]
     synguard: Protection,
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
                     synguard,
                     duration: Duration::from_secs(args.duration),
                     synguard_args: Vec::new(),
+                    attack_rate: (args.attack_rate > 0).then_some(args.attack_rate),
                 };
                 match lab::run(&spec, &stop) {
                     Ok(r) => results.push(r),
