@@ -23,6 +23,16 @@ pub struct Cli {
     )]
     pub pin_dir: PathBuf,
 
+    /// Where `run` keeps its event journal (read by `report`).
+    #[arg(
+        long,
+        global = true,
+        env = "SYNGUARD_STATE_DIR",
+        default_value = crate::journal::DEFAULT_STATE_DIR,
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -173,6 +183,10 @@ pub struct RunArgs {
     /// continues; the next `run` adopts it).
     #[arg(long)]
     pub keep: bool,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9477).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
 
     #[command(flatten)]
     pub keys: KeyArgs,

@@ -10,7 +10,7 @@ use std::{
     ffi::CString,
     fs,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -24,8 +24,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use synguard_common::{
-    EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN, capacity,
-    map_names,
+    EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN,
+    SourceKey, capacity, map_names, stat,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -38,6 +38,7 @@ use crate::{
     clock,
     config::{Settings, format_duration},
     error::usage,
+    journal::{self, Journal},
     net::{v4_net, v6_net},
     pins, privs, rules,
 };
@@ -269,9 +270,23 @@ struct Daemon {
     purge_warned: bool,
     /// Interfaces in attack mode, as last reported.
     attacks: HashSet<u32>,
+    journal: Option<Journal>,
+    /// Counters at the last sample, by ifindex.
+    last_counters: HashMap<u32, [u64; stat::COUNT]>,
+    last_sample: Instant,
+    /// Manual entries at the last sweep: (kind, comment), to journal list changes.
+    manual: HashMap<IpNet, (u8, String)>,
+    /// Per-second rates of the latest sample, for the metrics endpoint.
+    rates: crate::metrics::Rates,
 }
 
 impl Daemon {
+    fn journal(&mut self, event: journal::Event) {
+        if let Some(j) = self.journal.as_mut() {
+            j.write(event);
+        }
+    }
+
     fn iface_name(&self, ifindex: u32) -> String {
         self.names
             .get(&ifindex)
@@ -296,13 +311,20 @@ impl Daemon {
         };
         let Some(net) = net else { return };
         self.known_bans.insert(net);
+        let until = clock::rfc3339(clock::to_wall(e.expires_ns));
         log::warn!(
-            "banned {net} on {}: {}, for {} (until {})",
+            "banned {net} on {}: {}, for {} (until {until})",
             self.iface_name(e.ifindex),
             describe_rate(e.syns, e.rate),
             format_duration(Duration::from_nanos(e.expires_ns.saturating_sub(e.time_ns))),
-            clock::rfc3339(clock::to_wall(e.expires_ns)),
         );
+        self.journal(journal::Event::Ban {
+            prefix: net.to_string(),
+            interface: self.iface_name(e.ifindex),
+            syns: e.syns,
+            syn_rate: e.rate,
+            until,
+        });
         self.purge(&net);
     }
 
@@ -326,6 +348,10 @@ impl Daemon {
                 "attack mode ON on {name}: {rate} SYN/s (attack-syn-rate {}); {what}",
                 self.settings.attack_syn_rate
             );
+            self.journal(journal::Event::AttackOn {
+                interface: name.clone(),
+                syn_rate: rate,
+            });
             self.manage_syncookies();
             // What reached the kernel before attack mode started is mostly the flood's
             // half-open connections, filling the SYN queues for a minute of retries on a
@@ -336,9 +362,15 @@ impl Daemon {
             {
                 match crate::purge::purge_where(|_| true) {
                     Ok(0) => {}
-                    Ok(n) => log::info!(
-                        "removed {n} half-open connections the flood left in the SYN queues"
-                    ),
+                    Ok(n) => {
+                        log::info!(
+                            "removed {n} half-open connections the flood left in the SYN queues"
+                        );
+                        self.journal(journal::Event::Purge {
+                            prefix: "all".into(),
+                            connections: n as u64,
+                        });
+                    }
                     Err(e) => log::debug!("purging the SYN queues: {e}"),
                 }
             }
@@ -348,6 +380,11 @@ impl Daemon {
                 "attack mode OFF on {name} after {} (peak {rate} SYN/s)",
                 format_duration(Duration::from_millis(lasted_ms))
             );
+            self.journal(journal::Event::AttackOff {
+                interface: name.clone(),
+                peak_syn_rate: rate,
+                lasted_secs: lasted_ms / 1000,
+            });
         }
         self.manage_syncookies();
     }
@@ -406,9 +443,15 @@ impl Daemon {
         }
         match crate::purge::purge(net) {
             Ok(0) => {}
-            Ok(n) => log::info!(
-                "removed {n} half-open connections from {net} from the server's SYN queues"
-            ),
+            Ok(n) => {
+                log::info!(
+                    "removed {n} half-open connections from {net} from the server's SYN queues"
+                );
+                self.journal(journal::Event::Purge {
+                    prefix: net.to_string(),
+                    connections: n as u64,
+                });
+            }
             Err(e) if !self.purge_warned => {
                 self.purge_warned = true;
                 log::warn!(
@@ -429,8 +472,18 @@ impl Daemon {
         let sweep = self.rules_len < 10_000 || self.ticks.is_multiple_of(10);
         if sweep {
             let _lock = pins::lock_writers(&self.pin_dir)?;
-            for gone in rules::expire(&mut self.maps)? {
+            let expired = rules::expire(&mut self.maps)?;
+            for gone in &expired {
+                self.journal(journal::Event::Unban {
+                    prefix: gone.net.to_string(),
+                    why: "expired".into(),
+                    kind: format!("{:?}", gone.kind()).to_lowercase(),
+                    hits: gone.rule.hits,
+                });
+            }
+            for gone in expired {
                 self.known_bans.remove(&gone.net);
+                self.manual.remove(&gone.net);
                 let what = match gone.rule.kind {
                     RULE_BAN => "ban",
                     RULE_ALLOW => "allow entry",
@@ -447,20 +500,43 @@ impl Daemon {
             for e in entries.iter().filter(|e| e.rule.kind == RULE_BAN) {
                 if self.known_bans.insert(e.net) {
                     self.purge(&e.net);
+                    let until = clock::rfc3339(clock::to_wall(e.rule.expires_ns));
                     log::warn!(
-                        "banned {}: {}, until {} (found by the sweep; its event was \
+                        "banned {}: {}, until {until} (found by the sweep; its event was \
                          rate-limited)",
                         e.net,
                         describe_rate(e.rule.syns, e.rule.rate),
-                        clock::rfc3339(clock::to_wall(e.rule.expires_ns))
                     );
+                    self.journal(journal::Event::Ban {
+                        prefix: e.net.to_string(),
+                        interface: String::new(),
+                        syns: e.rule.syns,
+                        syn_rate: e.rule.rate,
+                        until,
+                    });
                 }
             }
-            self.known_bans.retain(|n| {
-                entries
-                    .iter()
-                    .any(|e| e.net == *n && e.rule.kind == RULE_BAN)
-            });
+            let lifted: Vec<IpNet> = self
+                .known_bans
+                .iter()
+                .filter(|n| {
+                    !entries
+                        .iter()
+                        .any(|e| e.net == **n && e.rule.kind == RULE_BAN)
+                })
+                .copied()
+                .collect();
+            for n in lifted {
+                self.known_bans.remove(&n);
+                log::info!("ban on {n} lifted by hand");
+                self.journal(journal::Event::Unban {
+                    prefix: n.to_string(),
+                    why: "removed".into(),
+                    kind: "auto".into(),
+                    hits: 0,
+                });
+            }
+            self.journal_list_changes(&entries);
             if entries.iter().any(|e| e.rule.kind == RULE_ALLOW) {
                 let n = rules::reconcile_actions(&mut self.maps)?;
                 if n > 0 {
@@ -478,6 +554,13 @@ impl Daemon {
                 let old = self.settings.get(k).unwrap_or_default();
                 if old != v {
                     log::info!("config changed: {k} {old:?} -> {v:?}");
+                    if let Some(j) = self.journal.as_mut() {
+                        j.write(journal::Event::Config {
+                            key: k.to_string(),
+                            old: old.clone(),
+                            new: v.clone(),
+                        });
+                    }
                 }
             }
             self.settings = now;
@@ -486,31 +569,131 @@ impl Daemon {
 
         self.settle_attacks();
         self.manage_syncookies();
-        if self.ticks.is_multiple_of(10) {
-            self.gc_sources()?;
+        if self.last_sample.elapsed() >= journal::sample_interval() {
+            self.sample()?;
         }
         Ok(())
     }
 
-    /// Forget buckets that are full again and idle: indistinguishable from absent ones
-    /// (a new source starts with a full bucket), and they keep the table from filling.
-    fn gc_sources(&mut self) -> anyhow::Result<()> {
-        let now = clock::monotonic_ns();
-        let idle = 10_000_000_000;
-        let stale: Vec<_> = self
-            .maps
-            .sources
+    /// Journal what changed in the manual lists since the last sweep (the CLI changes them
+    /// directly; the daemon notices).
+    fn journal_list_changes(&mut self, entries: &[rules::RuleEntry]) {
+        let now: HashMap<IpNet, (u8, String)> = entries
             .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, b)| b.tat_ns <= now && now.saturating_sub(b.last_seen_ns) > idle)
-            .map(|(k, _)| k)
+            .filter(|e| e.rule.kind != RULE_BAN)
+            .map(|e| (e.net, (e.rule.kind, e.comment())))
             .collect();
+        let list = |kind: u8| if kind == RULE_ALLOW { "allow" } else { "block" };
+        let mut events = Vec::new();
+        for (net, (kind, comment)) in &now {
+            match self.manual.get(net) {
+                Some((k, _)) if k == kind => {}
+                _ => events.push(journal::Event::ListChange {
+                    list: list(*kind).into(),
+                    prefix: net.to_string(),
+                    change: "added".into(),
+                    comment: comment.clone(),
+                }),
+            }
+        }
+        for (net, (kind, comment)) in &self.manual {
+            if now.get(net).is_none_or(|(k, _)| k != kind) {
+                events.push(journal::Event::ListChange {
+                    list: list(*kind).into(),
+                    prefix: net.to_string(),
+                    change: "removed".into(),
+                    comment: comment.clone(),
+                });
+            }
+        }
+        for e in events {
+            self.journal(e);
+        }
+        self.manual = now;
+    }
+
+    /// Every few seconds: counter increases, attack state, table sizes and the busiest
+    /// sources, into the journal (and the metrics' rates). One batched walk of the
+    /// sources table also forgets refilled idle buckets: indistinguishable from absent
+    /// ones (a new source starts with a full bucket), and they keep the table from filling.
+    fn sample(&mut self) -> anyhow::Result<()> {
+        let secs = self.last_sample.elapsed().as_secs_f64().max(0.001);
+        self.last_sample = Instant::now();
+        let now = clock::monotonic_ns();
+        let mut interfaces = Vec::new();
+        let mut rates = std::collections::BTreeMap::new();
+        for (&ifindex, name) in &self.names {
+            let slot = if ifindex < capacity::STATS_SLOTS {
+                ifindex
+            } else {
+                0
+            };
+            let c = self.maps.counters(slot)?;
+            let last = self
+                .last_counters
+                .insert(ifindex, c)
+                .unwrap_or([0; stat::COUNT]);
+            let mut counters = std::collections::BTreeMap::new();
+            let mut per_sec = std::collections::BTreeMap::new();
+            for i in 0..stat::COUNT {
+                let d = c[i].saturating_sub(last[i]);
+                per_sec.insert(stat::NAMES[i].to_string(), d as f64 / secs);
+                if d > 0 {
+                    counters.insert(stat::NAMES[i].to_string(), d);
+                }
+            }
+            rates.insert(name.clone(), per_sec);
+            let st = self.maps.ifstate(slot)?;
+            let fresh = now.saturating_sub(st.rate_ns) <= synguard_common::ATTACK_STALE_NS;
+            interfaces.push(journal::IfaceSample {
+                name: name.clone(),
+                counters,
+                attack: st.attack != 0,
+                syn_rate: if fresh { st.rate } else { 0 },
+            });
+        }
+        if let Ok(mut r) = self.rates.lock() {
+            *r = rates;
+        }
+
+        let idle = 10_000_000_000;
+        let mut stale = Vec::new();
+        let mut top: Vec<(u64, u64, SourceKey)> = Vec::new();
+        let sources = crate::batch::for_each(&self.maps.sources, 512, |k, b| {
+            if b.tat_ns <= now && now.saturating_sub(b.last_seen_ns) > idle {
+                stale.push(*k);
+            }
+            let rate = source_rate(b, now);
+            if rate > 0 {
+                top.push((rate, b.syns, *k));
+                if top.len() > 64 {
+                    top.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                    top.truncate(10);
+                }
+            }
+        })?;
         for k in &stale {
             let _ = self.maps.sources.remove(k);
         }
-        if !stale.is_empty() {
-            log::debug!("forgot {} idle sources", stale.len());
-        }
+        top.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        top.truncate(10);
+        let verified = crate::batch::for_each(&self.maps.verified, 512, |_, _| ())?;
+        let bans = self.known_bans.len() as u64;
+        self.journal(journal::Event::Sample {
+            secs: secs.round() as u64,
+            interfaces,
+            sources: (sources - stale.len()) as u64,
+            verified: verified as u64,
+            bans,
+            top: top
+                .into_iter()
+                .map(|(rate, syns, k)| journal::TopSource {
+                    source: source_net(&k).map_or_else(String::new, |n| n.to_string()),
+                    syn_rate: rate,
+                    syns,
+                })
+                .collect(),
+        });
         Ok(())
     }
 
@@ -533,6 +716,13 @@ impl Daemon {
                             let old = self.settings.get(k).unwrap_or_default();
                             if old != v {
                                 log::info!("reloaded {}: {k} {old:?} -> {v:?}", path.display());
+                                if let Some(j) = self.journal.as_mut() {
+                                    j.write(journal::Event::Config {
+                                        key: k.to_string(),
+                                        old: old.clone(),
+                                        new: v.clone(),
+                                    });
+                                }
                             }
                         }
                         self.settings = s;
@@ -661,10 +851,14 @@ fn start(
 }
 
 /// `synguard run`.
-pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     privs::require_for_run()?;
     let settings = load_settings(args.config.as_deref(), &args.keys)?;
     let ifaces = resolve_ifaces(&args.ifaces)?;
+    let metrics = match args.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
 
     let prepared = pins::prepare(&pin_dir)?;
     let _daemon_lock = pins::lock_daemon(&pin_dir)?;
@@ -772,7 +966,68 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         rules_len: 0,
         purge_warned: false,
         attacks: HashSet::new(),
+        journal: match Journal::open(&state_dir) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                log::warn!("no event journal (so no `synguard report`): {e:#}");
+                None
+            }
+        },
+        last_counters: HashMap::new(),
+        last_sample: Instant::now(),
+        manual: HashMap::new(),
+        rates: Default::default(),
     };
+    daemon.journal(journal::Event::Start {
+        version: crate::version::LONG.to_string(),
+        interfaces: attachments.iter().map(|a| a.iface.name.clone()).collect(),
+        config: daemon
+            .settings
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        adopted: adopting,
+    });
+    for a in &attachments {
+        daemon.journal(journal::Event::Interface {
+            name: a.iface.name.clone(),
+            what: if a.mode == "adopted" {
+                "adopted".to_string()
+            } else {
+                format!("attached ({} mode)", a.mode)
+            },
+        });
+    }
+    // The current lists are the baseline for journalling later changes.
+    daemon.manual = rules::list(&daemon.maps)?
+        .into_iter()
+        .filter(|e| e.rule.kind != RULE_BAN)
+        .map(|e| (e.net, (e.rule.kind, e.comment())))
+        .collect();
+    // Counters so far are the baseline of the first sample.
+    for (&ifindex, _) in daemon.names.clone().iter() {
+        let slot = if ifindex < capacity::STATS_SLOTS {
+            ifindex
+        } else {
+            0
+        };
+        daemon
+            .last_counters
+            .insert(ifindex, daemon.maps.counters(slot)?);
+    }
+    let _metrics_task = metrics.map(|listener| {
+        let addr = listener.local_addr().ok();
+        log::info!(
+            "serving Prometheus metrics at http://{}/metrics",
+            addr.map_or_else(|| "?".to_string(), |a| a.to_string())
+        );
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            pin_dir.clone(),
+            daemon.rates.clone(),
+        ))
+    });
     // Pick up an attack in progress (adopted state), then put tcp_syncookies where it
     // belongs: a run that crashed during an attack may have left it changed.
     daemon.settle_attacks();
@@ -807,6 +1062,10 @@ pub async fn run(pin_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     {
         log::error!("restoring net.ipv4.tcp_syncookies: {e:#}");
     }
+    daemon.journal(journal::Event::Stop {
+        reason: why.to_string(),
+        kept: args.keep,
+    });
     if args.keep {
         log::info!(
             "{why}: leaving protection in place (--keep); state stays pinned in {}",
@@ -870,6 +1129,28 @@ pub fn sync_syncookies(pin_dir: &Path, maps: &mut Maps, want: bool) -> anyhow::R
         maps.write_config(&cfg)?;
     }
     Ok(())
+}
+
+/// A source's SYN rate now (per second), from the rate windows its bucket keeps; 0 once
+/// it has been quiet for two windows.
+pub fn source_rate(b: &synguard_common::Bucket, now: u64) -> u64 {
+    if now.saturating_sub(b.last_seen_ns) > 2 * synguard_common::RATE_WINDOW_NS {
+        return 0;
+    }
+    let (syns, span) = synguard_common::rate_span(b, now);
+    syns * 1_000_000_000 / span.max(1)
+}
+
+/// The prefix a sources-table key stands for.
+pub fn source_net(k: &SourceKey) -> Option<IpNet> {
+    if k.addr[..10] == [0; 10] && k.addr[10..12] == [0xff, 0xff] {
+        v4_net(
+            [k.addr[12], k.addr[13], k.addr[14], k.addr[15]],
+            k.prefix_len,
+        )
+    } else {
+        v6_net(k.addr, k.prefix_len)
+    }
 }
 
 fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {

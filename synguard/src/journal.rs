@@ -152,8 +152,13 @@ impl Journal {
                 .create(dir)
                 .with_context(|| format!("creating the state directory {}", dir.display()))?;
         }
-        let file = open_current(dir)?;
+        let mut file = open_current(dir)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // A crash mid-write leaves a torn last line: end it, so the next record stands on
+        // a line of its own (`read` skips the torn one).
+        if size > 0 && !ends_with_newline(&dir.join(CURRENT))? {
+            file.write_all(b"\n")?;
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             file,
@@ -186,6 +191,15 @@ impl Journal {
         self.size += line.len() as u64;
         Ok(())
     }
+}
+
+fn ends_with_newline(path: &Path) -> anyhow::Result<bool> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::End(-1))?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b)?;
+    Ok(b[0] == b'\n')
 }
 
 /// Every record of a state directory since `since` (older file first), skipping lines

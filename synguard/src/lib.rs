@@ -2,6 +2,7 @@
 //!
 //! The library holds everything the `synguard` binary does, so integration tests can
 //! drive the real program in the kernel through the same code.
+pub mod batch;
 pub mod bpf;
 pub mod cli;
 pub mod clock;
@@ -9,6 +10,8 @@ pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod journal;
+pub mod metrics;
 pub mod net;
 pub mod pins;
 pub mod privs;

@@ -404,6 +404,8 @@ impl LabNet {
             .command(synguard_bin().to_str().context("path")?);
         cmd.arg("--pin-dir")
             .arg(self.bpffs.pin_dir())
+            .arg("--state-dir")
+            .arg(&self.dir)
             .args(["run", "--iface", "eth0"])
             .args(extra);
         let mut g = ChildGuard::spawn_logged(cmd, self.dir.join("synguard.log"));

@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    netns::{Bpffs, ChildGuard, Netns, unique, veth},
+    netns::{Bpffs, ChildGuard, Netns, TempDir, unique, veth},
     synguard_bin,
 };
 
@@ -23,6 +23,8 @@ pub struct Lab {
     pub client: Netns,
     pub attacker: Netns,
     pub bpffs: Bpffs,
+    /// The daemon's state directory (its journal).
+    pub state: TempDir,
 }
 
 impl Default for Lab {
@@ -67,6 +69,7 @@ impl Lab {
             client,
             attacker,
             bpffs: Bpffs::new(),
+            state: TempDir::new("state"),
         }
     }
 
@@ -80,7 +83,11 @@ impl Lab {
         let mut cmd = self
             .server
             .command(synguard_bin().to_str().expect("utf-8 path"));
-        cmd.arg("--pin-dir").arg(self.pin_dir()).args(args);
+        cmd.arg("--pin-dir")
+            .arg(self.pin_dir())
+            .arg("--state-dir")
+            .arg(&self.state.path)
+            .args(args);
         let log = std::env::temp_dir().join(format!("{}.log", unique("sgd")));
         let mut g = ChildGuard::spawn_logged(cmd, log);
         g.wait_for_log("running:", Duration::from_secs(20));
@@ -94,7 +101,11 @@ impl Lab {
 
     pub fn sg_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = Command::new(synguard_bin());
-        c.arg("--pin-dir").arg(self.pin_dir()).args(args);
+        c.arg("--pin-dir")
+            .arg(self.pin_dir())
+            .arg("--state-dir")
+            .arg(&self.state.path)
+            .args(args);
         c.env_remove("SSH_CONNECTION").env_remove("SSH_CLIENT");
         for (k, v) in env {
             c.env(k, v);

@@ -977,3 +977,164 @@ fn keep_leaves_protection_in_place_and_sigint_without_it_cleans_up() {
     );
     assert!(!lab.pin_dir().exists());
 }
+
+/// `run --metrics`: Prometheus text that `promtool` accepts, and whose values move with
+/// real traffic.
+#[test]
+fn metrics_are_valid_prometheus_and_move_with_traffic() {
+    require_root();
+    let lab = Lab::new();
+    let _daemon = lab.daemon(&["run", "--iface", "sga", "--metrics", "127.0.0.1:9477"]);
+    let scrape = |lab: &Lab| {
+        lab.server
+            .spawn(|| {
+                let mut s = std::net::TcpStream::connect("127.0.0.1:9477").expect("connect");
+                use std::io::{Read as _, Write as _};
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .join()
+            .unwrap()
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let first = scrape(&lab);
+    assert!(first.starts_with("HTTP/1.1 200 OK"), "{first}");
+    let body = first.split("\r\n\r\n").nth(1).unwrap().to_string();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let banned = "synguard_packets_total{interface=\"sga\",verdict=\"banned\",action=\"drop\"}";
+    assert_eq!(value(&body, banned), 0.0);
+    assert_eq!(value(&body, "synguard_rules{kind=\"ban\"}"), 0.0);
+    assert_eq!(value(&body, "synguard_attack_mode{interface=\"sga\"}"), 0.0);
+    assert_eq!(
+        value(&body, "synguard_map_capacity{map=\"sources\"}"),
+        1_048_576.0
+    );
+
+    lab.hping(2, &["-S", "-p", "80", "--flood", "192.0.2.1"]);
+    thread::sleep(Duration::from_millis(300));
+    let body = scrape(&lab);
+    assert!(value(&body, banned) > 10_000.0, "{body}");
+    assert_eq!(value(&body, "synguard_rules{kind=\"ban\"}"), 1.0);
+    assert_eq!(
+        value(
+            &body,
+            "synguard_events_total{interface=\"sga\",event=\"bans\"}"
+        ),
+        1.0
+    );
+    assert!(value(&body, "synguard_map_entries{map=\"sources\"}") >= 1.0);
+    let not_found = lab
+        .server
+        .spawn(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9477").unwrap();
+            use std::io::{Read as _, Write as _};
+            s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .join()
+        .unwrap();
+    assert!(not_found.starts_with("HTTP/1.1 404"), "{not_found}");
+}
+
+/// The journal records what `run` saw and did, survives a restart, and never comes
+/// from the packet path (only the daemon writes it).
+#[test]
+fn the_journal_records_bans_changes_and_samples_across_restarts() {
+    require_root();
+    let lab = Lab::new();
+    let mut d = lab.daemon(&["run", "--iface", "sga"]);
+    lab.hping(1, &["-S", "-p", "80", "--flood", "192.0.2.1"]);
+    lab.ok(&["block", "add", "2001:db8:bad::/48", "--comment", "scanner"]);
+    lab.ok(&["config", "set", "syn-rate", "150"]);
+    thread::sleep(Duration::from_millis(5600));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(0));
+    let _again = lab.daemon(&["run", "--iface", "sga"]);
+    let (records, bad) = synguard::journal::read(&lab.state.path, None).unwrap();
+    assert_eq!(bad, 0);
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| match &r.event {
+            synguard::journal::Event::Start { .. } => "start",
+            synguard::journal::Event::Stop { .. } => "stop",
+            synguard::journal::Event::Interface { .. } => "interface",
+            synguard::journal::Event::Ban { .. } => "ban",
+            synguard::journal::Event::ListChange { .. } => "list",
+            synguard::journal::Event::Config { .. } => "config",
+            synguard::journal::Event::Sample { .. } => "sample",
+            _ => "other",
+        })
+        .collect();
+    for k in [
+        "start",
+        "interface",
+        "ban",
+        "list",
+        "config",
+        "sample",
+        "stop",
+    ] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "start").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(records.iter().any(|r| matches!(&r.event,
+        synguard::journal::Event::Ban { prefix, syn_rate, .. } if prefix == &format!("{ATTACKER}/32") && *syn_rate > 1000)));
+    assert!(records.iter().any(|r| matches!(&r.event,
+        synguard::journal::Event::ListChange { prefix, change, comment, .. }
+            if prefix == "2001:db8:bad::/48" && change == "added" && comment == "scanner")));
+    assert!(records.iter().any(|r| matches!(&r.event,
+        synguard::journal::Event::Config { key, old, new } if key == "syn-rate" && old == "200" && new == "150")));
+    let sample = records
+        .iter()
+        .find_map(|r| match &r.event {
+            synguard::journal::Event::Sample { interfaces, .. } => Some(interfaces.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        sample[0].counters.get("banned").copied().unwrap_or(0) > 1000,
+        "{sample:?}"
+    );
+    // Readable by root only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(lab.state.path.join("journal.jsonl"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+}

@@ -730,3 +730,27 @@ fn ban_events_are_rate_limited_and_a_full_ring_is_counted() {
         "each ban was sent, lost or suppressed"
     );
 }
+
+/// The batched walk of the sources table sees every entry exactly once, with its value.
+#[test]
+fn batched_walk_of_the_sources_table() {
+    let p = limited("1000", "1000");
+    for i in 0..3000u32 {
+        let src = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+        p.run(&Tcp::syn(&src, SERVER).build());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let n = synguard::batch::for_each(&p.loaded.maps.sources, 128, |k, v| {
+        assert_eq!(v.syns, 1);
+        assert!(seen.insert(*k), "seen twice: {k:?}");
+    })
+    .unwrap();
+    assert_eq!(n, 3000);
+    assert_eq!(seen.len(), 3000);
+    // An empty table is fine too.
+    let empty = limited("1", "1");
+    assert_eq!(
+        synguard::batch::for_each(&empty.loaded.maps.sources, 64, |_, _| ()).unwrap(),
+        0
+    );
+}

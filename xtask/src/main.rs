@@ -62,9 +62,16 @@ enum Task {
 }
 
 /// Debian packages the lab drives.
-const LAB_PACKAGES: &[&str] = &["iproute2", "hping3", "nftables", "nginx"];
+const LAB_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "hping3", "nftables", "nginx"];
 /// Debian packages the tests use (the tests include a short lab run).
-const TEST_PACKAGES: &[&str] = LAB_PACKAGES;
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "hping3",
+    "nftables",
+    "nginx",
+    "prometheus",
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

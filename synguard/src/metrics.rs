@@ -1,0 +1,328 @@
+//! `run --metrics ADDR:PORT`: Prometheus text exposition of the pinned state.
+//!
+//! Everything is read from the kernel's maps at scrape time (counters per verdict and
+//! interface, attack mode, table fill levels), plus the per-second rates of the daemon's
+//! latest sample. The format is written here directly: there are no in-process metrics
+//! to keep, so a client library's registry would add nothing but dependencies; the
+//! output is checked with `promtool check metrics` in the tests.
+//!
+//! The HTTP side is a minimal responder for `GET /metrics` (and `HEAD`): one short
+//! request per connection, answered and closed.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use synguard_common::{RULE_ALLOW, RULE_BAN, RULE_BLOCK, capacity, stat};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+use crate::{bpf::Maps, pins};
+
+/// Per-second rates of the daemon's latest sample, by interface and counter name.
+pub type Rates = Arc<Mutex<BTreeMap<String, BTreeMap<String, f64>>>>;
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let _ = write!(self.0, "{name}");
+        if !labels.is_empty() {
+            let l: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let _ = write!(self.0, "{{{}}}", l.join(","));
+        }
+        if value.fract() == 0.0 && value.abs() < 1e15 {
+            let _ = writeln!(self.0, " {}", value as i64);
+        } else {
+            let _ = writeln!(self.0, " {value}");
+        }
+    }
+}
+
+/// The exposition text for the state pinned under `pin_dir`.
+pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
+    let maps = Maps::from_pins(pin_dir)?;
+    let ifaces = pins::pinned_links(pin_dir);
+    let mut o = Out(String::new());
+    let slot = |ifindex: u32| {
+        if ifindex < capacity::STATS_SLOTS {
+            ifindex
+        } else {
+            0
+        }
+    };
+    let per_iface: Vec<(String, [u64; stat::COUNT], synguard_common::IfState)> = ifaces
+        .iter()
+        .map(|(idx, name, _)| {
+            Ok((
+                name.clone(),
+                maps.counters(slot(*idx))?,
+                maps.ifstate(slot(*idx))?,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    o.family(
+        "synguard_packets_total",
+        "counter",
+        "Packets the XDP program decided on, by interface, verdict and action taken.",
+    );
+    for (name, c, _) in &per_iface {
+        for &r in &stat::REASON_LIST {
+            let action = if r == stat::R_COOKIE_SENT {
+                "answer"
+            } else if stat::is_drop(r) {
+                "drop"
+            } else {
+                "pass"
+            };
+            o.sample(
+                "synguard_packets_total",
+                &[
+                    ("interface", name),
+                    ("verdict", stat::NAMES[r]),
+                    ("action", action),
+                ],
+                c[r] as f64,
+            );
+        }
+    }
+    o.family(
+        "synguard_events_total",
+        "counter",
+        "Things the XDP program noted besides verdicts (bans, SYNs seen, table full, ...).",
+    );
+    for (name, c, _) in &per_iface {
+        for i in (0..stat::COUNT).filter(|i| !stat::is_reason(*i)) {
+            o.sample(
+                "synguard_events_total",
+                &[("interface", name), ("event", stat::NAMES[i])],
+                c[i] as f64,
+            );
+        }
+    }
+    o.family(
+        "synguard_attack_mode",
+        "gauge",
+        "1 while the interface is in attack mode (SYN cookies answered from XDP).",
+    );
+    for (name, _, st) in &per_iface {
+        o.sample(
+            "synguard_attack_mode",
+            &[("interface", name)],
+            f64::from(st.attack),
+        );
+    }
+    o.family(
+        "synguard_syn_rate",
+        "gauge",
+        "Total SYNs per second on the interface, as the attack detector last measured it.",
+    );
+    let now = crate::clock::monotonic_ns();
+    for (name, _, st) in &per_iface {
+        let fresh = now.saturating_sub(st.rate_ns) <= synguard_common::ATTACK_STALE_NS;
+        o.sample(
+            "synguard_syn_rate",
+            &[("interface", name)],
+            if fresh { st.rate as f64 } else { 0.0 },
+        );
+    }
+    if let Ok(r) = rates.lock()
+        && !r.is_empty()
+    {
+        o.family(
+            "synguard_rate",
+            "gauge",
+            "Per-second rate of each counter over the daemon's latest sample interval.",
+        );
+        for (iface, counters) in r.iter() {
+            for (counter, v) in counters {
+                o.sample(
+                    "synguard_rate",
+                    &[("interface", iface), ("counter", counter)],
+                    *v,
+                );
+            }
+        }
+    }
+
+    let (mut allow, mut block, mut ban) = (0u64, 0u64, 0u64);
+    let mut v4 = 0u64;
+    for k in maps.rules_v4.keys().flatten() {
+        v4 += 1;
+        match k.data()[synguard_common::RULE_KEY_KIND_V4] {
+            RULE_ALLOW => allow += 1,
+            RULE_BLOCK => block += 1,
+            RULE_BAN => ban += 1,
+            _ => {}
+        }
+    }
+    let mut v6 = 0u64;
+    for k in maps.rules_v6.keys().flatten() {
+        v6 += 1;
+        match k.data()[synguard_common::RULE_KEY_KIND_V6] {
+            RULE_ALLOW => allow += 1,
+            RULE_BLOCK => block += 1,
+            RULE_BAN => ban += 1,
+            _ => {}
+        }
+    }
+    o.family(
+        "synguard_rules",
+        "gauge",
+        "Entries in the allow and block lists, by kind (ban: automatic, block: manual).",
+    );
+    for (kind, n) in [("allow", allow), ("block", block), ("ban", ban)] {
+        o.sample("synguard_rules", &[("kind", kind)], n as f64);
+    }
+    let sources = crate::batch::for_each(&maps.sources, 512, |_, _| ())? as f64;
+    let verified = crate::batch::for_each(&maps.verified, 512, |_, _| ())? as f64;
+    o.family(
+        "synguard_verified_sources",
+        "gauge",
+        "Sources that completed a cookie handshake and skip the challenge.",
+    );
+    o.sample("synguard_verified_sources", &[], verified);
+    o.family("synguard_map_entries", "gauge", "Entries in each table.");
+    o.family_only_samples(&[
+        ("rules_v4", v4 as f64),
+        ("rules_v6", v6 as f64),
+        ("sources", sources),
+        ("verified", verified),
+    ]);
+    o.family(
+        "synguard_map_capacity",
+        "gauge",
+        "Capacity of each table, in entries.",
+    );
+    for (map, cap) in [
+        ("rules_v4", capacity::RULES),
+        ("rules_v6", capacity::RULES),
+        ("sources", capacity::SOURCES),
+        ("verified", capacity::VERIFIED),
+    ] {
+        o.sample("synguard_map_capacity", &[("map", map)], f64::from(cap));
+    }
+    o.family(
+        "synguard_info",
+        "gauge",
+        "Version and eBPF program build of this synguard.",
+    );
+    o.sample(
+        "synguard_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("program", crate::bpf::BUILD_ID),
+        ],
+        1.0,
+    );
+    Ok(o.0)
+}
+
+impl Out {
+    fn family_only_samples(&mut self, entries: &[(&str, f64)]) {
+        for (map, v) in entries {
+            self.sample("synguard_map_entries", &[("map", map)], *v);
+        }
+    }
+}
+
+/// Bind the metrics listener (before anything else starts, so a bad address fails
+/// `run` at once).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        crate::error::usage(format!(
+            "cannot serve metrics on {addr}: {e} (choose another --metrics ADDR:PORT)"
+        ))
+    })
+}
+
+/// Serve `/metrics` until the task is dropped.
+pub async fn serve(listener: TcpListener, pin_dir: PathBuf, rates: Rates) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let pin_dir = pin_dir.clone();
+        let rates = rates.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while n < buf.len() {
+                    let m = sock.read(&mut buf[n..]).await?;
+                    if m == 0 {
+                        break;
+                    }
+                    n += m;
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                std::io::Result::Ok(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let mut parts = head.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (status, body, ctype) = if !matches!(method, "GET" | "HEAD") {
+                (
+                    "405 Method Not Allowed",
+                    "only GET\n".to_string(),
+                    "text/plain",
+                )
+            } else if path == "/metrics" || path.starts_with("/metrics?") {
+                let p = pin_dir.clone();
+                let r = rates.clone();
+                match tokio::task::spawn_blocking(move || render(&p, &r)).await {
+                    Ok(Ok(text)) => ("200 OK", text, "text/plain; version=0.0.4; charset=utf-8"),
+                    Ok(Err(e)) => (
+                        "500 Internal Server Error",
+                        format!("{e:#}\n"),
+                        "text/plain",
+                    ),
+                    Err(e) => ("500 Internal Server Error", format!("{e}\n"), "text/plain"),
+                }
+            } else {
+                (
+                    "404 Not Found",
+                    "metrics are at /metrics\n".to_string(),
+                    "text/plain",
+                )
+            };
+            let mut resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            if method != "HEAD" {
+                resp.push_str(&body);
+            }
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
