@@ -59,9 +59,24 @@ fn every_command_and_its_json() {
     assert_eq!(st["interfaces"].as_array().unwrap().len(), 2);
     assert_eq!(st["config"]["syn-burst"], "5");
     assert_eq!(st["program_build_id"], st["this_binary_build_id"]);
+    assert_eq!(st["unhealthy"], serde_json::json!([]), "{st}");
+    assert!(human.contains("health:     ok"), "{human}");
+    let tables = st["tables"].as_array().unwrap();
+    let sources = tables.iter().find(|t| t["table"] == "sources").unwrap();
+    assert!(sources["capacity"].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(st["rates"]["banned"], 0.0, "{st}");
 
-    // A flood gets the attacker banned; the ban shows everywhere.
-    lab.hping(2, &["-S", "-p", "80", "--flood", "192.0.2.1"]);
+    // A flood gets the attacker banned; the ban shows everywhere. While it runs, status
+    // shows it as a rate.
+    let st = thread::scope(|s| {
+        s.spawn(|| lab.hping(3, &["-S", "-p", "80", "--flood", "192.0.2.1"]));
+        thread::sleep(Duration::from_millis(1200));
+        lab.json(&["status"])
+    });
+    let banned_per_s = st["rates"]["banned"].as_f64().unwrap();
+    assert!(banned_per_s > 1000.0, "{st}");
+    let human = lab.ok(&["status"]);
+    assert!(human.to_lowercase().contains("per second"), "{human}");
     thread::sleep(Duration::from_millis(300));
     let bans = lab.json(&["block", "list"]);
     let ban = bans
@@ -953,6 +968,13 @@ fn keep_leaves_protection_in_place_and_sigint_without_it_cleans_up() {
     );
     let st = lab.json(&["status"]);
     assert_eq!(st["daemon_running"], false);
+    assert!(
+        st["unhealthy"][0]
+            .as_str()
+            .unwrap()
+            .contains("no `synguard run` is active"),
+        "{st}"
+    );
     assert_eq!(lab.json(&["explain", ATTACKER])["verdict"], "blocked");
     // Still enforced with no daemon at all.
     let out = lab.hping(

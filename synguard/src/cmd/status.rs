@@ -29,6 +29,14 @@ struct IfaceJson {
 }
 
 #[derive(Serialize)]
+struct FillJson {
+    table: &'static str,
+    entries: usize,
+    capacity: u32,
+    percent: f64,
+}
+
+#[derive(Serialize)]
 struct EntriesJson {
     allow: usize,
     block: usize,
@@ -52,6 +60,13 @@ struct StatusJson {
     sources_tracked: usize,
     sources_capacity: u32,
     verified_sources: usize,
+    /// Per-second rate of every counter, over `rate_window_s`.
+    rates: BTreeMap<&'static str, f64>,
+    rate_window_s: f64,
+    /// Fill level of every table.
+    tables: Vec<FillJson>,
+    /// Anything that needs attention, in plain words; empty when all is well.
+    unhealthy: Vec<String>,
     /// `net.ipv4.tcp_syncookies` as synguard found it before attack mode set it to 2.
     saved_tcp_syncookies: Option<i32>,
 }
@@ -64,10 +79,22 @@ fn named(c: &[u64; stat::COUNT]) -> BTreeMap<&'static str, u64> {
         .collect()
 }
 
+/// How long `status` watches the counters to report rates.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
     let cfg = state.maps.read_config()?;
     let settings = Settings::from_kernel(&cfg);
+    let before = state.maps.total_counters()?;
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(RATE_WINDOW);
     let totals = state.maps.total_counters()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let rates: BTreeMap<&'static str, f64> = stat::NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, totals[i].saturating_sub(before[i]) as f64 / secs))
+        .collect();
     let mut interfaces = Vec::new();
     for (ifindex, name, path) in pins::pinned_links(&state.pin_dir) {
         let info = PinnedLink::from_pin(&path)
@@ -100,7 +127,79 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
     }
     let entries = rules::list(&state.maps)?;
     let count = |k| entries.iter().filter(|e| e.rule.kind == k).count();
-    let sources = state.maps.sources.keys().filter(Result::is_ok).count();
+    let sources = crate::batch::for_each(&state.maps.sources, 512, |_, _| ())?;
+    let verified = crate::batch::for_each(&state.maps.verified, 512, |_, _| ())?;
+    let (v4, v6) = (
+        entries.iter().filter(|e| e.net.addr().is_ipv4()).count(),
+        entries.iter().filter(|e| e.net.addr().is_ipv6()).count(),
+    );
+    let fill = |name: &'static str, used: usize, cap: u32| FillJson {
+        table: name,
+        entries: used,
+        capacity: cap,
+        percent: used as f64 * 100.0 / f64::from(cap),
+    };
+    let tables = vec![
+        fill("rules_v4", v4, capacity::RULES),
+        fill("rules_v6", v6, capacity::RULES),
+        fill("sources", sources, capacity::SOURCES),
+        fill("verified", verified, capacity::VERIFIED),
+    ];
+    let mut unhealthy = Vec::new();
+    if !state.daemon {
+        unhealthy.push(
+            "no `synguard run` is active: bans are not logged and expired entries not swept"
+                .to_string(),
+        );
+    }
+    for t in &tables {
+        if t.percent >= 95.0 {
+            unhealthy.push(format!(
+                "the {} table is {:.0} % full ({} of {})",
+                t.table, t.percent, t.entries, t.capacity
+            ));
+        }
+    }
+    let per_sec = |n: &str| rates.get(n).copied().unwrap_or(0.0);
+    if per_sec("syn_untracked") > 0.0 {
+        unhealthy.push(format!(
+            "the sources table is full: {:.0} SYN/s from new sources pass unmetered",
+            per_sec("syn_untracked")
+        ));
+    }
+    if per_sec("ban_table_full") > 0.0 {
+        unhealthy.push(format!(
+            "the rules table is full: {:.0} bans/s cannot be recorded (their SYNs are still \
+             dropped)",
+            per_sec("ban_table_full")
+        ));
+    }
+    for (name, what) in [
+        (
+            "events_lost",
+            "events to the daemon were lost (ring buffer full)",
+        ),
+        (
+            "ban_table_full",
+            "bans could not be recorded since start (rules table full)",
+        ),
+        (
+            "syn_untracked",
+            "SYNs passed unmetered since start (sources table full)",
+        ),
+    ] {
+        let i = stat::NAMES.iter().position(|n| *n == name).unwrap_or(0);
+        if totals[i] > 0 && per_sec(name) == 0.0 {
+            unhealthy.push(format!("{} {what}", totals[i]));
+        }
+    }
+    if cfg.build_id != 0 && format!("{:016x}", cfg.build_id) != BUILD_ID {
+        unhealthy.push(format!(
+            "the attached program (build {:016x}) is not this binary's ({BUILD_ID}): restart \
+             `synguard run` to upgrade",
+            cfg.build_id
+        ));
+    }
     let dropped: u64 = stat::REASON_LIST
         .iter()
         .copied()
@@ -130,7 +229,11 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         },
         sources_tracked: sources,
         sources_capacity: capacity::SOURCES,
-        verified_sources: state.maps.verified.keys().filter(Result::is_ok).count(),
+        verified_sources: verified,
+        rates,
+        rate_window_s: secs,
+        tables,
+        unhealthy,
         saved_tcp_syncookies: (cfg.saved_syncookies >= 0).then_some(cfg.saved_syncookies),
     };
     if json {
@@ -229,7 +332,12 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
             } else {
                 "pass"
             };
-            let mut row = vec![n.to_string(), kind.to_string(), totals[i].to_string()];
+            let mut row = vec![
+                n.to_string(),
+                kind.to_string(),
+                totals[i].to_string(),
+                format!("{:.0}", out.rates.get(n).copied().unwrap_or(0.0)),
+            ];
             for iface in &out.interfaces {
                 row.push(iface.counters.get(n).copied().unwrap_or(0).to_string());
             }
@@ -237,18 +345,28 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         })
         .collect();
     if !rows.is_empty() {
-        let mut header = vec!["counter", "verdict", "total"];
+        let mut header = vec!["counter", "verdict", "total", "per second"];
         let names: Vec<String> = out.interfaces.iter().map(|i| i.name.clone()).collect();
         header.extend(names.iter().map(String::as_str));
         println!("\n{}", table(&header, rows));
     }
-    if totals[stat::N_BAN_TABLE_FULL] + totals[stat::R_SYN_UNTRACKED] + totals[stat::N_EVENTS_LOST]
-        > 0
-    {
-        println!(
-            "\nwarning: a table was full (ban_table_full, syn_untracked or events_lost above): \
-             see the README on full tables"
-        );
+    println!(
+        "\ntables:     {}",
+        out.tables
+            .iter()
+            .map(|t| format!(
+                "{} {}/{} ({:.1} %)",
+                t.table, t.entries, t.capacity, t.percent
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if out.unhealthy.is_empty() {
+        println!("health:     ok");
+    } else {
+        for u in &out.unhealthy {
+            println!("UNHEALTHY:  {u}");
+        }
     }
     Ok(())
 }
