@@ -667,7 +667,7 @@ impl Daemon {
             if rate > 0 {
                 top.push((rate, b.syns, *k));
                 if top.len() > 64 {
-                    top.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                    top.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
                     top.truncate(10);
                 }
             }
@@ -675,7 +675,7 @@ impl Daemon {
         for k in &stale {
             let _ = self.maps.sources.remove(k);
         }
-        top.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        top.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
         top.truncate(10);
         let verified = crate::batch::for_each(&self.maps.verified, 512, |_, _| ())?;
         let bans = self.known_bans.len() as u64;
