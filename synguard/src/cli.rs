@@ -80,6 +80,73 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+
+    /// A live view: SYN and drop rates, top sources, drops by reason, attack mode, bans.
+    ///
+    /// Quits on `q` (or Ctrl-C). When stdout is not a terminal it prints one plain line
+    /// per interval instead, for logs and pipes.
+    ///
+    /// Example:
+    ///   synguard top
+    ///   synguard top --interval 5s | tee top.log
+    #[command(verbatim_doc_comment)]
+    Top {
+        /// How often to refresh.
+        #[arg(long, default_value = "1s", value_name = "DURATION")]
+        interval: String,
+    },
+
+    /// The incident report, from the journal `run` keeps in --state-dir.
+    ///
+    /// Examples:
+    ///   synguard report --since 2h
+    ///   synguard report --since 1d --output incident.md      (also writes incident.svg)
+    ///   synguard report --format json | jq .attacks
+    #[command(verbatim_doc_comment)]
+    Report {
+        /// Only what happened in this last stretch of time (30m, 2h, 1d); default: all
+        /// the journal holds.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        #[command(flatten)]
+        out: ReportOut,
+    },
+
+    /// Analyse a packet capture (pcap or pcapng, e.g. from tcpdump) for SYN floods.
+    ///
+    /// Applies the agent's own detection rules (per-source SYN limits at the configured
+    /// prefix lengths, attack mode at attack-syn-rate) to the capture and writes the same
+    /// report as `report`.
+    ///
+    /// Examples:
+    ///   synguard analyze flood.pcap
+    ///   synguard analyze flood.pcapng --format json --output flood.json
+    #[command(verbatim_doc_comment)]
+    Analyze {
+        /// The capture file (pcap or pcapng; `-` for stdin).
+        file: PathBuf,
+        #[command(flatten)]
+        out: ReportOut,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Markdown, for people (with an SVG chart when written to a file).
+    Md,
+    /// JSON, for scripts (stable field names).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportOut {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub format: ReportFormat,
+    /// Write the report to FILE instead of stdout; with `--format md` the chart goes
+    /// beside it as FILE with an .svg extension.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //!
 //! The library holds everything the `synguard` binary does, so integration tests can
 //! drive the real program in the kernel through the same code.
+pub mod analyze;
 pub mod batch;
 pub mod bpf;
 pub mod cli;
@@ -10,11 +11,13 @@ pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod incident;
 pub mod journal;
 pub mod metrics;
 pub mod net;
 pub mod pins;
 pub mod privs;
 pub mod purge;
+pub mod report;
 pub mod rules;
 pub mod version;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use synguard::{
     cli::{AllowCmd, BlockCmd, Cli, Command, ConfigCmd},
-    cmd::{State, block, config, explain, status},
+    cmd::{State, block, config, explain, status, top},
     config::Settings,
     error,
 };
@@ -82,5 +82,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             synguard::net::parse_addr(&addr)?;
             explain::explain(&State::open(pin)?, &addr, json)
         }
+        Command::Top { interval } => {
+            let every = crate_duration(&interval)?;
+            top::top(&State::open(pin)?, every)
+        }
+        Command::Report { since, out } => {
+            let since = since.as_deref().map(crate_duration).transpose()?;
+            synguard::report::report(&cli.state_dir, since, out.format, out.output.as_deref())
+        }
+        Command::Analyze { file, out } => {
+            synguard::analyze::analyze(&file, out.format, out.output.as_deref())
+        }
     }
+}
+
+/// A human duration from the command line (`30s`, `10m`, `2h`), or a usage error.
+fn crate_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    humantime::parse_duration(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| error::usage(format!("not a duration: {s:?} (use e.g. 30s, 10m, 2h, 1d)")))
 }

@@ -5,6 +5,7 @@ pub mod block;
 pub mod config;
 pub mod explain;
 pub mod status;
+pub mod top;
 
 use std::path::{Path, PathBuf};
 
