@@ -278,6 +278,10 @@ struct Daemon {
     manual: HashMap<IpNet, (u8, String)>,
     /// Per-second rates of the latest sample, for the metrics endpoint.
     rates: crate::metrics::Rates,
+    /// Hits of every block and ban at the last sweep, and at the last sample: the
+    /// difference says which entries dropped the most in between.
+    rule_hits: HashMap<IpNet, (u8, u64)>,
+    sampled_hits: HashMap<IpNet, u64>,
 }
 
 impl Daemon {
@@ -497,6 +501,11 @@ impl Daemon {
             }
             let entries = rules::list(&self.maps)?;
             self.rules_len = entries.len();
+            self.rule_hits = entries
+                .iter()
+                .filter(|e| e.rule.kind != RULE_ALLOW)
+                .map(|e| (e.net, (e.rule.kind, e.rule.hits)))
+                .collect();
             for e in entries.iter().filter(|e| e.rule.kind == RULE_BAN) {
                 if self.known_bans.insert(e.net) {
                     self.purge(&e.net);
@@ -656,12 +665,31 @@ impl Daemon {
             *r = rates;
         }
 
+        let mut top_rules: Vec<journal::TopRule> = self
+            .rule_hits
+            .iter()
+            .filter_map(|(net, (kind, hits))| {
+                let d = hits.saturating_sub(self.sampled_hits.get(net).copied().unwrap_or(0));
+                (d > 0).then(|| journal::TopRule {
+                    prefix: net.to_string(),
+                    kind: if *kind == RULE_BAN { "auto" } else { "manual" }.into(),
+                    hits: d,
+                })
+            })
+            .collect();
+        top_rules.sort_unstable_by_key(|r| std::cmp::Reverse(r.hits));
+        top_rules.truncate(10);
+        self.sampled_hits = self.rule_hits.iter().map(|(n, (_, h))| (*n, *h)).collect();
+
         let idle = 10_000_000_000;
+        let mut sources_v6 = 0u64;
         let mut stale = Vec::new();
         let mut top: Vec<(u64, u64, SourceKey)> = Vec::new();
         let sources = crate::batch::for_each(&self.maps.sources, 512, |k, b| {
             if b.tat_ns <= now && now.saturating_sub(b.last_seen_ns) > idle {
                 stale.push(*k);
+            } else if !is_v4_mapped(k) {
+                sources_v6 += 1;
             }
             let rate = source_rate(b, now);
             if rate > 0 {
@@ -680,7 +708,7 @@ impl Daemon {
         let verified = crate::batch::for_each(&self.maps.verified, 512, |_, _| ())?;
         let bans = self.known_bans.len() as u64;
         self.journal(journal::Event::Sample {
-            secs: secs.round() as u64,
+            secs: (secs * 1000.0).round() / 1000.0,
             interfaces,
             sources: (sources - stale.len()) as u64,
             verified: verified as u64,
@@ -693,6 +721,8 @@ impl Daemon {
                     syns,
                 })
                 .collect(),
+            sources_v6,
+            top_rules,
         });
         Ok(())
     }
@@ -977,6 +1007,8 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         last_sample: Instant::now(),
         manual: HashMap::new(),
         rates: Default::default(),
+        rule_hits: HashMap::new(),
+        sampled_hits: HashMap::new(),
     };
     daemon.journal(journal::Event::Start {
         version: crate::version::LONG.to_string(),
@@ -1056,6 +1088,10 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         }
     };
     drain_ring(ring.get_mut(), &mut daemon);
+    // The last stretch since the previous sample, so a report sees it.
+    if let Err(e) = daemon.sample() {
+        log::warn!("the last rate sample: {e:#}");
+    }
 
     if (!args.keep || daemon.attacks.is_empty())
         && let Err(e) = sync_syncookies(&pin_dir, &mut daemon.maps, false)
@@ -1137,13 +1173,18 @@ pub fn source_rate(b: &synguard_common::Bucket, now: u64) -> u64 {
     if now.saturating_sub(b.last_seen_ns) > 2 * synguard_common::RATE_WINDOW_NS {
         return 0;
     }
+    // At least a young window's span: three SYNs in a millisecond are not 3000 SYN/s.
     let (syns, span) = synguard_common::rate_span(b, now);
-    syns * 1_000_000_000 / span.max(1)
+    syns * 1_000_000_000 / span.max(synguard_common::YOUNG_WINDOW_NS)
 }
 
 /// The prefix a sources-table key stands for.
+fn is_v4_mapped(k: &SourceKey) -> bool {
+    k.addr[..10] == [0; 10] && k.addr[10..12] == [0xff, 0xff]
+}
+
 pub fn source_net(k: &SourceKey) -> Option<IpNet> {
-    if k.addr[..10] == [0; 10] && k.addr[10..12] == [0xff, 0xff] {
+    if is_v4_mapped(k) {
         v4_net(
             [k.addr[12], k.addr[13], k.addr[14], k.addr[15]],
             k.prefix_len,

@@ -89,7 +89,11 @@ pub fn classify(t: &Traits) -> (AttackKind, Vec<String>) {
     if completion.is_some_and(|c| c >= 0.5) {
         return (AttackKind::ConnectionFlood, ev);
     }
-    let forged_like = per_source < 4.0 && completion.is_none_or(|c| c < 0.1);
+    // Forged floods draw a new address for (nearly) every SYN; drawn from a small range
+    // they repeat, so tens of thousands of sources that do not answer count as forged
+    // too. Real hosts answer SYN-ACKs, so a botnet completes handshakes.
+    let forged_like =
+        (per_source < 4.0 || t.sources >= 10_000) && completion.is_none_or(|c| c < 0.1);
     if forged_like && pct(t.ipv6_syns) >= 50.0 {
         ev.push(format!(
             "{:.0} % of the SYNs came over IPv6",
@@ -150,12 +154,14 @@ pub struct DropRow {
 }
 
 /// A point of the chart: rates over one interval.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Point {
     /// Seconds since the report's start.
     pub t: f64,
     pub syn_rate: f64,
     pub drop_rate: f64,
+    /// SYNs answered with cookies (attack mode), per second.
+    pub answered_rate: f64,
     pub attack: bool,
 }
 
@@ -373,7 +379,7 @@ fn chart(series: &[Point]) -> anyhow::Result<String> {
         let t_max = series.last().map_or(1.0, |p| p.t).max(1.0);
         let y_max = series
             .iter()
-            .map(|p| p.syn_rate.max(p.drop_rate))
+            .map(|p| p.syn_rate.max(p.drop_rate).max(p.answered_rate))
             .fold(1.0, f64::max)
             * 1.1;
         let mut c = ChartBuilder::on(&root)
@@ -384,8 +390,16 @@ fn chart(series: &[Point]) -> anyhow::Result<String> {
             .build_cartesian_2d(0.0..t_max, 0.0..y_max)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         c.configure_mesh()
-            .x_desc("seconds")
+            .x_desc("time since the start (min:s)")
             .y_desc("packets per second")
+            .x_label_formatter(&|x| format!("{}:{:02}", *x as u64 / 60, *x as u64 % 60))
+            .y_label_formatter(&|y| {
+                if *y >= 1000.0 {
+                    format!("{:.0}k", y / 1000.0)
+                } else {
+                    format!("{y:.0}")
+                }
+            })
             .light_line_style(WHITE)
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -433,7 +447,18 @@ fn chart(series: &[Point]) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .label("dropped/s")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED.stroke_width(2)));
+        if series.iter().any(|p| p.answered_rate > 0.0) {
+            let green = RGBColor(0, 150, 60);
+            c.draw_series(LineSeries::new(
+                series.iter().map(|p| (p.t, p.answered_rate)),
+                green.stroke_width(2),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label("answered with cookies/s")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], green.stroke_width(2)));
+        }
         c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -494,6 +519,7 @@ mod tests {
                 syn_rate: if (5..15).contains(&i) { 90_000.0 } else { 50.0 },
                 drop_rate: if (5..15).contains(&i) { 89_000.0 } else { 0.0 },
                 attack: (6..14).contains(&i),
+                answered_rate: 0.0,
             })
             .collect();
         let svg = chart(&series).unwrap();

@@ -34,6 +34,16 @@ pub struct TopSource {
     pub syns: u64,
 }
 
+/// A list entry that dropped packets in a sample.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TopRule {
+    pub prefix: String,
+    /// `auto` (a ban) or `manual` (`block add`).
+    pub kind: String,
+    /// Packets it dropped over the sample interval.
+    pub hits: u64,
+}
+
 /// One interface in a rate sample.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct IfaceSample {
@@ -102,12 +112,19 @@ pub enum Event {
         connections: u64,
     },
     Sample {
-        secs: u64,
+        /// The interval the counters cover (the last one, at a stop, is shorter).
+        secs: f64,
         interfaces: Vec<IfaceSample>,
         sources: u64,
         verified: u64,
         bans: u64,
         top: Vec<TopSource>,
+        /// Sources in the table that are IPv6 prefixes.
+        #[serde(default)]
+        sources_v6: u64,
+        /// The bans and blocks that dropped the most over the interval.
+        #[serde(default)]
+        top_rules: Vec<TopRule>,
     },
 }
 

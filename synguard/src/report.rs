@@ -1,14 +1,1060 @@
-//! `synguard report`: the incident report from the journal.
+//! `synguard report`: the incident report an analyst hands in, from the journal `run`
+//! keeps (see [`crate::journal`]).
+//!
+//! The journal holds what the agent saw, not every packet, so some figures are estimates
+//! and say so: a source's SYNs are its kernel rate times the sample interval while it
+//! was metered, plus what its ban or block dropped (exact, from the entry's hit counter).
+//!
+//! An *episode* is a stretch of samples in which the interface was in attack mode, a
+//! ban was made, or packets were dropped at 10 per second or more; episodes less than
+//! two samples apart are one. Each is named by [`crate::incident::classify`] from what
+//! the samples show.
 
-use std::{path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
-use crate::cli::ReportFormat;
+use ipnet::IpNet;
+
+use crate::{
+    cli::ReportFormat,
+    clock::rfc3339,
+    incident::{
+        Attack, AttackKind, DropRow, Peaks, Point, PrefixRow, Report, SourceRow, TimelineEntry,
+        Traits, classify,
+    },
+    journal::{self, Event, Record},
+};
+
+/// Drops per second that make a sample part of an episode.
+const HOT_DROPS_PER_SEC: f64 = 10.0;
+/// Bans listed one by one in the timeline per episode; the rest are summarised.
+const BANS_LISTED: usize = 5;
 
 pub fn report(
-    _state_dir: &Path,
-    _since: Option<Duration>,
-    _format: ReportFormat,
-    _output: Option<&Path>,
+    state_dir: &Path,
+    since: Option<Duration>,
+    format: ReportFormat,
+    output: Option<&Path>,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("`synguard report` is not built yet")
+    let since_t = since.map(|d| SystemTime::now() - d);
+    let (records, bad) = journal::read(state_dir, since_t)?;
+    let r = build(&records, bad, &state_dir.display().to_string());
+    r.emit(format, output)
+}
+
+/// A rate sample, summed over interfaces.
+struct Sample {
+    t: SystemTime,
+    secs: f64,
+    counters: BTreeMap<String, u64>,
+    attack: bool,
+    /// The kernel's own peak total SYN rate among interfaces.
+    kernel_rate: u64,
+    ifaces: Vec<String>,
+    sources: u64,
+    sources_v6: u64,
+    top: Vec<journal::TopSource>,
+    top_rules: Vec<journal::TopRule>,
+}
+
+impl Sample {
+    fn get(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+    /// SYNs that arrived: the ones the limiter saw, plus what bans and blocks dropped
+    /// before it (in a SYN flood, those are SYNs too).
+    fn offered(&self) -> u64 {
+        self.get("syns") + self.get("banned") + self.get("blocked")
+    }
+    fn dropped(&self) -> u64 {
+        DROPS.iter().map(|(n, _)| self.get(n)).sum()
+    }
+    fn start(&self) -> SystemTime {
+        self.t - Duration::from_secs_f64(self.secs)
+    }
+}
+
+/// Drop reasons, and how each drop happens.
+const DROPS: [(&str, &str); 5] = [
+    (
+        "banned",
+        "dropped in XDP by an automatic ban (the source went over syn-rate and syn-burst)",
+    ),
+    ("blocked", "dropped in XDP by the manual blocklist"),
+    (
+        "syn_limited",
+        "over the source's limit, dropped in XDP as its ban was being made",
+    ),
+    (
+        "invalid_flags",
+        "SYN+FIN or SYN+RST: never valid, dropped in XDP",
+    ),
+    (
+        "cookie_no_listener",
+        "attack mode: a SYN to a port nothing listens on, dropped in XDP",
+    ),
+];
+
+#[derive(Default)]
+struct PerSource {
+    /// SYNs its token bucket counted, plus what its ban or block dropped.
+    syns: f64,
+    /// The bucket's count at the last sample (it restarts when an idle bucket is
+    /// forgotten).
+    bucket_syns: u64,
+    peak_rate: u64,
+    banned: bool,
+    blocked: bool,
+    /// Seen in a sample taken in attack mode.
+    in_attack: bool,
+}
+
+impl PerSource {
+    /// Add a sample's cumulative bucket count.
+    fn metered(&mut self, count: u64) {
+        let grew = if count >= self.bucket_syns {
+            count - self.bucket_syns
+        } else {
+            count
+        };
+        self.syns += grew as f64;
+        self.bucket_syns = count;
+    }
+}
+
+fn samples(records: &[Record]) -> Vec<Sample> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let Event::Sample {
+                secs,
+                interfaces,
+                sources,
+                top,
+                sources_v6,
+                top_rules,
+                ..
+            } = &r.event
+            else {
+                return None;
+            };
+            let mut counters = BTreeMap::new();
+            for i in interfaces {
+                for (k, v) in &i.counters {
+                    *counters.entry(k.clone()).or_insert(0) += v;
+                }
+            }
+            Some(Sample {
+                t: r.time()?,
+                secs: secs.max(0.001),
+                counters,
+                attack: interfaces.iter().any(|i| i.attack),
+                kernel_rate: interfaces.iter().map(|i| i.syn_rate).max().unwrap_or(0),
+                ifaces: interfaces
+                    .iter()
+                    .filter(|i| i.attack || i.counters.values().any(|v| *v > 0))
+                    .map(|i| i.name.clone())
+                    .collect(),
+                sources: *sources,
+                sources_v6: *sources_v6,
+                top: top.clone(),
+                top_rules: top_rules.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The covering prefix used to group sources: /24 for IPv4, /48 for IPv6.
+fn group(prefix: &str) -> Option<IpNet> {
+    let net: IpNet = prefix.parse().ok()?;
+    let len = match net.addr() {
+        IpAddr::V4(_) => 24,
+        IpAddr::V6(_) => 48,
+    };
+    IpNet::new(net.addr(), len.min(net.prefix_len()))
+        .ok()
+        .map(|n| n.trunc())
+}
+
+/// Build the report from journal records (oldest first); `bad` lines did not parse.
+pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
+    let samples = samples(records);
+    let mut warnings = Vec::new();
+    if bad > 0 {
+        warnings.push(format!(
+            "{bad} journal lines could not be read (a line torn by a crash, or written by \
+             another version) and were skipped"
+        ));
+    }
+    let from = records.first().and_then(Record::time);
+    let to = records.last().and_then(Record::time);
+    let t0 = samples.first().map(Sample::start).or(from);
+    let since = |t: SystemTime| {
+        t0.and_then(|z| t.duration_since(z).ok())
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+
+    // The settings in force (the last start's config, then changes).
+    let mut config: BTreeMap<String, String> = BTreeMap::new();
+    for r in records {
+        match &r.event {
+            Event::Start { config: c, .. } => config = c.clone(),
+            Event::Config { key, new, .. } => {
+                config.insert(key.clone(), new.clone());
+            }
+            _ => {}
+        }
+    }
+    let monitor = config.get("mode").is_some_and(|m| m == "monitor");
+
+    // Series and peaks.
+    // Each sample is a rate over its interval: drawn as a step over that interval.
+    let series: Vec<Point> = samples
+        .iter()
+        .flat_map(|s| {
+            let p = |t| Point {
+                t,
+                syn_rate: s.offered() as f64 / s.secs,
+                drop_rate: s.dropped() as f64 / s.secs,
+                answered_rate: s.get("cookie_sent") as f64 / s.secs,
+                attack: s.attack,
+            };
+            [p(since(s.start())), p(since(s.t))]
+        })
+        .collect();
+    let mut peaks = Peaks::default();
+    for s in &samples {
+        let rate = ((s.offered() as f64 / s.secs) as u64).max(s.kernel_rate);
+        if rate > peaks.syn_rate {
+            peaks.syn_rate = rate;
+            peaks.syn_rate_at = Some(rfc3339(s.t));
+        }
+        let d = (s.dropped() as f64 / s.secs) as u64;
+        if d > peaks.drop_rate {
+            peaks.drop_rate = d;
+            peaks.drop_rate_at = Some(rfc3339(s.t));
+        }
+    }
+    for r in records {
+        if let Event::AttackOff { peak_syn_rate, .. } = &r.event
+            && *peak_syn_rate > peaks.syn_rate
+        {
+            peaks.syn_rate = *peak_syn_rate;
+            peaks.syn_rate_at = r.time().map(rfc3339);
+        }
+    }
+
+    // Bans by time, for episodes and verdicts.
+    let bans: Vec<(SystemTime, &str, u64, u64)> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Ban {
+                prefix,
+                syns,
+                syn_rate,
+                ..
+            } => Some((r.time()?, prefix.as_str(), *syns, *syn_rate)),
+            _ => None,
+        })
+        .collect();
+
+    // A ban records the source's rate when it was made: a peak the samples average away.
+    for (t, _, _, rate) in &bans {
+        if *rate > peaks.syn_rate {
+            peaks.syn_rate = *rate;
+            peaks.syn_rate_at = Some(rfc3339(*t));
+        }
+    }
+
+    // Episodes: runs of hot samples, merged across one-sample gaps.
+    let hot: Vec<bool> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let lo = if i == 0 { s.start() } else { samples[i - 1].t };
+            s.attack
+                || s.dropped() as f64 / s.secs >= HOT_DROPS_PER_SEC
+                || bans.iter().any(|(t, ..)| *t > lo && *t <= s.t)
+        })
+        .collect();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for (i, h) in hot.iter().enumerate() {
+        if !h {
+            continue;
+        }
+        match spans.last_mut() {
+            Some((_, end)) if i <= *end + 2 => *end = i,
+            _ => spans.push((i, i)),
+        }
+    }
+
+    // Per-source estimates over the whole report.
+    let mut per: HashMap<String, PerSource> = HashMap::new();
+    for s in &samples {
+        for t in &s.top {
+            let e = per.entry(t.source.clone()).or_default();
+            e.metered(t.syns);
+            e.peak_rate = e.peak_rate.max(t.syn_rate);
+            e.in_attack |= s.attack;
+        }
+        for r in &s.top_rules {
+            let e = per.entry(r.prefix.clone()).or_default();
+            e.syns += r.hits as f64;
+            e.peak_rate = e.peak_rate.max((r.hits as f64 / s.secs) as u64);
+            if r.kind == "auto" {
+                e.banned = true;
+            } else {
+                e.blocked = true;
+            }
+        }
+    }
+    for (_, prefix, syns, rate) in &bans {
+        let e = per.entry((*prefix).to_string()).or_default();
+        e.banned = true;
+        e.peak_rate = e.peak_rate.max(*rate);
+        e.syns = e.syns.max(*syns as f64);
+    }
+
+    let mut attacks = Vec::new();
+    for &(a, b) in &spans {
+        let eps = &samples[a..=b];
+        let start = eps[0].start();
+        let end = eps[eps.len() - 1].t;
+        let syns: u64 = eps.iter().map(Sample::offered).sum();
+        let new_sources: u64 = eps.iter().map(|s| s.get("sources_new")).sum();
+        let peak_sources = eps.iter().map(|s| s.sources).max().unwrap_or(0);
+        // Sources in this episode, with estimated SYNs.
+        let mut mine: HashMap<&str, PerSource> = HashMap::new();
+        for s in eps {
+            for t in &s.top {
+                mine.entry(&t.source).or_default().metered(t.syns);
+            }
+            for r in &s.top_rules {
+                mine.entry(&r.prefix).or_default().syns += r.hits as f64;
+            }
+        }
+        let ep_bans: Vec<_> = bans
+            .iter()
+            .filter(|(t, ..)| *t >= start - Duration::from_secs(1) && *t <= end)
+            .collect();
+        for (_, p, n, _) in &ep_bans {
+            let e = mine.entry(p).or_default();
+            e.syns = e.syns.max(*n as f64);
+        }
+        let top = mine
+            .iter()
+            .max_by(|x, y| x.1.syns.total_cmp(&y.1.syns))
+            .map(|(k, v)| ((*k).to_string(), (v.syns as u64).min(syns)));
+        let sources = new_sources
+            .max(mine.len() as u64)
+            .max(peak_sources.min(new_sources.max(1)));
+        let v6_share = eps
+            .iter()
+            .max_by_key(|s| s.sources)
+            .filter(|s| s.sources > 0)
+            .map_or(0.0, |s| s.sources_v6 as f64 / s.sources as f64);
+        let attack_mode = eps.iter().any(|s| s.attack);
+        let completed = attack_mode.then(|| {
+            eps.iter()
+                .map(|s| s.get("verified") + s.get("syn_verified"))
+                .sum::<u64>()
+        });
+        let traits = Traits {
+            syns,
+            sources,
+            top_source: top.clone(),
+            ipv6_syns: (syns as f64 * v6_share) as u64,
+            completed,
+        };
+        let (kind, mut evidence) = classify(&traits);
+        if !ep_bans.is_empty() {
+            evidence.push(format!(
+                "{} source{} banned by the per-source limit",
+                ep_bans.len(),
+                if ep_bans.len() == 1 { "" } else { "s" }
+            ));
+        }
+        if peak_sources > 1000 {
+            evidence.push(format!(
+                "the sources table grew to {peak_sources} entries ({:.0} % IPv6)",
+                v6_share * 100.0
+            ));
+        }
+        let cookies: u64 = eps.iter().map(|s| s.get("cookie_sent")).sum();
+        if cookies > 0 {
+            let verified: u64 = eps.iter().map(|s| s.get("verified")).sum();
+            evidence.push(format!(
+                "{cookies} SYNs answered with cookies, {verified} sources came back with a \
+                 valid ACK"
+            ));
+        }
+        let mut ifaces: Vec<String> = eps.iter().flat_map(|s| s.ifaces.clone()).collect();
+        ifaces.sort();
+        ifaces.dedup();
+        let peak_syn_rate = eps
+            .iter()
+            .map(|s| ((s.offered() as f64 / s.secs) as u64).max(s.kernel_rate))
+            .max()
+            .unwrap_or(0);
+        attacks.push(Attack {
+            kind,
+            kind_label: kind.label(),
+            start: rfc3339(start),
+            end: rfc3339(end),
+            duration_secs: end.duration_since(start).map_or(0.0, |d| d.as_secs_f64()),
+            target: if ifaces.is_empty() {
+                "?".into()
+            } else {
+                ifaces.join(", ")
+            },
+            syns,
+            peak_syn_rate,
+            sources,
+            evidence,
+        });
+    }
+
+    // Timeline.
+    let mut timeline = Vec::new();
+    let mut listed_bans: HashMap<usize, usize> = HashMap::new();
+    let mut skipped_bans: HashMap<usize, usize> = HashMap::new();
+    let episode_of = |t: SystemTime| {
+        spans.iter().position(|&(a, b)| {
+            t >= samples[a].start() - Duration::from_secs(1) && t <= samples[b].t
+        })
+    };
+    let mut flagged = vec![false; spans.len()];
+    for r in records {
+        let Some(t) = r.time() else { continue };
+        // Mark an episode's start and end around the events.
+        for (i, &(a, b)) in spans.iter().enumerate() {
+            if !flagged[i] && t >= samples[a].start() {
+                flagged[i] = true;
+                timeline.push(TimelineEntry {
+                    t: rfc3339(samples[a].start()),
+                    what: format!(
+                        "flood begins: {} ({} SYN/s at peak)",
+                        attacks[i].kind_label, attacks[i].peak_syn_rate
+                    ),
+                });
+                let _ = b;
+            }
+        }
+        let what = match &r.event {
+            Event::Start {
+                interfaces,
+                adopted,
+                ..
+            } => format!(
+                "synguard started on {}{}",
+                interfaces.join(", "),
+                if *adopted {
+                    " (adopted the pinned program: no gap)"
+                } else {
+                    ""
+                }
+            ),
+            Event::Stop { reason, kept } => format!(
+                "synguard stopped ({reason}){}",
+                if *kept {
+                    "; protection left in place"
+                } else {
+                    ""
+                }
+            ),
+            Event::Interface { name, what } => format!("{name}: {what}"),
+            Event::Ban {
+                prefix,
+                syns,
+                syn_rate,
+                until,
+                ..
+            } => {
+                let ep = episode_of(t).unwrap_or(usize::MAX);
+                let n = listed_bans.entry(ep).or_default();
+                if *n >= BANS_LISTED {
+                    *skipped_bans.entry(ep).or_default() += 1;
+                    continue;
+                }
+                *n += 1;
+                format!("banned {prefix} after {syns} SYNs at {syn_rate} SYN/s, until {until}")
+            }
+            Event::Unban {
+                prefix,
+                why,
+                kind,
+                hits,
+            } => format!("{kind} entry {prefix} {why}; it dropped {hits} packets"),
+            Event::ListChange {
+                list,
+                prefix,
+                change,
+                comment,
+            } => format!(
+                "{list}list: {prefix} {change} by hand{}",
+                if comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({comment})")
+                }
+            ),
+            Event::AttackOn {
+                interface,
+                syn_rate,
+            } => format!(
+                "{interface}: attack mode on at {syn_rate} SYN/s: SYNs answered with cookies \
+                 in XDP"
+            ),
+            Event::AttackOff {
+                interface,
+                peak_syn_rate,
+                lasted_secs,
+            } => format!(
+                "{interface}: attack mode off after {lasted_secs} s (peak {peak_syn_rate} \
+                 SYN/s)"
+            ),
+            Event::Config { key, old, new } => format!("config {key}: {old} → {new}"),
+            Event::Purge {
+                prefix,
+                connections,
+            } if prefix == "all" => format!(
+                "attack mode: removed the {connections} half-open connections queued so far \
+                 from the SYN queues"
+            ),
+            Event::Purge {
+                prefix,
+                connections,
+            } => format!(
+                "removed {connections} half-open connections of {prefix} from the SYN queues"
+            ),
+            Event::Sample { .. } => continue,
+        };
+        timeline.push(TimelineEntry {
+            t: rfc3339(t),
+            what,
+        });
+    }
+    for (i, &(_, b)) in spans.iter().enumerate() {
+        let extra = skipped_bans.get(&i).copied().unwrap_or(0);
+        let mut what = if b + 1 == samples.len() {
+            "the journal ends during the flood".to_string()
+        } else {
+            "flood over: no bans, attack mode off, drops under 10/s".to_string()
+        };
+        if extra > 0 {
+            what = format!("{what}; {extra} more bans in this flood, not listed");
+        }
+        timeline.push(TimelineEntry {
+            t: rfc3339(samples[b].t),
+            what,
+        });
+    }
+    timeline.sort_by(|a, b| a.t.cmp(&b.t));
+
+    // Top sources and prefixes.
+    let mut ranked: Vec<(&String, &PerSource)> = per.iter().collect();
+    ranked.sort_by(|a, b| b.1.syns.total_cmp(&a.1.syns).then(a.0.cmp(b.0)));
+    let top_sources: Vec<SourceRow> = ranked
+        .iter()
+        .take(10)
+        .map(|(src, p)| SourceRow {
+            source: (*src).clone(),
+            syns: p.syns as u64,
+            peak_syn_rate: p.peak_rate,
+            verdict: if p.blocked {
+                "blocked (manual)"
+            } else if p.banned {
+                "banned (auto)"
+            } else if p.in_attack {
+                "answered with cookies (attack mode)"
+            } else {
+                "passed (within its limit)"
+            }
+            .into(),
+        })
+        .collect();
+    let mut groups: BTreeMap<IpNet, (u64, f64)> = BTreeMap::new();
+    for (src, p) in &per {
+        if let Some(g) = group(src) {
+            let e = groups.entry(g).or_default();
+            e.0 += 1;
+            e.1 += p.syns;
+        }
+    }
+    let mut top_prefixes: Vec<PrefixRow> = groups
+        .into_iter()
+        .map(|(g, (n, syns))| PrefixRow {
+            prefix: g.to_string(),
+            sources: n,
+            syns: syns as u64,
+        })
+        .collect();
+    top_prefixes.sort_by(|a, b| b.syns.cmp(&a.syns).then(a.prefix.cmp(&b.prefix)));
+    top_prefixes.truncate(10);
+
+    // Totals.
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in &samples {
+        for (k, v) in &s.counters {
+            *totals.entry(k.as_str()).or_default() += v;
+        }
+    }
+    let total = |n: &str| totals.get(n).copied().unwrap_or(0);
+    let mut drops: Vec<DropRow> = DROPS
+        .iter()
+        .filter(|(n, _)| total(n) > 0)
+        .map(|(n, how)| DropRow {
+            reason: (*n).into(),
+            packets: total(n),
+            how: (*how).into(),
+        })
+        .collect();
+    if total("cookie_sent") > 0 {
+        drops.push(DropRow {
+            reason: "cookie_sent".into(),
+            packets: total("cookie_sent"),
+            how: "answered in XDP with a SYN cookie: not dropped, but the SYN never reached \
+                  the server's SYN queue"
+                .into(),
+        });
+    }
+    if total("monitor_passed") > 0 {
+        drops.push(DropRow {
+            reason: "monitor_passed".into(),
+            packets: total("monitor_passed"),
+            how: "would have been dropped, passed because mode = monitor".into(),
+        });
+    }
+
+    // Impact the agent can see.
+    let mut impact = Vec::new();
+    let attack_secs: f64 = spans
+        .iter()
+        .map(|&(a, b)| samples[a..=b].iter().map(|s| s.secs).sum::<f64>())
+        .sum();
+    let passed_in: u64 = spans
+        .iter()
+        .map(|&(a, b)| {
+            samples[a..=b]
+                .iter()
+                .map(|s| s.get("syn_passed") + s.get("syn_verified"))
+                .sum::<u64>()
+        })
+        .sum();
+    if !spans.is_empty() {
+        impact.push(format!(
+            "during the flood{} {passed_in} SYNs from sources within their limit reached the \
+             server ({:.0} per second)",
+            if spans.len() > 1 { "s" } else { "" },
+            passed_in as f64 / attack_secs.max(1.0)
+        ));
+    }
+    if total("verified") > 0 {
+        impact.push(format!(
+            "{} clients proved they were real by completing a cookie handshake; their {} \
+             later SYNs went straight to the server",
+            total("verified"),
+            total("syn_verified")
+        ));
+    }
+    if total("cookie_fallback") > 0 {
+        impact.push(format!(
+            "{} SYNs in attack mode were passed to the kernel's own handling (no cookie could \
+             be made)",
+            total("cookie_fallback")
+        ));
+    }
+    if total("syn_untracked") > 0 {
+        impact.push(format!(
+            "{} SYNs passed unmetered because the sources table was full",
+            total("syn_untracked")
+        ));
+    }
+    let purged: u64 = records
+        .iter()
+        .map(|r| match &r.event {
+            Event::Purge { connections, .. } => *connections,
+            _ => 0,
+        })
+        .sum();
+    if purged > 0 {
+        impact.push(format!(
+            "{purged} half-open connections (of banned sources, and those queued when attack \
+             mode began) were removed from the SYN queues, making room for real clients"
+        ));
+    }
+    if monitor && total("monitor_passed") > 0 {
+        impact.push(format!(
+            "mode was monitor: the {} packets synguard would have dropped reached the server",
+            total("monitor_passed")
+        ));
+    }
+    if !spans.is_empty() {
+        impact.push(
+            "not visible to synguard: whether the server answered those clients in time \
+             (see the web server's logs, or record a capture and run `synguard analyze`)"
+                .into(),
+        );
+    }
+
+    // Actions.
+    let mut actions = Vec::new();
+    if !bans.is_empty() {
+        actions.push(format!(
+            "{} automatic ban{} (ban-for {})",
+            bans.len(),
+            if bans.len() == 1 { "" } else { "s" },
+            config.get("ban-for").map_or("?", String::as_str)
+        ));
+    }
+    let attack_ons = records
+        .iter()
+        .filter(|r| matches!(r.event, Event::AttackOn { .. }))
+        .count();
+    if attack_ons > 0 {
+        actions.push(format!(
+            "attack mode {attack_ons} time{}: SYNs answered with SYN cookies in XDP, \
+             net.ipv4.tcp_syncookies managed",
+            if attack_ons == 1 { "" } else { "s" }
+        ));
+    }
+    let manual = |change: &str| {
+        records
+            .iter()
+            .filter(|r| matches!(&r.event, Event::ListChange { change: c, .. } if c == change))
+            .count()
+    };
+    if manual("added") + manual("removed") > 0 {
+        actions.push(format!(
+            "{} list entries added and {} removed by hand",
+            manual("added"),
+            manual("removed")
+        ));
+    }
+    let changes = records
+        .iter()
+        .filter(|r| matches!(r.event, Event::Config { .. }))
+        .count();
+    if changes > 0 {
+        actions.push(format!("{changes} config changes (see the timeline)"));
+    }
+    if purged > 0 {
+        actions.push(format!("{purged} half-open connections purged"));
+    }
+
+    let recommendations = recommend(&attacks, &totals, &config, monitor);
+
+    let mut summary = Vec::new();
+    match (from, to) {
+        (Some(f), Some(t)) => summary.push(format!(
+            "The journal covers {} to {} ({} samples).",
+            rfc3339(f),
+            rfc3339(t),
+            samples.len()
+        )),
+        _ => summary.push("The journal holds no records for this period.".into()),
+    }
+    if attacks.is_empty() {
+        summary.push("No SYN flood was seen.".into());
+    } else {
+        summary.push(format!(
+            "{} SYN flood{} seen: {}.",
+            attacks.len(),
+            if attacks.len() == 1 { " was" } else { "s were" },
+            attacks
+                .iter()
+                .map(|a| {
+                    let who = match a.kind {
+                        AttackKind::SingleSource => a
+                            .evidence
+                            .first()
+                            .and_then(|e| e.split_whitespace().next())
+                            .map_or(String::new(), |s| format!(" from {s}")),
+                        _ => format!(" from {} sources", a.sources),
+                    };
+                    format!(
+                        "{}{who} on {} at {}, peak {} SYN/s, {:.0} s",
+                        a.kind_label, a.target, a.start, a.peak_syn_rate, a.duration_secs
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        let dropped: u64 = drops
+            .iter()
+            .filter(|d| d.reason != "cookie_sent" && d.reason != "monitor_passed")
+            .map(|d| d.packets)
+            .sum();
+        summary.push(format!(
+            "synguard dropped {dropped} packets in XDP and answered {} SYNs with cookies; {} \
+             SYNs from sources within their limits reached the server.",
+            total("cookie_sent"),
+            total("syn_passed") + total("syn_verified")
+        ));
+    }
+
+    Report {
+        origin: "journal",
+        input: input.to_string(),
+        from: from.map(rfc3339),
+        to: to.map(rfc3339),
+        summary,
+        attacks,
+        timeline,
+        top_sources,
+        top_prefixes,
+        peaks,
+        drops,
+        impact,
+        actions,
+        recommendations,
+        warnings,
+        series,
+    }
+}
+
+fn recommend(
+    attacks: &[Attack],
+    totals: &BTreeMap<&str, u64>,
+    config: &BTreeMap<String, String>,
+    monitor: bool,
+) -> Vec<String> {
+    let total = |n: &str| totals.get(n).copied().unwrap_or(0);
+    let cfg = |k: &str| config.get(k).map_or("?", String::as_str);
+    let mut out = Vec::new();
+    let kinds = |k: AttackKind| attacks.iter().any(|a| a.kind == k);
+    if monitor && !attacks.is_empty() {
+        out.push(
+            "mode is monitor, so nothing was dropped: `synguard config set mode enforce`".into(),
+        );
+    }
+    if kinds(AttackKind::SingleSource) {
+        out.push(
+            "a single source was banned automatically; if it comes back, block it for longer \
+             (`synguard block add ADDR --for 1d --comment ...`) and report it to its network's \
+             abuse contact"
+                .into(),
+        );
+    }
+    if kinds(AttackKind::ForgedSources) || kinds(AttackKind::Ipv6Rotation) {
+        if cfg("syn-cookies") == "off" {
+            out.push(
+                "forged sources cannot be stopped by address: set `syn-cookies auto` so \
+                 attack mode answers SYNs with cookies"
+                    .into(),
+            );
+        } else {
+            out.push(format!(
+                "forged sources cannot be stopped by address; SYN cookies in attack mode \
+                 (syn-cookies {}) are the defence: keep them on",
+                cfg("syn-cookies")
+            ));
+        }
+    }
+    if kinds(AttackKind::Ipv6Rotation) && cfg("ipv6-prefix") != "48" {
+        out.push(format!(
+            "the IPv6 sources rotate inside their prefixes: `synguard config set ipv6-prefix \
+             48` meters a whole /48 as one source (now /{})",
+            cfg("ipv6-prefix")
+        ));
+    }
+    if kinds(AttackKind::Distributed) {
+        out.push(
+            "many real sources: consider a lower syn-rate, and blocking the top prefixes \
+             above for a while"
+                .into(),
+        );
+    }
+    if kinds(AttackKind::ConnectionFlood) {
+        out.push(
+            "the handshakes completed, so this was a connection flood, which SYN limits do not \
+             stop: limit connections per client in the web server (nginx `limit_conn`) and \
+             shorten idle timeouts"
+                .into(),
+        );
+    }
+    if attacks.iter().any(|a| a.kind != AttackKind::SingleSource) && total("cookie_sent") == 0 {
+        out.push(format!(
+            "attack mode never engaged: if floods like this hurt, lower attack-syn-rate (now \
+             {}) towards a few times the normal peak SYN rate",
+            cfg("attack-syn-rate")
+        ));
+    }
+    if total("syn_untracked") > 0 {
+        out.push(
+            "the sources table filled up: aggregate more (`ipv4-prefix 24`, `ipv6-prefix 48`)"
+                .into(),
+        );
+    }
+    if total("ban_table_full") > 0 {
+        out.push(
+            "the rules table filled up: shorten ban-for or block whole prefixes by hand".into(),
+        );
+    }
+    if total("events_lost") > 0 {
+        out.push(
+            "events were lost: the journal misses some bans (the sweep found them later)".into(),
+        );
+    }
+    if attacks.is_empty() {
+        out.push("nothing to do".into());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{IfaceSample, TopRule, TopSource};
+
+    fn at(s: u64) -> String {
+        humantime::format_rfc3339_millis(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000 + s),
+        )
+        .to_string()
+    }
+
+    fn sample(s: u64, counters: &[(&str, u64)], attack: bool) -> Record {
+        Record {
+            t: at(s),
+            event: Event::Sample {
+                secs: 5.0,
+                interfaces: vec![IfaceSample {
+                    name: "eth0".into(),
+                    counters: counters.iter().map(|(k, v)| ((*k).into(), *v)).collect(),
+                    attack,
+                    syn_rate: 0,
+                }],
+                sources: 3,
+                verified: 0,
+                bans: 0,
+                top: vec![],
+                sources_v6: 0,
+                top_rules: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn a_single_source_flood_is_named_with_its_source() {
+        let mut recs = vec![Record {
+            t: at(0),
+            event: Event::Start {
+                version: "t".into(),
+                interfaces: vec!["eth0".into()],
+                config: [("syn-rate".to_string(), "200".to_string())].into(),
+                adopted: false,
+            },
+        }];
+        recs.push(sample(5, &[("syn_passed", 50), ("syns", 50)], false));
+        recs.push(Record {
+            t: at(7),
+            event: Event::Ban {
+                prefix: "203.0.113.66/32".into(),
+                interface: "eth0".into(),
+                syns: 101,
+                syn_rate: 150_000,
+                until: at(607),
+            },
+        });
+        let mut s = sample(
+            10,
+            &[("syns", 150), ("banned", 700_000), ("syn_passed", 149)],
+            false,
+        );
+        if let Event::Sample { top_rules, top, .. } = &mut s.event {
+            top_rules.push(TopRule {
+                prefix: "203.0.113.66/32".into(),
+                kind: "auto".into(),
+                hits: 700_000,
+            });
+            top.push(TopSource {
+                source: "198.51.100.10/32".into(),
+                syn_rate: 10,
+                syns: 40,
+            });
+        }
+        recs.push(s);
+        recs.push(sample(15, &[("syns", 50), ("syn_passed", 50)], false));
+        recs.push(sample(20, &[("syns", 50), ("syn_passed", 50)], false));
+        recs.push(sample(25, &[("syns", 50), ("syn_passed", 50)], false));
+        let r = build(&recs, 1, "/var/lib/synguard");
+        assert_eq!(r.attacks.len(), 1, "{:#?}", r.attacks);
+        let a = &r.attacks[0];
+        assert_eq!(a.kind, AttackKind::SingleSource);
+        assert!(a.evidence[0].starts_with("203.0.113.66/32 sent"), "{a:?}");
+        assert_eq!(r.top_sources[0].source, "203.0.113.66/32");
+        assert_eq!(r.top_sources[0].verdict, "banned (auto)");
+        assert!(
+            r.summary[1].contains("from 203.0.113.66/32"),
+            "{:?}",
+            r.summary
+        );
+        assert_eq!(r.drops[0].reason, "banned");
+        assert_eq!(r.peaks.syn_rate, 150_000);
+        assert!(
+            r.timeline
+                .iter()
+                .any(|e| e.what.starts_with("banned 203.0.113.66"))
+        );
+        assert!(
+            r.timeline.iter().any(|e| e.what.starts_with("flood over")),
+            "{:?}",
+            r.timeline
+        );
+        assert_eq!(r.warnings.len(), 1);
+        assert_eq!(r.series.len(), 10);
+        let md = r.to_markdown(Some("x.svg"));
+        assert!(md.contains("**single source**"), "{md}");
+        assert!(md.contains("![SYN rate"), "{md}");
+    }
+
+    #[test]
+    fn forged_sources_in_attack_mode() {
+        let mut recs = Vec::new();
+        recs.push(sample(5, &[("syns", 100), ("syn_passed", 100)], false));
+        for i in 0..4 {
+            let mut s = sample(
+                10 + 5 * i,
+                &[
+                    ("syns", 500_000),
+                    ("sources_new", 480_000),
+                    ("cookie_sent", 499_000),
+                    ("verified", 20),
+                    ("syn_verified", 300),
+                ],
+                true,
+            );
+            if let Event::Sample { sources, .. } = &mut s.event {
+                *sources = 900_000;
+            }
+            recs.push(s);
+        }
+        recs.push(sample(30, &[("syns", 100), ("syn_passed", 100)], false));
+        let r = build(&recs, 0, "x");
+        assert_eq!(r.attacks.len(), 1);
+        assert_eq!(
+            r.attacks[0].kind,
+            AttackKind::ForgedSources,
+            "{:?}",
+            r.attacks
+        );
+        assert!(r.recommendations.iter().any(|x| x.contains("SYN cookies")));
+        assert_eq!(r.series.iter().filter(|p| p.attack).count(), 8);
+    }
+
+    #[test]
+    fn a_quiet_journal_reports_no_attack() {
+        let recs: Vec<Record> = (1..20)
+            .map(|i| sample(5 * i, &[("syns", 500), ("syn_passed", 500)], false))
+            .collect();
+        let r = build(&recs, 0, "x");
+        assert!(r.attacks.is_empty());
+        assert_eq!(r.recommendations, ["nothing to do"]);
+        assert!(r.to_markdown(None).contains("No SYN flood was detected"));
+    }
 }

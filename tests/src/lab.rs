@@ -102,6 +102,11 @@ pub struct RunSpec {
     /// SYNs per second the generator sends in the forged scenarios; `None` is flat out.
     /// A fixed rate makes rows with and without synguard carry the same load.
     pub attack_rate: Option<u64>,
+    /// Write synguard's incident report of the run (Markdown and its SVG chart) here.
+    pub report_dir: Option<PathBuf>,
+    /// Quiet time with only the employees before and after the attack (shows in the
+    /// report's chart; not part of the measurements).
+    pub calm: Duration,
 }
 
 /// The forged scenarios' default rate: well within what the generator reaches on two
@@ -135,6 +140,9 @@ pub struct RunResult {
     pub listen_drops: u64,
     /// What employees' failures looked like (the most frequent errors).
     pub errors: Vec<String>,
+    /// The attack types `synguard report` named from its journal ("none" if it saw no
+    /// flood), synguard runs only.
+    pub reported: Option<String>,
 }
 
 pub const EMPLOYEES: u8 = 20;
@@ -414,6 +422,45 @@ impl LabNet {
         Ok(())
     }
 
+    /// Stop synguard (its journal gets the last rate sample) and ask `synguard report`
+    /// what it saw: the attack types it named, and, with `spec.report_dir`, the report
+    /// itself as NAME.md and NAME.svg.
+    pub fn report(&mut self, spec: &RunSpec, name: &str) -> anyhow::Result<String> {
+        if let Some(mut d) = self.synguard.take() {
+            d.signal(libc::SIGTERM);
+            d.wait(Duration::from_secs(10));
+        }
+        let run = |extra: &[&str]| -> anyhow::Result<String> {
+            let out = std::process::Command::new(synguard_bin())
+                .arg("--state-dir")
+                .arg(&self.dir)
+                .arg("report")
+                .args(extra)
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "synguard report: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let json: serde_json::Value = serde_json::from_str(&run(&["--format", "json"])?)?;
+        if let Some(dir) = &spec.report_dir {
+            fs::create_dir_all(dir)?;
+            let md = dir.join(format!("{name}.md"));
+            run(&["--output", md.to_str().context("path")?])?;
+        }
+        let kinds: Vec<&str> = json["attacks"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["kind_label"].as_str()).collect())
+            .unwrap_or_default();
+        Ok(if kinds.is_empty() {
+            "none".into()
+        } else {
+            kinds.join(", ")
+        })
+    }
+
     pub fn synguard_log(&self) -> String {
         self.synguard
             .as_ref()
@@ -625,11 +672,11 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
         net.start_synguard(&spec.synguard_args)?;
     }
     let v6 = spec.scenario == Scenario::ForgedV6;
-    let warmup = Duration::from_secs(1);
+    let warmup = Duration::from_secs(1) + spec.calm;
     let start = Instant::now();
     let attack_start = start + warmup;
     let attack_end = attack_start + spec.duration;
-    let staff = employees(&net, v6, attack_end, stop);
+    let staff = employees(&net, v6, attack_end + spec.calm, stop);
     thread::sleep(warmup);
     let listen_before = net.listen_drops();
     let soft_before = softirq_ticks();
@@ -732,6 +779,14 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
     } else {
         (None, None, None)
     };
+    let reported = if spec.synguard {
+        Some(net.report(
+            spec,
+            &format!("{}-{}", spec.scenario.name(), spec.profile.name()),
+        )?)
+    } else {
+        None
+    };
     let clk = 100.0; // USER_HZ
     Ok(RunResult {
         scenario: spec.scenario.name().into(),
@@ -759,6 +814,7 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
             .take(3)
             .map(|(e, n)| format!("{n}x {e}"))
             .collect(),
+        reported,
     })
 }
 
@@ -793,6 +849,7 @@ pub fn table(results: &[RunResult]) -> String {
         "XDP dropped",
         "XDP answered",
         "softirq ms/s",
+        "report says",
     ];
     let rows: Vec<Vec<String>> = results
         .iter()
@@ -813,6 +870,7 @@ pub fn table(results: &[RunResult]) -> String {
                 r.xdp_dropped.map_or("-".into(), |d| d.to_string()),
                 r.xdp_answered.map_or("-".into(), |d| d.to_string()),
                 format!("{:.0}", r.softirq_ms_per_s),
+                r.reported.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();

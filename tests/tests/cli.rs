@@ -3,7 +3,7 @@
 
 use std::{
     net::SocketAddr,
-    process::Output,
+    process::{Command, Output},
     thread,
     time::{Duration, Instant},
 };
@@ -12,6 +12,7 @@ use serde_json::Value;
 use synguard::bpf::Maps;
 use synguard_common::stat;
 use synguard_tests::{
+    netns::TempDir,
     prog::require_root,
     synguard_bin,
     topo::{ATTACKER, CLIENT, Lab, TARGET},
@@ -1159,4 +1160,69 @@ fn the_journal_records_bans_changes_and_samples_across_restarts() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");
+
+    // `report` turns the journal into the incident report: the attacker and the type.
+    let rep: Value = serde_json::from_str(&lab.ok(&["report", "--format", "json"])).unwrap();
+    let attack = &rep["attacks"][0];
+    assert_eq!(attack["kind"], "single_source", "{rep:#}");
+    let evidence = attack["evidence"][0].as_str().unwrap();
+    assert!(
+        evidence.starts_with(&format!("{ATTACKER}/32 sent")),
+        "{rep:#}"
+    );
+    assert_eq!(rep["top_sources"][0]["source"], format!("{ATTACKER}/32"));
+    assert_eq!(rep["top_sources"][0]["verdict"], "banned (auto)");
+    assert!(rep["peaks"]["syn_rate"].as_u64().unwrap() > 1000, "{rep:#}");
+    assert!(
+        rep["drops"][0]["packets"].as_u64().unwrap() > 1000,
+        "{rep:#}"
+    );
+    let timeline = rep["timeline"].to_string();
+    for what in [
+        "banned 203.0.113.66/32",
+        "blocklist: 2001:db8:bad::/48 added",
+        "syn-rate: 200 → 150",
+    ] {
+        assert!(timeline.contains(what), "{what} in {timeline}");
+    }
+    // As Markdown, to a file, with its chart beside it.
+    let out = TempDir::new("report");
+    let md = out.path.join("incident.md");
+    lab.ok(&["report", "--output", md.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.contains("**single source**"), "{text}");
+    assert!(text.contains("![SYN rate, drops and attack mode](incident.svg)"));
+    let svg = std::fs::read_to_string(out.path.join("incident.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
+    // Later than everything in it: nothing to report.
+    thread::sleep(Duration::from_millis(1100));
+    let quiet: Value =
+        serde_json::from_str(&lab.ok(&["report", "--since", "1s", "--format", "json"])).unwrap();
+    assert_eq!(quiet["attacks"], serde_json::json!([]), "{quiet:#}");
+}
+
+/// `report` refuses bad input with exit 2 and changes nothing.
+#[test]
+fn report_rejects_bad_input() {
+    let dir = TempDir::new("noj");
+    for (args, says) in [
+        (vec!["report", "--since", "yesterday"], "not a duration"),
+        (vec!["report", "--since", "0s"], "not a duration"),
+        (vec!["report", "--format", "pdf"], "invalid value"),
+        (vec!["report"], "no journal"),
+    ] {
+        let out = Command::new(synguard_bin())
+            .arg("--state-dir")
+            .arg(&dir.path)
+            .args(&args)
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(says), "{args:?}: {t}");
+    }
+    assert_eq!(std::fs::read_dir(&dir.path).unwrap().count(), 0);
 }

@@ -91,7 +91,7 @@ fn clients_complete_connections_through_xdp_cookies_v4_and_v6() {
     assert_eq!(syncookies(&net), "0");
 }
 
-fn forged(scenario: Scenario) {
+fn forged(scenario: Scenario, named: &str) {
     require_root();
     let r = lab::run(
         &RunSpec {
@@ -102,6 +102,8 @@ fn forged(scenario: Scenario) {
             synguard_args: Vec::new(),
             // The highest rate the generator reaches (flat out).
             attack_rate: None,
+            report_dir: None,
+            calm: Duration::ZERO,
         },
         &Arc::new(AtomicBool::new(false)),
     )
@@ -120,16 +122,21 @@ fn forged(scenario: Scenario) {
         r.xdp_answered.expect("synguard ran") > r.attack_sent / 2,
         "{r:?}"
     );
+    assert_eq!(
+        r.reported.as_deref(),
+        Some(named),
+        "synguard report names the attack from its journal"
+    );
 }
 
 #[test]
 fn forged_ipv4_flood_on_a_server_without_cookies() {
-    forged(Scenario::Forged);
+    forged(Scenario::Forged, "forged sources");
 }
 
 #[test]
 fn forged_ipv6_flood_on_a_server_without_cookies() {
-    forged(Scenario::ForgedV6);
+    forged(Scenario::ForgedV6, "IPv6 rotation");
 }
 
 fn flood(net: &LabNet, seconds: f64) -> u64 {

@@ -22,6 +22,8 @@ fn run(profile: Profile, synguard: bool) -> lab::RunResult {
         duration: Duration::from_secs(4),
         synguard_args: Vec::new(),
         attack_rate: None,
+        report_dir: None,
+        calm: Duration::ZERO,
     };
     let r = lab::run(&spec, &Arc::new(AtomicBool::new(false))).expect("lab run");
     println!("{}", lab::table(std::slice::from_ref(&r)));
@@ -50,6 +52,11 @@ fn single_source_outage_on_legacy_and_none_with_synguard() {
         assert!(
             r.success_rate >= 0.99,
             "with synguard employees keep working: {r:?}"
+        );
+        assert_eq!(
+            r.reported.as_deref(),
+            Some("single source"),
+            "synguard report names the attack: {r:?}"
         );
         let dropped = r.xdp_dropped.expect("synguard ran");
         assert!(

@@ -47,6 +47,14 @@ struct Args {
     /// JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Keep synguard's incident report of every run with synguard in DIR
+    /// (SCENARIO-PROFILE.md with its .svg chart).
+    #[arg(long, value_name = "DIR")]
+    reports: Option<std::path::PathBuf>,
+    /// Seconds of normal traffic before and after each attack (0-600; shows in the
+    /// reports' charts, not in the measurements).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=600))]
+    calm: u64,
 }
 
 fn main() -> ExitCode {
@@ -109,6 +117,8 @@ fn main() -> ExitCode {
                     duration: Duration::from_secs(args.duration),
                     synguard_args: Vec::new(),
                     attack_rate: (args.attack_rate > 0).then_some(args.attack_rate),
+                    report_dir: args.reports.clone(),
+                    calm: Duration::from_secs(args.calm),
                 };
                 match lab::run(&spec, &stop) {
                     Ok(r) => results.push(r),
