@@ -128,6 +128,36 @@ pub enum Command {
         #[command(flatten)]
         out: ReportOut,
     },
+
+    /// Print a shell completion script.
+    ///
+    /// Examples:
+    ///   synguard completions bash > /etc/bash_completion.d/synguard
+    ///   synguard completions zsh > "${fpath[1]}/_synguard"
+    ///   synguard completions fish > ~/.config/fish/completions/synguard.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+
+    /// Print the manual page (roff), generated from this command line.
+    ///
+    /// Example:
+    ///   synguard man | man -l -
+    #[command(verbatim_doc_comment)]
+    Man {
+        /// Write every page (synguard.8 and one per subcommand) into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -90,6 +90,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let since = since.as_deref().map(crate_duration).transpose()?;
             synguard::report::report(&cli.state_dir, since, out.format, out.output.as_deref())
         }
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&synguard::docs::completions(shell))?;
+            Ok(())
+        }
+        Command::Man { out_dir } => synguard::docs::write_man(out_dir.as_deref()),
         Command::Analyze { file, out } => {
             synguard::analyze::analyze(&file, out.format, out.output.as_deref())
         }
