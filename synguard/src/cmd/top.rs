@@ -21,8 +21,9 @@
 //!   packets at the address lookup, before it reads the TCP flags, so it cannot tell
 //!   their SYNs apart; in a flood they are SYNs, and leaving them out would show a banned
 //!   flood as silence. Allowlisted traffic is not counted.
-//! - **Dropped/s** adds up the drop reasons (as `status` does), less what `mode =
-//!   monitor` passed instead of dropping.
+//! - **Dropped/s** adds up the counters of the drop reasons. In `mode = monitor` they
+//!   count what would have been dropped (the header and titles say so): the counters
+//!   decide the same way in both modes, so the rate means the same thing in both.
 //! - A top source's rate is the larger of its bucket's own SYN rate (the rate window the
 //!   kernel keeps per source) and, for a block or ban entry, its hits per second: a
 //!   banned source's packets stop at the ban and never reach its bucket again.
@@ -300,7 +301,7 @@ pub struct IfaceReading {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceReading {
     pub net: IpNet,
-    /// SYNs per second, from the bucket's rate window.
+    /// SYNs per second, from the bucket's rate windows (see [`smoothed_rate`]).
     pub rate: u64,
     /// Its bucket is empty: the next SYN is over the limit.
     pub empty: bool,
@@ -738,14 +739,13 @@ fn syns_in(c: &[u64; stat::COUNT]) -> u64 {
     c[stat::N_SYNS] + c[stat::R_BLOCKED] + c[stat::R_BANNED]
 }
 
-/// Packets dropped, as `status` counts them.
+/// Packets with a drop verdict (dropped, or in monitor mode, would have been).
 fn dropped(c: &[u64; stat::COUNT]) -> u64 {
     stat::REASON_LIST
         .iter()
         .filter(|r| stat::is_drop(**r))
         .map(|r| c[*r])
-        .sum::<u64>()
-        .saturating_sub(c[stat::N_MONITOR_PASSED])
+        .sum()
 }
 
 /// What happens to a source now, decided as `explain` does: the most specific live
@@ -861,6 +861,8 @@ fn stamp(wall: Option<SystemTime>) -> String {
 /// The line printed per interval when stdout is not a terminal:
 /// `2026-11-24T20:50:01Z syn/s=152000 drop/s=151900 attack=sga bans=1
 /// top=203.0.113.66/32:151000(banned)`. Fields are always present and in this order;
+/// `syn/s` and `drop/s` are as in the module documentation (in `mode = monitor`,
+/// `drop/s` is what would have been dropped);
 /// `attack` lists the interfaces in attack mode (comma-separated) or is `-`, `top` the
 /// three busiest sources as `PREFIX:RATE(VERDICT)` (comma-separated) or `-`.
 pub fn plain_line(v: &View) -> String {
@@ -1357,6 +1359,29 @@ mod tests {
             verdict(&live, &net("2001:db8::/64"), false, now).0,
             Verdict::Passing
         );
+    }
+
+    #[test]
+    fn monitor_mode_shows_what_would_be_dropped() {
+        let mut m = Model::new(Duration::from_secs(1));
+        let mut c = counters(0, 0);
+        let mut r = reading(1, c, vec![]);
+        r.monitor = true;
+        m.update(r);
+        c[stat::R_BANNED] = 5000;
+        c[stat::N_MONITOR_PASSED] = 5000;
+        let mut r = reading(2, c, vec![]);
+        r.monitor = true;
+        let v = m.update(r);
+        assert_eq!(v.drop_rate, 5000);
+        let s = screen(&v, 100, 30);
+        for want in [
+            "MONITOR mode",
+            " Would drop/s: 5000 ",
+            " Would drop, by reason (monitor) ",
+        ] {
+            assert!(s.contains(want), "{want:?} missing from:\n{s}");
+        }
     }
 
     #[test]
