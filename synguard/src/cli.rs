@@ -83,15 +83,20 @@ pub enum Command {
 
     /// A live view: SYN and drop rates, top sources, drops by reason, attack mode, bans.
     ///
-    /// Quits on `q` (or Ctrl-C). When stdout is not a terminal it prints one plain line
-    /// per interval instead, for logs and pipes.
+    /// Quits on `q`, Esc or Ctrl-C. When stdout is not a terminal it prints one plain line
+    /// per interval instead, for logs and pipes, plus one line per change of the ban and
+    /// block lists:
+    ///   2026-11-24T20:50:01Z syn/s=152000 drop/s=151900 attack=eth0 bans=1 top=203.0.113.66/32:151000(banned)
+    ///   2026-11-24T20:50:01Z + 203.0.113.66/32 banned (at 101000 SYN/s), expires in 10m
+    /// It ends with exit code 0 on SIGINT or SIGTERM, and when the state it watches is
+    /// removed (`synguard run` stopped).
     ///
     /// Example:
     ///   synguard top
     ///   synguard top --interval 5s | tee top.log
     #[command(verbatim_doc_comment)]
     Top {
-        /// How often to refresh.
+        /// How often to refresh (100ms to 1h).
         #[arg(long, default_value = "1s", value_name = "DURATION")]
         interval: String,
     },

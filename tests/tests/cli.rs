@@ -1226,3 +1226,168 @@ fn report_rejects_bad_input() {
     }
     assert_eq!(std::fs::read_dir(&dir.path).unwrap().count(), 0);
 }
+
+/// A `synguard top` whose stdout is a pipe, its lines collected as they come.
+struct PipedTop {
+    guard: synguard_tests::netns::ChildGuard,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<std::process::ChildStderr>,
+}
+
+impl PipedTop {
+    fn start(lab: &Lab, interval: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(synguard_bin())
+            .arg("--pin-dir")
+            .arg(lab.pin_dir())
+            .arg("--state-dir")
+            .arg(&lab.state.path)
+            .args(["top", "--interval", interval])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn synguard top");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take();
+        let (tx, lines) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            guard: synguard_tests::netns::ChildGuard {
+                child: Some(child),
+                log: None,
+            },
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Collect lines until `done` holds for the lines so far, or `timeout` passes.
+    fn until(&mut self, timeout: Duration, done: impl Fn(&[String]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Everything it wrote to stderr (call once it has exited).
+    fn stderr(&mut self) -> String {
+        use std::io::Read as _;
+        let mut s = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+/// A `key=value` field of a plain `top` line.
+fn top_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// `synguard top` with stdout not a terminal: one plain line per interval that shows a
+/// live flood, the attacker as the busiest source with its verdict, its ban as it
+/// happens; SIGINT ends it with 0, and so does the state going away. Without state, or
+/// with a bad interval, it exits 2 like every other command.
+#[test]
+fn top_prints_plain_lines_with_the_flood_its_source_and_the_ban() {
+    require_root();
+    let lab = Lab::new();
+    for (args, want) in [
+        (
+            vec!["top", "--interval", "500ms"],
+            "synguard is not running on this host",
+        ),
+        (vec!["top", "--interval", "0"], "the duration \"0\" is zero"),
+        (
+            vec!["top", "--interval", "soon"],
+            "not a duration: \"soon\"",
+        ),
+        (vec!["top", "--interval", "10ms"], "use 100ms to 1h"),
+    ] {
+        let out = lab.sg(&args);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(want), "{args:?}: expected {want:?} in: {t}");
+    }
+
+    let mut daemon = lab.daemon(&["run", "--iface", "sga"]);
+    let mut top = PipedTop::start(&lab, "500ms");
+    // The first line comes one interval after the first reading, before the flood.
+    if !top.until(Duration::from_secs(5), |l| !l.is_empty()) {
+        top.guard.signal(libc::SIGKILL);
+        panic!("no line from top: {}", top.stderr());
+    }
+    let first = top.seen[0].clone();
+    assert!(
+        first.contains(" syn/s=") && first.ends_with("bans=0 top=-"),
+        "{first}"
+    );
+    assert!(first.split(' ').next().unwrap().ends_with('Z'), "{first}");
+
+    let banned_top = format!("top={ATTACKER}/32:");
+    let flooding = |l: &[String]| {
+        l.iter().any(|l| {
+            top_field(l, "syn/s").and_then(|v| v.parse::<u64>().ok()) > Some(1000)
+                && top_field(l, "drop/s").and_then(|v| v.parse::<u64>().ok()) > Some(1000)
+                && l.contains(&banned_top)
+                && top_field(l, "top")
+                    .is_some_and(|t| t.split(',').next().is_some_and(|s| s.ends_with("(banned)")))
+                && l.contains(" bans=1 ")
+        })
+    };
+    let shown = thread::scope(|s| {
+        s.spawn(|| lab.hping(4, &["-S", "-p", "80", "--flood", "192.0.2.1"]));
+        top.until(Duration::from_secs(4), flooding)
+    });
+    let all = top.seen.join("\n");
+    assert!(
+        shown,
+        "no line with the flood and the banned attacker:\n{all}"
+    );
+    let event = format!("Z + {ATTACKER}/32 banned (at ");
+    let ev = top
+        .seen
+        .iter()
+        .find(|l| l.contains(&event))
+        .unwrap_or_else(|| panic!("no ban event:\n{all}"));
+    assert!(ev.contains("SYN/s), expires in 10m"), "{ev}");
+    // Nothing but sample lines and list changes.
+    for l in &top.seen {
+        assert!(
+            l.contains(" syn/s=") || l.contains("Z + ") || l.contains("Z - "),
+            "{l}"
+        );
+    }
+
+    top.guard.signal(libc::SIGINT);
+    let code = top.guard.wait(Duration::from_secs(5));
+    let err = top.stderr();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(err, "", "SIGINT ends top quietly");
+
+    // A `top` watching when `run` stops (and removes the state) ends with 0 and says why.
+    let mut watcher = PipedTop::start(&lab, "200ms");
+    assert!(watcher.until(Duration::from_secs(5), |l| !l.is_empty()));
+    daemon.signal(libc::SIGINT);
+    assert_eq!(daemon.wait(Duration::from_secs(10)), Some(0));
+    assert_eq!(watcher.guard.wait(Duration::from_secs(5)), Some(0));
+    let err = watcher.stderr();
+    assert!(err.contains("is gone"), "{err}");
+}
