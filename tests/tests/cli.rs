@@ -1210,7 +1210,7 @@ fn report_rejects_bad_input() {
     let dir = TempDir::new("noj");
     for (args, says) in [
         (vec!["report", "--since", "yesterday"], "not a duration"),
-        (vec!["report", "--since", "0s"], "not a duration"),
+        (vec!["report", "--since", "0s"], "is zero"),
         (vec!["report", "--format", "pdf"], "invalid value"),
         (vec!["report"], "no journal"),
     ] {
