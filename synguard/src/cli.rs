@@ -134,6 +134,17 @@ pub enum Command {
         out: ReportOut,
     },
 
+    /// Remove protection left in place: detach from every interface and remove the pins.
+    ///
+    /// For a program kept by `run --keep` (the systemd service runs that way, so restarts
+    /// and upgrades leave no gap) or by a `run` that crashed. Refuses while a `run` is
+    /// active.
+    ///
+    /// Example:
+    ///   systemctl stop synguard && synguard detach
+    #[command(verbatim_doc_comment)]
+    Detach,
+
     /// Print a shell completion script.
     ///
     /// Examples:

@@ -91,6 +91,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let since = since.as_deref().map(crate_duration).transpose()?;
             synguard::report::report(&cli.state_dir, since, out.format, out.output.as_deref())
         }
+        Command::Detach => synguard::daemon::detach(pin),
         Command::Completions { shell } => {
             use std::io::Write as _;
             std::io::stdout().write_all(&synguard::docs::completions(shell))?;

@@ -1391,3 +1391,168 @@ fn top_prints_plain_lines_with_the_flood_its_source_and_the_ban() {
     let err = watcher.stderr();
     assert!(err.contains("is gone"), "{err}");
 }
+
+/// The capabilities the systemd unit grants (its `CapabilityBoundingSet`).
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../synguard/dist/synguard.service"
+    ))
+    .unwrap();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds its capabilities");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+fn setpriv_caps(caps: &[String]) -> Vec<String> {
+    let set = caps
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        "setpriv".into(),
+        format!("--bounding-set=-all,{set}"),
+        "--inh-caps=-all".into(),
+        "--".into(),
+    ]
+}
+
+/// `run` works with exactly the unit's capabilities (attach, bans, half-open purge, the
+/// tcp_syncookies sysctl in attack mode), says what is missing with fewer, and a user
+/// without them can neither read nor change the state.
+#[test]
+fn least_capabilities_suffice_and_others_are_refused() {
+    require_root();
+    let caps = unit_capabilities();
+    assert_eq!(caps, ["bpf", "perfmon", "net_admin"]);
+    let lab = Lab::new();
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "1");
+    let wrapper = setpriv_caps(&caps);
+    let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut d = lab.daemon_via(&w, &["run", "--iface", "sga", "--keep"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap_or_default();
+    // The wrapper (`ip netns exec`) has exec'd into synguard by now.
+    if let Some(eff) = status.lines().find_map(|l| l.strip_prefix("CapEff:")) {
+        let eff = u64::from_str_radix(eff.trim(), 16).unwrap();
+        assert_eq!(eff, (1 << 39) | (1 << 38) | (1 << 12), "CapEff {eff:x}");
+    }
+    // A ban, with its half-open connections purged.
+    lab.hping(1, &["-S", "-p", "80", "--flood", "192.0.2.1"]);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.json(&["explain", ATTACKER])["verdict"], "banned");
+    // Attack mode: the sysctl is set and put back.
+    lab.ok(&["config", "set", "attack-syn-rate", "100"]);
+    thread::sleep(Duration::from_millis(1200));
+    lab.hping(
+        1,
+        &[
+            "-S",
+            "-p",
+            "80",
+            "-i",
+            "u2000",
+            "-a",
+            "198.18.0.7",
+            "192.0.2.1",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.log_text().contains("set net.ipv4.tcp_syncookies = 2") {
+        assert!(Instant::now() < deadline, "attack mode: {}", d.log_text());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let log = d.log_text();
+    assert!(!log.contains("cannot remove half-open"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(0), "{}", d.log_text());
+
+    // The state is root's alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let maps = lab.pin_dir().join("maps");
+    let mode = std::fs::metadata(&maps).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{} is {mode:o}", maps.display());
+    for e in std::fs::read_dir(&maps).unwrap() {
+        let mode = e.unwrap().metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "pinned maps are {mode:o}");
+    }
+    let nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(synguard_bin())
+            .arg("--pin-dir")
+            .arg(lab.pin_dir())
+            .arg("--state-dir")
+            .arg(&lab.state.path)
+            .args(args);
+        c.output().unwrap()
+    };
+    for args in [
+        &["block", "list"][..],
+        &["block", "add", "192.0.2.77"],
+        &["allow", "add", "192.0.2.77"],
+        &["config", "set", "syn-rate", "1"],
+        &["status"],
+        &["report"],
+    ] {
+        let out = nobody(args);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(
+            t.contains("needs root") || t.contains("readable by root only"),
+            "{args:?}: {t}"
+        );
+    }
+    let list = lab.json(&["block", "list"]).to_string();
+    assert!(!list.contains("192.0.2.77"), "nobody changed nothing: {list}");
+    assert_eq!(lab.json(&["allow", "list"]), serde_json::json!([]));
+    assert_eq!(lab.json(&["config", "show"])["syn-rate"], "200");
+
+    // Without CAP_NET_ADMIN (or CAP_PERFMON) `run` says what is missing, and starts
+    // nothing.
+    for missing in ["net_admin", "perfmon"] {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let mut c = lab.server.command("setpriv");
+        c.args(&setpriv_caps(&fewer)[1..])
+            .arg(synguard_bin())
+            .arg("--pin-dir")
+            .arg(lab.pin_dir())
+            .args(["run", "--iface", "sga"]);
+        let out = c.output().unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(
+            t.contains(&format!("missing: CAP_{}", missing.to_uppercase())),
+            "{t}"
+        );
+    }
+
+    // `detach` takes the kept program away.
+    let out = nobody(&["detach"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    lab.ok(&["detach"]);
+    let link = lab.server.ip(&["link", "show", "sga"]);
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"));
+    assert!(!lab.pin_dir().join("maps").exists());
+    let out = lab.sg(&["detach"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("nothing to detach"), "{}", text(&out));
+}
+
+/// `detach` refuses while `run` is active.
+#[test]
+fn detach_refuses_while_run_is_active() {
+    require_root();
+    let lab = Lab::new();
+    let _d = lab.daemon(&["run", "--iface", "sga"]);
+    let out = lab.sg(&["detach"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("is active"), "{}", text(&out));
+    let link = lab.server.ip(&["link", "show", "sga"]);
+    assert!(String::from_utf8_lossy(&link.stdout).contains("xdp"));
+}
