@@ -1398,7 +1398,7 @@ fn unit_capabilities() -> Vec<String> {
         env!("CARGO_MANIFEST_DIR"),
         "/../synguard/dist/synguard.service"
     ))
-    .unwrap();
+    .expect("the unit file");
     let line = unit
         .lines()
         .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
