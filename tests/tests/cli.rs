@@ -1509,7 +1509,10 @@ fn least_capabilities_suffice_and_others_are_refused() {
         );
     }
     let list = lab.json(&["block", "list"]).to_string();
-    assert!(!list.contains("192.0.2.77"), "nobody changed nothing: {list}");
+    assert!(
+        !list.contains("192.0.2.77"),
+        "nobody changed nothing: {list}"
+    );
     assert_eq!(lab.json(&["allow", "list"]), serde_json::json!([]));
     assert_eq!(lab.json(&["config", "show"])["syn-rate"], "200");
 
