@@ -77,7 +77,10 @@ pub fn classify(t: &Traits) -> (AttackKind, Vec<String>) {
         t.sources
     ));
     if let Some((src, n)) = &t.top_source {
-        ev.push(format!("the busiest, {src}, sent only {:.1} %", pct(*n)));
+        ev.push(format!(
+            "no source stands out: the busiest, {src}, sent {} % of them",
+            fmt_share(pct(*n))
+        ));
     }
     let completion = t.completed.map(|c| c as f64 / syns as f64);
     if let Some(c) = t.completed {
@@ -169,8 +172,26 @@ pub struct Point {
 pub struct Peaks {
     pub syn_rate: u64,
     pub syn_rate_at: Option<String>,
+    /// How the SYN peak was measured (sample average, the kernel's busiest 100 ms, a
+    /// source's rate at its ban), since these differ by up to a few times.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub syn_rate_how: String,
     pub drop_rate: u64,
     pub drop_rate_at: Option<String>,
+}
+
+/// A share in percent with the digits that say something: 12 %, 0.4 %, 0.003 %.
+fn fmt_share(p: f64) -> String {
+    if p >= 10.0 {
+        format!("{p:.0}")
+    } else if p >= 0.1 {
+        format!("{p:.1}")
+    } else if p > 0.0 {
+        let digits = (-p.log10()).floor() as usize + 2;
+        format!("{p:.digits$}")
+    } else {
+        "0".into()
+    }
 }
 
 /// The report.
@@ -285,12 +306,17 @@ impl Report {
         let _ = writeln!(m, "## Peak rates\n");
         let _ = writeln!(
             m,
-            "- SYNs: {} per second{}",
+            "- SYNs: {} per second{}{}",
             self.peaks.syn_rate,
             self.peaks
                 .syn_rate_at
                 .as_ref()
-                .map_or(String::new(), |t| format!(" at {t}"))
+                .map_or(String::new(), |t| format!(" at {t}")),
+            if self.peaks.syn_rate_how.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.peaks.syn_rate_how)
+            }
         );
         let _ = writeln!(
             m,
@@ -471,6 +497,15 @@ fn chart(series: &[Point]) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_keep_the_digits_that_matter() {
+        assert_eq!(fmt_share(42.4), "42");
+        assert_eq!(fmt_share(0.43), "0.4");
+        assert_eq!(fmt_share(0.0123), "0.012");
+        assert_eq!(fmt_share(0.00043), "0.00043");
+        assert_eq!(fmt_share(0.0), "0");
+    }
 
     fn traits(syns: u64, sources: u64, top: u64) -> Traits {
         Traits {

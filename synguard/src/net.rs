@@ -78,8 +78,17 @@ pub fn aggregate(addr: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
 }
 
 /// Build an IPv4 network from key bytes.
+///
+/// rustc 1.95.0 in release mode compiled the plain version of this, inlined into
+/// `daemon::source_net`, into code that returns `0.0.0.0/0` for every key (the address
+/// and prefix loaded, checked, then zeros stored; debug builds were right). `black_box`
+/// keeps the optimizer from fusing the loads that it got wrong. `cargo xtask test` runs
+/// the release binary, and the lab checks every source a report names, so a
+/// regression shows.
 pub fn v4_net(addr: [u8; 4], prefix_len: u32) -> Option<IpNet> {
-    Ipv4Net::new(Ipv4Addr::from(addr), u8::try_from(prefix_len).ok()?)
+    let addr = std::hint::black_box(addr);
+    let prefix_len = u8::try_from(prefix_len).ok()?;
+    Ipv4Net::new(Ipv4Addr::from(addr), prefix_len)
         .ok()
         .map(IpNet::V4)
 }

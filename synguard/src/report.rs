@@ -232,6 +232,7 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         if rate > peaks.syn_rate {
             peaks.syn_rate = rate;
             peaks.syn_rate_at = Some(rfc3339(s.t));
+            peaks.syn_rate_how = "the journal's rate sample ending then".into();
         }
         let d = (s.dropped() as f64 / s.secs) as u64;
         if d > peaks.drop_rate {
@@ -245,6 +246,8 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         {
             peaks.syn_rate = *peak_syn_rate;
             peaks.syn_rate_at = r.time().map(rfc3339);
+            peaks.syn_rate_how =
+                "the kernel's busiest 100 ms of the attack mode that ended then".into();
         }
     }
 
@@ -267,6 +270,7 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         if *rate > peaks.syn_rate {
             peaks.syn_rate = *rate;
             peaks.syn_rate_at = Some(rfc3339(*t));
+            peaks.syn_rate_how = "one source's rate when it was banned".into();
         }
     }
 

@@ -450,6 +450,18 @@ impl LabNet {
             let md = dir.join(format!("{name}.md"));
             run(&["--output", md.to_str().context("path")?])?;
         }
+        // Every source the report names is a real prefix (the journal's sources are /8
+        // to /32 and /16 to /128): a `0.0.0.0/0` here once meant a miscompiled release.
+        for row in json["top_sources"].as_array().into_iter().flatten() {
+            let source = row["source"].as_str().unwrap_or_default();
+            let net: ipnet::IpNet = source
+                .parse()
+                .with_context(|| format!("report names source {source:?}"))?;
+            anyhow::ensure!(
+                net.prefix_len() >= 8,
+                "report names source {source}: not a source prefix"
+            );
+        }
         let kinds: Vec<&str> = json["attacks"]
             .as_array()
             .map(|a| a.iter().filter_map(|x| x["kind_label"].as_str()).collect())
