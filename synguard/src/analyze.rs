@@ -11,6 +11,14 @@
 //! The settings are the agent's defaults, or the config keys given as flags
 //! (`--syn-rate 100`...), so a capture can be replayed against the thresholds a server
 //! would run with.
+//!
+//! **Input that cannot be read.** Nothing in it is a capture (empty, another format, a
+//! file header cut short): an error and exit code 2, no report. A capture cut short or
+//! corrupt after its header (a record cut in the middle, a pcapng block with a bad
+//! length, garbage): the report of the packets before that point (saying where the
+//! reading stopped in its warnings), then the same error on stderr and exit code 2, so a
+//! script never takes a partial analysis for a whole one. Single packets whose headers a
+//! snap length or damage cut short are skipped and counted, not an error.
 
 mod build;
 mod capture;
@@ -32,7 +40,7 @@ pub fn analyze(
     for (k, v) in keys {
         settings.set(k, v).map_err(|e| usage(e.to_string()))?;
     }
-    let report = if file.as_os_str() == "-" {
+    let (report, stopped) = if file.as_os_str() == "-" {
         analyze_reader(std::io::stdin(), "stdin", &settings)?
     } else {
         let name = file.display().to_string();
@@ -42,18 +50,26 @@ pub fn analyze(
         let f = std::fs::File::open(file).map_err(|e| usage(format!("cannot open {name}: {e}")))?;
         analyze_reader(f, &name, &settings)?
     };
-    report.emit(format, output)
+    report.emit(format, output)?;
+    match stopped {
+        // The report is out; the exit code still says the input was not all readable.
+        Some(why) => Err(usage(format!(
+            "{why}. Only part of the capture was analysed: check how it was recorded or copied"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Analyse a capture read from `input` (`name` is how the report refers to it).
 ///
 /// Errors only when nothing in the input is a capture (a usage error); a capture that is
-/// cut short or corrupt gives the report of what could be read, with a warning.
+/// cut short or corrupt gives the report of what could be read, with a warning in it,
+/// and why the reading stopped early.
 pub fn analyze_reader<R: Read + Send>(
     input: R,
     name: &str,
     settings: &Settings,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, Option<String>)> {
     let mut engine = engine::Engine::new(settings);
     let outcome = capture::read(input, name, |frame| {
         let now = engine.tick(frame.ts_ns);
@@ -65,5 +81,5 @@ pub fn analyze_reader<R: Read + Send>(
         }
     })?;
     engine.finish();
-    Ok(build::report(&engine, &outcome, name))
+    Ok((build::report(&engine, &outcome, name), outcome.stopped))
 }

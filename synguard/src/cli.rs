@@ -122,6 +122,8 @@ pub enum Command {
     /// Applies the agent's own detection rules (per-source SYN limits at the configured
     /// prefix lengths, attack mode at attack-syn-rate) to the capture and writes the same
     /// report as `report`. Config keys given as flags replay it with other thresholds.
+    /// A capture cut short or corrupt gives the report of what could be read, then an
+    /// error and exit code 2; a file that is no capture at all gives only the error.
     ///
     /// Examples:
     ///   synguard analyze flood.pcap

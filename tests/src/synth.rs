@@ -53,7 +53,7 @@ impl PcapWriter {
     }
 
     /// One TCP segment (checksums left at zero: the analysis does not check them).
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "one argument per header field")]
     pub fn tcp(
         &mut self,
         ts_ns: u64,
@@ -111,6 +111,10 @@ impl PcapWriter {
 }
 
 /// The flood in a scenario.
+/// One step of a connection after its SYN: (delay in ns, sent by the client, flags,
+/// sequence, acknowledgment, payload).
+type Step = (u64, bool, u8, u32, u32, &'static [u8]);
+
 #[derive(Clone, Debug)]
 pub enum Attack {
     None,
@@ -341,7 +345,7 @@ pub fn write(path: &Path, sc: &Scenario) -> io::Result<u64> {
                 q.push(start, syn);
                 let after_get = isn.wrapping_add(1 + GET.len() as u32);
                 let answer = if error { GATEWAY } else { OK };
-                let steps: [(u64, bool, u8, u32, u32, &'static [u8]); 7] = [
+                let steps: [Step; 7] = [
                     (100_000, false, SYN | ACK, sisn, isn.wrapping_add(1), &[]),
                     (
                         200_000,

@@ -16,8 +16,8 @@ use super::{
 use crate::{
     config::{Mode, Settings},
     incident::{
-        Attack, AttackKind, DropRow, Peaks, PrefixRow, Report, SourceRow, TimelineEntry,
-        Traits, classify,
+        Attack, AttackKind, DropRow, Peaks, PrefixRow, Report, SourceRow, TimelineEntry, Traits,
+        classify,
     },
 };
 
@@ -114,7 +114,10 @@ fn describe(e: &Engine, f: &Flood) -> Described {
         ),
         _ => format!("{}{} sources", approx(f.sources_exact), f.sources),
     };
-    if let Some(a) = f.answered.filter(|&a| forged && f.sources >= 100 && a * 100 <= f.sources) {
+    if let Some(a) = f
+        .answered
+        .filter(|&a| forged && f.sources >= 100 && a * 100 <= f.sources)
+    {
         evidence.push(format!(
             "only {a} of the {} sources ever answered the server: real hosts reset a SYN-ACK \
              they did not ask for, forged addresses never answer",
@@ -187,9 +190,10 @@ fn describe(e: &Engine, f: &Flood) -> Described {
         ));
     }
     let line = format!(
-        "{} SYN flood on {target} from {} for {secs_long:.1} s, peak {peak} SYN/s: {who}.",
+        "{} SYN flood on {target} from {} for {}, peak {peak} SYN/s: {who}.",
         capitalize(kind.label()),
         time(f.start),
+        span(f.end.saturating_sub(f.start)),
     );
     let _ = s;
     Described {
@@ -206,6 +210,20 @@ fn describe(e: &Engine, f: &Flood) -> Described {
             evidence,
         },
         line,
+    }
+}
+
+/// `1 source`, `3 sources`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// A duration as people read it: `40 ms`, `1.5 s`.
+fn span(ns: u64) -> String {
+    if ns < SEC {
+        format!("{} ms", ns / 1_000_000)
+    } else {
+        format!("{:.1} s", secs(ns))
     }
 }
 
@@ -301,9 +319,9 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
         summary.extend(described.iter().take(5).map(|d| d.line.clone()));
         let monitor = s.mode == Mode::Monitor;
         summary.push(format!(
-            "The agent would have banned {} sources, {} {drops} packets in XDP and answered \
+            "The agent would have banned {}, {} {drops} packets in XDP and answered \
              {cookies} SYNs with SYN cookies{}.",
-            e.bans,
+            plural(e.bans, "source", "sources"),
             if monitor {
                 "counted (monitor mode) as drops"
             } else {
@@ -350,10 +368,14 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
             let sum =
                 |f: fn(&Talker) -> u32| -> u64 { legit.iter().map(|(_, t)| u64::from(f(t))).sum() };
             impact.push(format!(
-                "{} legitimate clients (seen completing a handshake or retransmitting a SYN); \
-                 {} of them were hurt.",
-                legit.len(),
-                hurt.len()
+                "{} (seen completing a handshake or retransmitting a SYN); {} of them {} hurt.",
+                plural(
+                    legit.len() as u64,
+                    "legitimate client",
+                    "legitimate clients"
+                ),
+                hurt.len(),
+                if hurt.len() == 1 { "was" } else { "were" }
             ));
             let retrans = sum(|t| t.retrans);
             if retrans > 0 {

@@ -5,9 +5,9 @@
 //! What cannot be read never panics and never loses what came before it:
 //! - nothing that is a capture at all (empty, another format, a header cut short) is a
 //!   usage error (exit code 2) that says what the file is and what to give instead;
-//! - a capture cut short or corrupt after its header ends the reading with a warning that
-//!   says where ("capture truncated after N packets at byte B"), and the report covers
-//!   the packets before it.
+//! - a capture cut short or corrupt after its header ends the reading there
+//!   ([`Outcome::stopped`] says where: "capture truncated after N packets at byte B"), and
+//!   the report covers the packets before it (the caller then exits with code 2).
 
 use std::{
     io::{Cursor, ErrorKind, Read},
@@ -48,6 +48,9 @@ pub struct Outcome {
     pub bytes: u64,
     /// What could not be read, each said once.
     pub warnings: Vec<String>,
+    /// Why the reading stopped before the end of the input (also among the warnings):
+    /// the capture is cut short or corrupt there.
+    pub stopped: Option<String>,
     /// Packet blocks whose interface was never described (pcapng), skipped.
     pub orphans: u64,
 }
@@ -109,7 +112,7 @@ pub fn read<R: Read + Send>(
         let next = match next {
             Ok(n) => n,
             Err(_) => {
-                out.warnings.push(format!(
+                out.stop(format!(
                     "the capture reader failed after {} packets at byte {at}; the report covers \
                      what came before",
                     out.packets
@@ -199,18 +202,18 @@ pub fn read<R: Read + Send>(
                 // guards against a reader that neither progresses nor says so.
                 stalls += 1;
                 if stalls > 64 || reader.refill().is_err() {
-                    out.warnings.push(truncated(out.packets, at));
+                    out.stop(truncated(out.packets, at));
                     break;
                 }
             }
             Err(PcapError::UnexpectedEof) => {
-                out.warnings.push(truncated(out.packets, at));
+                out.stop(truncated(out.packets, at));
                 break;
             }
             Err(PcapError::BufferTooSmall) => {
                 let size = reader.data().len().max(BUFFER) * 2;
                 if size > MAX_BLOCK || !reader.grow(size) || reader.refill().is_err() {
-                    out.warnings.push(format!(
+                    out.stop(format!(
                         "capture corrupt after {} packets at byte {at}: a block claims more than \
                          {} MiB; the report covers what came before",
                         out.packets,
@@ -220,7 +223,7 @@ pub fn read<R: Read + Send>(
                 }
             }
             Err(PcapError::ReadError) => {
-                out.warnings.push(format!(
+                out.stop(format!(
                     "reading the capture failed after {} packets at byte {at}; the report covers \
                      what came before",
                     out.packets
@@ -228,7 +231,7 @@ pub fn read<R: Read + Send>(
                 break;
             }
             Err(e) => {
-                out.warnings.push(format!(
+                out.stop(format!(
                     "capture corrupt after {} packets at byte {at} ({}); the report covers what \
                      came before",
                     out.packets,
@@ -246,6 +249,13 @@ pub fn read<R: Read + Send>(
         ));
     }
     Ok(out)
+}
+
+impl Outcome {
+    fn stop(&mut self, why: String) {
+        self.warnings.push(why.clone());
+        self.stopped = Some(why);
+    }
 }
 
 fn truncated(packets: u64, at: u64) -> String {

@@ -433,7 +433,7 @@ impl Episode {
     /// Start over as the candidate `id` from `now`, keeping the allocations.
     fn restart(&mut self, id: u32, now: u64) {
         let mut sources = std::mem::take(&mut self.sources);
-        let mut subnets = std::mem::replace(&mut self.subnets, [Distinct::new(), Distinct::new()]);
+        let mut subnets = std::mem::take(&mut self.subnets);
         let mut targets = std::mem::take(&mut self.targets);
         sources.clear();
         subnets.iter_mut().for_each(Distinct::clear);
