@@ -337,14 +337,23 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
     if e.first.is_some() {
         summary.push(format!(
             "SYN {}, SYN-ACK {}, RST {} ({} from the server); {} handshakes completed, {} never \
-             completed ({} half-open: the server answered, the client never did).",
+             completed ({} half-open: the server answered, the client never did){}.",
             c.syns,
             c.synacks,
             c.rsts,
             c.rsts_from_server,
             c.completed,
             c.never_completed,
-            c.never_acked
+            c.never_acked,
+            if c.pending_at_end > 0 {
+                format!(
+                    ", {} begun in the last {} s of the capture and still open at its end",
+                    c.pending_at_end,
+                    super::engine::PENDING_GRACE_NS / SEC
+                )
+            } else {
+                String::new()
+            }
         ));
     }
 

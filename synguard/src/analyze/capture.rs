@@ -197,13 +197,27 @@ pub fn read<R: Read + Send>(
             }
             Err(PcapError::Eof) => break,
             Err(PcapError::Incomplete(_)) => {
-                // More bytes are needed for the next block: read them. The reader says
-                // UnexpectedEof once the input has none left; the stall counter only
-                // guards against a reader that neither progresses nor says so.
-                stalls += 1;
-                if stalls > 64 || reader.refill().is_err() {
-                    out.stop(truncated(out.packets, at));
+                // More bytes are needed for the next block: read them (a pipe may hand
+                // them over a few at a time). The reader says UnexpectedEof once the input
+                // has none left; the stall counter only guards against one that neither
+                // gives bytes nor says so.
+                let before = reader.data().len();
+                if reader.refill().is_err() {
+                    out.stop(format!(
+                        "reading the capture failed after {} packets at byte {at}; the report \
+                         covers what came before",
+                        out.packets
+                    ));
                     break;
+                }
+                if reader.data().len() > before {
+                    stalls = 0;
+                } else {
+                    stalls += 1;
+                    if stalls > 64 {
+                        out.stop(truncated(out.packets, at));
+                        break;
+                    }
                 }
             }
             Err(PcapError::UnexpectedEof) => {
@@ -324,5 +338,92 @@ fn header_error(name: &str, len: usize, e: &PcapError<&[u8]>) -> anyhow::Error {
             "{name} has a corrupt file header ({}): not a capture that can be read",
             describe(other)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::UsageError;
+
+    /// A little-endian microsecond pcap of `n` 60-byte Ethernet frames, one per ms.
+    fn pcap(n: u32) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+        f.extend_from_slice(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(&65_535u32.to_le_bytes());
+        f.extend_from_slice(&1u32.to_le_bytes());
+        for i in 0..n {
+            f.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+            f.extend_from_slice(&(i * 1000).to_le_bytes());
+            f.extend_from_slice(&60u32.to_le_bytes());
+            f.extend_from_slice(&60u32.to_le_bytes());
+            f.extend_from_slice(&[0xab; 60]);
+        }
+        f
+    }
+
+    fn frames(bytes: &[u8]) -> anyhow::Result<(Outcome, Vec<u64>)> {
+        let mut ts = Vec::new();
+        let out = read(bytes, "test", |f| ts.push(f.ts_ns))?;
+        Ok((out, ts))
+    }
+
+    fn usage_text(r: anyhow::Result<(Outcome, Vec<u64>)>) -> String {
+        let e = r.err().expect("an error");
+        assert!(e.is::<UsageError>(), "{e:#}");
+        e.to_string()
+    }
+
+    #[test]
+    fn whole_capture_in_order_with_times() {
+        let (out, ts) = frames(&pcap(3)).expect("read");
+        assert_eq!((out.format, out.packets, out.stopped), ("pcap", 3, None));
+        let t0 = 1_700_000_000 * 1_000_000_000;
+        assert_eq!(ts, [t0, t0 + 1_000_000, t0 + 2_000_000]);
+        assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    }
+
+    #[test]
+    fn cut_short_keeps_what_came_before() {
+        let full = pcap(3);
+        // Inside the third record's data, then inside its header.
+        for cut in [full.len() - 10, 24 + 2 * 76 + 5] {
+            let (out, ts) = frames(&full[..cut]).expect("read");
+            assert_eq!(ts.len(), 2);
+            let why = out.stopped.expect("stopped");
+            assert!(why.contains("truncated after 2 packets"), "{why}");
+            assert!(out.warnings.contains(&why));
+        }
+    }
+
+    #[test]
+    fn not_captures() {
+        assert!(usage_text(frames(b"")).contains("is empty"));
+        assert!(usage_text(frames(b"ab")).contains("only 2 bytes"));
+        assert!(usage_text(frames(b"hello world")).contains("(text)"));
+        assert!(usage_text(frames(&pcap(0)[..20])).contains("ends inside its file header"));
+    }
+
+    #[test]
+    fn a_reader_that_hands_over_one_byte_at_a_time() {
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let Some((&b, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                match buf.first_mut() {
+                    Some(x) => *x = b,
+                    None => return Ok(0),
+                }
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let bytes = pcap(5000);
+        let mut n = 0;
+        let out = read(Trickle(&bytes), "pipe", |_| n += 1).expect("read");
+        assert_eq!((n, out.packets, out.stopped), (5000, 5000, None));
     }
 }
