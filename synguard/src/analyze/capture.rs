@@ -370,7 +370,7 @@ mod tests {
     }
 
     fn usage_text(r: anyhow::Result<(Outcome, Vec<u64>)>) -> String {
-        let e = r.err().expect("an error");
+        let e = r.expect_err("an error");
         assert!(e.is::<UsageError>(), "{e:#}");
         e.to_string()
     }
