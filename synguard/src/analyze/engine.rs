@@ -64,8 +64,10 @@ pub const PENDING: usize = 100_000;
 /// A generation of handshakes is turned over after this long (a client's SYN
 /// retransmissions come 1, 3 and 7 s after its first SYN; two generations see them).
 pub const PENDING_AGE_NS: u64 = 10 * SEC;
-/// Handshakes still open this close to the end of the capture are not counted as failed.
-pub const PENDING_GRACE_NS: u64 = 3 * SEC;
+/// Handshakes begun this close to the end of the capture and still open are not counted
+/// as failed. Older ones are: a real client acknowledges a SYN-ACK within one round trip,
+/// and one that got no answer sends its SYN again after 1 s (a retransmission, seen).
+pub const PENDING_GRACE_NS: u64 = SEC;
 /// Exact distinct sets hold this many keys before they become estimates.
 pub const EXACT: usize = 65_536;
 /// Subnets (/24, /48) with statistics.
