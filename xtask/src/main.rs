@@ -4,9 +4,11 @@
 //! - `build`: the `synguard` binary with its eBPF program embedded;
 //! - `run -- ARGS`: build and run `synguard run ARGS` (as root);
 //! - `test`: format, lints (host and eBPF), and every test, in the real kernel;
-//! - `bench`: the program's per-packet cost next to no-op XDP programs, as ratios.
+//! - `bench`: the program's per-packet cost next to no-op XDP programs, as ratios;
+//! - `dist`: the Debian package (`target/dist/synguard_VERSION_amd64.deb`).
 
 mod bootstrap;
+mod dist;
 
 use std::{
     path::{Path, PathBuf},
@@ -50,6 +52,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package: target/dist/synguard_VERSION_amd64.deb.
+    Dist,
     /// Measure the program's per-packet cost in the kernel, as ratios to no-op programs.
     Bench {
         /// Machine-readable output.
@@ -71,6 +75,12 @@ const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "nginx",
     "prometheus",
+    // The package tests: lint it, install it into a fresh Debian root, verify the unit.
+    "lintian",
+    "debootstrap",
+    "systemd",
+    "file",
+    "binutils",
 ];
 
 fn root() -> PathBuf {
@@ -182,6 +192,12 @@ fn test() -> anyhow::Result<()> {
             "--bins",
         ]),
     )?;
+    // The Debian package: built from the release binary, then checked and installed.
+    let deb = dist::dist(&build(true)?)?;
+    step(
+        "the Debian package: contents, lintian, the unit, install and purge in a Debian root",
+        cargo(&["test", "-p", "synguard-tests", "--test", "dist"]).env("SYNGUARD_DEB", &deb),
+    )?;
     step(
         "kernel tests: the program under BPF_PROG_TEST_RUN",
         &mut with_bin(cargo(&[
@@ -261,6 +277,12 @@ fn main() -> anyhow::Result<()> {
             bootstrap::run(&mut c)
         }
         Task::Test => test(),
+        Task::Dist => {
+            let bin = build(true)?;
+            let deb = dist::dist(&bin)?;
+            eprintln!("xtask: built {}", deb.display());
+            Ok(())
+        }
         Task::Lab { args } => {
             need_root("cargo xtask lab")?;
             bootstrap::toolchain(&work_dir())?;
