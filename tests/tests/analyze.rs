@@ -184,6 +184,32 @@ fn clean_capture_is_not_an_attack() {
 }
 
 #[test]
+fn linux_cooked_capture_with_ipv4_ipv6_and_a_refused_connection() {
+    let r = report(&fixture("any-sll2.pcap"), &[]);
+    assert_eq!(r["attacks"], Value::Array(vec![]), "{r:#}");
+    assert!(
+        any_contains(
+            &r["summary"],
+            "SYN 7, SYN-ACK 6, RST 1 (1 from the server); 6 handshakes completed, 1 never \
+             completed"
+        ),
+        "{r:#}"
+    );
+    assert!(any_contains(&r["impact"], "200: 3, 404: 3"), "{r:#}");
+    assert!(
+        any_contains(&r["impact"], "2 legitimate clients"),
+        "192.0.2.1 and 2001:db8:2::/64: {r:#}"
+    );
+    assert!(
+        any_contains(
+            &r["impact"],
+            "192.0.2.1: 1 handshake never completed, 1 reset"
+        ),
+        "{r:#}"
+    );
+}
+
+#[test]
 fn thresholds_given_as_flags_change_the_verdict() {
     // 2500 SYN/s forged: under an attack-syn-rate of 10000 nothing fires.
     let r = report(&fixture("forged-v4.pcap"), &["--attack-syn-rate", "10000"]);

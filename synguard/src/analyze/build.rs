@@ -388,27 +388,30 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
             let retrans = sum(|t| t.retrans);
             if retrans > 0 {
                 impact.push(format!(
-                    "{retrans} SYNs retransmitted by legitimate clients: each one a connection \
-                     attempt that waited at least 1 s for an answer (3 s, 7 s for the next)."
+                    "{} retransmitted by legitimate clients: each one a connection attempt that \
+                     waited at least 1 s for an answer (3 s, 7 s for the next).",
+                    plural(retrans, "SYN", "SYNs")
                 ));
             }
             let failed = sum(|t| t.failed);
             if failed > 0 {
                 impact.push(format!(
-                    "{failed} connection attempts by legitimate clients never completed their \
-                     handshake."
+                    "{} by legitimate clients never completed the handshake.",
+                    plural(failed, "connection attempt", "connection attempts")
                 ));
             }
             let resets = sum(|t| t.resets);
             if resets > 0 {
                 impact.push(format!(
-                    "{resets} resets from the server to legitimate clients."
+                    "{} from the server to legitimate clients.",
+                    plural(resets, "reset", "resets")
                 ));
             }
             let errors = sum(|t| t.http_err);
             if errors > 0 {
                 impact.push(format!(
-                    "{errors} HTTP error responses (5xx) to legitimate clients."
+                    "{} (5xx) to legitimate clients.",
+                    plural(errors, "HTTP error response", "HTTP error responses")
                 ));
             }
         }
@@ -424,25 +427,36 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
         for (k, t) in hurt.iter().take(TOP) {
             let mut parts = Vec::new();
             if t.retrans > 0 {
-                parts.push(format!("{} retransmitted SYNs", t.retrans));
+                parts.push(plural(
+                    t.retrans.into(),
+                    "retransmitted SYN",
+                    "retransmitted SYNs",
+                ));
             }
             if t.failed > 0 {
-                parts.push(format!("{} handshakes never completed", t.failed));
+                parts.push(format!(
+                    "{} never completed",
+                    plural(t.failed.into(), "handshake", "handshakes")
+                ));
             }
             if t.resets > 0 {
-                parts.push(format!("{} resets from the server", t.resets));
+                parts.push(format!(
+                    "{} from the server",
+                    plural(t.resets.into(), "reset", "resets")
+                ));
             }
             if t.http_err > 0 {
                 parts.push(format!(
-                    "{} HTTP errors (last {})",
-                    t.http_err, t.last_http_err
+                    "{} (last {})",
+                    plural(t.http_err.into(), "HTTP error", "HTTP errors"),
+                    t.last_http_err
                 ));
             }
             impact.push(format!(
-                "{}: {} ({} handshakes completed)",
+                "{}: {} ({} completed)",
                 e.p.show(**k),
                 parts.join(", "),
-                t.completed
+                plural(t.completed.into(), "handshake", "handshakes")
             ));
         }
         if hurt.len() > TOP {

@@ -1158,6 +1158,13 @@ impl Engine {
         }
     }
 
+    /// A reset ended the handshake in progress `h`, if any: it never completed.
+    fn reset_pending(&mut self, h: u64) {
+        if let Some(p) = self.pend.remove(&h).or_else(|| self.pend_old.remove(&h)) {
+            self.expire(p);
+        }
+    }
+
     fn synack(&mut self, s: &Seg<'_>) {
         self.c.synacks += 1;
         let h = self.flow(s.dst, s.src, s.dport, s.sport);
@@ -1185,6 +1192,10 @@ impl Engine {
                 *self.c.http.entry(code).or_default() += 1;
             }
             self.c.rsts_from_server += u64::from(rst);
+            if rst {
+                // A refused connection (a closed port, a full backlog): never completed.
+                self.reset_pending(self.flow(s.dst, s.src, s.dport, s.sport));
+            }
             if let Some(t) = self.talkers.get_mut(&client) {
                 if rst {
                     t.resets = t.resets.saturating_add(1);
@@ -1201,6 +1212,10 @@ impl Engine {
         }
         // From a client to a server.
         self.c.rsts_to_server += u64::from(rst);
+        if rst {
+            // The client gave up, or a real host reset a SYN-ACK it never asked for.
+            self.reset_pending(self.flow(s.src, s.dst, s.sport, s.dport));
+        }
         let mut established = false;
         if s.flags & ACK != 0 && !rst {
             let h = self.flow(s.src, s.dst, s.sport, s.dport);
