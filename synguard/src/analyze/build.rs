@@ -702,6 +702,22 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
             super::engine::MAX_EPISODES
         ));
     }
+    if e.events_dropped > 0 {
+        warnings.push(format!(
+            "{} timeline entries past the first {} are left out",
+            e.events_dropped,
+            super::engine::MAX_EVENTS
+        ));
+    }
+    if e.targets_full > 0 {
+        warnings.push(format!(
+            "{} SYNs went to destinations beyond the first {} (address, port) tracked (a scan, \
+             or a flood to random ports): their replies are not told apart from clients' \
+             packets",
+            e.targets_full,
+            super::engine::TARGETS
+        ));
+    }
 
     Report {
         origin: "capture",

@@ -39,7 +39,12 @@
 //! - handshakes in progress: two generations of [`PENDING`] entries each, turned over
 //!   every [`PENDING_AGE_NS`] or when full; a handshake still open when its generation
 //!   is dropped never completed;
+//! - destinations (address, port) counted: the first [`TARGETS`], later ones only
+//!   counted as beyond it; floods described: [`MAX_EPISODES`]; timeline entries:
+//!   [`MAX_EVENTS`];
 //! - the per-second series halves its resolution past [`MAX_POINTS`] points.
+//!
+//! Whatever a cap left out is counted and said in the report's warnings.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -82,6 +87,9 @@ pub const MAX_EPISODES: usize = 100;
 pub const SLOT_NS: u64 = ATTACK_WINDOW_NS;
 /// The agent's sources table is swept about this often (the daemon's sample period).
 const SWEEP_NS: u64 = 10 * SEC;
+/// Timeline entries kept (attack mode starting and ending, floods); later ones are
+/// counted.
+pub const MAX_EVENTS: usize = 1_000;
 /// Timeline entries for individual bans before they are only counted.
 const BANS_SHOWN: u64 = 10;
 
@@ -549,6 +557,10 @@ pub struct Engine {
     pub floods: Vec<Flood>,
     pub floods_dropped: u64,
     pub timeline: Vec<(u64, String)>,
+    /// Timeline entries past [`MAX_EVENTS`], counted only.
+    pub events_dropped: u64,
+    /// SYNs to destinations (address, port) beyond the [`TARGETS`] tracked.
+    pub targets_full: u64,
     pub bans: u64,
     sweep_start: u64,
     sweep_est: Est,
@@ -594,6 +606,8 @@ impl Engine {
             floods: Vec::new(),
             floods_dropped: 0,
             timeline: Vec::new(),
+            events_dropped: 0,
+            targets_full: 0,
             bans: 0,
             sweep_start: 0,
             sweep_est: Est::new(),
@@ -616,6 +630,15 @@ impl Engine {
         self.now = self.now.max(ts);
         self.c.frames += 1;
         self.now
+    }
+
+    /// A timeline entry, while there is room for it.
+    fn event(&mut self, entry: (u64, String)) {
+        if self.timeline.len() < MAX_EVENTS {
+            self.timeline.push(entry);
+        } else {
+            self.events_dropped += 1;
+        }
     }
 
     fn cookies_active(&self) -> bool {
@@ -740,7 +763,9 @@ impl Engine {
             self.subnets_full += 1;
         }
         let target = (s.dst, s.dport);
-        bump(&mut self.targets, target, TARGETS);
+        if !bump(&mut self.targets, target, TARGETS) {
+            self.targets_full += 1;
+        }
 
         // The episode (or the candidate for one).
         let e = &mut self.cur;
@@ -787,7 +812,7 @@ impl Engine {
             if self.bans <= BANS_SHOWN {
                 let who = self.p.show(key);
                 let what = ban_text(syns, span);
-                self.timeline.push((
+                self.event((
                     now,
                     format!(
                         "{who} would be banned for {}: {what}, over syn-rate {}/s with \
@@ -929,7 +954,7 @@ impl Engine {
                     Cookies::Off => "syn-cookies is off: detected and reported only",
                     _ => "SYNs from unverified sources would be answered with SYN cookies from XDP",
                 };
-                self.timeline.push((
+                self.event((
                     now,
                     format!(
                         "attack mode would start: {rate} SYN/s reached attack-syn-rate {}; \
@@ -940,7 +965,7 @@ impl Engine {
             }
             Some(false) => {
                 self.cur.attack_off = Some(now);
-                self.timeline.push((
+                self.event((
                     now,
                     format!(
                         "attack mode would end: the SYN rate stayed below {}/s for {} s \
@@ -988,8 +1013,9 @@ impl Engine {
         let e = &mut self.cur;
         e.open = true;
         e.last_hot = now;
-        self.timeline.push((
-            e.start,
+        let start = e.start;
+        self.event((
+            start,
             format!("SYN flood starts (the agent's rules fire: {why})"),
         ));
     }
@@ -1075,7 +1101,7 @@ impl Engine {
             ongoing,
         };
         if !ongoing {
-            self.timeline.push((
+            self.event((
                 flood.end,
                 format!(
                     "SYN flood ends ({} SYNs in {:.1} s)",
@@ -1326,13 +1352,16 @@ enum Verdict {
     Banned,
 }
 
-/// Count one more for `k`, if it is there or there is room for it.
-fn bump(m: &mut HashMap<(u128, u16), u64>, k: (u128, u16), cap: usize) {
+/// Count one more for `k`, if it is there or there is room for it (`false`: no room).
+fn bump(m: &mut HashMap<(u128, u16), u64>, k: (u128, u16), cap: usize) -> bool {
     if let Some(n) = m.get_mut(&k) {
         *n += 1;
     } else if m.len() < cap {
         m.insert(k, 1);
+    } else {
+        return false;
     }
+    true
 }
 
 /// How the daemon words a ban's rate.
@@ -1576,6 +1605,18 @@ mod tests {
         assert_eq!(e.c.completed, 4000);
         assert_eq!(e.c.never_completed, 0);
         assert_eq!(e.peak.0, 200);
+    }
+
+    #[test]
+    fn destinations_past_the_cap_are_counted() {
+        let mut e = Engine::new(&Settings::default());
+        let scanner = v4([203, 0, 113, 9]);
+        for i in 0..5000u64 {
+            let s = seg(scanner, v4(SERVER), 40_000, i as u16 + 1, SYN, 1, 0);
+            feed(&mut e, T0 + i * SEC / 100, &s);
+        }
+        assert_eq!(e.targets.len(), TARGETS);
+        assert_eq!(e.targets_full, 5000 - TARGETS as u64);
     }
 
     #[test]
