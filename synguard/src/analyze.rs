@@ -41,6 +41,13 @@ pub fn analyze(
         settings.set(k, v).map_err(|e| usage(e.to_string()))?;
     }
     let (report, stopped) = if file.as_os_str() == "-" {
+        use std::io::IsTerminal as _;
+        if std::io::stdin().is_terminal() {
+            return Err(usage(
+                "`-` reads the capture from stdin, which is a terminal: pipe one in (`tcpdump \
+                 -w - ... | synguard analyze -`) or give a file",
+            ));
+        }
         analyze_reader(std::io::stdin(), "stdin", &settings)?
     } else {
         let name = file.display().to_string();

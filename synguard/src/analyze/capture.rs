@@ -318,7 +318,13 @@ fn detect(head: &[u8], name: &str) -> anyhow::Result<Format> {
         return Ok(Format::PcapNg);
     }
     let shown: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let what = if head.iter().take(64).all(|b| b.is_ascii()) {
+    let what = if head.starts_with(&[0x1f, 0x8b]) {
+        " (gzip: decompress it first, e.g. `zcat FILE | synguard analyze -`)"
+    } else if head.starts_with(b"\xfd7zXZ") {
+        " (xz: decompress it first, e.g. `xzcat FILE | synguard analyze -`)"
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        " (zstd: decompress it first, e.g. `zstdcat FILE | synguard analyze -`)"
+    } else if head.iter().take(64).all(|b| b.is_ascii()) {
         " (text)"
     } else {
         ""
@@ -402,6 +408,7 @@ mod tests {
         assert!(usage_text(frames(b"")).contains("is empty"));
         assert!(usage_text(frames(b"ab")).contains("only 2 bytes"));
         assert!(usage_text(frames(b"hello world")).contains("(text)"));
+        assert!(usage_text(frames(b"\x1f\x8b\x08\x00")).contains("zcat FILE | synguard"));
         assert!(usage_text(frames(&pcap(0)[..20])).contains("ends inside its file header"));
     }
 
