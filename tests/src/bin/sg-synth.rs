@@ -3,6 +3,15 @@
 //! source. For trying `synguard analyze` on captures of any size.
 //!
 //! Example: sg-synth --out /tmp/forged.pcap --forged 198.18.0.0/15 --rate 250000 --seconds 10
+//!
+//! Measuring `analyze` (speed, peak memory) on a large capture: 24 s at 250,000 SYN/s is
+//! 10 million packets (each forged SYN gets a SYN-ACK); an IPv6 flood from 2001:db8::/32
+//! makes every SYN another source, the worst case for the per-source tables.
+//!
+//! ```text
+//! sg-synth --out /tmp/big.pcap --forged 2001:db8::/32 --v6 --rate 250000 --seconds 24
+//! /usr/bin/time -v synguard analyze /tmp/big.pcap --format json --output /tmp/big.json
+//! ```
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
