@@ -555,16 +555,13 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
         .collect();
 
     // The chart, and the peaks.
+    // Peaks over the detector's 100 ms windows, as the agent measures its rates.
     let series = e.series.points();
-    let drop_peak = series
-        .iter()
-        .max_by(|a, b| a.drop_rate.total_cmp(&b.drop_rate))
-        .filter(|p| p.drop_rate > 0.0);
     let peaks = Peaks {
         syn_rate: e.peak.0,
         syn_rate_at: (e.peak.0 > 0).then(|| time(e.peak.1)),
-        drop_rate: drop_peak.map_or(0, |p| p.drop_rate.round() as u64),
-        drop_rate_at: drop_peak.map(|p| time(e.series.t0 + (p.t * SEC as f64) as u64)),
+        drop_rate: e.drop_peak.0,
+        drop_rate_at: (e.drop_peak.0 > 0).then(|| time(e.drop_peak.1)),
     };
 
     // Timeline.

@@ -83,7 +83,7 @@ pub const TARGETS: usize = 4_096;
 pub const MAX_POINTS: usize = 3_600;
 /// Episodes kept (later ones are counted, not described).
 pub const MAX_EPISODES: usize = 100;
-/// Offered SYN rates are measured over windows this long (the detector's).
+/// Offered SYN rates and drop rates are measured over windows this long (the detector's).
 pub const SLOT_NS: u64 = ATTACK_WINDOW_NS;
 /// The agent's sources table is swept about this often (the daemon's sample period).
 const SWEEP_NS: u64 = 10 * SEC;
@@ -550,6 +550,9 @@ pub struct Engine {
     det_syns: u64,
     slot: u64,
     slot_syns: u64,
+    slot_drops: u64,
+    /// The highest drop rate over a detector window, and the window's start.
+    pub drop_peak: (u64, u64),
     pub series: Series,
     pub peak: (u64, u64),
     cur: Episode,
@@ -595,6 +598,8 @@ impl Engine {
             det_syns: 0,
             slot: 0,
             slot_syns: 0,
+            slot_drops: 0,
+            drop_peak: (0, 0),
             series: Series {
                 t0: 0,
                 width: SEC,
@@ -657,11 +662,12 @@ impl Engine {
     /// One TCP segment at `now` (from [`Engine::tick`]).
     pub fn segment(&mut self, now: u64, s: &Seg<'_>) {
         self.c.tcp += 1;
+        self.slot_tick(now);
         let key = self.p.key(s.v6, s.src);
         let banned = self.meters.get(&key).is_some_and(|m| m.banned_until > now);
         if banned {
             self.agent[stat::R_BANNED] += 1;
-            self.series.at(now).drops += 1;
+            self.dropped(now);
             if let Some(t) = self.talkers.get_mut(&key) {
                 t.dropped = t.dropped.saturating_add(1);
             }
@@ -680,12 +686,11 @@ impl Engine {
         if s.flags & (FIN | RST) != 0 {
             if !banned {
                 self.agent[stat::R_INVALID_FLAGS] += 1;
-                self.series.at(now).drops += 1;
+                self.dropped(now);
             }
             return;
         }
         self.c.syns += 1;
-        self.slot_tick(now);
         self.slot_syns += 1;
         self.series.at(now).syns += 1;
         if self.det.attack != 0 {
@@ -836,7 +841,7 @@ impl Engine {
         let metered = self.meter(now, key);
         if let Some(ban) = metered {
             self.agent[stat::R_SYN_LIMITED] += 1;
-            self.series.at(now).drops += 1;
+            self.dropped(now);
             return Verdict::Limited(ban);
         }
         if !self.cookies_active() {
@@ -1005,8 +1010,19 @@ impl Engine {
         if rate * 2 >= self.p.enter && self.cur.open {
             self.cur.last_hot = self.cur.last_hot.max(at + SLOT_NS);
         }
+        let drops = self.slot_drops * (SEC / SLOT_NS);
+        if drops > self.drop_peak.0 {
+            self.drop_peak = (drops, at);
+        }
         self.slot = slot;
         self.slot_syns = 0;
+        self.slot_drops = 0;
+    }
+
+    /// A packet the agent would drop (or count as dropped, in monitor mode).
+    fn dropped(&mut self, now: u64) {
+        self.series.at(now).drops += 1;
+        self.slot_drops += 1;
     }
 
     fn open(&mut self, now: u64, why: &str) {
@@ -1461,6 +1477,9 @@ mod tests {
         assert_eq!(e.agent[stat::R_BANNED], 1000 - passed - 1);
         // Banned SYNs are dropped before attack mode counts them.
         assert_eq!(e.agent[stat::N_ATTACKS], 0);
+        // All within one 100 ms window: the peaks are rates over it.
+        assert_eq!(e.peak, (10_000, T0));
+        assert_eq!(e.drop_peak, ((1000 - passed) * 10, T0));
         assert_eq!(e.floods.len(), 1);
         let f = &e.floods[0];
         assert_eq!(f.top, Some((attacker, 1000)));
