@@ -734,7 +734,7 @@ impl Engine {
             t.win_start = now;
             t.win_syns = 0;
         }
-        t.win_syns += 1;
+        t.win_syns = t.win_syns.saturating_add(1);
         t.peak = t.peak.max(t.win_syns);
         if t.ep != ep {
             t.ep = ep;
