@@ -69,6 +69,8 @@ pub const PENDING: usize = 100_000;
 /// A generation of handshakes is turned over after this long (a client's SYN
 /// retransmissions come 1, 3 and 7 s after its first SYN; two generations see them).
 pub const PENDING_AGE_NS: u64 = 10 * SEC;
+/// A SYN sent again sooner than this is no retransmission (see `pending_syn`).
+const MIN_RTO_NS: u64 = 200_000_000;
 /// Handshakes begun this close to the end of the capture and still open are not counted
 /// as failed. Older ones are: a real client acknowledges a SYN-ACK within one round trip,
 /// and one that got no answer sends its SYN again after 1 s (a retransmission, seen).
@@ -318,7 +320,9 @@ impl Talker {
 #[derive(Clone, Copy)]
 struct Pend {
     client: Key,
+    /// The first SYN, and the latest one.
     t: u64,
+    last: u64,
     isn: u32,
     srv_isn: u32,
     synack: bool,
@@ -1148,11 +1152,17 @@ impl Engine {
             Some(p) => Some(*p),
             None => self.pend_old.remove(&h),
         };
-        if let Some(p) = found {
+        if let Some(mut p) = found {
             if p.isn == s.seq {
-                self.c.retrans += 1;
+                // The same SYN again. A TCP stack sends it again only after its
+                // retransmission timeout (1 s, then doubling; at least 200 ms anywhere);
+                // sooner it is the same packet captured twice (`-i any` on a bridge) or a
+                // flood tool repeating itself, neither a client kept waiting.
+                let retrans = now.saturating_sub(p.last) >= MIN_RTO_NS;
+                p.last = now;
+                self.c.retrans += u64::from(retrans);
                 self.pend.insert(h, p);
-                return true;
+                return retrans;
             }
             // The same ports again with a new sequence: a new connection; the old one
             // never completed.
@@ -1163,6 +1173,7 @@ impl Engine {
             Pend {
                 client: key,
                 t: now,
+                last: now,
                 isn: s.seq,
                 srv_isn: 0,
                 synack: false,
@@ -1592,6 +1603,17 @@ mod tests {
                 &seg(other, server, 6000 + i as u16, 80, SYN, 1, 0),
             );
         }
+        // The same SYN captured twice (within microseconds) is no retransmission.
+        feed(
+            &mut e,
+            T0 + 16 * SEC,
+            &seg(client, server, 7777, 80, SYN, 5, 0),
+        );
+        feed(
+            &mut e,
+            T0 + 16 * SEC + 3_000,
+            &seg(client, server, 7777, 80, SYN, 5, 0),
+        );
         e.finish();
         assert_eq!(e.c.retrans, 2);
         assert_eq!(e.c.completed, 1);
