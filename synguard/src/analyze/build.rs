@@ -112,7 +112,19 @@ fn describe(e: &Engine, f: &Flood) -> Described {
                 format!(" in {}", spread.join(" and "))
             }
         ),
-        _ => format!("{}{} sources", approx(f.sources_exact), f.sources),
+        _ => {
+            let named: Vec<String> = f
+                .busiest
+                .iter()
+                .map(|&(k, n)| format!("{} ({n})", e.p.show(k)))
+                .collect();
+            let busiest = if named.is_empty() {
+                String::new()
+            } else {
+                format!(", the busiest {}", named.join(", "))
+            };
+            format!("{}{} sources{busiest}", approx(f.sources_exact), f.sources)
+        }
     };
     if let Some(a) = f
         .answered
@@ -733,5 +745,58 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
         recommendations: rec,
         warnings,
         series,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::decode::{SYN, Seg, v4};
+
+    #[test]
+    fn a_flood_from_many_real_sources_names_the_busiest() {
+        let mut e = Engine::new(&Settings::default());
+        let t0 = 1_700_000_000 * SEC;
+        // 500 sources in 203.0.113.0/24 and 198.51.100.0/24, 2 s at 10 SYN/s each (one
+        // more for the first ten): 5000 SYN/s, none completing, each under its bucket.
+        for i in 0..20u64 {
+            for j in 0..500u64 {
+                let src = if j < 250 {
+                    v4([203, 0, 113, j as u8])
+                } else {
+                    v4([198, 51, 100, (j - 250) as u8])
+                };
+                let extra = u64::from(j < 10 && i == 0);
+                for k in 0..=extra {
+                    let s = Seg {
+                        v6: false,
+                        src,
+                        dst: v4([192, 0, 2, 1]),
+                        sport: 1024 + (i * 2 + k) as u16,
+                        dport: 80,
+                        flags: SYN,
+                        seq: (i * 2 + k) as u32,
+                        ack: 0,
+                        payload: &[],
+                    };
+                    let now = e.tick(t0 + i * SEC / 10 + j * 100_000 + k * 1000);
+                    e.segment(now, &s);
+                }
+            }
+        }
+        e.finish();
+        let r = report(&e, &Outcome::default(), "test");
+        assert_eq!(r.attacks.len(), 1, "{:?}", r.summary);
+        assert_eq!(
+            r.attacks[0].kind,
+            AttackKind::Distributed,
+            "{:?}",
+            r.attacks
+        );
+        let line = &r.summary[2];
+        assert!(
+            line.contains("500 sources, the busiest 203.0.113.0 (21), 203.0.113.1 (21)"),
+            "{line}"
+        );
     }
 }

@@ -89,6 +89,8 @@ pub const MAX_EPISODES: usize = 100;
 pub const SLOT_NS: u64 = ATTACK_WINDOW_NS;
 /// The agent's sources table is swept about this often (the daemon's sample period).
 const SWEEP_NS: u64 = 10 * SEC;
+/// Sources named for a flood from many real ones.
+pub const BUSIEST: usize = 5;
 /// Timeline entries kept (attack mode starting and ending, floods); later ones are
 /// counted.
 pub const MAX_EVENTS: usize = 1_000;
@@ -483,6 +485,8 @@ pub struct Flood {
     pub sources: u64,
     pub sources_exact: bool,
     pub top: Option<(Key, u64)>,
+    /// Its busiest sources still tracked, with their SYNs in it (most first).
+    pub busiest: Vec<(Key, u64)>,
     pub completed: u64,
     pub peak: u64,
     pub peak_at: u64,
@@ -1055,13 +1059,22 @@ impl Engine {
         let e = &self.cur;
         let id = e.id;
         // Of the sources still tracked that sent SYNs in it, how many answered.
+        // and its busiest sources.
         let (mut tagged, mut answered) = (0u64, 0u64);
-        for t in self.talkers.values() {
+        let mut busiest: Vec<(Key, u64)> = Vec::new();
+        for (&k, t) in &self.talkers {
             if t.ep == id {
                 tagged += 1;
                 answered += u64::from(t.answered);
+                busiest.push((k, u64::from(t.ep_syns)));
+                if busiest.len() >= 64 {
+                    busiest.sort_unstable_by_key(|&(k, n)| (std::cmp::Reverse(n), k));
+                    busiest.truncate(BUSIEST);
+                }
             }
         }
+        busiest.sort_unstable_by_key(|&(k, n)| (std::cmp::Reverse(n), k));
+        busiest.truncate(BUSIEST);
         let sources = e.sources.count();
         let answered = (tagged > 0).then(|| {
             if tagged >= sources {
@@ -1101,6 +1114,7 @@ impl Engine {
             sources,
             sources_exact: e.sources.exact(),
             top: e.top.map(|(k, n)| (k, u64::from(n))),
+            busiest,
             completed: e.completed,
             peak: e.peak,
             peak_at: e.peak_at,
