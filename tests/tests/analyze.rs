@@ -174,6 +174,26 @@ fn ipv6_forged_flood_is_one_rotation_attack_over_a_33() {
 }
 
 #[test]
+fn connection_flood_from_real_sources_is_told_apart() {
+    let r = report(&fixture("many-sources.pcap"), &[]);
+    let a = only_attack(&r);
+    assert_eq!(a["kind"], "connection_flood", "{r:#}");
+    assert!(
+        any_contains(&r["summary"], "Connection flood on 192.0.2.1:80"),
+        "{r:#}"
+    );
+    assert!(
+        any_contains(&r["summary"], "254 sources, the busiest "),
+        "{r:#}"
+    );
+    assert_eq!(r["top_prefixes"][0]["prefix"], "203.0.113.0/24", "{r:#}");
+    assert!(
+        any_contains(&r["recommendations"], "limit_conn"),
+        "SYN limits do not stop it: {r:#}"
+    );
+}
+
+#[test]
 fn clean_capture_is_not_an_attack() {
     let r = report(&fixture("clean.pcap"), &[]);
     assert_eq!(r["attacks"], Value::Array(vec![]), "{r:#}");

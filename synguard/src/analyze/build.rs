@@ -202,8 +202,11 @@ fn describe(e: &Engine, f: &Flood) -> Described {
         ));
     }
     let line = format!(
-        "{} SYN flood on {target} from {} for {}, peak {peak} SYN/s: {who}.",
-        capitalize(kind.label()),
+        "{} on {target} from {} for {}, peak {peak} SYN/s: {who}.",
+        capitalize(&match kind {
+            AttackKind::ConnectionFlood => kind.label().to_string(),
+            _ => format!("{} SYN flood", kind.label()),
+        }),
         time(f.start),
         span(f.end.saturating_sub(f.start)),
     );
