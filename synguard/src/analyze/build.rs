@@ -66,7 +66,6 @@ struct Described {
 }
 
 fn describe(e: &Engine, f: &Flood) -> Described {
-    let s = &e.p.settings;
     let traits = Traits {
         syns: f.syns,
         sources: f.sources,
@@ -210,7 +209,6 @@ fn describe(e: &Engine, f: &Flood) -> Described {
         time(f.start),
         span(f.end.saturating_sub(f.start)),
     );
-    let _ = s;
     Described {
         attack: Attack {
             kind,
