@@ -121,17 +121,22 @@ pub enum Command {
     ///
     /// Applies the agent's own detection rules (per-source SYN limits at the configured
     /// prefix lengths, attack mode at attack-syn-rate) to the capture and writes the same
-    /// report as `report`.
+    /// report as `report`. Config keys given as flags replay it with other thresholds.
+    /// A capture cut short or corrupt gives the report of what could be read, then an
+    /// error and exit code 2; a file that is no capture at all gives only the error.
     ///
     /// Examples:
     ///   synguard analyze flood.pcap
     ///   synguard analyze flood.pcapng --format json --output flood.json
+    ///   synguard analyze flood.pcap --syn-rate 50 --attack-syn-rate 500
     #[command(verbatim_doc_comment)]
     Analyze {
         /// The capture file (pcap or pcapng; `-` for stdin).
         file: PathBuf,
         #[command(flatten)]
         out: ReportOut,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
 
     /// Remove protection left in place: detach from every interface and remove the pins.

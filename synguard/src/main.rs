@@ -98,8 +98,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Man { out_dir } => synguard::docs::write_man(out_dir.as_deref()),
-        Command::Analyze { file, out } => {
-            synguard::analyze::analyze(&file, out.format, out.output.as_deref())
+        Command::Analyze { file, out, keys } => {
+            synguard::analyze::analyze(&file, &keys.0, out.format, out.output.as_deref())
         }
     }
 }

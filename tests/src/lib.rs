@@ -6,6 +6,7 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod prog;
+pub mod synth;
 pub mod topo;
 pub mod traffic;
 

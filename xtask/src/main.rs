@@ -194,6 +194,16 @@ fn test() -> anyhow::Result<()> {
             "--bins",
         ]),
     )?;
+    step(
+        "synguard analyze on recorded and damaged captures",
+        &mut with_bin(cargo(&[
+            "test",
+            "-p",
+            "synguard-tests",
+            "--test",
+            "analyze",
+        ])),
+    )?;
     // The Debian package: built from the release binary, then checked and installed.
     let deb = dist::dist(&release_bin)?;
     step(
