@@ -573,6 +573,11 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
     let peaks = Peaks {
         syn_rate: e.peak.0,
         syn_rate_at: (e.peak.0 > 0).then(|| time(e.peak.1)),
+        syn_rate_how: if e.peak.0 > 0 {
+            "the capture's busiest 100 ms".into()
+        } else {
+            String::new()
+        },
         drop_rate: e.drop_peak.0,
         drop_rate_at: (e.drop_peak.0 > 0).then(|| time(e.drop_peak.1)),
     };
