@@ -80,17 +80,23 @@ impl FloodSpec {
     }
 }
 
-/// xorshift64*: fast, good enough to spread sources and ports.
-struct Rng(u64);
+/// xorshift64*: fast, good enough to spread sources and ports (and reproducible from
+/// its seed, which the synthetic captures rely on).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         self.0 = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// True with probability `p`.
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
     }
 }
 
@@ -184,7 +190,8 @@ impl Frame {
     }
 }
 
-fn random_in(net: &IpNet, rng: &mut Rng) -> IpAddr {
+/// A random address inside `net`.
+pub(crate) fn random_in(net: &IpNet, rng: &mut Rng) -> IpAddr {
     match net {
         IpNet::V4(n) => {
             let host = rng.next() as u32 & !u32::from(n.netmask());

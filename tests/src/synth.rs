@@ -20,6 +20,8 @@ use std::{
 
 use ipnet::IpNet;
 
+use crate::flood::{Rng, random_in};
+
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
@@ -158,37 +160,6 @@ impl Default for Scenario {
             loss: 0.0,
             errors: 0.0,
             seed: 1,
-        }
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
-    }
-}
-
-fn random_in(net: &IpNet, rng: &mut Rng) -> IpAddr {
-    match net {
-        IpNet::V4(n) => {
-            let host = rng.next() as u32 & !u32::from(n.netmask());
-            IpAddr::V4((u32::from(n.network()) | host).into())
-        }
-        IpNet::V6(n) => {
-            let r = (u128::from(rng.next()) << 64) | u128::from(rng.next());
-            let host = r & !u128::from(n.netmask());
-            IpAddr::V6((u128::from(n.network()) | host).into())
         }
     }
 }
