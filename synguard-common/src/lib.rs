@@ -409,6 +409,29 @@ pub struct Bucket {
     pub prev_window_syns: u64,
 }
 
+impl Bucket {
+    /// Count one SYN at `now` in the source's totals and rate windows: the XDP program
+    /// and `synguard analyze` share it, so both measure a source alike. Time that seems
+    /// to run backwards (another CPU's earlier clock read, a capture's reordered
+    /// packets) counts in the current window rather than restarting it.
+    #[inline(always)]
+    pub fn count_syn(&mut self, now: u64) {
+        self.syns += 1;
+        self.last_seen_ns = now;
+        let age = now.saturating_sub(self.window_start_ns);
+        if age >= RATE_WINDOW_NS {
+            self.prev_window_syns = if age < 2 * RATE_WINDOW_NS {
+                self.window_syns
+            } else {
+                0
+            };
+            self.window_start_ns = now;
+            self.window_syns = 0;
+        }
+        self.window_syns += 1;
+    }
+}
+
 /// Rate windows restart after this long. The rate reported at a ban is the SYNs of the
 /// current window divided by its age or, when the window is younger than
 /// [`YOUNG_WINDOW_NS`], the SYNs of this window and the one before over their span.

@@ -56,8 +56,8 @@ use synguard_common::{
     ACTION_DROP, ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_STALE_NS, ATTACK_WINDOW_NS, Bucket,
     COOKIES_ALWAYS, COOKIES_AUTO, Config, EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN,
     EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR,
-    RATE_WINDOW_NS, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step, capacity,
-    gcra, rate_span, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
+    RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step, capacity, gcra, rate_span,
+    rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     stat::{self, *},
 };
 
@@ -986,19 +986,7 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8, now: u64) -> usize {
     // the races lose at most one SYN's accounting per racing CPU, which is within the
     // slack of a token bucket and cheaper than a lock on the hot path.
     let b = unsafe { &mut *bucket };
-    b.syns += 1;
-    b.last_seen_ns = now;
-    let age = now.wrapping_sub(b.window_start_ns);
-    if age >= RATE_WINDOW_NS {
-        b.prev_window_syns = if age < 2 * RATE_WINDOW_NS {
-            b.window_syns
-        } else {
-            0
-        };
-        b.window_start_ns = now;
-        b.window_syns = 0;
-    }
-    b.window_syns += 1;
+    b.count_syn(now);
     match gcra::conform(b.tat_ns, now, cfg.syn_interval_ns, cfg.syn_tolerance_ns) {
         Some(tat) => {
             b.tat_ns = tat;

@@ -51,8 +51,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use cardinality_estimator::CardinalityEstimator;
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use synguard_common::{
-    ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_WINDOW_NS, Bucket, IfState, RATE_WINDOW_NS,
-    attack_step, capacity, gcra, rate_span, stat,
+    ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_WINDOW_NS, Bucket, IfState, attack_step, capacity,
+    gcra, rate_span, stat,
 };
 
 use super::decode::{ACK, FIN, RST, SYN, Seg, http_status};
@@ -873,19 +873,7 @@ impl Engine {
         let p = &self.p;
         if let Some(m) = self.meters.get_mut(&key) {
             let b = &mut m.b;
-            b.syns += 1;
-            b.last_seen_ns = now;
-            let age = now.saturating_sub(b.window_start_ns);
-            if age >= RATE_WINDOW_NS {
-                b.prev_window_syns = if age < 2 * RATE_WINDOW_NS {
-                    b.window_syns
-                } else {
-                    0
-                };
-                b.window_start_ns = now;
-                b.window_syns = 0;
-            }
-            b.window_syns += 1;
+            b.count_syn(now);
             return match gcra::conform(b.tat_ns, now, p.interval, p.tolerance) {
                 Some(tat) => {
                     b.tat_ns = tat;
