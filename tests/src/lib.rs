@@ -8,6 +8,7 @@ pub mod packet;
 pub mod prog;
 pub mod topo;
 pub mod traffic;
+pub mod xdpfilter;
 
 use std::path::PathBuf;
 
