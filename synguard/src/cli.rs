@@ -83,15 +83,20 @@ pub enum Command {
 
     /// A live view: SYN and drop rates, top sources, drops by reason, attack mode, bans.
     ///
-    /// Quits on `q` (or Ctrl-C). When stdout is not a terminal it prints one plain line
-    /// per interval instead, for logs and pipes.
+    /// Quits on `q`, Esc or Ctrl-C. When stdout is not a terminal it prints one plain line
+    /// per interval instead, for logs and pipes, plus one line per change of the ban and
+    /// block lists:
+    ///   2026-11-24T20:50:01Z syn/s=152000 drop/s=151900 attack=eth0 bans=1 top=203.0.113.66/32:151000(banned)
+    ///   2026-11-24T20:50:01Z + 203.0.113.66/32 banned (at 101000 SYN/s), expires in 10m
+    /// It ends with exit code 0 on SIGINT or SIGTERM, and when the state it watches is
+    /// removed (`synguard run` stopped).
     ///
     /// Example:
     ///   synguard top
     ///   synguard top --interval 5s | tee top.log
     #[command(verbatim_doc_comment)]
     Top {
-        /// How often to refresh.
+        /// How often to refresh (100ms to 1h).
         #[arg(long, default_value = "1s", value_name = "DURATION")]
         interval: String,
     },
@@ -128,6 +133,47 @@ pub enum Command {
         #[command(flatten)]
         out: ReportOut,
     },
+
+    /// Remove protection left in place: detach from every interface and remove the pins.
+    ///
+    /// For a program kept by `run --keep` (the systemd service runs that way, so restarts
+    /// and upgrades leave no gap) or by a `run` that crashed. Refuses while a `run` is
+    /// active.
+    ///
+    /// Example:
+    ///   systemctl stop synguard && synguard detach
+    #[command(verbatim_doc_comment)]
+    Detach,
+
+    /// Print a shell completion script.
+    ///
+    /// Examples:
+    ///   synguard completions bash > /etc/bash_completion.d/synguard
+    ///   synguard completions zsh > "${fpath[1]}/_synguard"
+    ///   synguard completions fish > ~/.config/fish/completions/synguard.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+
+    /// Print the manual page (roff), generated from this command line.
+    ///
+    /// Example:
+    ///   synguard man | man -l -
+    #[command(verbatim_doc_comment)]
+    Man {
+        /// Write every page (synguard.8 and one per subcommand) into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

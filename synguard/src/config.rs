@@ -266,6 +266,46 @@ pub const KEYS: [KeyInfo; 10] = [
 
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The commented default config file the package installs as
+/// `/etc/synguard/synguard.toml` (`synguard/dist/synguard.toml`, kept in step with
+/// [`KEYS`] by a test): every key commented out at its default, with its reasoning.
+pub fn example_file() -> String {
+    let mut out = String::from(
+        "# /etc/synguard/synguard.toml: synguard's settings (`synguard run --config`).\n\
+         #\n\
+         # Every key below is commented out at its default. Uncomment and change what you\n\
+         # need, then `systemctl reload synguard` (SIGHUP): the running program picks it up\n\
+         # within a second, and a bad file is refused with the old settings kept.\n\
+         # The same keys work as `synguard run --KEY VALUE` and `synguard config set KEY\n\
+         # VALUE` (live, until the next reload or restart). Durations: 30s, 10m, 1h, 2d.\n\
+         # See `man synguard` and the README.\n",
+    );
+    for k in &KEYS {
+        out.push_str("\n# ");
+        out.push_str(k.help);
+        out.push_str(".\n");
+        let mut line = String::from("#");
+        for word in k.why.split_whitespace() {
+            if line.len() + word.len() + 1 > 88 {
+                out.push_str(&line);
+                out.push('\n');
+                line = String::from("#");
+            }
+            line.push(' ');
+            line.push_str(word);
+        }
+        out.push_str(&line);
+        out.push('\n');
+        let value = if k.default.parse::<u64>().is_ok() {
+            k.default.to_string()
+        } else {
+            format!("{:?}", k.default)
+        };
+        out.push_str(&format!("#{} = {value}\n", k.name));
+    }
+    out
+}
+
 impl Default for Settings {
     fn default() -> Self {
         let mut s = Self {
@@ -760,5 +800,35 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((u128::from(self.0 >> 11) * u128::from(n)) >> 53) as u64
         }
+    }
+
+    /// The packaged config file is `example_file()` (regenerate it with
+    /// `UPDATE_DIST=1 cargo test -p synguard --lib config`), and uncommented it parses to
+    /// the defaults.
+    #[test]
+    fn packaged_config_file_matches_the_keys() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/synguard.toml");
+        let want = example_file();
+        if std::env::var_os("UPDATE_DIST").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            have, want,
+            "dist/synguard.toml is stale: UPDATE_DIST=1 cargo test"
+        );
+        let mut s = Settings::default();
+        s.apply_toml(&have).unwrap();
+        assert_eq!(s, Settings::default());
+        let uncommented: String = have
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.contains(" = ") && !l.starts_with(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(uncommented.lines().count(), KEYS.len(), "{uncommented}");
+        let mut s = Settings::default();
+        s.apply_toml(&uncommented).unwrap();
+        assert_eq!(s, Settings::default());
     }
 }

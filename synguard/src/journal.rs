@@ -230,6 +230,13 @@ pub fn read(dir: &Path, since: Option<SystemTime>) -> anyhow::Result<(Vec<Record
         let f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(crate::error::usage(format!(
+                    "the journal in {} is readable by root only: run `synguard report` with \
+                     sudo",
+                    dir.display()
+                )));
+            }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         found = true;

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
+pub mod docs;
 pub mod error;
 pub mod incident;
 pub mod journal;

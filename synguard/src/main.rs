@@ -84,12 +84,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Top { interval } => {
             let every = crate_duration(&interval)?;
+            top::check_interval(every)?;
             top::top(&State::open(pin)?, every)
         }
         Command::Report { since, out } => {
             let since = since.as_deref().map(crate_duration).transpose()?;
             synguard::report::report(&cli.state_dir, since, out.format, out.output.as_deref())
         }
+        Command::Detach => synguard::daemon::detach(pin),
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&synguard::docs::completions(shell))?;
+            Ok(())
+        }
+        Command::Man { out_dir } => synguard::docs::write_man(out_dir.as_deref()),
         Command::Analyze { file, out } => {
             synguard::analyze::analyze(&file, out.format, out.output.as_deref())
         }
@@ -98,8 +106,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 /// A human duration from the command line (`30s`, `10m`, `2h`), or a usage error.
 fn crate_duration(s: &str) -> anyhow::Result<std::time::Duration> {
-    humantime::parse_duration(s)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| error::usage(format!("not a duration: {s:?} (use e.g. 30s, 10m, 2h, 1d)")))
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(error::usage(format!(
+            "the duration {s:?} is zero: give a positive one (e.g. 30s, 10m, 2h, 1d)"
+        ))),
+        Err(_) => Err(error::usage(format!(
+            "not a duration: {s:?} (use e.g. 30s, 10m, 2h, 1d)"
+        ))),
+    }
 }

@@ -80,9 +80,21 @@ impl Lab {
     /// `synguard --pin-dir P ARGS` as a daemon in the server's namespace; returns once it
     /// says it is running.
     pub fn daemon(&self, args: &[&str]) -> ChildGuard {
-        let mut cmd = self
-            .server
-            .command(synguard_bin().to_str().expect("utf-8 path"));
+        self.daemon_via(&[], args)
+    }
+
+    /// Like [`Lab::daemon`], started through `wrapper` (e.g. `setpriv` with options).
+    pub fn daemon_via(&self, wrapper: &[&str], args: &[&str]) -> ChildGuard {
+        let bin = synguard_bin();
+        let bin = bin.to_str().expect("utf-8 path");
+        let mut cmd = match wrapper.split_first() {
+            None => self.server.command(bin),
+            Some((first, rest)) => {
+                let mut c = self.server.command(first);
+                c.args(rest).arg(bin);
+                c
+            }
+        };
         cmd.arg("--pin-dir")
             .arg(self.pin_dir())
             .arg("--state-dir")

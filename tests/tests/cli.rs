@@ -1210,7 +1210,7 @@ fn report_rejects_bad_input() {
     let dir = TempDir::new("noj");
     for (args, says) in [
         (vec!["report", "--since", "yesterday"], "not a duration"),
-        (vec!["report", "--since", "0s"], "not a duration"),
+        (vec!["report", "--since", "0s"], "is zero"),
         (vec!["report", "--format", "pdf"], "invalid value"),
         (vec!["report"], "no journal"),
     ] {
@@ -1225,4 +1225,337 @@ fn report_rejects_bad_input() {
         assert!(t.contains(says), "{args:?}: {t}");
     }
     assert_eq!(std::fs::read_dir(&dir.path).unwrap().count(), 0);
+}
+
+/// A `synguard top` whose stdout is a pipe, its lines collected as they come.
+struct PipedTop {
+    guard: synguard_tests::netns::ChildGuard,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<std::process::ChildStderr>,
+}
+
+impl PipedTop {
+    fn start(lab: &Lab, interval: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(synguard_bin())
+            .arg("--pin-dir")
+            .arg(lab.pin_dir())
+            .arg("--state-dir")
+            .arg(&lab.state.path)
+            .args(["top", "--interval", interval])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn synguard top");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take();
+        let (tx, lines) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            guard: synguard_tests::netns::ChildGuard {
+                child: Some(child),
+                log: None,
+            },
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Collect lines until `done` holds for the lines so far, or `timeout` passes.
+    fn until(&mut self, timeout: Duration, done: impl Fn(&[String]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Everything it wrote to stderr (call once it has exited).
+    fn stderr(&mut self) -> String {
+        use std::io::Read as _;
+        let mut s = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+/// A `key=value` field of a plain `top` line.
+fn top_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// `synguard top` with stdout not a terminal: one plain line per interval that shows a
+/// live flood, the attacker as the busiest source with its verdict, its ban as it
+/// happens; SIGINT ends it with 0, and so does the state going away. Without state, or
+/// with a bad interval, it exits 2 like every other command.
+#[test]
+fn top_prints_plain_lines_with_the_flood_its_source_and_the_ban() {
+    require_root();
+    let lab = Lab::new();
+    for (args, want) in [
+        (
+            vec!["top", "--interval", "500ms"],
+            "synguard is not running on this host",
+        ),
+        (vec!["top", "--interval", "0"], "the duration \"0\" is zero"),
+        (
+            vec!["top", "--interval", "soon"],
+            "not a duration: \"soon\"",
+        ),
+        (vec!["top", "--interval", "10ms"], "use 100ms to 1h"),
+    ] {
+        let out = lab.sg(&args);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(want), "{args:?}: expected {want:?} in: {t}");
+    }
+
+    let mut daemon = lab.daemon(&["run", "--iface", "sga"]);
+    let mut top = PipedTop::start(&lab, "500ms");
+    // The first line comes one interval after the first reading, before the flood.
+    if !top.until(Duration::from_secs(5), |l| !l.is_empty()) {
+        top.guard.signal(libc::SIGKILL);
+        panic!("no line from top: {}", top.stderr());
+    }
+    let first = top.seen[0].clone();
+    assert!(
+        first.contains(" syn/s=") && first.ends_with("bans=0 top=-"),
+        "{first}"
+    );
+    assert!(first.split(' ').next().unwrap().ends_with('Z'), "{first}");
+
+    let banned_top = format!("top={ATTACKER}/32:");
+    let flooding = |l: &[String]| {
+        l.iter().any(|l| {
+            top_field(l, "syn/s").and_then(|v| v.parse::<u64>().ok()) > Some(1000)
+                && top_field(l, "drop/s").and_then(|v| v.parse::<u64>().ok()) > Some(1000)
+                && l.contains(&banned_top)
+                && top_field(l, "top")
+                    .is_some_and(|t| t.split(',').next().is_some_and(|s| s.ends_with("(banned)")))
+                && l.contains(" bans=1 ")
+        })
+    };
+    let shown = thread::scope(|s| {
+        s.spawn(|| lab.hping(4, &["-S", "-p", "80", "--flood", "192.0.2.1"]));
+        top.until(Duration::from_secs(4), flooding)
+    });
+    let all = top.seen.join("\n");
+    assert!(
+        shown,
+        "no line with the flood and the banned attacker:\n{all}"
+    );
+    let event = format!("Z + {ATTACKER}/32 banned (at ");
+    let ev = top
+        .seen
+        .iter()
+        .find(|l| l.contains(&event))
+        .unwrap_or_else(|| panic!("no ban event:\n{all}"));
+    assert!(ev.contains("SYN/s), expires in 10m"), "{ev}");
+    // Nothing but sample lines and list changes.
+    for l in &top.seen {
+        assert!(
+            l.contains(" syn/s=") || l.contains("Z + ") || l.contains("Z - "),
+            "{l}"
+        );
+    }
+
+    top.guard.signal(libc::SIGINT);
+    let code = top.guard.wait(Duration::from_secs(5));
+    let err = top.stderr();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(err, "", "SIGINT ends top quietly");
+
+    // A `top` watching when `run` stops (and removes the state) ends with 0 and says why.
+    let mut watcher = PipedTop::start(&lab, "200ms");
+    assert!(watcher.until(Duration::from_secs(5), |l| !l.is_empty()));
+    daemon.signal(libc::SIGINT);
+    assert_eq!(daemon.wait(Duration::from_secs(10)), Some(0));
+    assert_eq!(watcher.guard.wait(Duration::from_secs(5)), Some(0));
+    let err = watcher.stderr();
+    assert!(err.contains("is gone"), "{err}");
+}
+
+/// The capabilities the systemd unit grants (its `CapabilityBoundingSet`).
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../synguard/dist/synguard.service"
+    ))
+    .expect("the unit file");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds its capabilities");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+fn setpriv_caps(caps: &[String]) -> Vec<String> {
+    let set = caps
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        "setpriv".into(),
+        format!("--bounding-set=-all,{set}"),
+        "--inh-caps=-all".into(),
+        "--".into(),
+    ]
+}
+
+/// `run` works with exactly the unit's capabilities (attach, bans, half-open purge, the
+/// tcp_syncookies sysctl in attack mode), says what is missing with fewer, and a user
+/// without them can neither read nor change the state.
+#[test]
+fn least_capabilities_suffice_and_others_are_refused() {
+    require_root();
+    let caps = unit_capabilities();
+    assert_eq!(caps, ["bpf", "perfmon", "net_admin"]);
+    let lab = Lab::new();
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "1");
+    let wrapper = setpriv_caps(&caps);
+    let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut d = lab.daemon_via(&w, &["run", "--iface", "sga", "--keep"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap_or_default();
+    // The wrapper (`ip netns exec`) has exec'd into synguard by now.
+    if let Some(eff) = status.lines().find_map(|l| l.strip_prefix("CapEff:")) {
+        let eff = u64::from_str_radix(eff.trim(), 16).unwrap();
+        assert_eq!(eff, (1 << 39) | (1 << 38) | (1 << 12), "CapEff {eff:x}");
+    }
+    // A ban, with its half-open connections purged.
+    lab.hping(1, &["-S", "-p", "80", "--flood", "192.0.2.1"]);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.json(&["explain", ATTACKER])["verdict"], "banned");
+    // Attack mode: the sysctl is set and put back.
+    lab.ok(&["config", "set", "attack-syn-rate", "100"]);
+    thread::sleep(Duration::from_millis(1200));
+    lab.hping(
+        1,
+        &[
+            "-S",
+            "-p",
+            "80",
+            "-i",
+            "u2000",
+            "-a",
+            "198.18.0.7",
+            "192.0.2.1",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.log_text().contains("set net.ipv4.tcp_syncookies = 2") {
+        assert!(Instant::now() < deadline, "attack mode: {}", d.log_text());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let log = d.log_text();
+    assert!(!log.contains("cannot remove half-open"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(0), "{}", d.log_text());
+
+    // The state is root's alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let maps = lab.pin_dir().join("maps");
+    let mode = std::fs::metadata(&maps).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{} is {mode:o}", maps.display());
+    for e in std::fs::read_dir(&maps).unwrap() {
+        let mode = e.unwrap().metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "pinned maps are {mode:o}");
+    }
+    let nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(synguard_bin())
+            .arg("--pin-dir")
+            .arg(lab.pin_dir())
+            .arg("--state-dir")
+            .arg(&lab.state.path)
+            .args(args);
+        c.output().unwrap()
+    };
+    for args in [
+        &["block", "list"][..],
+        &["block", "add", "192.0.2.77"],
+        &["allow", "add", "192.0.2.77"],
+        &["config", "set", "syn-rate", "1"],
+        &["status"],
+        &["report"],
+    ] {
+        let out = nobody(args);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(
+            t.contains("needs root") || t.contains("readable by root only"),
+            "{args:?}: {t}"
+        );
+    }
+    let list = lab.json(&["block", "list"]).to_string();
+    assert!(
+        !list.contains("192.0.2.77"),
+        "nobody changed nothing: {list}"
+    );
+    assert_eq!(lab.json(&["allow", "list"]), serde_json::json!([]));
+    assert_eq!(lab.json(&["config", "show"])["syn-rate"], "200");
+
+    // Without CAP_NET_ADMIN (or CAP_PERFMON) `run` says what is missing, and starts
+    // nothing.
+    for missing in ["net_admin", "perfmon"] {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let mut c = lab.server.command("setpriv");
+        c.args(&setpriv_caps(&fewer)[1..])
+            .arg(synguard_bin())
+            .arg("--pin-dir")
+            .arg(lab.pin_dir())
+            .args(["run", "--iface", "sga"]);
+        let out = c.output().unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(
+            t.contains(&format!("missing: CAP_{}", missing.to_uppercase())),
+            "{t}"
+        );
+    }
+
+    // `detach` takes the kept program away.
+    let out = nobody(&["detach"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    lab.ok(&["detach"]);
+    let link = lab.server.ip(&["link", "show", "sga"]);
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"));
+    assert!(!lab.pin_dir().join("maps").exists());
+    let out = lab.sg(&["detach"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("nothing to detach"), "{}", text(&out));
+}
+
+/// `detach` refuses while `run` is active.
+#[test]
+fn detach_refuses_while_run_is_active() {
+    require_root();
+    let lab = Lab::new();
+    let _d = lab.daemon(&["run", "--iface", "sga"]);
+    let out = lab.sg(&["detach"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("is active"), "{}", text(&out));
+    let link = lab.server.ip(&["link", "show", "sga"]);
+    assert!(String::from_utf8_lossy(&link.stdout).contains("xdp"));
 }
