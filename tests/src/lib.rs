@@ -6,6 +6,7 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod prog;
+pub mod survival;
 pub mod topo;
 pub mod traffic;
 pub mod xdpfilter;

@@ -186,3 +186,25 @@ impl XdpFilter {
 fn nr_cpus() -> anyhow::Result<usize> {
     aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))
 }
+
+/// `MAP_FLAG_DST` in xdp-filter's maps: the entry matches destination addresses or ports.
+pub const MAP_FLAG_DST: u64 = 2;
+/// `MAP_FLAG_TCP`: a port entry applies to TCP.
+pub const MAP_FLAG_TCP: u64 = 4;
+
+impl XdpFilter {
+    /// What `xdp-filter port PORT --mode dst --proto tcp` stores: `filter_ports` is a
+    /// per-CPU array indexed by the port as it lies in the TCP header (big-endian),
+    /// widened to a `u32`.
+    pub fn add_tcp_dst_port(&mut self, port: u16) -> anyhow::Result<()> {
+        let cpus = nr_cpus()?;
+        let values = PerCpuValues::try_from(vec![MAP_FLAG_DST | MAP_FLAG_TCP; cpus])?;
+        let mut m: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map_mut("filter_ports")
+                .ok_or_else(|| anyhow!("{} has no port filter", self.name))?,
+        )?;
+        m.set(u32::from(port.to_be()), values, 0)?;
+        Ok(())
+    }
+}
