@@ -33,9 +33,23 @@ struct Args {
     /// JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
-    /// Three short rounds (for `cargo xtask test`).
+    /// Three short rounds, smaller tables, one short lab run per defence (for
+    /// `cargo xtask test`).
     #[arg(long)]
     quick: bool,
+    /// Run only these parts (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Per-packet cost per verdict, synguard and xdp-filter.
+    Verdicts,
+    /// Per-packet cost and map memory as the tables grow.
+    Scale,
+    /// Employees and CPU under floods in the lab.
+    Survival,
 }
 
 #[derive(Serialize)]
@@ -826,12 +840,21 @@ fn main() -> anyhow::Result<()> {
         "sg-bench: per-verdict done ({:.0} s); scale",
         started.elapsed().as_secs_f64()
     );
-    let scale = scale(args.quick, if args.quick { 3 } else { 7 }, repeat)?;
+    let want = |p: Part| args.only.is_empty() || args.only.contains(&p);
+    let scale = if want(Part::Scale) {
+        scale(args.quick, if args.quick { 3 } else { 7 }, repeat)?
+    } else {
+        Vec::new()
+    };
     eprintln!(
         "sg-bench: scale done ({:.0} s); survival",
         started.elapsed().as_secs_f64()
     );
-    let (survival, idle, survival_note) = survival_runs(args.quick, &stop)?;
+    let (survival, idle, survival_note) = if want(Part::Survival) {
+        survival_runs(args.quick, &stop)?
+    } else {
+        (Vec::new(), None, "not run (--only)".to_string())
+    };
     let mut report = Report {
         quick: args.quick,
         rounds,
@@ -942,19 +965,37 @@ fn targets(r: &Report) -> Vec<Target> {
                 ),
                 met: sg.success_rate >= 0.99,
             });
-            if let (Some(k), Some(a), Some(b)) = (
-                at_top(Defence::Kernel),
+            if let (Some(a), Some(b)) = (
                 sg.softirq_ns_per_packet,
                 at_top(Defence::Kernel).and_then(|k| k.softirq_ns_per_packet),
             ) {
-                let _ = k;
+                // The delivery floor (generator and router, a server that drops on
+                // arrival) measured in the same bench, when there is one.
+                // Trusted only when it lies below both measurements: softirq time is the
+                // whole machine's, and other work on it shows up as noise.
+                let floor = at_top(Defence::NoopDrop).and_then(|f| f.softirq_ns_per_packet);
+                let server = floor
+                    .filter(|f| b > *f && a >= *f)
+                    .map(|f| ((a - f) / (b - f), f));
                 t.push(Target {
                     target: format!(
                         "{}, largest flood: softirq CPU per attack packet <= 1/5 of the kernel \
                          alone",
                         attack.name()
                     ),
-                    measured: format!("{:.2}x ({a:.0} vs {b:.0} ns, whole machine)", a / b),
+                    measured: match server {
+                        Some((ratio, f)) => format!(
+                            "whole machine {:.2}x ({a:.0} vs {b:.0} ns); above the delivery \
+                             floor ({f:.0} ns, no-op XDP_DROP) {ratio:.2}x",
+                            a / b
+                        ),
+                        None => format!(
+                            "whole machine {:.2}x ({a:.0} vs {b:.0} ns); delivery floor not \
+                             usable (noise)",
+                            a / b
+                        ),
+                    },
+                    // Judged on the whole machine: the floor is reported, not relied on.
                     met: a / b <= 0.2,
                 });
             }
