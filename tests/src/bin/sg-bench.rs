@@ -1132,18 +1132,18 @@ fn chart(r: &Report) -> anyhow::Result<String> {
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(330)
-            .build_cartesian_2d(0.0..x_max, 0..n)
+            .build_cartesian_2d(0.0..x_max, (0..n).into_segmented())
             .map_err(|x| e(&x))?;
         let names: Vec<String> = r.rows.iter().map(|x| x.case.clone()).collect();
+        // Row i is drawn in segment n-1-i, so the table's first row is at the top.
+        let name_of = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(y) if *y < n => names[n - 1 - *y].clone(),
+            _ => String::new(),
+        };
         c.configure_mesh()
             .y_labels(n)
-            .y_label_formatter(&|i| {
-                names
-                    .get(n - 1 - (*i).min(n - 1))
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .x_desc("ns")
+            .y_label_formatter(&name_of)
+            .x_desc("ns per packet")
             .light_line_style(WHITE)
             .draw()
             .map_err(|x| e(&x))?;
@@ -1158,7 +1158,15 @@ fn chart(r: &Report) -> anyhow::Result<String> {
         };
         c.draw_series(r.rows.iter().enumerate().map(|(i, x)| {
             let y = n - 1 - i;
-            Rectangle::new([(0.0, y), (x.ns_median, y + 1)], color(&x.case).filled())
+            let mut bar = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(y)),
+                    (x.ns_median, SegmentValue::Exact(y + 1)),
+                ],
+                color(&x.case).filled(),
+            );
+            bar.set_margin(3, 3, 0, 0);
+            bar
         }))
         .map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))?;
