@@ -97,6 +97,48 @@ pub struct Survival {
     pub softirq_ms_per_s: f64,
     /// softirq CPU time per attack packet above the idle rate, ns.
     pub softirq_ns_per_packet: Option<f64>,
+    /// Frames the lab's own links lost during the attack: veth receive rings overflowing
+    /// and XDP_TX frames the peer could not take (on the server's and the employees'
+    /// paths), and the kernel's per-CPU backlog overflowing (softnet_stat, whole
+    /// machine). Losses of the lab, not verdicts of a defence; `None` without ethtool.
+    pub path_drops: Option<u64>,
+}
+
+/// Overflow drops of the veth links on the server's and the employees' paths, and of the
+/// kernel's per-CPU backlog queues.
+fn path_drops(net: &LabNet) -> Option<u64> {
+    let mut total = 0;
+    for (ns, ifname) in [
+        (&net.server, "eth0"),
+        (&net.router, "r-srv"),
+        (&net.router, "r-emp"),
+        (&net.employees, "eth0"),
+    ] {
+        let out = ns.try_exec(&["ethtool", "-S", ifname]);
+        if !out.status.success() {
+            return None;
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((name, value)) = line.trim().split_once(':') else {
+                continue;
+            };
+            let overflow = (name.starts_with("rx_queue_")
+                && name.ends_with("_drops")
+                && !name.ends_with("_xdp_drops"))
+                || name.ends_with("_xdp_tx_errors")
+                || name.ends_with("_xdp_xmit_errors");
+            if overflow {
+                total += value.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    let softnet = std::fs::read_to_string("/proc/net/softnet_stat").ok()?;
+    for line in softnet.lines() {
+        if let Some(v) = line.split_whitespace().nth(1) {
+            total += u64::from_str_radix(v, 16).unwrap_or(0);
+        }
+    }
+    Some(total)
 }
 
 /// Keeps a defence in place while the run lasts.
@@ -223,6 +265,7 @@ pub fn run(
     let staff = lab::employees(&net, false, attack_end, stop);
     thread::sleep(warmup);
     let soft_before = lab::softirq_ticks();
+    let drops_before = path_drops(&net);
     let t0 = Instant::now();
     let sent = if rate == Some(0) {
         thread::sleep(duration);
@@ -252,6 +295,9 @@ pub fn run(
     };
     let secs = t0.elapsed().as_secs_f64();
     let soft = lab::softirq_ticks().saturating_sub(soft_before);
+    let path_drops = path_drops(&net)
+        .zip(drops_before)
+        .map(|(a, b)| a.saturating_sub(b));
     let mut attempts = Vec::new();
     for h in staff {
         attempts.extend(h.join().map_err(|_| anyhow::anyhow!("employee panicked"))?);
@@ -292,5 +338,6 @@ pub fn run(
         connect_p99_ms: lab::percentile(&ok, 99.0),
         softirq_ms_per_s,
         softirq_ns_per_packet,
+        path_drops,
     })
 }

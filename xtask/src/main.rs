@@ -87,6 +87,7 @@ const BENCH_PACKAGES: &[&str] = &[
     "nginx",
     "xdp-tools",
     "libxdp1",
+    "ethtool",
 ];
 
 fn root() -> PathBuf {

@@ -750,7 +750,9 @@ fn survival_runs(
     } else {
         format!(
             "{} s per run; softirq is the whole machine's (generator, router and server share \
-             2 CPUs), less the idle rate with only the employees ({idle:.0} ms/s)",
+             2 CPUs), less the idle rate with only the employees ({idle:.0} ms/s). Lab path \
+             drops: frames the lab's veth rings and the kernel's backlog queues lost during \
+             the attack (the lab's own saturation, not a defence's verdicts).",
             duration.as_secs()
         )
     };
@@ -1072,13 +1074,13 @@ fn markdown(r: &Report) -> String {
         let _ = writeln!(
             s,
             "| attack | asked SYN/s | sent SYN/s | defence | employees ok | p50 ms | p99 ms | \
-             softirq ms/s | softirq ns per attack packet |\n\
-             |---|---:|---:|---|---:|---:|---:|---:|---:|"
+             softirq ms/s | softirq ns per attack packet | lab path drops |\n\
+             |---|---:|---:|---|---:|---:|---:|---:|---:|---:|"
         );
         for x in &r.survival {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0}k | {} | {:.1} % ({}/{}) | {} | {} | {:.0} | {} |",
+                "| {} | {} | {:.0}k | {} | {:.1} % ({}/{}) | {} | {} | {:.0} | {} | {} |",
                 x.attack.name(),
                 x.target_pps
                     .map_or("flat out".into(), |p| format!("{}k", p / 1000)),
@@ -1092,6 +1094,7 @@ fn markdown(r: &Report) -> String {
                 x.softirq_ms_per_s,
                 x.softirq_ns_per_packet
                     .map_or("-".into(), |v| format!("{v:.0}")),
+                x.path_drops.map_or("-".into(), |v| v.to_string()),
             );
         }
     }
