@@ -97,10 +97,11 @@ pub struct Survival {
     pub softirq_ms_per_s: f64,
     /// softirq CPU time per attack packet above the idle rate, ns.
     pub softirq_ns_per_packet: Option<f64>,
-    /// Frames the lab's own links lost during the attack: veth receive rings overflowing
-    /// and XDP_TX frames the peer could not take (on the server's and the employees'
-    /// paths), and the kernel's per-CPU backlog overflowing (softnet_stat, whole
-    /// machine). Losses of the lab, not verdicts of a defence; `None` without ethtool.
+    /// Frames the lab's own links lost during the attack: veth links that could not hand
+    /// a frame to their peer (its XDP ring full) or whose rings overflowed, XDP_TX frames
+    /// the peer could not take (on the server's and the employees' paths), and the
+    /// kernel's per-CPU backlog overflowing (softnet_stat, whole machine). Losses of the
+    /// lab, not verdicts of a defence; `None` without ethtool.
     pub path_drops: Option<u64>,
 }
 
@@ -114,6 +115,9 @@ fn path_drops(net: &LabNet) -> Option<u64> {
         (&net.router, "r-emp"),
         (&net.employees, "eth0"),
     ] {
+        // A veth that cannot hand a frame to its peer (the peer's XDP ring full) counts
+        // it as a transmit drop on the sending side.
+        total += ns.if_stat(ifname, "tx_dropped") + ns.if_stat(ifname, "rx_dropped");
         let out = ns.try_exec(&["ethtool", "-S", ifname]);
         if !out.status.success() {
             return None;
