@@ -572,12 +572,13 @@ pub const fn prefix_mask<const N: usize>(prefix_len: u32) -> [u8; N] {
 /// The `SG_SOURCES` key for an IPv4 source (network-order bytes) under a mask.
 #[inline(always)]
 pub fn source_key_v4(addr: [u8; 4], mask: [u8; 4], prefix_len: u32) -> SourceKey {
-    let a = u32::from_ne_bytes(addr) & u32::from_ne_bytes(mask);
-    let a = a.to_ne_bytes();
+    // The IPv4-mapped address (::ffff:a.b.c.d) built as one integer: the BPF backend
+    // then writes it with a few wide stores. Spelled out byte by byte, it zeroed the first
+    // ten bytes with an out-of-line, byte-at-a-time `memset` call on every TCP packet.
+    let a = u32::from_le_bytes(addr) & u32::from_le_bytes(mask);
+    let mapped = (u128::from(a) << 96) | (0xffff_u128 << 80);
     SourceKey {
-        addr: [
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-        ],
+        addr: mapped.to_le_bytes(),
         prefix_len,
     }
 }
@@ -644,6 +645,13 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(&a.addr[10..], &[0xff, 0xff, 203, 0, 113, 0]);
+        assert_eq!(&a.addr[..10], &[0; 10]);
+        let full = source_key_v4([198, 51, 100, 7], prefix_mask::<4>(32), 32);
+        assert_eq!(
+            full.addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 51, 100, 7]
+        );
+        assert_eq!(full.prefix_len, 32);
 
         let m6 = prefix_mask::<16>(64);
         let mut x = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];

@@ -151,8 +151,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between an employee's requests.
 pub const THINK: Duration = Duration::from_millis(100);
 
-const SERVER4: &str = "192.0.2.1";
-const SERVER6: &str = "2001:db8:2::1";
+pub const SERVER4: &str = "192.0.2.1";
+pub const SERVER6: &str = "2001:db8:2::1";
 const PAGE: &str = "<!doctype html><title>Sunny Travel</title><h1>Sunny Travel</h1>\
 <p>Book your summer trip today: flights, hotels, packages.</p>\n";
 
@@ -558,13 +558,13 @@ pub fn request(
 }
 
 #[derive(Clone, Debug)]
-struct Attempt {
-    started: Instant,
-    result: Result<Duration, String>,
+pub(crate) struct Attempt {
+    pub(crate) started: Instant,
+    pub(crate) result: Result<Duration, String>,
 }
 
 /// The employees: each fetches the page in a loop from its own address until `until`.
-fn employees(
+pub(crate) fn employees(
     net: &LabNet,
     v6: bool,
     until: Instant,
@@ -600,7 +600,7 @@ fn employees(
         .collect()
 }
 
-fn softirq_ticks() -> u64 {
+pub(crate) fn softirq_ticks() -> u64 {
     fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| {
@@ -612,7 +612,7 @@ fn softirq_ticks() -> u64 {
         .unwrap_or(0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }

@@ -6,15 +6,28 @@ pub mod lab;
 pub mod netns;
 pub mod packet;
 pub mod prog;
+pub mod survival;
 pub mod synth;
 pub mod topo;
 pub mod traffic;
+pub mod xdpfilter;
 
 use std::path::PathBuf;
 
 /// The `synguard` binary under test: `$SYNGUARD_BIN`, or the one cargo built next to
 /// this test executable (`cargo xtask test` builds it first).
 pub fn synguard_bin() -> PathBuf {
+    let bin = synguard_bin_path();
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p synguard`; `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where [`synguard_bin`] looks, whether or not the binary is there.
+pub fn synguard_bin_path() -> PathBuf {
     if let Some(p) = std::env::var_os("SYNGUARD_BIN") {
         return PathBuf::from(p);
     }
@@ -29,11 +42,5 @@ pub fn synguard_bin() -> PathBuf {
             }
         })
         .expect("target dir");
-    let bin = dir.join("synguard");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p synguard`; `cargo xtask test` does)",
-        bin.display()
-    );
-    bin
+    dir.join("synguard")
 }

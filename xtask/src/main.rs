@@ -4,7 +4,9 @@
 //! - `build`: the `synguard` binary with its eBPF program embedded;
 //! - `run -- ARGS`: build and run `synguard run ARGS` (as root);
 //! - `test`: format, lints (host and eBPF), and every test, in the real kernel;
-//! - `bench`: the program's per-packet cost next to no-op XDP programs, as ratios;
+//! - `bench`: the program's per-packet cost next to no-op XDP programs and xdp-filter, as
+//!   ratios; the cost as its tables grow; survival under floods in the lab. Writes
+//!   `target/bench/summary.md`, `summary.json` and `per-verdict.svg`.
 //! - `dist`: the Debian package (`target/dist/synguard_VERSION_amd64.deb`).
 
 mod bootstrap;
@@ -54,7 +56,9 @@ enum Task {
     },
     /// Build the Debian package: target/dist/synguard_VERSION_amd64.deb.
     Dist,
-    /// Measure the program's per-packet cost in the kernel, as ratios to no-op programs.
+    /// Measure the program's per-packet cost in the kernel (ratios to no-op programs and
+    /// xdp-filter), its cost as the tables grow, and survival under floods in the lab;
+    /// writes target/bench/summary.md, summary.json and per-verdict.svg (needs root).
     Bench {
         /// Machine-readable output.
         #[arg(long)]
@@ -81,6 +85,19 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "file",
     "binutils",
+    "xdp-tools",
+];
+/// Debian packages the benchmark uses: the lab's, and xdp-filter (xdp-tools; its BPF
+/// objects come with libxdp1) as the yardstick.
+const BENCH_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "hping3",
+    "nftables",
+    "nginx",
+    "xdp-tools",
+    "libxdp1",
+    "ethtool",
 ];
 
 fn root() -> PathBuf {
@@ -255,7 +272,7 @@ fn test() -> anyhow::Result<()> {
     }
     step(
         "benchmark, quick mode",
-        &mut cargo(&[
+        &mut with_bin(cargo(&[
             "run",
             "--release",
             "-q",
@@ -265,7 +282,7 @@ fn test() -> anyhow::Result<()> {
             "sg-bench",
             "--",
             "--quick",
-        ]),
+        ])),
     )?;
     eprintln!(
         "xtask: all tests passed in {:.0} s",
@@ -323,23 +340,33 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { json, quick } => {
             need_root("cargo xtask bench")?;
             bootstrap::toolchain(&work_dir())?;
-            let mut args = vec![
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "synguard-tests",
-                "--bin",
-                "sg-bench",
-                "--",
-            ];
+            bootstrap::packages(BENCH_PACKAGES)?;
+            step(
+                "build synguard and the bench (release)",
+                &mut cargo(&[
+                    "build",
+                    "--release",
+                    "-p",
+                    "synguard",
+                    "-p",
+                    "synguard-tests",
+                    "--bin",
+                    "synguard",
+                    "--bin",
+                    "sg-bench",
+                ]),
+            )?;
+            let release = root().join("target/release");
+            let mut c = Command::new(release.join("sg-bench"));
             if json {
-                args.push("--json");
+                c.arg("--json");
             }
             if quick {
-                args.push("--quick");
+                c.arg("--quick");
             }
-            step("benchmark", &mut cargo(&args))
+            c.env("SYNGUARD_BIN", release.join("synguard"));
+            eprintln!("xtask: == benchmark");
+            bootstrap::run(&mut c)
         }
     }
 }
