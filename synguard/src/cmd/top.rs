@@ -280,6 +280,8 @@ pub struct Reading {
     pub daemon: bool,
     pub monitor: bool,
     pub attack_syn_rate: u64,
+    /// The `syn-cookies` setting (`COOKIES_*`).
+    pub cookies: u32,
     /// Attached interfaces with their stats slot and attack state.
     pub ifaces: Vec<IfaceReading>,
     /// Counters by stats slot (each slot once, even if two interfaces share slot 0).
@@ -305,6 +307,8 @@ pub struct SourceReading {
     pub rate: u64,
     /// Its bucket is empty: the next SYN is over the limit.
     pub empty: bool,
+    /// It completed a cookie handshake within `verified-for`: no cookie challenge.
+    pub verified: bool,
 }
 
 /// The `n` largest items pushed, in O(log n) time per push and O(n) memory.
@@ -407,10 +411,15 @@ pub fn sample(state: &State) -> anyhow::Result<Option<Reading>> {
         .into_iter()
         .filter_map(|(rate, addr, prefix_len, empty)| {
             let key = synguard_common::SourceKey { addr, prefix_len };
+            let verified = maps
+                .verified
+                .get(&key, 0)
+                .is_ok_and(|until| until > mono_ns);
             Some(SourceReading {
                 net: source_net(&key)?,
                 rate,
                 empty,
+                verified,
             })
         })
         .collect();
@@ -420,6 +429,7 @@ pub fn sample(state: &State) -> anyhow::Result<Option<Reading>> {
         daemon: pins::daemon_running(&state.pin_dir),
         monitor: cfg.mode == synguard_common::MODE_MONITOR,
         attack_syn_rate: u64::from(cfg.attack_syn_rate),
+        cookies: cfg.syn_cookies,
         ifaces,
         counters,
         rules,
@@ -489,6 +499,9 @@ pub enum Verdict {
     Limited,
     /// Metered and within its limit.
     Passing,
+    /// Within its limit, in attack mode and not verified: its SYNs are answered with
+    /// cookies from XDP.
+    Cookie,
 }
 
 impl Verdict {
@@ -499,6 +512,7 @@ impl Verdict {
             Self::Allowed => "allowed",
             Self::Limited => "limited",
             Self::Passing => "passing",
+            Self::Cookie => "cookie",
         }
     }
 }
@@ -626,9 +640,9 @@ impl Model {
         // Candidates: the busiest buckets, and every dropping entry with hits since the
         // last reading (its packets never reach a bucket). Each prefix once, at its
         // larger rate.
-        let mut rates: BTreeMap<IpNet, (u64, bool)> = BTreeMap::new();
+        let mut rates: BTreeMap<IpNet, (u64, bool, bool)> = BTreeMap::new();
         for s in &r.top {
-            rates.insert(s.net, (s.rate, s.empty));
+            rates.insert(s.net, (s.rate, s.empty, s.verified));
         }
         if let Some(p) = &prev {
             for e in live
@@ -644,19 +658,37 @@ impl Model {
                     .map_or(0, |o| o.rule.hits);
                 let rate = per_sec(e.rule.hits.saturating_sub(before));
                 if rate > 0 {
-                    let c = rates.entry(e.net).or_insert((0, false));
+                    let c = rates.entry(e.net).or_insert((0, false, false));
                     c.0 = c.0.max(rate);
                 }
             }
         }
-        let mut ranked: Vec<(IpNet, u64, bool)> =
-            rates.into_iter().map(|(n, (r, e))| (n, r, e)).collect();
-        ranked.sort_by_key(|(net, rate, _)| (Reverse(*rate), *net));
+        let mut ranked: Vec<(IpNet, u64, bool, bool)> = rates
+            .into_iter()
+            .map(|(n, (r, e, v))| (n, r, e, v))
+            .collect();
+        ranked.sort_by_key(|(net, rate, _, _)| (Reverse(*rate), *net));
         ranked.truncate(TOP);
+        // SYNs within their limit are answered with cookies while attack mode lasts
+        // (as the program decides: enforce mode, `syn-cookies` auto or always).
+        let cookies_active = !r.monitor
+            && match r.cookies {
+                synguard_common::COOKIES_ALWAYS => true,
+                synguard_common::COOKIES_AUTO => r.ifaces.iter().any(|i| i.state.attack != 0),
+                _ => false,
+            };
         let top = ranked
             .into_iter()
-            .map(|(net, rate, empty)| {
-                let (verdict, note) = verdict(&live, &net, empty, now);
+            .map(|(net, rate, empty, verified)| {
+                let (verdict, note) = match verdict(&live, &net, empty, now) {
+                    (Verdict::Passing, _) if cookies_active && verified => {
+                        (Verdict::Passing, "verified".to_string())
+                    }
+                    (Verdict::Passing, _) if cookies_active => {
+                        (Verdict::Cookie, "until verified".to_string())
+                    }
+                    other => other,
+                };
                 SourceView {
                     net,
                     rate,
@@ -927,6 +959,7 @@ fn verdict_style(v: Verdict) -> Style {
         Verdict::Allowed => Style::new().fg(Color::Green),
         Verdict::Limited => Style::new().fg(Color::Yellow),
         Verdict::Passing => Style::new(),
+        Verdict::Cookie => Style::new().fg(Color::Cyan),
     }
 }
 
@@ -1227,6 +1260,7 @@ mod tests {
             daemon: true,
             monitor: false,
             attack_syn_rate: 2000,
+            cookies: synguard_common::COOKIES_OFF,
             ifaces: vec![IfaceReading {
                 name: "sga".into(),
                 slot: 3,
@@ -1245,6 +1279,7 @@ mod tests {
                 net: net("198.51.100.10/32"),
                 rate: 4,
                 empty: false,
+                verified: false,
             }],
             sources: 2,
         }
@@ -1260,6 +1295,60 @@ mod tests {
         let mut t = TopN::new(0);
         t.push(1);
         assert!(t.into_sorted().is_empty());
+    }
+
+    #[test]
+    fn in_attack_mode_unverified_sources_get_cookies_and_verified_ones_pass() {
+        let with = |cookies: u32, monitor: bool, attack: u32| {
+            let mut m = Model::new(Duration::from_secs(1));
+            let mut first = reading(100, counters(10, 0), vec![]);
+            let mut r = reading(101, counters(20, 0), vec![]);
+            for x in [&mut first, &mut r] {
+                x.cookies = cookies;
+                x.monitor = monitor;
+                x.ifaces[0].state.attack = attack;
+                x.top.push(SourceReading {
+                    net: net("198.51.100.11/32"),
+                    rate: 3,
+                    empty: false,
+                    verified: true,
+                });
+            }
+            m.update(first);
+            m.update(r)
+                .top
+                .iter()
+                .map(|s| (s.net.to_string(), s.verdict, s.note.clone()))
+                .collect::<Vec<_>>()
+        };
+        let cookie = (
+            "198.51.100.10/32".to_string(),
+            Verdict::Cookie,
+            "until verified".to_string(),
+        );
+        let verified = (
+            "198.51.100.11/32".to_string(),
+            Verdict::Passing,
+            "verified".to_string(),
+        );
+        let passing = |n: &str| (n.to_string(), Verdict::Passing, String::new());
+        use synguard_common::{COOKIES_ALWAYS, COOKIES_AUTO, COOKIES_OFF};
+        assert_eq!(
+            with(COOKIES_AUTO, false, 1),
+            vec![cookie.clone(), verified.clone()]
+        );
+        assert_eq!(with(COOKIES_ALWAYS, false, 0), vec![cookie, verified]);
+        // No attack mode, cookies off, or monitor mode: nothing is answered.
+        for (c, mon, att) in [
+            (COOKIES_AUTO, false, 0),
+            (COOKIES_OFF, false, 1),
+            (COOKIES_AUTO, true, 1),
+        ] {
+            assert_eq!(
+                with(c, mon, att),
+                vec![passing("198.51.100.10/32"), passing("198.51.100.11/32")]
+            );
+        }
     }
 
     #[test]
