@@ -410,6 +410,22 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// The bucket of a source first seen at `now`, its first SYN counted (and its token
+    /// taken): the XDP program and `synguard analyze` start every source alike.
+    #[inline(always)]
+    pub fn first(now: u64, interval_ns: u64) -> Self {
+        Self {
+            tat_ns: gcra::first(now, interval_ns),
+            first_seen_ns: now,
+            last_seen_ns: now,
+            syns: 1,
+            limited: 0,
+            window_start_ns: now,
+            window_syns: 1,
+            prev_window_syns: 0,
+        }
+    }
+
     /// Count one SYN at `now` in the source's totals and rate windows: the XDP program
     /// and `synguard analyze` share it, so both measure a source alike. Time that seems
     /// to run backwards (another CPU's earlier clock read, a capture's reordered

@@ -1046,16 +1046,7 @@ fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
 /// A SYN from a source without a bucket: make one (its first SYN takes one token).
 #[inline(never)]
 fn track_new(pkt: &Packet, key: &SourceKey, now: u64) -> usize {
-    let fresh = Bucket {
-        tat_ns: gcra::first(now, pkt.cfg.syn_interval_ns),
-        first_seen_ns: now,
-        last_seen_ns: now,
-        syns: 1,
-        limited: 0,
-        window_start_ns: now,
-        window_syns: 1,
-        prev_window_syns: 0,
-    };
+    let fresh = Bucket::first(now, pkt.cfg.syn_interval_ns);
     match SG_SOURCES.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) => {
             pkt.note(N_SOURCES_NEW);

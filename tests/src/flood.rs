@@ -82,10 +82,10 @@ impl FloodSpec {
 
 /// xorshift64*: fast, good enough to spread sources and ports (and reproducible from
 /// its seed, which the synthetic captures rely on).
-pub(crate) struct Rng(pub(crate) u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -95,8 +95,8 @@ impl Rng {
     }
 
     /// True with probability `p`.
-    pub(crate) fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
     }
 }
 
@@ -194,11 +194,11 @@ impl Frame {
 pub(crate) fn random_in(net: &IpNet, rng: &mut Rng) -> IpAddr {
     match net {
         IpNet::V4(n) => {
-            let host = rng.next() as u32 & !u32::from(n.netmask());
+            let host = rng.next_u64() as u32 & !u32::from(n.netmask());
             IpAddr::V4((u32::from(n.network()) | host).into())
         }
         IpNet::V6(n) => {
-            let r = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            let r = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
             let host = r & !u128::from(n.netmask());
             IpAddr::V6((u128::from(n.network()) | host).into())
         }
@@ -268,7 +268,7 @@ fn worker(spec: &FloodSpec, seed: u64, stop: &AtomicBool) -> io::Result<(u64, u6
                 Source::Fixed(a) => *a,
                 Source::Random(net) => random_in(net, &mut rng),
             };
-            let r = rng.next();
+            let r = rng.next_u64();
             f.fill(src, (r as u16) | 1024, (r >> 32) as u32);
         }
         let mut iov: Vec<libc::iovec> = frames

@@ -253,7 +253,7 @@ pub fn write(path: &Path, sc: &Scenario) -> io::Result<u64> {
                         Attack::Single(a) => *a,
                         Attack::Forged(net) => random_in(net, &mut rng),
                     };
-                    let r = rng.next();
+                    let r = rng.next_u64();
                     let (sport, isn) = ((r as u16) | 1024, (r >> 32) as u32);
                     q.push(
                         at,
@@ -293,8 +293,8 @@ pub fn write(path: &Path, sc: &Scenario) -> io::Result<u64> {
                 *slot = slot.saturating_add(gap);
                 let c = employee(i);
                 port = if port >= 60_000 { 20_000 } else { port + 1 };
-                let isn = rng.next() as u32;
-                let sisn = rng.next() as u32;
+                let isn = rng.next_u64() as u32;
+                let sisn = rng.next_u64() as u32;
                 let flooded = !matches!(sc.attack, Attack::None) && t >= a_from && t < a_to;
                 let lost = flooded && rng.chance(sc.loss);
                 let error = flooded && rng.chance(sc.errors);

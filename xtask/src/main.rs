@@ -153,6 +153,30 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
         .join("synguard"))
 }
 
+/// Build `synguard` and the tool `bin` of the tests crate in release mode; the command
+/// that runs the tool, with `SYNGUARD_BIN` naming that `synguard`.
+fn release_tool(what: &str, bin: &str) -> anyhow::Result<Command> {
+    step(
+        &format!("build synguard and the {what} (release)"),
+        &mut cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "synguard",
+            "-p",
+            "synguard-tests",
+            "--bin",
+            "synguard",
+            "--bin",
+            bin,
+        ]),
+    )?;
+    let release = root().join("target/release");
+    let mut c = Command::new(release.join(bin));
+    c.env("SYNGUARD_BIN", release.join("synguard"));
+    Ok(c)
+}
+
 fn test() -> anyhow::Result<()> {
     let start = Instant::now();
     need_root("cargo xtask test")?;
@@ -316,24 +340,8 @@ fn main() -> anyhow::Result<()> {
             need_root("cargo xtask lab")?;
             bootstrap::toolchain(&work_dir())?;
             bootstrap::packages(LAB_PACKAGES)?;
-            step(
-                "build synguard and the lab (release)",
-                &mut cargo(&[
-                    "build",
-                    "--release",
-                    "-p",
-                    "synguard",
-                    "-p",
-                    "synguard-tests",
-                    "--bin",
-                    "synguard",
-                    "--bin",
-                    "sg-lab",
-                ]),
-            )?;
-            let release = root().join("target/release");
-            let mut c = Command::new(release.join("sg-lab"));
-            c.args(args).env("SYNGUARD_BIN", release.join("synguard"));
+            let mut c = release_tool("lab", "sg-lab")?;
+            c.args(args);
             eprintln!("xtask: == lab");
             bootstrap::run(&mut c)
         }
@@ -341,30 +349,13 @@ fn main() -> anyhow::Result<()> {
             need_root("cargo xtask bench")?;
             bootstrap::toolchain(&work_dir())?;
             bootstrap::packages(BENCH_PACKAGES)?;
-            step(
-                "build synguard and the bench (release)",
-                &mut cargo(&[
-                    "build",
-                    "--release",
-                    "-p",
-                    "synguard",
-                    "-p",
-                    "synguard-tests",
-                    "--bin",
-                    "synguard",
-                    "--bin",
-                    "sg-bench",
-                ]),
-            )?;
-            let release = root().join("target/release");
-            let mut c = Command::new(release.join("sg-bench"));
+            let mut c = release_tool("bench", "sg-bench")?;
             if json {
                 c.arg("--json");
             }
             if quick {
                 c.arg("--quick");
             }
-            c.env("SYNGUARD_BIN", release.join("synguard"));
             eprintln!("xtask: == benchmark");
             bootstrap::run(&mut c)
         }

@@ -907,16 +907,7 @@ impl Engine {
         self.meters.insert(
             key,
             Meter {
-                b: Bucket {
-                    tat_ns: gcra::first(now, p.interval),
-                    first_seen_ns: now,
-                    last_seen_ns: now,
-                    syns: 1,
-                    limited: 0,
-                    window_start_ns: now,
-                    window_syns: 1,
-                    prev_window_syns: 0,
-                },
+                b: Bucket::first(now, p.interval),
                 banned_until: 0,
             },
         );

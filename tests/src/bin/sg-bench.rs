@@ -21,6 +21,7 @@ use synguard::{clock, config::Settings, rules};
 use synguard_common::{RULE_ALLOW, RULE_BAN, RULE_BLOCK, Rule, stat};
 use synguard_tests::{
     baseline::{self, Noop},
+    flood::Rng,
     netns::{Bpffs, Netns},
     packet::{ACK, SYN, Tcp, udp},
     prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, require_root, source_key},
@@ -465,20 +466,6 @@ fn map_bytes(map: &MapData) -> anyhow::Result<u64> {
         .context("no memlock in the map's fdinfo")
 }
 
-/// xorshift64*, seeded: the same tables every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// The n-th tracked source of the scale tables: 10.0.0.0/8 and on, never sent anywhere
 /// (the frames only exist inside `BPF_PROG_TEST_RUN`).
 fn nth_source(i: u32) -> std::net::Ipv4Addr {
@@ -519,7 +506,7 @@ fn sources_case(entries: u32) -> anyhow::Result<SourcesCase> {
     let mut rng = Rng(0x5eed_0000 + u64::from(entries));
     let spread = (0..SPREAD)
         .map(|_| {
-            let i = (rng.next() % u64::from(entries)) as u32;
+            let i = (rng.next_u64() % u64::from(entries)) as u32;
             Tcp::syn(&nth_source(i).to_string(), SERVER).build()
         })
         .collect();
@@ -551,7 +538,7 @@ fn prefix_case(entries: u32) -> anyhow::Result<PrefixCase> {
     let mut rng = Rng(0xb10c + u64::from(entries));
     let mut n = 1;
     while n < entries {
-        let r = rng.next();
+        let r = rng.next_u64();
         let len = 16 + (r >> 40) as u8 % 17;
         let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(r as u32), len)?.trunc();
         let net = ipnet::IpNet::V4(net);
