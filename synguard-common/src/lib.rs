@@ -10,11 +10,12 @@
 //! host unit tests.
 #![no_std]
 
+pub mod clock;
 pub mod gcra;
 
 /// Bumped whenever a pinned map's key or value layout changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -27,9 +28,10 @@ pub mod map_names {
     pub const EVENTS: &str = "SG_EVENTS";
     pub const IFSTATE: &str = "SG_IFSTATE";
     pub const VERIFIED: &str = "SG_VERIFIED";
+    pub const RULES_HINT: &str = "SG_RULES_HINT";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 8] = [
-        CONFIG, STATS, RULES_V4, RULES_V6, SOURCES, EVENTS, IFSTATE, VERIFIED,
+    pub const ALL: [&str; 9] = [
+        CONFIG, STATS, RULES_V4, RULES_V6, SOURCES, EVENTS, IFSTATE, VERIFIED, RULES_HINT,
     ];
 }
 
@@ -315,6 +317,72 @@ pub struct Rule {
 
 pub const RULE_COMMENT_MAX: usize = 64;
 
+/// The IPv4 rule hint (`SG_RULES_HINT`): one bit per /24 of the address space, set when
+/// an IPv4 entry of the rules trie (allow, block or ban) covers or lies inside that /24.
+/// The kernel walks the trie only for sources whose bit is set, so the common packet (no
+/// entry anywhere near its source) costs one inlined array read instead of a trie walk,
+/// however many entries the trie holds.
+///
+/// A set bit without an entry only costs a walk; a missing bit would hide an entry, so
+/// bits are set before entries are stored and cleared only after entries are removed
+/// (userspace), and the kernel sets the bit of each ban it makes. Bans made under an
+/// `ipv4-prefix` shorter than [`HINT_MIN_BAN_PREFIX`] would need more than one word, so
+/// with such a setting the kernel ignores the hint and always walks the trie.
+pub mod hint {
+    /// Words of 64 bits: 2^24 /24s.
+    pub const WORDS: u32 = 1 << 18;
+    /// The shortest ban prefix whose bits lie in one word (2^(24-19) = 32 bits).
+    pub const HINT_MIN_BAN_PREFIX: u32 = 19;
+
+    /// The /24 number of an address (network-order bytes).
+    #[inline(always)]
+    pub const fn slash24(addr: [u8; 4]) -> u32 {
+        u32::from_be_bytes(addr) >> 8
+    }
+
+    /// The word and bit of the /24 an address lies in.
+    #[inline(always)]
+    pub const fn bit(addr: [u8; 4]) -> (u32, u64) {
+        let n = slash24(addr);
+        (n >> 6, 1u64 << (n & 63))
+    }
+
+    /// The /24s `[first, end)` a prefix touches (`addr` is its network address).
+    pub const fn span(addr: [u8; 4], prefix_len: u32) -> (u32, u32) {
+        let first = slash24(addr);
+        if prefix_len >= 24 {
+            (first, first + 1)
+        } else {
+            let n = 1u32 << (24 - prefix_len);
+            let first = first & !(n - 1);
+            (first, first + n)
+        }
+    }
+
+    /// The bits of word `word` that the /24s `[first, end)` cover.
+    pub const fn word_mask(word: u32, first: u32, end: u32) -> u64 {
+        let lo = word << 6;
+        let hi = lo + 64;
+        let a = if first > lo { first } else { lo };
+        let b = if end < hi { end } else { hi };
+        if a >= b {
+            return 0;
+        }
+        let n = b - a;
+        let ones = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        ones << (a - lo)
+    }
+
+    /// For a ban of at least [`HINT_MIN_BAN_PREFIX`] bits: its one word and mask.
+    #[inline(always)]
+    pub const fn ban_word(addr: [u8; 4], prefix_len: u32) -> (u32, u64) {
+        let (first, end) = span(addr, prefix_len);
+        let n = end - first;
+        let ones = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        (first >> 6, ones << (first & 63))
+    }
+}
+
 /// Key data of the IPv4 rules trie: the address, then the entry's kind, then zeros.
 ///
 /// Prefix lengths never exceed 32, so the bytes after the address take no part in
@@ -544,6 +612,11 @@ pub struct Stats {
     /// This CPU's SYN rate (per second) over its last closed window, and when it closed.
     pub cpu_rate: u64,
     pub cpu_rate_ns: u64,
+    /// This CPU's clock (see [`clock`]): the coarse monotonic time and jiffies read
+    /// together at the last resync, and the measured length of a jiffy (0 until known).
+    pub clock_ns: u64,
+    pub clock_jiffies: u64,
+    pub tick_ns: u64,
 }
 
 impl Default for Stats {
@@ -556,6 +629,9 @@ impl Default for Stats {
             window_syns: 0,
             cpu_rate: 0,
             cpu_rate_ns: 0,
+            clock_ns: 0,
+            clock_jiffies: 0,
+            tick_ns: 0,
         }
     }
 }
@@ -629,10 +705,11 @@ mod pod {
 
 // Layouts are part of the pinned ABI: changing one must bump ABI_VERSION.
 const _: () = assert!(core::mem::size_of::<Rule>() == 112);
+const _: () = assert!(hint::WORDS * 64 == 1 << 24);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
-const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 6));
+const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 9));
 const _: () = assert!(core::mem::size_of::<Config>() == 120 + 8 * PORT_WORDS);
 const _: () = assert!(stat::NAMES.len() == stat::COUNT);
 
@@ -677,6 +754,35 @@ mod tests {
         assert_eq!(k1, source_key_v6(x, m6, 64));
         x[7] = 2;
         assert_ne!(k1, source_key_v6(x, m6, 64));
+    }
+
+    #[test]
+    fn hint_geometry() {
+        use hint::*;
+        assert_eq!(bit([0, 0, 0, 9]), (0, 1));
+        assert_eq!(bit([0, 0, 64, 1]), (1, 1));
+        assert_eq!(bit([203, 0, 113, 5]), (0xcb0071 >> 6, 1 << (0xcb0071 & 63)));
+        assert_eq!(span([203, 0, 113, 5], 32), (0xcb0071, 0xcb0072));
+        assert_eq!(span([203, 0, 112, 0], 20), (0xcb0070, 0xcb0080));
+        assert_eq!(span([0, 0, 0, 0], 0), (0, 1 << 24));
+        assert_eq!(word_mask(0, 0, 1 << 24), u64::MAX);
+        assert_eq!(word_mask(1, 0, 64), 0);
+        assert_eq!(word_mask(1, 70, 72), 0b1100_0000);
+        // A ban's single word agrees with the general computation, and covers the bit
+        // of every address inside the prefix.
+        for (addr, len) in [
+            ([203, 0, 113, 5], 32),
+            ([198, 18, 32, 0], 19),
+            ([10, 1, 2, 0], 23),
+        ] {
+            let (first, end) = span(addr, len);
+            let (w, m) = ban_word(addr, len);
+            assert_eq!(m, word_mask(w, first, end), "{addr:?}/{len}");
+            let last = (end - 1) << 8;
+            let (lw, lb) = bit(last.to_be_bytes());
+            assert_eq!(lw, w);
+            assert_ne!(m & lb, 0);
+        }
     }
 
     #[test]

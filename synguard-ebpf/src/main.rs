@@ -38,8 +38,9 @@ use aya_ebpf::{
         tcphdr, xdp_action,
     },
     helpers::generated::{
-        bpf_ktime_get_coarse_ns, bpf_map_lookup_percpu_elem, bpf_sk_release, bpf_skc_lookup_tcp,
-        bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_map_lookup_percpu_elem, bpf_sk_release,
+        bpf_skc_lookup_tcp, bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail,
+        bpf_xdp_load_bytes,
     },
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -56,8 +57,8 @@ use synguard_common::{
     ACTION_DROP, ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_STALE_NS, ATTACK_WINDOW_NS, Bucket,
     COOKIES_ALWAYS, COOKIES_AUTO, Config, EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN,
     EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR,
-    RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step, capacity, gcra, rate_span,
-    rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
+    RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step, capacity, clock, gcra,
+    hint, rate_span, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     stat::{self, *},
 };
 
@@ -75,6 +76,8 @@ static SG_SOURCES: HashMap<SourceKey, Bucket> = HashMap::with_max_entries(capaci
 static SG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 #[map]
 static SG_IFSTATE: Array<IfState> = Array::with_max_entries(capacity::STATS_SLOTS, 0);
+#[map]
+static SG_RULES_HINT: Array<u64> = Array::with_max_entries(hint::WORDS, 0);
 #[map]
 static SG_VERIFIED: LruHashMap<SourceKey, u64> =
     LruHashMap::with_max_entries(capacity::VERIFIED, 0);
@@ -121,6 +124,8 @@ struct Packet<'a> {
     stats: *mut Stats,
     ifindex: u32,
     slot: u32,
+    /// `CLOCK_MONOTONIC` ns at tick resolution (see [`clock`]), read once per packet.
+    now: u64,
 }
 
 impl Packet<'_> {
@@ -204,10 +209,24 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
+/// The time, from `jiffies` (inlined by the verifier) and this CPU's last reading of the
+/// coarse clock (see [`clock`]).
 #[inline(always)]
-fn now_ns() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+fn now_ns(stats: *mut Stats) -> u64 {
+    // SAFETY: a helper without arguments, inlined as a load of `jiffies_64`.
+    let jiffies = unsafe { bpf_jiffies64() };
+    // SAFETY: this CPU's own stats slot (see `Packet::note`).
+    match clock::derived(unsafe { &*stats }, jiffies) {
+        Some(now) => now,
+        None => resync_clock(stats, jiffies),
+    }
+}
+
+/// Read the coarse clock: about once a second per CPU. Out of line: rare.
+#[inline(never)]
+fn resync_clock(stats: *mut Stats, jiffies: u64) -> u64 {
+    // SAFETY: a helper without arguments; `stats` as in `now_ns`.
+    unsafe { clock::resync(&mut *stats, jiffies, bpf_ktime_get_coarse_ns()) }
 }
 
 fn try_synguard(ctx: &XdpContext) -> Result<u32, Error> {
@@ -225,6 +244,7 @@ fn try_synguard(ctx: &XdpContext) -> Result<u32, Error> {
         stats,
         ifindex,
         slot,
+        now: now_ns(stats),
     };
 
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
@@ -267,7 +287,11 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     }
     let src = ip.src_addr;
 
-    let reason = rule_reason_v4(&src);
+    let reason = if may_match_v4(pkt.cfg, src) {
+        rule_reason_v4(&src, pkt.now)
+    } else {
+        NO_RULE
+    };
     if reason != NO_RULE {
         return pkt.verdict(reason);
     }
@@ -297,9 +321,10 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     };
     // SAFETY: bounds checked.
     let ip = unsafe { &*ip };
-    let src = ip.src_addr;
 
-    let reason = rule_reason_v6(&ip.src_addr);
+    // The address is read from the packet again after the rule lookup: a copy held
+    // across the call would be spilled byte by byte onto the stack.
+    let reason = rule_reason_v6(&ip.src_addr, pkt.now);
     if reason != NO_RULE {
         return pkt.verdict(reason);
     }
@@ -312,7 +337,7 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
         0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => return pkt.verdict(R_IPV6_EXT),
         _ => return pkt.verdict(R_NON_TCP),
     }
-    let key = source_key_v6(src, pkt.cfg.v6_mask, pkt.cfg.ipv6_prefix);
+    let key = source_key_v6(ip.src_addr, pkt.cfg.v6_mask, pkt.cfg.ipv6_prefix);
     let at = Offsets {
         l3: off,
         l4: off + Ipv6Hdr::LEN,
@@ -330,11 +355,15 @@ const EXPIRED_SKIPS: usize = 4;
 /// lookup continues with the next shorter prefix, so an expired ban or block never hides
 /// a live allow or block entry around it.
 #[inline(always)]
-fn live_rule<'a>(lookup: impl Fn(u32) -> Option<&'a Rule>, max_len: u32) -> Option<&'a Rule> {
+fn live_rule<'a>(
+    lookup: impl Fn(u32) -> Option<&'a Rule>,
+    max_len: u32,
+    now: u64,
+) -> Option<&'a Rule> {
     let mut len = max_len;
     for _ in 0..EXPIRED_SKIPS {
         let rule = lookup(len)?;
-        if rule.expires_ns == 0 || now_ns() < rule.expires_ns {
+        if rule.expires_ns == 0 || now < rule.expires_ns {
             return Some(rule);
         }
         if rule.prefix_len == 0 {
@@ -348,25 +377,55 @@ fn live_rule<'a>(lookup: impl Fn(u32) -> Option<&'a Rule>, max_len: u32) -> Opti
 /// No live rule matches the source.
 const NO_RULE: usize = usize::MAX;
 
-/// The verdict of the longest live rule for an IPv4 source, or `NO_RULE`. Out of line so
-/// the keys it builds stay off the main stack frame.
-#[inline(never)]
-fn rule_reason_v4(src: &[u8; 4]) -> usize {
+/// Whether an IPv4 entry may match the source: its /24's bit in the hint (see
+/// [`hint`]), unless bans can be shorter than the hint tracks.
+#[inline(always)]
+fn may_match_v4(cfg: &Config, src: [u8; 4]) -> bool {
+    if cfg.ipv4_prefix < hint::HINT_MIN_BAN_PREFIX {
+        return true;
+    }
+    let (word, bit) = hint::bit(src);
+    SG_RULES_HINT.get(word).is_none_or(|w| *w & bit != 0)
+}
+
+/// Mark a new IPv4 ban in the hint. A plain read-modify-write: a racing update of the
+/// same word can undo it, which the next SYN over the limit repeats (and until then the
+/// source's SYNs are still limited by its bucket).
+#[inline(always)]
+fn hint_ban_v4(addr: [u8; 4], prefix_len: u32) {
+    if prefix_len < hint::HINT_MIN_BAN_PREFIX {
+        return;
+    }
+    let (word, mask) = hint::ban_word(addr, prefix_len);
+    if let Some(w) = SG_RULES_HINT.get_ptr_mut(word) {
+        // SAFETY: a live array element; see above for the race.
+        unsafe { *w |= mask };
+    }
+}
+
+/// The verdict of the longest live rule for an IPv4 source, or `NO_RULE`. Inlined: on
+/// this machine (AMD, SRSO mitigation) every function return costs a mispredicted
+/// `ret`, which `perf` showed as the single largest cost of the program's own code.
+#[inline(always)]
+fn rule_reason_v4(src: &[u8; 4], now: u64) -> usize {
     let src = *src;
     live_rule(
         |len| SG_RULES_V4.get(Key::new(len, rule_key_v4(src, 0))),
         32,
+        now,
     )
     .map_or(NO_RULE, apply_rule)
 }
 
-/// The same for an IPv6 source.
+/// The same for an IPv6 source (out of line: its 28-byte key would push the main stack
+/// frame past what the verifier allows with the cookie path's frames below it).
 #[inline(never)]
-fn rule_reason_v6(src: &[u8; 16]) -> usize {
+fn rule_reason_v6(src: &[u8; 16], now: u64) -> usize {
     let src = *src;
     live_rule(
         |len| SG_RULES_V6.get(Key::new(len, rule_key_v6(src, 0))),
         128,
+        now,
     )
     .map_or(NO_RULE, apply_rule)
 }
@@ -423,7 +482,7 @@ fn tcp(ctx: &XdpContext, pkt: &Packet, at: &Offsets, key: &SourceKey) -> u32 {
         return pkt.verdict(R_SYN_ACK);
     }
     pkt.note(N_SYNS);
-    let now = now_ns();
+    let now = pkt.now;
     track_rate(pkt, now);
 
     // SAFETY: bounds checked.
@@ -870,7 +929,7 @@ enum AckCheck {
 /// An ACK from an unverified source while cookies are on: does it prove the source?
 #[inline(never)]
 fn check_ack(pkt: &Packet, at: &Offsets, key: &SourceKey) {
-    let now = now_ns();
+    let now = pkt.now;
     if is_verified(key, now) || !at.simple {
         return;
     }
@@ -1110,7 +1169,11 @@ fn record_ban_v4(key: &SourceKey, info: &BanInfo) -> BanResult {
     let rule = ban_rule(key, info);
     let addr = [key.addr[12], key.addr[13], key.addr[14], key.addr[15]];
     let k = Key::new(key.prefix_len, rule_key_v4(addr, RULE_BAN));
-    insert_ban(&SG_RULES_V4, &k, &rule, info.now)
+    let result = insert_ban(&SG_RULES_V4, &k, &rule, info.now);
+    // After the insert, and whatever its result: a ban whose bit was lost gets it back
+    // with the next SYN over the limit.
+    hint_ban_v4(addr, key.prefix_len);
+    result
 }
 
 /// Record a ban of an IPv6 source's aggregated prefix.

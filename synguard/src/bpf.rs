@@ -13,8 +13,8 @@ use aya::{
     programs::Xdp,
 };
 use synguard_common::{
-    Bucket, Config, IfState, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, map_names,
-    stat,
+    Bucket, Config, IfState, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, hint,
+    map_names, stat,
 };
 
 /// The compiled XDP program, embedded at build time (see `build.rs`).
@@ -44,6 +44,8 @@ pub struct Maps {
     pub ifstate: Array<MapData, IfState>,
     /// Verified sources and until when (`CLOCK_MONOTONIC` ns).
     pub verified: HashMap<MapData, SourceKey, u64>,
+    /// Which /24s may hold an IPv4 rule (see `synguard_common::hint`; kept by `rules`).
+    pub rules_hint: Array<MapData, u64>,
 }
 
 /// Options for loading the program.
@@ -152,6 +154,7 @@ impl Maps {
             events: Some(take(ebpf, map_names::EVENTS)?),
             ifstate: take(ebpf, map_names::IFSTATE)?,
             verified: take(ebpf, map_names::VERIFIED)?,
+            rules_hint: take(ebpf, map_names::RULES_HINT)?,
         })
     }
 
@@ -166,6 +169,7 @@ impl Maps {
             events: None,
             ifstate: open(pin_dir, map_names::IFSTATE)?,
             verified: open(pin_dir, map_names::VERIFIED)?,
+            rules_hint: open(pin_dir, map_names::RULES_HINT)?,
         })
     }
 
@@ -174,6 +178,14 @@ impl Maps {
     }
 
     pub fn write_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
+        // Under a short `ipv4-prefix` the kernel made bans without hint bits (it ignored
+        // the hint then); before it starts relying on the hint, every entry gets its bits.
+        let old = self.read_config()?;
+        if cfg.ipv4_prefix >= hint::HINT_MIN_BAN_PREFIX
+            && (old.abi == 0 || old.ipv4_prefix < hint::HINT_MIN_BAN_PREFIX)
+        {
+            crate::rules::sync_hints(self)?;
+        }
         self.config.set(0, cfg, 0).context("writing the config map")
     }
 

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use synguard_common::{
     ACTION_DROP, ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, RULE_KEY_KIND_V4,
-    RULE_KEY_KIND_V6, Rule, rule_key_v4, rule_key_v6,
+    RULE_KEY_KIND_V6, Rule, hint, rule_key_v4, rule_key_v6,
 };
 
 use crate::{
@@ -153,8 +153,117 @@ pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
     Ok(out)
 }
 
+/// The /24s an IPv4 prefix touches (see `synguard_common::hint`).
+fn hint_span(net: &IpNet) -> Option<(u32, u32)> {
+    match net {
+        IpNet::V4(n) => Some(hint::span(n.network().octets(), u32::from(n.prefix_len()))),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn words(span: (u32, u32)) -> std::ops::RangeInclusive<u32> {
+    (span.0 >> 6)..=((span.1 - 1) >> 6)
+}
+
+fn hint_word(maps: &Maps, word: u32) -> anyhow::Result<u64> {
+    maps.rules_hint
+        .get(&word, 0)
+        .context("reading the rules hint")
+}
+
+fn set_hint_word(maps: &mut Maps, word: u32, value: u64) -> anyhow::Result<()> {
+    maps.rules_hint
+        .set(word, value, 0)
+        .context("writing the rules hint")
+}
+
+/// Set the hint bits of an IPv4 prefix (nothing for IPv6).
+fn mark(maps: &mut Maps, net: &IpNet) -> anyhow::Result<()> {
+    let Some(span) = hint_span(net) else {
+        return Ok(());
+    };
+    for w in words(span) {
+        let mask = hint::word_mask(w, span.0, span.1);
+        let have = hint_word(maps, w)?;
+        if have & mask != mask {
+            set_hint_word(maps, w, have | mask)?;
+        }
+    }
+    Ok(())
+}
+
+/// The /24 spans of every IPv4 entry.
+fn v4_spans(maps: &Maps) -> anyhow::Result<Vec<(u32, u32)>> {
+    Ok(keys(maps)?
+        .iter()
+        .filter_map(|(net, _)| hint_span(net))
+        .collect())
+}
+
+/// Set the hint bits of every IPv4 entry (bits already set stay).
+pub fn sync_hints(maps: &mut Maps) -> anyhow::Result<()> {
+    for span in v4_spans(maps)? {
+        for w in words(span) {
+            let mask = hint::word_mask(w, span.0, span.1);
+            let have = hint_word(maps, w)?;
+            if have & mask != mask {
+                set_hint_word(maps, w, have | mask)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After entries were removed: clear the hint bits that no remaining entry needs.
+///
+/// The kernel may add a ban meanwhile and set its bit just before a word is rewritten;
+/// the entries are listed again afterwards and the bits of any new one restored, so a
+/// ban's bit is missing for a moment at most (and its SYNs are limited by its bucket
+/// meanwhile).
+fn unmark(maps: &mut Maps, removed: &[IpNet]) -> anyhow::Result<()> {
+    let touched: std::collections::BTreeSet<u32> = removed
+        .iter()
+        .filter_map(hint_span)
+        .flat_map(words)
+        .collect();
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let wanted = |spans: &[(u32, u32)]| {
+        let mut want = std::collections::BTreeMap::<u32, u64>::new();
+        for &span in spans {
+            for &w in touched.range(words(span)) {
+                *want.entry(w).or_default() |= hint::word_mask(w, span.0, span.1);
+            }
+        }
+        want
+    };
+    let before = v4_spans(maps)?;
+    let want = wanted(&before);
+    for &w in &touched {
+        let want = want.get(&w).copied().unwrap_or(0);
+        if hint_word(maps, w)? != want {
+            set_hint_word(maps, w, want)?;
+        }
+    }
+    let known: std::collections::HashSet<(u32, u32)> = before.into_iter().collect();
+    let new: Vec<(u32, u32)> = v4_spans(maps)?
+        .into_iter()
+        .filter(|s| !known.contains(s))
+        .collect();
+    for (w, mask) in wanted(&new) {
+        let have = hint_word(maps, w)?;
+        if have & mask != mask {
+            set_hint_word(maps, w, have | mask)?;
+        }
+    }
+    Ok(())
+}
+
 /// Store an entry under a prefix, replacing what was there.
 pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
+    // The hint first: the entry must never exist without its bits.
+    mark(maps, net)?;
     let mut rule = *rule;
     rule.prefix_len = net.prefix_len();
     let r = match net {
@@ -192,6 +301,15 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
 
 /// Remove the entry stored under exactly this prefix. `Ok(false)` if there was none.
 pub fn delete(maps: &mut Maps, net: &IpNet) -> anyhow::Result<bool> {
+    let removed = remove(maps, net)?;
+    if removed {
+        unmark(maps, std::slice::from_ref(net))?;
+    }
+    Ok(removed)
+}
+
+/// [`delete`] without updating the hint (callers do it once for many removals).
+fn remove(maps: &mut Maps, net: &IpNet) -> anyhow::Result<bool> {
     // Deletion matches the prefix exactly (the kind byte of the key is not compared).
     let r = match net {
         IpNet::V4(n) => maps.rules_v4.remove(&V4Key::new(
@@ -265,7 +383,7 @@ pub fn expire(maps: &mut Maps) -> anyhow::Result<Vec<RuleEntry>> {
             // when the source is banned again.
             if let Some(current) = get(maps, &e.net)?
                 && current.expired(now)
-                && delete(maps, &e.net)?
+                && remove(maps, &e.net)?
             {
                 removed.push(RuleEntry {
                     net: e.net,
@@ -274,6 +392,8 @@ pub fn expire(maps: &mut Maps) -> anyhow::Result<Vec<RuleEntry>> {
             }
         }
     }
+    let nets: Vec<IpNet> = removed.iter().map(|e| e.net).collect();
+    unmark(maps, &nets)?;
     Ok(removed)
 }
 

@@ -147,6 +147,19 @@ impl Prog {
         rules::put(&mut self.loaded.maps, &net, rule).expect("store rule");
     }
 
+    /// Whether the rules hint has the bit of this IPv4 address's /24 set.
+    pub fn hinted(&self, addr: &str) -> bool {
+        let a: std::net::Ipv4Addr = addr.parse().expect("test IPv4 address");
+        let (word, bit) = synguard_common::hint::bit(a.octets());
+        let w = self
+            .loaded
+            .maps
+            .rules_hint
+            .get(&word, 0)
+            .expect("read hint");
+        w & bit != 0
+    }
+
     pub fn reconcile(&mut self) {
         rules::reconcile_actions(&mut self.loaded.maps).expect("reconcile");
     }

@@ -388,6 +388,99 @@ fn allowlisted_source_is_never_limited_even_inside_a_blocked_cidr() {
     p.expect(&inside, XDP_DROP, &[R_BLOCKED]);
 }
 
+/// The hint that lets IPv4 packets skip the trie (`synguard_common::hint`): set for
+/// every entry userspace stores and every ban the kernel makes, cleared only when no
+/// entry in the /24 remains, and ignored while bans can be wider than it tracks.
+#[test]
+fn the_rules_hint_follows_every_entry() {
+    let mut p = limited("1", "1");
+    assert!(!p.hinted("203.0.113.5"));
+    p.put_rule("203.0.113.0/24", &manual(RULE_BLOCK));
+    p.put_rule("203.0.113.64/26", &manual(RULE_BLOCK));
+    assert!(p.hinted("203.0.113.5"));
+    // Removing one entry keeps the bit the other needs.
+    rules::delete(&mut p.loaded.maps, &"203.0.113.0/24".parse().unwrap()).unwrap();
+    assert!(p.hinted("203.0.113.5"));
+    p.expect(
+        &Tcp::syn("203.0.113.70", SERVER).flags(ACK).build(),
+        XDP_DROP,
+        &[R_BLOCKED],
+    );
+    p.expect(
+        &Tcp::syn("203.0.113.5", SERVER).flags(ACK).build(),
+        XDP_PASS,
+        &[R_TCP_OTHER],
+    );
+    rules::delete(&mut p.loaded.maps, &"203.0.113.64/26".parse().unwrap()).unwrap();
+    assert!(!p.hinted("203.0.113.5"));
+
+    // A wide entry marks every /24 inside it, across words, and its removal clears them
+    // all except those another entry still needs.
+    p.put_rule("10.20.0.0/16", &manual(RULE_ALLOW));
+    p.put_rule("10.20.255.7/32", &manual(RULE_BLOCK));
+    for a in ["10.20.0.1", "10.20.64.1", "10.20.200.1", "10.20.255.1"] {
+        assert!(p.hinted(a), "{a}");
+    }
+    assert!(!p.hinted("10.21.0.1"));
+    rules::delete(&mut p.loaded.maps, &"10.20.0.0/16".parse().unwrap()).unwrap();
+    assert!(!p.hinted("10.20.0.1") && !p.hinted("10.20.254.1"));
+    assert!(p.hinted("10.20.255.1"));
+
+    // The kernel consults the hint: an entry stored behind its back (no bit) is not
+    // seen, which is exactly why every writer goes through `rules::put`.
+    let stray = "198.51.100.0/24".parse().unwrap();
+    let mut rule = manual(RULE_BLOCK);
+    rule.prefix_len = 24;
+    p.loaded
+        .maps
+        .rules_v4
+        .insert(
+            &synguard::bpf::V4Key::new(
+                24,
+                synguard_common::rule_key_v4([198, 51, 100, 0], RULE_BLOCK),
+            ),
+            rule,
+            0,
+        )
+        .unwrap();
+    let ack = Tcp::syn("198.51.100.9", SERVER).flags(ACK).build();
+    p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
+    // Under an ipv4-prefix shorter than the hint tracks, the kernel walks the trie for
+    // every packet; going back to a longer one first marks every entry.
+    p.set("ipv4-prefix", "16");
+    p.expect(&ack, XDP_DROP, &[R_BLOCKED]);
+    p.set("ipv4-prefix", "32");
+    assert!(p.hinted("198.51.100.9"));
+    p.expect(&ack, XDP_DROP, &[R_BLOCKED]);
+    assert!(rules::delete(&mut p.loaded.maps, &stray).unwrap());
+    assert!(!p.hinted("198.51.100.9"));
+}
+
+/// Bans made by the kernel mark the hint themselves, at every aggregation it tracks;
+/// shorter ones are found because the hint is then ignored.
+#[test]
+fn kernel_bans_are_seen_at_every_ipv4_prefix() {
+    for (prefix, inside) in [
+        ("32", "198.18.5.7"),
+        ("20", "198.18.15.200"),
+        ("12", "198.19.200.1"),
+    ] {
+        let mut p = limited("1", "1");
+        p.set("ipv4-prefix", prefix);
+        let syn = Tcp::syn("198.18.5.7", SERVER).build();
+        p.run(&syn);
+        p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+        let ack = Tcp::syn(inside, SERVER).flags(ACK).build();
+        p.expect(&ack, XDP_DROP, &[R_BANNED]);
+        // Outside the ban (and, for the short prefix, inside the ignored hint).
+        let other = Tcp::syn("198.51.100.9", SERVER).flags(ACK).build();
+        p.expect(&other, XDP_PASS, &[R_TCP_OTHER]);
+        if prefix != "12" {
+            assert!(p.hinted(inside), "/{prefix}");
+        }
+    }
+}
+
 #[test]
 fn ban_expires_on_time() {
     let mut p = limited("1", "1");
@@ -404,6 +497,7 @@ fn ban_expires_on_time() {
     assert_eq!(removed.len(), 1);
     assert_eq!(removed[0].net.to_string(), "203.0.113.90/32");
     assert!(p.rules().is_empty());
+    assert!(!p.hinted("203.0.113.90"), "expiry clears the hint bit");
     // The bucket has refilled after a second at 1/s: the source may connect again.
     p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED]);
 }
