@@ -29,9 +29,19 @@ pub mod map_names {
     pub const IFSTATE: &str = "SG_IFSTATE";
     pub const VERIFIED: &str = "SG_VERIFIED";
     pub const RULES_HINT: &str = "SG_RULES_HINT";
+    pub const RULES_HINT6: &str = "SG_RULES_HINT6";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 9] = [
-        CONFIG, STATS, RULES_V4, RULES_V6, SOURCES, EVENTS, IFSTATE, VERIFIED, RULES_HINT,
+    pub const ALL: [&str; 10] = [
+        CONFIG,
+        STATS,
+        RULES_V4,
+        RULES_V6,
+        SOURCES,
+        EVENTS,
+        IFSTATE,
+        VERIFIED,
+        RULES_HINT,
+        RULES_HINT6,
     ];
 }
 
@@ -328,11 +338,33 @@ pub const RULE_COMMENT_MAX: usize = 64;
 /// (userspace), and the kernel sets the bit of each ban it makes. Bans made under an
 /// `ipv4-prefix` shorter than [`HINT_MIN_BAN_PREFIX`] would need more than one word, so
 /// with such a setting the kernel ignores the hint and always walks the trie.
+///
+/// IPv6 has a hint of the same shape (`SG_RULES_HINT6`) over bits 16 to 39 of the
+/// address ([`v6_index`]): one bit per /40 with the first 16 bits folded away (2001:db8::
+/// and 2a00:db8:: share a bit; a shared bit only costs a walk). Entries shorter than /16
+/// set every bit; bans need `ipv6-prefix` of at least [`HINT_MIN_BAN_PREFIX_V6`].
 pub mod hint {
     /// Words of 64 bits: 2^24 /24s.
     pub const WORDS: u32 = 1 << 18;
     /// The shortest ban prefix whose bits lie in one word (2^(24-19) = 32 bits).
     pub const HINT_MIN_BAN_PREFIX: u32 = 19;
+    /// The same for IPv6 (16 bits folded away).
+    pub const HINT_MIN_BAN_PREFIX_V6: u32 = HINT_MIN_BAN_PREFIX + V6_SKIP;
+    /// Leading bits of an IPv6 address the IPv6 hint ignores.
+    pub const V6_SKIP: u32 = 16;
+
+    /// The 4 bytes of an IPv6 address the IPv6 hint indexes by, laid out like an IPv4
+    /// address (so [`bit`], [`span`] and [`ban_word`] serve both).
+    #[inline(always)]
+    pub const fn v6_index(addr: &[u8; 16]) -> [u8; 4] {
+        [addr[2], addr[3], addr[4], addr[5]]
+    }
+
+    /// An IPv6 prefix length in the IPv6 hint's terms.
+    #[inline(always)]
+    pub const fn v6_len(prefix_len: u32) -> u32 {
+        prefix_len.saturating_sub(V6_SKIP)
+    }
 
     /// The /24 number of an address (network-order bytes).
     #[inline(always)]
@@ -783,6 +815,23 @@ mod tests {
             assert_eq!(lw, w);
             assert_ne!(m & lb, 0);
         }
+    }
+
+    #[test]
+    fn ipv6_hint_geometry() {
+        use hint::*;
+        let a: [u8; 16] = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0x42, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1,
+        ];
+        assert_eq!(v6_index(&a), [0x0d, 0xb8, 0, 0x42]);
+        // A /64 ban: one /40, one bit; a /32: 256 /40s; /8: every bit.
+        assert_eq!(span(v6_index(&a), v6_len(64)), (0x0db800, 0x0db801));
+        assert_eq!(span(v6_index(&a), v6_len(32)), (0x0db800, 0x0db900));
+        assert_eq!(span(v6_index(&a), v6_len(8)), (0, 1 << 24));
+        assert_eq!(
+            ban_word(v6_index(&a), v6_len(HINT_MIN_BAN_PREFIX_V6)).0,
+            0x0db800 >> 6
+        );
     }
 
     #[test]

@@ -79,6 +79,8 @@ static SG_IFSTATE: Array<IfState> = Array::with_max_entries(capacity::STATS_SLOT
 #[map]
 static SG_RULES_HINT: Array<u64> = Array::with_max_entries(hint::WORDS, 0);
 #[map]
+static SG_RULES_HINT6: Array<u64> = Array::with_max_entries(hint::WORDS, 0);
+#[map]
 static SG_VERIFIED: LruHashMap<SourceKey, u64> =
     LruHashMap::with_max_entries(capacity::VERIFIED, 0);
 
@@ -324,7 +326,11 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
 
     // The address is read from the packet again after the rule lookup: a copy held
     // across the call would be spilled byte by byte onto the stack.
-    let reason = rule_reason_v6(&ip.src_addr, pkt.now);
+    let reason = if may_match_v6(pkt.cfg, &ip.src_addr) {
+        rule_reason_v6(&ip.src_addr, pkt.now)
+    } else {
+        NO_RULE
+    };
     if reason != NO_RULE {
         return pkt.verdict(reason);
     }
@@ -388,6 +394,16 @@ fn may_match_v4(cfg: &Config, src: [u8; 4]) -> bool {
     SG_RULES_HINT.get(word).is_none_or(|w| *w & bit != 0)
 }
 
+/// The same for an IPv6 source.
+#[inline(always)]
+fn may_match_v6(cfg: &Config, src: &[u8; 16]) -> bool {
+    if cfg.ipv6_prefix < hint::HINT_MIN_BAN_PREFIX_V6 {
+        return true;
+    }
+    let (word, bit) = hint::bit(hint::v6_index(src));
+    SG_RULES_HINT6.get(word).is_none_or(|w| *w & bit != 0)
+}
+
 /// Mark a new IPv4 ban in the hint. A plain read-modify-write: a racing update of the
 /// same word can undo it, which the next SYN over the limit repeats (and until then the
 /// source's SYNs are still limited by its bucket).
@@ -399,6 +415,19 @@ fn hint_ban_v4(addr: [u8; 4], prefix_len: u32) {
     let (word, mask) = hint::ban_word(addr, prefix_len);
     if let Some(w) = SG_RULES_HINT.get_ptr_mut(word) {
         // SAFETY: a live array element; see above for the race.
+        unsafe { *w |= mask };
+    }
+}
+
+/// The same for a new IPv6 ban.
+#[inline(always)]
+fn hint_ban_v6(addr: &[u8; 16], prefix_len: u32) {
+    if prefix_len < hint::HINT_MIN_BAN_PREFIX_V6 {
+        return;
+    }
+    let (word, mask) = hint::ban_word(hint::v6_index(addr), hint::v6_len(prefix_len));
+    if let Some(w) = SG_RULES_HINT6.get_ptr_mut(word) {
+        // SAFETY: as in `hint_ban_v4`.
         unsafe { *w |= mask };
     }
 }
@@ -1181,7 +1210,9 @@ fn record_ban_v4(key: &SourceKey, info: &BanInfo) -> BanResult {
 fn record_ban_v6(key: &SourceKey, info: &BanInfo) -> BanResult {
     let rule = ban_rule(key, info);
     let k = Key::new(key.prefix_len, rule_key_v6(key.addr, RULE_BAN));
-    insert_ban(&SG_RULES_V6, &k, &rule, info.now)
+    let result = insert_ban(&SG_RULES_V6, &k, &rule, info.now);
+    hint_ban_v6(&key.addr, key.prefix_len);
+    result
 }
 
 /// Tell userspace about a new ban (once per ban; rate-limited by the caller).

@@ -46,6 +46,8 @@ pub struct Maps {
     pub verified: HashMap<MapData, SourceKey, u64>,
     /// Which /24s may hold an IPv4 rule (see `synguard_common::hint`; kept by `rules`).
     pub rules_hint: Array<MapData, u64>,
+    /// The same for IPv6 entries.
+    pub rules_hint6: Array<MapData, u64>,
 }
 
 /// Options for loading the program.
@@ -155,6 +157,7 @@ impl Maps {
             ifstate: take(ebpf, map_names::IFSTATE)?,
             verified: take(ebpf, map_names::VERIFIED)?,
             rules_hint: take(ebpf, map_names::RULES_HINT)?,
+            rules_hint6: take(ebpf, map_names::RULES_HINT6)?,
         })
     }
 
@@ -170,6 +173,7 @@ impl Maps {
             ifstate: open(pin_dir, map_names::IFSTATE)?,
             verified: open(pin_dir, map_names::VERIFIED)?,
             rules_hint: open(pin_dir, map_names::RULES_HINT)?,
+            rules_hint6: open(pin_dir, map_names::RULES_HINT6)?,
         })
     }
 
@@ -181,8 +185,14 @@ impl Maps {
         // Under a short `ipv4-prefix` the kernel made bans without hint bits (it ignored
         // the hint then); before it starts relying on the hint, every entry gets its bits.
         let old = self.read_config()?;
-        if cfg.ipv4_prefix >= hint::HINT_MIN_BAN_PREFIX
-            && (old.abi == 0 || old.ipv4_prefix < hint::HINT_MIN_BAN_PREFIX)
+        let starts = |new: u32, old: u32, min: u32| new >= min && old < min;
+        if old.abi == 0
+            || starts(cfg.ipv4_prefix, old.ipv4_prefix, hint::HINT_MIN_BAN_PREFIX)
+            || starts(
+                cfg.ipv6_prefix,
+                old.ipv6_prefix,
+                hint::HINT_MIN_BAN_PREFIX_V6,
+            )
         {
             crate::rules::sync_hints(self)?;
         }

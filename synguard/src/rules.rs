@@ -153,62 +153,90 @@ pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
     Ok(out)
 }
 
-/// The /24s an IPv4 prefix touches (see `synguard_common::hint`).
-fn hint_span(net: &IpNet) -> Option<(u32, u32)> {
+/// Which hint an entry's bits live in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Hint {
+    V4,
+    V6,
+}
+
+/// The hint and the index range `[first, end)` a prefix touches (see
+/// `synguard_common::hint`): /24s for IPv4, /40s without their first 16 bits for IPv6.
+type Span = (Hint, u32, u32);
+
+fn hint_span(net: &IpNet) -> Span {
     match net {
-        IpNet::V4(n) => Some(hint::span(n.network().octets(), u32::from(n.prefix_len()))),
-        IpNet::V6(_) => None,
+        IpNet::V4(n) => {
+            let (a, b) = hint::span(n.network().octets(), u32::from(n.prefix_len()));
+            (Hint::V4, a, b)
+        }
+        IpNet::V6(n) => {
+            let idx = hint::v6_index(&n.network().octets());
+            let (a, b) = hint::span(idx, hint::v6_len(u32::from(n.prefix_len())));
+            (Hint::V6, a, b)
+        }
     }
 }
 
-fn words(span: (u32, u32)) -> std::ops::RangeInclusive<u32> {
-    (span.0 >> 6)..=((span.1 - 1) >> 6)
+/// The words a span touches, as `(hint, word)`.
+fn words(span: Span) -> impl Iterator<Item = (Hint, u32)> {
+    let (h, a, b) = span;
+    ((a >> 6)..=((b - 1) >> 6)).map(move |w| (h, w))
 }
 
-fn hint_word(maps: &Maps, word: u32) -> anyhow::Result<u64> {
-    maps.rules_hint
+fn mask(span: Span, word: u32) -> u64 {
+    hint::word_mask(word, span.1, span.2)
+}
+
+fn hint_map(maps: &Maps, h: Hint) -> &aya::maps::Array<aya::maps::MapData, u64> {
+    match h {
+        Hint::V4 => &maps.rules_hint,
+        Hint::V6 => &maps.rules_hint6,
+    }
+}
+
+fn hint_word(maps: &Maps, (h, word): (Hint, u32)) -> anyhow::Result<u64> {
+    hint_map(maps, h)
         .get(&word, 0)
         .context("reading the rules hint")
 }
 
-fn set_hint_word(maps: &mut Maps, word: u32, value: u64) -> anyhow::Result<()> {
-    maps.rules_hint
-        .set(word, value, 0)
-        .context("writing the rules hint")
+fn set_hint_word(maps: &mut Maps, (h, word): (Hint, u32), value: u64) -> anyhow::Result<()> {
+    let map = match h {
+        Hint::V4 => &mut maps.rules_hint,
+        Hint::V6 => &mut maps.rules_hint6,
+    };
+    map.set(word, value, 0).context("writing the rules hint")
 }
 
-/// Set the hint bits of an IPv4 prefix (nothing for IPv6).
-fn mark(maps: &mut Maps, net: &IpNet) -> anyhow::Result<()> {
-    let Some(span) = hint_span(net) else {
-        return Ok(());
-    };
-    for w in words(span) {
-        let mask = hint::word_mask(w, span.0, span.1);
-        let have = hint_word(maps, w)?;
-        if have & mask != mask {
-            set_hint_word(maps, w, have | mask)?;
-        }
+/// Set bits (those already set stay).
+fn or_hint_word(maps: &mut Maps, at: (Hint, u32), bits: u64) -> anyhow::Result<()> {
+    let have = hint_word(maps, at)?;
+    if have & bits != bits {
+        set_hint_word(maps, at, have | bits)?;
     }
     Ok(())
 }
 
-/// The /24 spans of every IPv4 entry.
-fn v4_spans(maps: &Maps) -> anyhow::Result<Vec<(u32, u32)>> {
-    Ok(keys(maps)?
-        .iter()
-        .filter_map(|(net, _)| hint_span(net))
-        .collect())
+/// Set the hint bits of a prefix.
+fn mark(maps: &mut Maps, net: &IpNet) -> anyhow::Result<()> {
+    let span = hint_span(net);
+    for at in words(span) {
+        or_hint_word(maps, at, mask(span, at.1))?;
+    }
+    Ok(())
 }
 
-/// Set the hint bits of every IPv4 entry (bits already set stay).
+/// The hint spans of every entry.
+fn spans(maps: &Maps) -> anyhow::Result<Vec<Span>> {
+    Ok(keys(maps)?.iter().map(|(net, _)| hint_span(net)).collect())
+}
+
+/// Set the hint bits of every entry (bits already set stay).
 pub fn sync_hints(maps: &mut Maps) -> anyhow::Result<()> {
-    for span in v4_spans(maps)? {
-        for w in words(span) {
-            let mask = hint::word_mask(w, span.0, span.1);
-            let have = hint_word(maps, w)?;
-            if have & mask != mask {
-                set_hint_word(maps, w, have | mask)?;
-            }
+    for span in spans(maps)? {
+        for at in words(span) {
+            or_hint_word(maps, at, mask(span, at.1))?;
         }
     }
     Ok(())
@@ -221,41 +249,36 @@ pub fn sync_hints(maps: &mut Maps) -> anyhow::Result<()> {
 /// ban's bit is missing for a moment at most (and its SYNs are limited by its bucket
 /// meanwhile).
 fn unmark(maps: &mut Maps, removed: &[IpNet]) -> anyhow::Result<()> {
-    let touched: std::collections::BTreeSet<u32> = removed
-        .iter()
-        .filter_map(hint_span)
-        .flat_map(words)
-        .collect();
+    use std::collections::{BTreeMap, BTreeSet, HashSet};
+    let touched: BTreeSet<(Hint, u32)> = removed.iter().flat_map(|n| words(hint_span(n))).collect();
     if touched.is_empty() {
         return Ok(());
     }
-    let wanted = |spans: &[(u32, u32)]| {
-        let mut want = std::collections::BTreeMap::<u32, u64>::new();
+    let wanted = |spans: &[Span]| {
+        let mut want = BTreeMap::<(Hint, u32), u64>::new();
         for &span in spans {
-            for &w in touched.range(words(span)) {
-                *want.entry(w).or_default() |= hint::word_mask(w, span.0, span.1);
+            let (h, a, b) = span;
+            for &at in touched.range((h, a >> 6)..=(h, (b - 1) >> 6)) {
+                *want.entry(at).or_default() |= mask(span, at.1);
             }
         }
         want
     };
-    let before = v4_spans(maps)?;
+    let before = spans(maps)?;
     let want = wanted(&before);
-    for &w in &touched {
-        let want = want.get(&w).copied().unwrap_or(0);
-        if hint_word(maps, w)? != want {
-            set_hint_word(maps, w, want)?;
+    for &at in &touched {
+        let want = want.get(&at).copied().unwrap_or(0);
+        if hint_word(maps, at)? != want {
+            set_hint_word(maps, at, want)?;
         }
     }
-    let known: std::collections::HashSet<(u32, u32)> = before.into_iter().collect();
-    let new: Vec<(u32, u32)> = v4_spans(maps)?
+    let known: HashSet<Span> = before.into_iter().collect();
+    let new: Vec<Span> = spans(maps)?
         .into_iter()
         .filter(|s| !known.contains(s))
         .collect();
-    for (w, mask) in wanted(&new) {
-        let have = hint_word(maps, w)?;
-        if have & mask != mask {
-            set_hint_word(maps, w, have | mask)?;
-        }
+    for (at, bits) in wanted(&new) {
+        or_hint_word(maps, at, bits)?;
     }
     Ok(())
 }

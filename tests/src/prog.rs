@@ -147,17 +147,16 @@ impl Prog {
         rules::put(&mut self.loaded.maps, &net, rule).expect("store rule");
     }
 
-    /// Whether the rules hint has the bit of this IPv4 address's /24 set.
+    /// Whether the rules hint has the bit of this address set (its /24 for IPv4, its
+    /// folded /40 for IPv6).
     pub fn hinted(&self, addr: &str) -> bool {
-        let a: std::net::Ipv4Addr = addr.parse().expect("test IPv4 address");
-        let (word, bit) = synguard_common::hint::bit(a.octets());
-        let w = self
-            .loaded
-            .maps
-            .rules_hint
-            .get(&word, 0)
-            .expect("read hint");
-        w & bit != 0
+        use synguard_common::hint;
+        let (map, index) = match addr.parse().expect("test address") {
+            IpAddr::V4(a) => (&self.loaded.maps.rules_hint, a.octets()),
+            IpAddr::V6(a) => (&self.loaded.maps.rules_hint6, hint::v6_index(&a.octets())),
+        };
+        let (word, bit) = hint::bit(index);
+        map.get(&word, 0).expect("read hint") & bit != 0
     }
 
     pub fn reconcile(&mut self) {

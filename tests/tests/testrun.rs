@@ -481,6 +481,42 @@ fn kernel_bans_are_seen_at_every_ipv4_prefix() {
     }
 }
 
+/// The IPv6 hint, the same way: entries and kernel bans mark it, removal clears it,
+/// and an `ipv6-prefix` shorter than it tracks makes the kernel ignore it.
+#[test]
+fn the_ipv6_rules_hint_follows_entries_and_bans() {
+    let mut p = limited("1", "1");
+    p.put_rule("2001:db8:bad::/48", &manual(RULE_BLOCK));
+    assert!(p.hinted("2001:db8:bad:1::5"));
+    assert!(!p.hinted("2001:db8:1::7"));
+    p.expect(
+        &Tcp::syn("2001:db8:bad:1::5", SERVER6).flags(ACK).build(),
+        XDP_DROP,
+        &[R_BLOCKED],
+    );
+    rules::delete(&mut p.loaded.maps, &"2001:db8:bad::/48".parse().unwrap()).unwrap();
+    assert!(!p.hinted("2001:db8:bad:1::5"));
+
+    // A /12 entry is wider than the hint's folded bits: it marks every bit.
+    p.put_rule("2000::/12", &manual(RULE_ALLOW));
+    assert!(p.hinted("2001:db8:1::7") && p.hinted("2a00:1::1"));
+    rules::delete(&mut p.loaded.maps, &"2000::/12".parse().unwrap()).unwrap();
+    assert!(!p.hinted("2001:db8:1::7"));
+
+    for (prefix, inside) in [("64", "2001:db8:5:7::99"), ("24", "2001:db8:ff00::1")] {
+        let mut p = limited("1", "1");
+        p.set("ipv6-prefix", prefix);
+        let syn = Tcp::syn("2001:db8:5:7::1", SERVER6).build();
+        p.run(&syn);
+        p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+        let ack = Tcp::syn(inside, SERVER6).flags(ACK).build();
+        p.expect(&ack, XDP_DROP, &[R_BANNED]);
+        let other = Tcp::syn("3fff:6::1", SERVER6).flags(ACK).build();
+        p.expect(&other, XDP_PASS, &[R_TCP_OTHER]);
+        assert_eq!(p.hinted(inside), prefix == "64", "/{prefix}");
+    }
+}
+
 #[test]
 fn ban_expires_on_time() {
     let mut p = limited("1", "1");
