@@ -13,7 +13,7 @@
 pub mod clock;
 pub mod gcra;
 
-/// Bumped whenever a pinned map's key or value layout changes. A `run` that finds pinned
+/// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
 pub const ABI_VERSION: u32 = 6;
 
@@ -30,8 +30,12 @@ pub mod map_names {
     pub const VERIFIED: &str = "SG_VERIFIED";
     pub const RULES_HINT: &str = "SG_RULES_HINT";
     pub const RULES_HINT6: &str = "SG_RULES_HINT6";
+    pub const BANS_V4: &str = "SG_BANS_V4";
+    pub const BANS_V6: &str = "SG_BANS_V6";
+    pub const BANS_HINT: &str = "SG_BANS_HINT";
+    pub const BANS_HINT6: &str = "SG_BANS_HINT6";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 14] = [
         CONFIG,
         STATS,
         RULES_V4,
@@ -42,6 +46,10 @@ pub mod map_names {
         VERIFIED,
         RULES_HINT,
         RULES_HINT6,
+        BANS_V4,
+        BANS_V6,
+        BANS_HINT,
+        BANS_HINT6,
     ];
 }
 
@@ -50,7 +58,8 @@ pub mod capacity {
     /// Per-CPU stats slots, indexed by the receiving interface's ifindex. Interfaces whose
     /// ifindex is at or above this share slot 0; `run` warns when it attaches to one.
     pub const STATS_SLOTS: u32 = 1024;
-    /// Allow, block and ban entries per address family.
+    /// Allow and block entries per address family, and (in their own tries) as many
+    /// bans.
     pub const RULES: u32 = 262_144;
     /// Sources with a token bucket (both families).
     pub const SOURCES: u32 = 1_048_576;
@@ -327,22 +336,26 @@ pub struct Rule {
 
 pub const RULE_COMMENT_MAX: usize = 64;
 
-/// The IPv4 rule hint (`SG_RULES_HINT`): one bit per /24 of the address space, set when
-/// an IPv4 entry of the rules trie (allow, block or ban) covers or lies inside that /24.
-/// The kernel walks the trie only for sources whose bit is set, so the common packet (no
-/// entry anywhere near its source) costs one inlined array read instead of a trie walk,
-/// however many entries the trie holds.
+/// The hints in front of the tries. The operator's allow and block entries
+/// (`SG_RULES_V4`/`V6`) and the automatic bans (`SG_BANS_V4`/`V6`) live in separate
+/// tries, each with a bitmap: for IPv4 one bit per /24 of the address space
+/// (`SG_RULES_HINT`, `SG_BANS_HINT`), set when an entry of that trie covers or lies
+/// inside the /24. The kernel walks a trie only for sources whose bit is set, so the
+/// common packet (no entry near its source) costs an inlined array read instead of a trie
+/// walk, however many entries the tries hold, and a banned source's lookup does not grow
+/// with the operator's blocklist (nor a blocked one's with the number of bans).
 ///
 /// A set bit without an entry only costs a walk; a missing bit would hide an entry, so
-/// bits are set before entries are stored and cleared only after entries are removed
-/// (userspace), and the kernel sets the bit of each ban it makes. Bans made under an
+/// userspace sets bits before it stores entries and clears them only after removing
+/// them, and the kernel sets the bit of each ban it makes. Bans made under an
 /// `ipv4-prefix` shorter than [`HINT_MIN_BAN_PREFIX`] would need more than one word, so
-/// with such a setting the kernel ignores the hint and always walks the trie.
+/// with such a setting the kernel ignores the bans hint and always walks the bans trie.
 ///
-/// IPv6 has a hint of the same shape (`SG_RULES_HINT6`) over bits 16 to 39 of the
-/// address ([`v6_index`]): one bit per /40 with the first 16 bits folded away (2001:db8::
-/// and 2a00:db8:: share a bit; a shared bit only costs a walk). Entries shorter than /16
-/// set every bit; bans need `ipv6-prefix` of at least [`HINT_MIN_BAN_PREFIX_V6`].
+/// IPv6 has hints of the same shape (`SG_RULES_HINT6`, `SG_BANS_HINT6`) over bits 16 to
+/// 39 of the address ([`v6_index`]): one bit per /40 with the first 16 bits folded away
+/// (2001:db8:: and 2a00:db8:: share a bit; a shared bit only costs a walk). Entries
+/// shorter than /16 set every bit; bans need `ipv6-prefix` of at least
+/// [`HINT_MIN_BAN_PREFIX_V6`].
 pub mod hint {
     /// Words of 64 bits: 2^24 /24s.
     pub const WORDS: u32 = 1 << 18;

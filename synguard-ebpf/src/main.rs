@@ -77,9 +77,17 @@ static SG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 #[map]
 static SG_IFSTATE: Array<IfState> = Array::with_max_entries(capacity::STATS_SLOTS, 0);
 #[map]
+static SG_BANS_V4: LpmTrie<RuleKeyV4, Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
+#[map]
+static SG_BANS_V6: LpmTrie<RuleKeyV6, Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
+#[map]
 static SG_RULES_HINT: Array<u64> = Array::with_max_entries(hint::WORDS, 0);
 #[map]
 static SG_RULES_HINT6: Array<u64> = Array::with_max_entries(hint::WORDS, 0);
+#[map]
+static SG_BANS_HINT: Array<u64> = Array::with_max_entries(hint::WORDS, 0);
+#[map]
+static SG_BANS_HINT6: Array<u64> = Array::with_max_entries(hint::WORDS, 0);
 #[map]
 static SG_VERIFIED: LruHashMap<SourceKey, u64> =
     LruHashMap::with_max_entries(capacity::VERIFIED, 0);
@@ -289,11 +297,17 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     }
     let src = ip.src_addr;
 
-    let reason = if may_match_v4(pkt.cfg, src) {
-        rule_reason_v4(&src, pkt.now)
+    // The operator's entries first (an allow entry wins over everything), then bans.
+    let mut reason = if hinted(&SG_RULES_HINT, src) {
+        rule_reason_v4(false, &src, pkt.now)
     } else {
         NO_RULE
     };
+    if reason == NO_RULE
+        && (pkt.cfg.ipv4_prefix < hint::HINT_MIN_BAN_PREFIX || hinted(&SG_BANS_HINT, src))
+    {
+        reason = rule_reason_v4(true, &src, pkt.now);
+    }
     if reason != NO_RULE {
         return pkt.verdict(reason);
     }
@@ -326,11 +340,17 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
 
     // The address is read from the packet again after the rule lookup: a copy held
     // across the call would be spilled byte by byte onto the stack.
-    let reason = if may_match_v6(pkt.cfg, &ip.src_addr) {
-        rule_reason_v6(&ip.src_addr, pkt.now)
+    let index = hint::v6_index(&ip.src_addr);
+    let mut reason = if hinted(&SG_RULES_HINT6, index) {
+        rule_reason_v6(false, &ip.src_addr, pkt.now)
     } else {
         NO_RULE
     };
+    if reason == NO_RULE
+        && (pkt.cfg.ipv6_prefix < hint::HINT_MIN_BAN_PREFIX_V6 || hinted(&SG_BANS_HINT6, index))
+    {
+        reason = rule_reason_v6(true, &ip.src_addr, pkt.now);
+    }
     if reason != NO_RULE {
         return pkt.verdict(reason);
     }
@@ -383,25 +403,12 @@ fn live_rule<'a>(
 /// No live rule matches the source.
 const NO_RULE: usize = usize::MAX;
 
-/// Whether an IPv4 entry may match the source: its /24's bit in the hint (see
-/// [`hint`]), unless bans can be shorter than the hint tracks.
+/// Whether an entry may match the source: its bit in a hint (see [`hint`]), by the
+/// source's /24 (IPv4) or folded /40 (IPv6).
 #[inline(always)]
-fn may_match_v4(cfg: &Config, src: [u8; 4]) -> bool {
-    if cfg.ipv4_prefix < hint::HINT_MIN_BAN_PREFIX {
-        return true;
-    }
-    let (word, bit) = hint::bit(src);
-    SG_RULES_HINT.get(word).is_none_or(|w| *w & bit != 0)
-}
-
-/// The same for an IPv6 source.
-#[inline(always)]
-fn may_match_v6(cfg: &Config, src: &[u8; 16]) -> bool {
-    if cfg.ipv6_prefix < hint::HINT_MIN_BAN_PREFIX_V6 {
-        return true;
-    }
-    let (word, bit) = hint::bit(hint::v6_index(src));
-    SG_RULES_HINT6.get(word).is_none_or(|w| *w & bit != 0)
+fn hinted(map: &Array<u64>, index: [u8; 4]) -> bool {
+    let (word, bit) = hint::bit(index);
+    map.get(word).is_none_or(|w| *w & bit != 0)
 }
 
 /// Mark a new IPv4 ban in the hint. A plain read-modify-write: a racing update of the
@@ -413,7 +420,7 @@ fn hint_ban_v4(addr: [u8; 4], prefix_len: u32) {
         return;
     }
     let (word, mask) = hint::ban_word(addr, prefix_len);
-    if let Some(w) = SG_RULES_HINT.get_ptr_mut(word) {
+    if let Some(w) = SG_BANS_HINT.get_ptr_mut(word) {
         // SAFETY: a live array element; see above for the race.
         unsafe { *w |= mask };
     }
@@ -426,7 +433,7 @@ fn hint_ban_v6(addr: &[u8; 16], prefix_len: u32) {
         return;
     }
     let (word, mask) = hint::ban_word(hint::v6_index(addr), hint::v6_len(prefix_len));
-    if let Some(w) = SG_RULES_HINT6.get_ptr_mut(word) {
+    if let Some(w) = SG_BANS_HINT6.get_ptr_mut(word) {
         // SAFETY: as in `hint_ban_v4`.
         unsafe { *w |= mask };
     }
@@ -436,27 +443,21 @@ fn hint_ban_v6(addr: &[u8; 16], prefix_len: u32) {
 /// this machine (AMD, SRSO mitigation) every function return costs a mispredicted
 /// `ret`, which `perf` showed as the single largest cost of the program's own code.
 #[inline(always)]
-fn rule_reason_v4(src: &[u8; 4], now: u64) -> usize {
+fn rule_reason_v4(bans: bool, src: &[u8; 4], now: u64) -> usize {
     let src = *src;
-    live_rule(
-        |len| SG_RULES_V4.get(Key::new(len, rule_key_v4(src, 0))),
-        32,
-        now,
-    )
-    .map_or(NO_RULE, apply_rule)
+    let trie = if bans { &SG_BANS_V4 } else { &SG_RULES_V4 };
+    live_rule(|len| trie.get(Key::new(len, rule_key_v4(src, 0))), 32, now)
+        .map_or(NO_RULE, apply_rule)
 }
 
 /// The same for an IPv6 source (out of line: its 28-byte key would push the main stack
 /// frame past what the verifier allows with the cookie path's frames below it).
 #[inline(never)]
-fn rule_reason_v6(src: &[u8; 16], now: u64) -> usize {
+fn rule_reason_v6(bans: bool, src: &[u8; 16], now: u64) -> usize {
     let src = *src;
-    live_rule(
-        |len| SG_RULES_V6.get(Key::new(len, rule_key_v6(src, 0))),
-        128,
-        now,
-    )
-    .map_or(NO_RULE, apply_rule)
+    let trie = if bans { &SG_BANS_V6 } else { &SG_RULES_V6 };
+    live_rule(|len| trie.get(Key::new(len, rule_key_v6(src, 0))), 128, now)
+        .map_or(NO_RULE, apply_rule)
 }
 
 /// What a matching live rule means for this packet; counts the hit.
@@ -1123,7 +1124,7 @@ fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
                 BanResult::TableFull => {
                     pkt.note(N_BAN_TABLE_FULL);
                     if pkt.warn_allowed(now) {
-                        warn_full(pkt, FULL_RULES);
+                        warn_full(pkt, FULL_BANS);
                     }
                 }
             }
@@ -1153,7 +1154,7 @@ fn track_new(pkt: &Packet, key: &SourceKey, now: u64) -> usize {
 }
 
 const FULL_SOURCES: u8 = 0;
-const FULL_RULES: u8 = 1;
+const FULL_BANS: u8 = 1;
 
 /// Tell userspace a table is full (callers limit this to once a second per CPU).
 #[inline(never)]
@@ -1167,7 +1168,7 @@ fn warn_full(pkt: &Packet, which: u8) {
     } else {
         warn!(
             pkt.ctx,
-            "rules table full ({} entries): bans not recorded, excess SYNs still dropped",
+            "bans table full ({} entries): bans not recorded, excess SYNs still dropped",
             capacity::RULES
         );
     }
@@ -1198,7 +1199,7 @@ fn record_ban_v4(key: &SourceKey, info: &BanInfo) -> BanResult {
     let rule = ban_rule(key, info);
     let addr = [key.addr[12], key.addr[13], key.addr[14], key.addr[15]];
     let k = Key::new(key.prefix_len, rule_key_v4(addr, RULE_BAN));
-    let result = insert_ban(&SG_RULES_V4, &k, &rule, info.now);
+    let result = insert_ban(&SG_BANS_V4, &k, &rule, info.now);
     // After the insert, and whatever its result: a ban whose bit was lost gets it back
     // with the next SYN over the limit.
     hint_ban_v4(addr, key.prefix_len);
@@ -1210,7 +1211,7 @@ fn record_ban_v4(key: &SourceKey, info: &BanInfo) -> BanResult {
 fn record_ban_v6(key: &SourceKey, info: &BanInfo) -> BanResult {
     let rule = ban_rule(key, info);
     let k = Key::new(key.prefix_len, rule_key_v6(key.addr, RULE_BAN));
-    let result = insert_ban(&SG_RULES_V6, &k, &rule, info.now);
+    let result = insert_ban(&SG_BANS_V6, &k, &rule, info.now);
     hint_ban_v6(&key.addr, key.prefix_len);
     result
 }

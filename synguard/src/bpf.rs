@@ -36,8 +36,12 @@ pub type V6Key = LpmKey<RuleKeyV6>;
 pub struct Maps {
     pub config: Array<MapData, Config>,
     pub stats: PerCpuArray<MapData, Stats>,
+    /// The operator's allow and block entries.
     pub rules_v4: RulesV4,
     pub rules_v6: RulesV6,
+    /// Automatic bans (same key and value types; see `rules`).
+    pub bans_v4: RulesV4,
+    pub bans_v6: RulesV6,
     pub sources: HashMap<MapData, SourceKey, Bucket>,
     /// The ring buffer; `None` once taken by the event reader.
     pub events: Option<RingBuf<MapData>>,
@@ -48,6 +52,9 @@ pub struct Maps {
     pub rules_hint: Array<MapData, u64>,
     /// The same for IPv6 entries.
     pub rules_hint6: Array<MapData, u64>,
+    /// The same for the bans tries.
+    pub bans_hint: Array<MapData, u64>,
+    pub bans_hint6: Array<MapData, u64>,
 }
 
 /// Options for loading the program.
@@ -158,6 +165,10 @@ impl Maps {
             verified: take(ebpf, map_names::VERIFIED)?,
             rules_hint: take(ebpf, map_names::RULES_HINT)?,
             rules_hint6: take(ebpf, map_names::RULES_HINT6)?,
+            bans_v4: take(ebpf, map_names::BANS_V4)?,
+            bans_v6: take(ebpf, map_names::BANS_V6)?,
+            bans_hint: take(ebpf, map_names::BANS_HINT)?,
+            bans_hint6: take(ebpf, map_names::BANS_HINT6)?,
         })
     }
 
@@ -174,6 +185,10 @@ impl Maps {
             verified: open(pin_dir, map_names::VERIFIED)?,
             rules_hint: open(pin_dir, map_names::RULES_HINT)?,
             rules_hint6: open(pin_dir, map_names::RULES_HINT6)?,
+            bans_v4: open(pin_dir, map_names::BANS_V4)?,
+            bans_v6: open(pin_dir, map_names::BANS_V6)?,
+            bans_hint: open(pin_dir, map_names::BANS_HINT)?,
+            bans_hint6: open(pin_dir, map_names::BANS_HINT6)?,
         })
     }
 

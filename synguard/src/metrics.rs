@@ -168,24 +168,28 @@ pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
     }
 
     let (mut allow, mut block, mut ban) = (0u64, 0u64, 0u64);
-    let mut v4 = 0u64;
-    for k in maps.rules_v4.keys().flatten() {
-        v4 += 1;
-        match k.data()[synguard_common::RULE_KEY_KIND_V4] {
-            RULE_ALLOW => allow += 1,
-            RULE_BLOCK => block += 1,
-            RULE_BAN => ban += 1,
-            _ => {}
+    // Entries per trie: [rules_v4, rules_v6, bans_v4, bans_v6].
+    let mut count = [0u64; 4];
+    for (i, trie) in [&maps.rules_v4, &maps.bans_v4].into_iter().enumerate() {
+        for k in trie.keys().flatten() {
+            count[2 * i] += 1;
+            match k.data()[synguard_common::RULE_KEY_KIND_V4] {
+                RULE_ALLOW => allow += 1,
+                RULE_BLOCK => block += 1,
+                RULE_BAN => ban += 1,
+                _ => {}
+            }
         }
     }
-    let mut v6 = 0u64;
-    for k in maps.rules_v6.keys().flatten() {
-        v6 += 1;
-        match k.data()[synguard_common::RULE_KEY_KIND_V6] {
-            RULE_ALLOW => allow += 1,
-            RULE_BLOCK => block += 1,
-            RULE_BAN => ban += 1,
-            _ => {}
+    for (i, trie) in [&maps.rules_v6, &maps.bans_v6].into_iter().enumerate() {
+        for k in trie.keys().flatten() {
+            count[2 * i + 1] += 1;
+            match k.data()[synguard_common::RULE_KEY_KIND_V6] {
+                RULE_ALLOW => allow += 1,
+                RULE_BLOCK => block += 1,
+                RULE_BAN => ban += 1,
+                _ => {}
+            }
         }
     }
     o.family(
@@ -206,8 +210,10 @@ pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
     o.sample("synguard_verified_sources", &[], verified);
     o.family("synguard_map_entries", "gauge", "Entries in each table.");
     o.family_only_samples(&[
-        ("rules_v4", v4 as f64),
-        ("rules_v6", v6 as f64),
+        ("rules_v4", count[0] as f64),
+        ("rules_v6", count[1] as f64),
+        ("bans_v4", count[2] as f64),
+        ("bans_v6", count[3] as f64),
         ("sources", sources),
         ("verified", verified),
     ]);
@@ -219,6 +225,8 @@ pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
     for (map, cap) in [
         ("rules_v4", capacity::RULES),
         ("rules_v6", capacity::RULES),
+        ("bans_v4", capacity::RULES),
+        ("bans_v6", capacity::RULES),
         ("sources", capacity::SOURCES),
         ("verified", capacity::VERIFIED),
     ] {

@@ -1,5 +1,11 @@
-//! The allow, block and ban entries, kept together in one longest-prefix-match trie per
-//! address family so the kernel needs a single lookup per packet.
+//! The allow, block and ban entries: the operator's allow and block entries in one
+//! longest-prefix-match trie per address family, the automatic bans in another, each
+//! with a hint bitmap in front (see `synguard_common::hint`) that this module keeps in
+//! step with every change. The kernel looks at the operator's trie first, so an allow
+//! entry always wins over a ban, and a ban's lookup does not grow with the blocklist.
+//!
+//! To callers this is one set of entries, at most one per prefix: storing an entry
+//! replaces whatever the prefix held in either trie.
 //!
 //! The allowlist must always win ("checked first"), but a trie returns only the most
 //! specific match. So userspace stores the *effective* action in each entry: a block or
@@ -14,8 +20,8 @@ use aya::maps::MapError;
 use ipnet::IpNet;
 use serde::Serialize;
 use synguard_common::{
-    ACTION_DROP, ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, RULE_KEY_KIND_V4,
-    RULE_KEY_KIND_V6, Rule, hint, rule_key_v4, rule_key_v6,
+    ACTION_DROP, ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, Rule, hint,
+    rule_key_v4, rule_key_v6,
 };
 
 use crate::{
@@ -82,53 +88,99 @@ fn not_found(e: &MapError) -> bool {
         || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
-/// Every stored prefix with its kind (from the key), each once even if entries are
-/// deleted while we walk (a trie walk restarts from the beginning when its current key
-/// disappears).
-fn keys(maps: &Maps) -> anyhow::Result<Vec<(IpNet, u8)>> {
-    let mut out = std::collections::BTreeMap::new();
-    for k in maps.rules_v4.keys() {
-        match k {
-            Ok(k) => {
-                let d = k.data();
-                if let Some(net) = v4_net([d[0], d[1], d[2], d[3]], k.prefix_len()) {
-                    out.insert(net, d[RULE_KEY_KIND_V4]);
-                }
-            }
-            Err(e) if not_found(&e) => continue,
-            Err(e) => return Err(e).context("listing the IPv4 rules"),
+/// Which trie an entry lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Table {
+    /// The operator's allow and block entries.
+    Rules,
+    /// Automatic bans.
+    Bans,
+}
+
+impl Table {
+    fn of(kind: u8) -> Self {
+        if kind == RULE_BAN {
+            Self::Bans
+        } else {
+            Self::Rules
         }
     }
-    for k in maps.rules_v6.keys() {
-        match k {
-            Ok(k) => {
-                let d = k.data();
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&d[..16]);
-                if let Some(net) = v6_net(a, k.prefix_len()) {
-                    out.insert(net, d[RULE_KEY_KIND_V6]);
+
+    fn v4(self, maps: &Maps) -> &crate::bpf::RulesV4 {
+        match self {
+            Self::Rules => &maps.rules_v4,
+            Self::Bans => &maps.bans_v4,
+        }
+    }
+
+    fn v6(self, maps: &Maps) -> &crate::bpf::RulesV6 {
+        match self {
+            Self::Rules => &maps.rules_v6,
+            Self::Bans => &maps.bans_v6,
+        }
+    }
+}
+
+const TABLES: [Table; 2] = [Table::Rules, Table::Bans];
+
+/// Every stored prefix with its trie, each once even if entries are deleted while we
+/// walk (a trie walk restarts from the beginning when its current key disappears).
+fn keys(maps: &Maps) -> anyhow::Result<Vec<(IpNet, Table)>> {
+    let mut out = std::collections::BTreeSet::new();
+    for table in TABLES {
+        for k in table.v4(maps).keys() {
+            match k {
+                Ok(k) => {
+                    let d = k.data();
+                    if let Some(net) = v4_net([d[0], d[1], d[2], d[3]], k.prefix_len()) {
+                        out.insert((net, table));
+                    }
                 }
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(e).context("listing the IPv4 rules"),
             }
-            Err(e) if not_found(&e) => continue,
-            Err(e) => return Err(e).context("listing the IPv6 rules"),
+        }
+        for k in table.v6(maps).keys() {
+            match k {
+                Ok(k) => {
+                    let d = k.data();
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&d[..16]);
+                    if let Some(net) = v6_net(a, k.prefix_len()) {
+                        out.insert((net, table));
+                    }
+                }
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(e).context("listing the IPv6 rules"),
+            }
         }
     }
     Ok(out.into_iter().collect())
 }
 
 /// The entry stored under exactly this prefix (not merely one that matches it).
+pub fn get(maps: &Maps, net: &IpNet) -> anyhow::Result<Option<Rule>> {
+    for table in TABLES {
+        if let Some(rule) = get_in(maps, table, net)? {
+            return Ok(Some(rule));
+        }
+    }
+    Ok(None)
+}
+
+/// The same in one trie.
 ///
 /// A trie lookup with a key of length `p` returns the longest entry no longer than `p`
 /// that matches; the value records its own prefix length, so a shorter match is told
 /// apart from the exact entry.
-pub fn get(maps: &Maps, net: &IpNet) -> anyhow::Result<Option<Rule>> {
+fn get_in(maps: &Maps, table: Table, net: &IpNet) -> anyhow::Result<Option<Rule>> {
     let p = net.prefix_len();
     let r = match net {
-        IpNet::V4(n) => maps.rules_v4.get(
+        IpNet::V4(n) => table.v4(maps).get(
             &V4Key::new(u32::from(p), rule_key_v4(n.network().octets(), 0)),
             0,
         ),
-        IpNet::V6(n) => maps.rules_v6.get(
+        IpNet::V6(n) => table.v6(maps).get(
             &V6Key::new(u32::from(p), rule_key_v6(n.network().octets(), 0)),
             0,
         ),
@@ -144,36 +196,33 @@ pub fn get(maps: &Maps, net: &IpNet) -> anyhow::Result<Option<Rule>> {
 /// Every entry of both families.
 pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
     let mut out = Vec::new();
-    for (net, _kind) in keys(maps)? {
+    for (net, table) in keys(maps)? {
         // Gone since we listed it: skip.
-        if let Some(rule) = get(maps, &net)? {
+        if let Some(rule) = get_in(maps, table, &net)? {
             out.push(RuleEntry { net, rule });
         }
     }
     Ok(out)
 }
 
-/// Which hint an entry's bits live in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Hint {
-    V4,
-    V6,
-}
+/// Which hint an entry's bits live in: its trie's, for its address family (`true`:
+/// IPv6).
+type Hint = (Table, bool);
 
 /// The hint and the index range `[first, end)` a prefix touches (see
 /// `synguard_common::hint`): /24s for IPv4, /40s without their first 16 bits for IPv6.
 type Span = (Hint, u32, u32);
 
-fn hint_span(net: &IpNet) -> Span {
+fn hint_span(net: &IpNet, table: Table) -> Span {
     match net {
         IpNet::V4(n) => {
             let (a, b) = hint::span(n.network().octets(), u32::from(n.prefix_len()));
-            (Hint::V4, a, b)
+            ((table, false), a, b)
         }
         IpNet::V6(n) => {
             let idx = hint::v6_index(&n.network().octets());
             let (a, b) = hint::span(idx, hint::v6_len(u32::from(n.prefix_len())));
-            (Hint::V6, a, b)
+            ((table, true), a, b)
         }
     }
 }
@@ -190,8 +239,10 @@ fn mask(span: Span, word: u32) -> u64 {
 
 fn hint_map(maps: &Maps, h: Hint) -> &aya::maps::Array<aya::maps::MapData, u64> {
     match h {
-        Hint::V4 => &maps.rules_hint,
-        Hint::V6 => &maps.rules_hint6,
+        (Table::Rules, false) => &maps.rules_hint,
+        (Table::Rules, true) => &maps.rules_hint6,
+        (Table::Bans, false) => &maps.bans_hint,
+        (Table::Bans, true) => &maps.bans_hint6,
     }
 }
 
@@ -203,8 +254,10 @@ fn hint_word(maps: &Maps, (h, word): (Hint, u32)) -> anyhow::Result<u64> {
 
 fn set_hint_word(maps: &mut Maps, (h, word): (Hint, u32), value: u64) -> anyhow::Result<()> {
     let map = match h {
-        Hint::V4 => &mut maps.rules_hint,
-        Hint::V6 => &mut maps.rules_hint6,
+        (Table::Rules, false) => &mut maps.rules_hint,
+        (Table::Rules, true) => &mut maps.rules_hint6,
+        (Table::Bans, false) => &mut maps.bans_hint,
+        (Table::Bans, true) => &mut maps.bans_hint6,
     };
     map.set(word, value, 0).context("writing the rules hint")
 }
@@ -218,9 +271,9 @@ fn or_hint_word(maps: &mut Maps, at: (Hint, u32), bits: u64) -> anyhow::Result<(
     Ok(())
 }
 
-/// Set the hint bits of a prefix.
-fn mark(maps: &mut Maps, net: &IpNet) -> anyhow::Result<()> {
-    let span = hint_span(net);
+/// Set the hint bits of a prefix in a trie.
+fn mark(maps: &mut Maps, net: &IpNet, table: Table) -> anyhow::Result<()> {
+    let span = hint_span(net, table);
     for at in words(span) {
         or_hint_word(maps, at, mask(span, at.1))?;
     }
@@ -229,7 +282,10 @@ fn mark(maps: &mut Maps, net: &IpNet) -> anyhow::Result<()> {
 
 /// The hint spans of every entry.
 fn spans(maps: &Maps) -> anyhow::Result<Vec<Span>> {
-    Ok(keys(maps)?.iter().map(|(net, _)| hint_span(net)).collect())
+    Ok(keys(maps)?
+        .iter()
+        .map(|&(net, table)| hint_span(&net, table))
+        .collect())
 }
 
 /// Set the hint bits of every entry (bits already set stay).
@@ -250,7 +306,11 @@ pub fn sync_hints(maps: &mut Maps) -> anyhow::Result<()> {
 /// meanwhile).
 fn unmark(maps: &mut Maps, removed: &[IpNet]) -> anyhow::Result<()> {
     use std::collections::{BTreeMap, BTreeSet, HashSet};
-    let touched: BTreeSet<(Hint, u32)> = removed.iter().flat_map(|n| words(hint_span(n))).collect();
+    let touched: BTreeSet<(Hint, u32)> = removed
+        .iter()
+        .flat_map(|n| TABLES.map(|t| hint_span(n, t)))
+        .flat_map(words)
+        .collect();
     if touched.is_empty() {
         return Ok(());
     }
@@ -283,43 +343,63 @@ fn unmark(maps: &mut Maps, removed: &[IpNet]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Store an entry under a prefix, replacing what was there.
+/// Store an entry under a prefix, replacing what was there (in either trie).
 pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
+    let table = Table::of(rule.kind);
     // The hint first: the entry must never exist without its bits.
-    mark(maps, net)?;
+    mark(maps, net, table)?;
     let mut rule = *rule;
     rule.prefix_len = net.prefix_len();
-    let r = match net {
-        IpNet::V4(n) => maps.rules_v4.insert(
-            &V4Key::new(
+    let r = match (net, table) {
+        (IpNet::V4(n), _) => {
+            let key = V4Key::new(
                 u32::from(n.prefix_len()),
                 rule_key_v4(n.network().octets(), rule.kind),
-            ),
-            rule,
-            0,
-        ),
-        IpNet::V6(n) => maps.rules_v6.insert(
-            &V6Key::new(
+            );
+            match table {
+                Table::Rules => maps.rules_v4.insert(&key, rule, 0),
+                Table::Bans => maps.bans_v4.insert(&key, rule, 0),
+            }
+        }
+        (IpNet::V6(n), _) => {
+            let key = V6Key::new(
                 u32::from(n.prefix_len()),
                 rule_key_v6(n.network().octets(), rule.kind),
-            ),
-            rule,
-            0,
-        ),
+            );
+            match table {
+                Table::Rules => maps.rules_v6.insert(&key, rule, 0),
+                Table::Bans => maps.bans_v6.insert(&key, rule, 0),
+            }
+        }
     };
     match r {
-        Ok(()) => Ok(()),
+        Ok(()) => {}
         Err(MapError::SyscallError(s))
             if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
         {
             anyhow::bail!(
-                "the rules table is full ({} entries per address family); remove entries \
+                "the {} table is full ({} entries per address family); remove entries \
                  with `synguard block del` or aggregate them into wider prefixes",
+                if table == Table::Bans {
+                    "bans"
+                } else {
+                    "rules"
+                },
                 synguard_common::capacity::RULES
             )
         }
-        Err(e) => Err(e).with_context(|| format!("storing the rule for {net}")),
+        Err(e) => return Err(e).with_context(|| format!("storing the rule for {net}")),
     }
+    // One entry per prefix: a manual entry replaces a ban there, and the other way round.
+    let other = if table == Table::Bans {
+        Table::Rules
+    } else {
+        Table::Bans
+    };
+    if remove_in(maps, other, net)? {
+        unmark(maps, std::slice::from_ref(net))?;
+    }
+    Ok(())
 }
 
 /// Remove the entry stored under exactly this prefix. `Ok(false)` if there was none.
@@ -331,18 +411,36 @@ pub fn delete(maps: &mut Maps, net: &IpNet) -> anyhow::Result<bool> {
     Ok(removed)
 }
 
-/// [`delete`] without updating the hint (callers do it once for many removals).
+/// [`delete`] without updating the hints (callers do it once for many removals).
 fn remove(maps: &mut Maps, net: &IpNet) -> anyhow::Result<bool> {
+    let rules = remove_in(maps, Table::Rules, net)?;
+    let bans = remove_in(maps, Table::Bans, net)?;
+    Ok(rules || bans)
+}
+
+fn remove_in(maps: &mut Maps, table: Table, net: &IpNet) -> anyhow::Result<bool> {
     // Deletion matches the prefix exactly (the kind byte of the key is not compared).
     let r = match net {
-        IpNet::V4(n) => maps.rules_v4.remove(&V4Key::new(
-            u32::from(n.prefix_len()),
-            rule_key_v4(n.network().octets(), 0),
-        )),
-        IpNet::V6(n) => maps.rules_v6.remove(&V6Key::new(
-            u32::from(n.prefix_len()),
-            rule_key_v6(n.network().octets(), 0),
-        )),
+        IpNet::V4(n) => {
+            let key = V4Key::new(
+                u32::from(n.prefix_len()),
+                rule_key_v4(n.network().octets(), 0),
+            );
+            match table {
+                Table::Rules => maps.rules_v4.remove(&key),
+                Table::Bans => maps.bans_v4.remove(&key),
+            }
+        }
+        IpNet::V6(n) => {
+            let key = V6Key::new(
+                u32::from(n.prefix_len()),
+                rule_key_v6(n.network().octets(), 0),
+            );
+            match table {
+                Table::Rules => maps.rules_v6.remove(&key),
+                Table::Bans => maps.bans_v6.remove(&key),
+            }
+        }
     };
     match r {
         Ok(()) => Ok(true),
@@ -351,15 +449,21 @@ fn remove(maps: &mut Maps, net: &IpNet) -> anyhow::Result<bool> {
     }
 }
 
-/// The entries that match an address, most specific first (the first one is what the
-/// kernel applies, unless it has expired).
+/// The entries that match an address in the order the kernel consults them: the
+/// operator's entries most specific first, then bans most specific first (the first one
+/// is what the kernel applies, unless it has expired).
 pub fn matching(entries: &[RuleEntry], addr: IpAddr) -> Vec<RuleEntry> {
     let mut m: Vec<RuleEntry> = entries
         .iter()
         .filter(|e| e.net.contains(&addr))
         .cloned()
         .collect();
-    m.sort_by_key(|e| std::cmp::Reverse(e.net.prefix_len()));
+    m.sort_by_key(|e| {
+        (
+            e.rule.kind == RULE_BAN,
+            std::cmp::Reverse(e.net.prefix_len()),
+        )
+    });
     m
 }
 

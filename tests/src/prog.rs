@@ -150,10 +150,22 @@ impl Prog {
     /// Whether the rules hint has the bit of this address set (its /24 for IPv4, its
     /// folded /40 for IPv6).
     pub fn hinted(&self, addr: &str) -> bool {
+        self.hint_bit(addr, false)
+    }
+
+    /// The same in the bans hint.
+    pub fn ban_hinted(&self, addr: &str) -> bool {
+        self.hint_bit(addr, true)
+    }
+
+    fn hint_bit(&self, addr: &str, bans: bool) -> bool {
         use synguard_common::hint;
+        let m = &self.loaded.maps;
         let (map, index) = match addr.parse().expect("test address") {
-            IpAddr::V4(a) => (&self.loaded.maps.rules_hint, a.octets()),
-            IpAddr::V6(a) => (&self.loaded.maps.rules_hint6, hint::v6_index(&a.octets())),
+            IpAddr::V4(a) if bans => (&m.bans_hint, a.octets()),
+            IpAddr::V4(a) => (&m.rules_hint, a.octets()),
+            IpAddr::V6(a) if bans => (&m.bans_hint6, hint::v6_index(&a.octets())),
+            IpAddr::V6(a) => (&m.rules_hint6, hint::v6_index(&a.octets())),
         };
         let (word, bit) = hint::bit(index);
         map.get(&word, 0).expect("read hint") & bit != 0

@@ -5,7 +5,7 @@ use std::{thread, time::Duration};
 
 use synguard::{bpf::LoadOptions, config::Settings, rules};
 use synguard_common::{
-    ACTION_DROP, ACTION_PASS, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN, RULE_BLOCK,
+    ACTION_DROP, ACTION_PASS, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN, RULE_BLOCK, Rule,
     map_names, stat::*,
 };
 use synguard_tests::{
@@ -426,34 +426,39 @@ fn the_rules_hint_follows_every_entry() {
     assert!(!p.hinted("10.20.0.1") && !p.hinted("10.20.254.1"));
     assert!(p.hinted("10.20.255.1"));
 
-    // The kernel consults the hint: an entry stored behind its back (no bit) is not
+    // The kernel consults the hints: entries stored behind their back (no bit) are not
     // seen, which is exactly why every writer goes through `rules::put`.
-    let stray = "198.51.100.0/24".parse().unwrap();
+    let key = synguard::bpf::V4Key::new(24, synguard_common::rule_key_v4([198, 51, 100, 0], 0));
     let mut rule = manual(RULE_BLOCK);
     rule.prefix_len = 24;
-    p.loaded
-        .maps
-        .rules_v4
-        .insert(
-            &synguard::bpf::V4Key::new(
-                24,
-                synguard_common::rule_key_v4([198, 51, 100, 0], RULE_BLOCK),
-            ),
-            rule,
-            0,
-        )
-        .unwrap();
+    p.loaded.maps.rules_v4.insert(&key, rule, 0).unwrap();
     let ack = Tcp::syn("198.51.100.9", SERVER).flags(ACK).build();
     p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
-    // Under an ipv4-prefix shorter than the hint tracks, the kernel walks the trie for
-    // every packet; going back to a longer one first marks every entry.
+    p.loaded.maps.rules_v4.remove(&key).unwrap();
+    // The same for a ban, as one made under an ipv4-prefix the hint does not track
+    // looks: under such a prefix the kernel walks the bans trie for every packet, and
+    // going back to a longer one first marks every entry.
+    let stray = "198.51.100.0/24".parse().unwrap();
+    let ban = Rule {
+        prefix_len: 24,
+        ..Rule::new(RULE_BAN, ACTION_DROP, 0, 0)
+    };
+    p.loaded.maps.bans_v4.insert(&key, ban, 0).unwrap();
+    p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
     p.set("ipv4-prefix", "16");
-    p.expect(&ack, XDP_DROP, &[R_BLOCKED]);
+    p.expect(&ack, XDP_DROP, &[R_BANNED]);
     p.set("ipv4-prefix", "32");
-    assert!(p.hinted("198.51.100.9"));
-    p.expect(&ack, XDP_DROP, &[R_BLOCKED]);
+    assert!(p.ban_hinted("198.51.100.9"));
+    p.expect(&ack, XDP_DROP, &[R_BANNED]);
     assert!(rules::delete(&mut p.loaded.maps, &stray).unwrap());
-    assert!(!p.hinted("198.51.100.9"));
+    assert!(!p.ban_hinted("198.51.100.9"));
+
+    // A manual entry replaces a ban on the same prefix, hint bits included.
+    p.put_rule("198.51.100.0/24", &Rule::new(RULE_BAN, ACTION_DROP, 0, 0));
+    p.put_rule("198.51.100.0/24", &manual(RULE_ALLOW));
+    assert_eq!(p.rules().len(), 2, "the /32 block and the allow entry");
+    assert!(p.hinted("198.51.100.9") && !p.ban_hinted("198.51.100.9"));
+    p.expect(&ack, XDP_PASS, &[R_ALLOWED]);
 }
 
 /// Bans made by the kernel mark the hint themselves, at every aggregation it tracks;
@@ -475,9 +480,8 @@ fn kernel_bans_are_seen_at_every_ipv4_prefix() {
         // Outside the ban (and, for the short prefix, inside the ignored hint).
         let other = Tcp::syn("198.51.100.9", SERVER).flags(ACK).build();
         p.expect(&other, XDP_PASS, &[R_TCP_OTHER]);
-        if prefix != "12" {
-            assert!(p.hinted(inside), "/{prefix}");
-        }
+        assert_eq!(p.ban_hinted(inside), prefix != "12", "/{prefix}");
+        assert!(!p.hinted(inside), "bans mark the bans hint only");
     }
 }
 
@@ -513,7 +517,7 @@ fn the_ipv6_rules_hint_follows_entries_and_bans() {
         p.expect(&ack, XDP_DROP, &[R_BANNED]);
         let other = Tcp::syn("3fff:6::1", SERVER6).flags(ACK).build();
         p.expect(&other, XDP_PASS, &[R_TCP_OTHER]);
-        assert_eq!(p.hinted(inside), prefix == "64", "/{prefix}");
+        assert_eq!(p.ban_hinted(inside), prefix == "64", "/{prefix}");
     }
 }
 
@@ -633,11 +637,12 @@ fn full_rules_table_still_drops_the_excess_and_bans_nobody_wrongly() {
     let mut p = Prog::with_options(
         settings(&[("syn-rate", "1"), ("syn-burst", "1")]),
         &LoadOptions {
-            max_entries: vec![(map_names::RULES_V4, 1)],
+            max_entries: vec![(map_names::BANS_V4, 1)],
             ..Default::default()
         },
     );
-    p.put_rule("192.0.2.128/25", &manual(RULE_BLOCK));
+    // One ban (no expiry) fills the bans table.
+    p.put_rule("192.0.2.128/25", &Rule::new(RULE_BAN, ACTION_DROP, 0, 0));
     let flooder = Tcp::syn("203.0.113.201", SERVER).build();
     p.expect(&flooder, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
     // Over the limit, but no room for the ban: the SYN is still dropped.
@@ -648,7 +653,7 @@ fn full_rules_table_still_drops_the_excess_and_bans_nobody_wrongly() {
             &[N_SYNS, R_SYN_LIMITED, N_BAN_TABLE_FULL],
         );
     }
-    assert_eq!(p.rules().len(), 1, "only the manual entry");
+    assert_eq!(p.rules().len(), 1, "only the entry that filled the table");
     // Innocent sources are neither banned nor limited.
     p.expect(
         &Tcp::syn("198.51.100.1", SERVER).build(),

@@ -129,10 +129,12 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
     let count = |k| entries.iter().filter(|e| e.rule.kind == k).count();
     let sources = crate::batch::for_each(&state.maps.sources, 512, |_, _| ())?;
     let verified = crate::batch::for_each(&state.maps.verified, 512, |_, _| ())?;
-    let (v4, v6) = (
-        entries.iter().filter(|e| e.net.addr().is_ipv4()).count(),
-        entries.iter().filter(|e| e.net.addr().is_ipv6()).count(),
-    );
+    let in_trie = |bans: bool, v4: bool| {
+        entries
+            .iter()
+            .filter(|e| (e.rule.kind == RULE_BAN) == bans && e.net.addr().is_ipv4() == v4)
+            .count()
+    };
     let fill = |name: &'static str, used: usize, cap: u32| FillJson {
         table: name,
         entries: used,
@@ -140,8 +142,10 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         percent: used as f64 * 100.0 / f64::from(cap),
     };
     let tables = vec![
-        fill("rules_v4", v4, capacity::RULES),
-        fill("rules_v6", v6, capacity::RULES),
+        fill("rules_v4", in_trie(false, true), capacity::RULES),
+        fill("rules_v6", in_trie(false, false), capacity::RULES),
+        fill("bans_v4", in_trie(true, true), capacity::RULES),
+        fill("bans_v6", in_trie(true, false), capacity::RULES),
         fill("sources", sources, capacity::SOURCES),
         fill("verified", verified, capacity::VERIFIED),
     ];
@@ -299,7 +303,8 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
             .join(" ")
     );
     println!(
-        "entries:    {} allowed, {} blocked, {} banned (room for {} per address family); \
+        "entries:    {} allowed, {} blocked, {} banned (room for {} entries and as many bans \
+         per address family); \
          {} sources metered (room for {})",
         out.entries.allow,
         out.entries.block,
