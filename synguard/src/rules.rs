@@ -304,7 +304,9 @@ pub fn sync_hints(maps: &mut Maps) -> anyhow::Result<()> {
 /// the entries are listed again afterwards and the bits of any new one restored, so a
 /// ban's bit is missing for a moment at most (and its SYNs are limited by its bucket
 /// meanwhile).
-fn unmark(maps: &mut Maps, removed: &[IpNet]) -> anyhow::Result<()> {
+///
+/// `before`: the entries' spans, if the caller has just listed them (saves a walk).
+fn unmark(maps: &mut Maps, removed: &[IpNet], before: Option<Vec<Span>>) -> anyhow::Result<()> {
     use std::collections::{BTreeMap, BTreeSet, HashSet};
     let touched: BTreeSet<(Hint, u32)> = removed
         .iter()
@@ -324,7 +326,10 @@ fn unmark(maps: &mut Maps, removed: &[IpNet]) -> anyhow::Result<()> {
         }
         want
     };
-    let before = spans(maps)?;
+    let before = match before {
+        Some(b) => b,
+        None => spans(maps)?,
+    };
     let want = wanted(&before);
     for &at in &touched {
         let want = want.get(&at).copied().unwrap_or(0);
@@ -397,7 +402,7 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
         Table::Bans
     };
     if remove_in(maps, other, net)? {
-        unmark(maps, std::slice::from_ref(net))?;
+        unmark(maps, std::slice::from_ref(net), None)?;
     }
     Ok(())
 }
@@ -406,7 +411,7 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
 pub fn delete(maps: &mut Maps, net: &IpNet) -> anyhow::Result<bool> {
     let removed = remove(maps, net)?;
     if removed {
-        unmark(maps, std::slice::from_ref(net))?;
+        unmark(maps, std::slice::from_ref(net), None)?;
     }
     Ok(removed)
 }
@@ -504,7 +509,8 @@ pub fn reconcile_actions(maps: &mut Maps) -> anyhow::Result<usize> {
 pub fn expire(maps: &mut Maps) -> anyhow::Result<Vec<RuleEntry>> {
     let now = clock::monotonic_ns();
     let mut removed = Vec::new();
-    for e in list(maps)? {
+    let entries = list(maps)?;
+    for e in entries.iter().cloned() {
         if e.rule.expired(now) {
             // Re-check just before deleting: the kernel replaces an expired ban in place
             // when the source is banned again.
@@ -520,7 +526,15 @@ pub fn expire(maps: &mut Maps) -> anyhow::Result<Vec<RuleEntry>> {
         }
     }
     let nets: Vec<IpNet> = removed.iter().map(|e| e.net).collect();
-    unmark(maps, &nets)?;
+    if !removed.is_empty() {
+        let gone: std::collections::HashSet<IpNet> = nets.iter().copied().collect();
+        let remaining = entries
+            .iter()
+            .filter(|e| !gone.contains(&e.net))
+            .map(|e| hint_span(&e.net, Table::of(e.rule.kind)))
+            .collect();
+        unmark(maps, &nets, Some(remaining))?;
+    }
     Ok(removed)
 }
 

@@ -530,6 +530,7 @@ fn ban_expires_on_time() {
     p.run(&syn);
     p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
     p.expect(&ack, XDP_DROP, &[R_BANNED]);
+    assert!(p.ban_hinted("203.0.113.90"));
     thread::sleep(Duration::from_millis(1100));
     // Expired: acts as absent even before userspace removes it.
     p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
@@ -537,7 +538,7 @@ fn ban_expires_on_time() {
     assert_eq!(removed.len(), 1);
     assert_eq!(removed[0].net.to_string(), "203.0.113.90/32");
     assert!(p.rules().is_empty());
-    assert!(!p.hinted("203.0.113.90"), "expiry clears the hint bit");
+    assert!(!p.ban_hinted("203.0.113.90"), "expiry clears the hint bit");
     // The bucket has refilled after a second at 1/s: the source may connect again.
     p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED]);
 }
