@@ -119,6 +119,20 @@ impl Table {
             Self::Bans => &maps.bans_v6,
         }
     }
+
+    fn v4_mut(self, maps: &mut Maps) -> &mut crate::bpf::RulesV4 {
+        match self {
+            Self::Rules => &mut maps.rules_v4,
+            Self::Bans => &mut maps.bans_v4,
+        }
+    }
+
+    fn v6_mut(self, maps: &mut Maps) -> &mut crate::bpf::RulesV6 {
+        match self {
+            Self::Rules => &mut maps.rules_v6,
+            Self::Bans => &mut maps.bans_v6,
+        }
+    }
 }
 
 const TABLES: [Table; 2] = [Table::Rules, Table::Bans];
@@ -237,29 +251,25 @@ fn mask(span: Span, word: u32) -> u64 {
     hint::word_mask(word, span.1, span.2)
 }
 
-fn hint_map(maps: &Maps, h: Hint) -> &aya::maps::Array<aya::maps::MapData, u64> {
+fn hint_map(maps: &mut Maps, h: Hint) -> &mut aya::maps::Array<aya::maps::MapData, u64> {
     match h {
-        (Table::Rules, false) => &maps.rules_hint,
-        (Table::Rules, true) => &maps.rules_hint6,
-        (Table::Bans, false) => &maps.bans_hint,
-        (Table::Bans, true) => &maps.bans_hint6,
+        (Table::Rules, false) => &mut maps.rules_hint,
+        (Table::Rules, true) => &mut maps.rules_hint6,
+        (Table::Bans, false) => &mut maps.bans_hint,
+        (Table::Bans, true) => &mut maps.bans_hint6,
     }
 }
 
-fn hint_word(maps: &Maps, (h, word): (Hint, u32)) -> anyhow::Result<u64> {
+fn hint_word(maps: &mut Maps, (h, word): (Hint, u32)) -> anyhow::Result<u64> {
     hint_map(maps, h)
         .get(&word, 0)
         .context("reading the rules hint")
 }
 
 fn set_hint_word(maps: &mut Maps, (h, word): (Hint, u32), value: u64) -> anyhow::Result<()> {
-    let map = match h {
-        (Table::Rules, false) => &mut maps.rules_hint,
-        (Table::Rules, true) => &mut maps.rules_hint6,
-        (Table::Bans, false) => &mut maps.bans_hint,
-        (Table::Bans, true) => &mut maps.bans_hint6,
-    };
-    map.set(word, value, 0).context("writing the rules hint")
+    hint_map(maps, h)
+        .set(word, value, 0)
+        .context("writing the rules hint")
 }
 
 /// Set bits (those already set stay).
@@ -355,27 +365,18 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
     mark(maps, net, table)?;
     let mut rule = *rule;
     rule.prefix_len = net.prefix_len();
-    let r = match (net, table) {
-        (IpNet::V4(n), _) => {
-            let key = V4Key::new(
-                u32::from(n.prefix_len()),
-                rule_key_v4(n.network().octets(), rule.kind),
-            );
-            match table {
-                Table::Rules => maps.rules_v4.insert(&key, rule, 0),
-                Table::Bans => maps.bans_v4.insert(&key, rule, 0),
-            }
-        }
-        (IpNet::V6(n), _) => {
-            let key = V6Key::new(
-                u32::from(n.prefix_len()),
-                rule_key_v6(n.network().octets(), rule.kind),
-            );
-            match table {
-                Table::Rules => maps.rules_v6.insert(&key, rule, 0),
-                Table::Bans => maps.bans_v6.insert(&key, rule, 0),
-            }
-        }
+    let len = u32::from(net.prefix_len());
+    let r = match net {
+        IpNet::V4(n) => table.v4_mut(maps).insert(
+            &V4Key::new(len, rule_key_v4(n.network().octets(), rule.kind)),
+            rule,
+            0,
+        ),
+        IpNet::V6(n) => table.v6_mut(maps).insert(
+            &V6Key::new(len, rule_key_v6(n.network().octets(), rule.kind)),
+            rule,
+            0,
+        ),
     };
     match r {
         Ok(()) => {}
@@ -425,27 +426,14 @@ fn remove(maps: &mut Maps, net: &IpNet) -> anyhow::Result<bool> {
 
 fn remove_in(maps: &mut Maps, table: Table, net: &IpNet) -> anyhow::Result<bool> {
     // Deletion matches the prefix exactly (the kind byte of the key is not compared).
+    let len = u32::from(net.prefix_len());
     let r = match net {
-        IpNet::V4(n) => {
-            let key = V4Key::new(
-                u32::from(n.prefix_len()),
-                rule_key_v4(n.network().octets(), 0),
-            );
-            match table {
-                Table::Rules => maps.rules_v4.remove(&key),
-                Table::Bans => maps.bans_v4.remove(&key),
-            }
-        }
-        IpNet::V6(n) => {
-            let key = V6Key::new(
-                u32::from(n.prefix_len()),
-                rule_key_v6(n.network().octets(), 0),
-            );
-            match table {
-                Table::Rules => maps.rules_v6.remove(&key),
-                Table::Bans => maps.bans_v6.remove(&key),
-            }
-        }
+        IpNet::V4(n) => table
+            .v4_mut(maps)
+            .remove(&V4Key::new(len, rule_key_v4(n.network().octets(), 0))),
+        IpNet::V6(n) => table
+            .v6_mut(maps)
+            .remove(&V6Key::new(len, rule_key_v6(n.network().octets(), 0))),
     };
     match r {
         Ok(()) => Ok(true),

@@ -5,8 +5,8 @@ use std::{thread, time::Duration};
 
 use synguard::{bpf::LoadOptions, config::Settings, rules};
 use synguard_common::{
-    ACTION_DROP, ACTION_PASS, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN, RULE_BLOCK, Rule,
-    map_names, stat::*,
+    ACTION_DROP, ACTION_PASS, Bucket, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN,
+    RULE_BLOCK, Rule, map_names, stat::*,
 };
 use synguard_tests::{
     packet::{self, ACK, FIN, RST, SYN, Tcp},
@@ -684,6 +684,31 @@ fn baseline_noop_programs_load_and_return_their_action() {
         assert_eq!(got, action);
         assert!(ns > 0.0);
     }
+}
+
+/// The bench's lookup floor keys its table exactly as synguard keys `SG_SOURCES` and
+/// touches the value it finds (so its cost at scale is a real lookup, not a miss).
+#[test]
+fn the_lookup_floor_finds_the_source_synguard_would() {
+    synguard_tests::prog::require_root();
+    let mut floor = synguard_tests::baseline::LookupFloor::load(1024).expect("load floor");
+    let key = synguard_tests::prog::source_key("203.0.113.1".parse().unwrap(), 32);
+    floor.table.insert(key, Bucket::default(), 0).unwrap();
+    let (got, _) = floor
+        .run_repeat(&Tcp::syn("203.0.113.1", SERVER).build(), 5)
+        .unwrap();
+    assert_eq!(got, XDP_PASS);
+    assert_eq!(
+        floor.table.get(&key, 0).unwrap().tat_ns,
+        5,
+        "found and touched 5 times"
+    );
+    // Another source, and a frame too short for an IPv4 header: no entry touched.
+    floor
+        .run_repeat(&Tcp::syn("203.0.113.2", SERVER).build(), 1)
+        .unwrap();
+    floor.run_repeat(&[0u8; 20], 1).unwrap();
+    assert_eq!(floor.table.get(&key, 0).unwrap().tat_ns, 5);
 }
 
 /// Reading entries back is exact when prefixes share an address, including a prefix
