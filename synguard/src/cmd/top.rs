@@ -1429,11 +1429,23 @@ mod tests {
             verdict(&live, &net("198.51.100.9/32"), true, now).0,
             Verdict::Allowed
         );
+        // A ban inside an allow entry: the kernel consults the allow entries first.
         assert_eq!(
             verdict(&live, &net("198.51.100.7/32"), false, now),
+            (Verdict::Allowed, "allowlist 198.51.100.0/24".into())
+        );
+        // A manual block inside one is passed by its effective action.
+        let mut inner = RuleEntry {
+            net: net("198.51.100.128/25"),
+            rule: Rule::new(RULE_BLOCK, synguard_common::ACTION_PASS, S, 0),
+        };
+        inner.rule.prefix_len = 25;
+        let with_block = vec![live[0].clone(), inner];
+        assert_eq!(
+            verdict(&with_block, &net("198.51.100.200/32"), false, now),
             (
                 Verdict::Allowed,
-                "block 198.51.100.7/32 inside allowlist 198.51.100.0/24".into()
+                "block 198.51.100.128/25 inside allowlist 198.51.100.0/24".into()
             )
         );
         assert_eq!(
