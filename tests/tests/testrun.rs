@@ -1,7 +1,10 @@
 //! The real XDP program in the running kernel, on crafted packets (`BPF_PROG_TEST_RUN`).
 //! Every test asserts the verdict and exactly which counters and map entries changed.
 
-use std::{thread, time::Duration};
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
 use synguard::{bpf::LoadOptions, config::Settings, rules};
 use synguard_common::{
@@ -519,6 +522,44 @@ fn the_ipv6_rules_hint_follows_entries_and_bans() {
         p.expect(&other, XDP_PASS, &[R_TCP_OTHER]);
         assert_eq!(p.ban_hinted(inside), prefix == "64", "/{prefix}");
     }
+}
+
+/// The program's clock (`synguard_common::clock`: jiffies plus a coarse reading once a
+/// second) stays within a few ticks of `CLOCK_MONOTONIC`, once each CPU has learnt the
+/// length of a jiffy and stopped calling the clock helper per packet.
+#[test]
+fn the_programs_clock_follows_the_monotonic_clock() {
+    let p = limited("1000000", "1000000");
+    let syn = Tcp::syn("203.0.113.44", SERVER).build();
+    let start = Instant::now();
+    let (mut behind, mut ahead) = (0u64, 0u64);
+    // 400 ms: more than the 16 jiffies a CPU needs to learn a jiffy even at HZ=100.
+    while start.elapsed() < Duration::from_millis(400) {
+        let before = synguard::clock::monotonic_ns();
+        p.run(&syn);
+        let after = synguard::clock::monotonic_ns();
+        let seen = p.bucket("203.0.113.44", 32).unwrap().last_seen_ns;
+        behind = behind.max(before.saturating_sub(seen));
+        ahead = ahead.max(seen.saturating_sub(after));
+        thread::sleep(Duration::from_millis(3));
+    }
+    // The coarse clock trails by up to a tick; the derived one adds at most two (ticks
+    // are 1 to 10 ms).
+    assert!(behind < 35_000_000, "behind by {behind} ns");
+    assert!(ahead < 12_000_000, "ahead by {ahead} ns");
+    // The derived path was in use: the CPUs that ran the program know the jiffy.
+    let learnt: Vec<u64> = p
+        .loaded
+        .maps
+        .stats
+        .iter()
+        .filter_map(Result::ok)
+        .flat_map(|per_cpu| per_cpu.iter().map(|s| s.tick_ns).collect::<Vec<_>>())
+        .filter(|&t| t != 0)
+        .collect();
+    assert!(!learnt.is_empty(), "no CPU learnt the jiffy");
+    let plausible = synguard_common::clock::TICK_MIN_NS..=synguard_common::clock::TICK_MAX_NS;
+    assert!(learnt.iter().all(|t| plausible.contains(t)), "{learnt:?}");
 }
 
 #[test]
