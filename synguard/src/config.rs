@@ -219,14 +219,17 @@ pub const KEYS: [KeyInfo; 10] = [
         name: "ipv4-prefix",
         default: "32",
         help: "IPv4 sources are metered and banned per prefix of this length (8-32)",
-        why: "One address is one host or one NAT; aggregating wider would punish neighbours.",
+        why: "One address is one host or one NAT; aggregating wider would punish neighbours. \
+              Below 19, bans no longer fit the kernel's per-/24 hint, and every IPv4 packet \
+              also walks the bans trie.",
     },
     KeyInfo {
         name: "ipv6-prefix",
         default: "64",
         help: "IPv6 sources are metered and banned per prefix of this length (16-128)",
         why: "A /64 is one subnet, usually one customer; an attacker rotating addresses \
-              inside it is still one source.",
+              inside it is still one source. Below 35, every IPv6 packet also walks the \
+              bans trie (see ipv4-prefix).",
     },
     KeyInfo {
         name: "attack-syn-rate",
