@@ -48,13 +48,9 @@ pub struct Noop {
 
 impl Noop {
     pub fn load(action: u32) -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(&object(action))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut("noop")
-            .ok_or_else(|| anyhow::anyhow!("noop program missing"))?
-            .try_into()?;
-        prog.load()?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf: load_xdp(&object(action), "noop")?,
+        })
     }
 
     /// Attach to an interface of the calling thread's network namespace (until dropped).
@@ -70,19 +66,34 @@ impl Noop {
 
     /// Mean ns per run over `repeat` runs, and the action returned.
     pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, f64)> {
-        let prog: &Xdp = self
-            .ebpf
-            .program("noop")
-            .ok_or_else(|| anyhow::anyhow!("noop program missing"))?
-            .try_into()?;
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..Default::default()
-        })?;
-        // The kernel reports the mean duration of one run.
-        Ok((r.return_value, r.duration.as_nanos() as f64))
+        run_repeat(&self.ebpf, "noop", frame, repeat)
     }
+}
+
+/// Load an object and its XDP program `name` into the kernel.
+fn load_xdp(object: &[u8], name: &str) -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load(object)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("{name} program missing"))?
+        .try_into()?;
+    prog.load()?;
+    Ok(ebpf)
+}
+
+/// Run a loaded XDP program `repeat` times on a frame: the action it returned and the
+/// mean ns per run (as the kernel reports it).
+fn run_repeat(ebpf: &Ebpf, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, f64)> {
+    let prog: &Xdp = ebpf
+        .program(name)
+        .ok_or_else(|| anyhow::anyhow!("{name} program missing"))?
+        .try_into()?;
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..Default::default()
+    })?;
+    Ok((r.return_value, r.duration.as_nanos() as f64))
 }
 
 /// The floor of a source-table lookup: an XDP program that builds synguard's source key
@@ -189,12 +200,7 @@ pub struct LookupFloor {
 
 impl LookupFloor {
     pub fn load(max_entries: u32) -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(&lookup_object(max_entries))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut("floor")
-            .ok_or_else(|| anyhow::anyhow!("floor program missing"))?
-            .try_into()?;
-        prog.load()?;
+        let mut ebpf = load_xdp(&lookup_object(max_entries), "floor")?;
         let map = ebpf
             .take_map("FLOOR")
             .ok_or_else(|| anyhow::anyhow!("floor map missing"))?;
@@ -206,16 +212,6 @@ impl LookupFloor {
 
     /// Mean ns per run over `repeat` runs, and the action returned.
     pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, f64)> {
-        let prog: &Xdp = self
-            .ebpf
-            .program("floor")
-            .ok_or_else(|| anyhow::anyhow!("floor program missing"))?
-            .try_into()?;
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..Default::default()
-        })?;
-        Ok((r.return_value, r.duration.as_nanos() as f64))
+        run_repeat(&self.ebpf, "floor", frame, repeat)
     }
 }
