@@ -12,10 +12,11 @@
 
 pub mod clock;
 pub mod gcra;
+pub mod sources;
 
 /// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -53,8 +54,8 @@ pub mod map_names {
     ];
 }
 
-/// Capacities. Kernel memory at these sizes: `SOURCES` is preallocated (152 MiB as the
-/// kernel accounts it, measured by the bench), `VERIFIED` too, the four rule hints take
+/// Capacities. Kernel memory at these sizes: `SOURCES` is an array of 88-byte slots
+/// (88 MiB as the kernel accounts it, measured by the bench), `VERIFIED` too, the four rule hints take
 /// 2 MiB each, and the tries grow with their entries (13.7 MiB for 100k prefixes).
 pub mod capacity {
     /// Per-CPU stats slots, indexed by the receiving interface's ifindex. Interfaces whose
@@ -63,7 +64,7 @@ pub mod capacity {
     /// Allow and block entries per address family, and (in their own tries) as many
     /// bans.
     pub const RULES: u32 = 262_144;
-    /// Sources with a token bucket (both families).
+    /// Slots for sources with a token bucket (both families; see [`crate::sources`]).
     pub const SOURCES: u32 = 1_048_576;
     /// Ring buffer for events to userspace, bytes (power of two, multiple of page size).
     pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -107,7 +108,8 @@ pub mod stat {
     pub const R_SYN_PASSED: usize = 13;
     /// SYN over its source's token bucket: dropped (and the source banned).
     pub const R_SYN_LIMITED: usize = 14;
-    /// SYN from a new source while the sources table is full: passed without a bucket.
+    /// SYN from a new source whose set in the sources table holds only sources spending
+    /// their bursts (see [`crate::sources`]): passed without a bucket.
     pub const R_SYN_UNTRACKED: usize = 15;
 
     /// Note: a ban was recorded.
@@ -145,9 +147,12 @@ pub mod stat {
     pub const N_COOKIE_ACK_INVALID: usize = 28;
     /// Note: an interface entered attack mode.
     pub const N_ATTACKS: usize = 29;
+    /// Note: a new source took the slot of a source whose bucket had refilled (see
+    /// [`crate::sources`]; no verdict changes).
+    pub const N_SOURCES_RECYCLED: usize = 30;
 
     /// Number of counter slots.
-    pub const COUNT: usize = 30;
+    pub const COUNT: usize = 31;
 
     /// Whether a counter is a verdict reason (each packet increments exactly one).
     pub const fn is_reason(i: usize) -> bool {
@@ -191,6 +196,7 @@ pub mod stat {
         "verified",
         "cookie_ack_invalid",
         "attacks",
+        "sources_recycled",
     ];
 
     /// Whether a verdict reason is a drop (in `enforce` mode).
@@ -302,6 +308,9 @@ pub struct Config {
     pub attack_calm_ns: u64,
     /// Protected destination ports, bit `p % 64` of word `p / 64` (host order port).
     pub ports: [u64; PORT_WORDS],
+    /// Secret key of the sources table's hash ([`sources::set_of`]), drawn once when the
+    /// maps are created and kept by every later write.
+    pub source_seed: [u64; sources::SEED_WORDS],
 }
 
 /// A rule in the `SG_RULES_V4` / `SG_RULES_V6` longest-prefix-match tries.
@@ -493,10 +502,11 @@ impl Rule {
     }
 }
 
-/// Key of `SG_SOURCES`: the source address aggregated to the configured prefix. IPv4
-/// sources are stored as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`).
+/// A source's key in `SG_SOURCES` (see [`sources`]) and `SG_VERIFIED`: the source
+/// address aggregated to the configured prefix. IPv4 sources are stored as IPv4-mapped
+/// IPv6 addresses (`::ffff:a.b.c.d`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourceKey {
     pub addr: [u8; 16],
     /// Prefix length in the address family's own bits (so `/24` for IPv4), which keeps
@@ -504,7 +514,7 @@ pub struct SourceKey {
     pub prefix_len: u32,
 }
 
-/// Value of `SG_SOURCES`: one token bucket, kept as GCRA state (see [`gcra`]).
+/// A source's token bucket in its `SG_SOURCES` slot, kept as GCRA state (see [`gcra`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bucket {
@@ -745,6 +755,7 @@ mod pod {
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::sources::Slot {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Stats {}
     unsafe impl aya::Pod for super::IfState {}
@@ -757,7 +768,7 @@ const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 9));
-const _: () = assert!(core::mem::size_of::<Config>() == 120 + 8 * PORT_WORDS);
+const _: () = assert!(core::mem::size_of::<Config>() == 152 + 8 * PORT_WORDS);
 const _: () = assert!(stat::NAMES.len() == stat::COUNT);
 
 #[cfg(test)]

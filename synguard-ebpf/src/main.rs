@@ -39,7 +39,7 @@ use core::{
 use aya_ebpf::{
     Global,
     bindings::{
-        BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock, bpf_sock_tuple,
+        BPF_F_CURRENT_NETNS, BPF_F_MMAPABLE, BPF_NOEXIST, bpf_sock, bpf_sock_tuple,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
         tcphdr, xdp_action,
     },
@@ -49,7 +49,7 @@ use aya_ebpf::{
         bpf_xdp_load_bytes,
     },
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
@@ -65,6 +65,7 @@ use synguard_common::{
     EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR,
     RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step, capacity, clock, gcra,
     hint, rate_span, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
+    sources::{self, Slot},
     stat::{self, *},
 };
 
@@ -77,7 +78,8 @@ static SG_RULES_V4: LpmTrie<RuleKeyV4, Rule> = LpmTrie::with_max_entries(capacit
 #[map]
 static SG_RULES_V6: LpmTrie<RuleKeyV6, Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
 #[map]
-static SG_SOURCES: HashMap<SourceKey, Bucket> = HashMap::with_max_entries(capacity::SOURCES, 0);
+// Memory-mappable so userspace reads the million slots without a system call each.
+static SG_SOURCES: Array<Slot> = Array::with_max_entries(sources::SLOTS, BPF_F_MMAPABLE);
 #[map]
 static SG_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 #[map]
@@ -113,7 +115,6 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
-const E2BIG: i32 = 7;
 const EEXIST: i32 = 17;
 
 /// Why the program could not run at all; fits in a register. Every variant passes the
@@ -1070,17 +1071,31 @@ fn ack_v6(ctx: &XdpContext, at: &Offsets) -> AckCheck {
 }
 
 /// The per-source token bucket: `R_SYN_PASSED`, `R_SYN_LIMITED` (banning the source) or
-/// `R_SYN_UNTRACKED`, not yet counted.
+/// `R_SYN_UNTRACKED`, not yet counted. The bucket lives in one of the two slots of the
+/// source's set (see [`sources`]); both lookups are inlined array reads.
 #[inline(always)]
 fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8, now: u64) -> usize {
     let cfg = pkt.cfg;
-    let Some(bucket) = SG_SOURCES.get_ptr_mut(key) else {
-        return track_new(pkt, key, now);
+    let first = sources::first_slot(key, &cfg.source_seed);
+    let (Some(a), Some(b)) = (
+        SG_SOURCES.get_ptr_mut(first),
+        SG_SOURCES.get_ptr_mut(first + 1),
+    ) else {
+        return R_SYN_UNTRACKED;
     };
-    // SAFETY: a live map value. Other CPUs may update the same bucket at the same time;
-    // the races lose at most one SYN's accounting per racing CPU, which is within the
-    // slack of a token bucket and cheaper than a lock on the hot path.
-    let b = unsafe { &mut *bucket };
+    // SAFETY: live array elements. Other CPUs may update the same bucket at the same
+    // time; the races lose at most one SYN's accounting per racing CPU, which is within
+    // the slack of a token bucket and cheaper than a lock on the hot path.
+    let slot = unsafe {
+        if (*a).holds(key) {
+            &mut *a
+        } else if (*b).holds(key) {
+            &mut *b
+        } else {
+            return track_new(pkt, key, a, b, now);
+        }
+    };
+    let b = &mut slot.bucket;
     b.count_syn(now);
     match gcra::conform(b.tat_ns, now, cfg.syn_interval_ns, cfg.syn_tolerance_ns) {
         Some(tat) => {
@@ -1102,61 +1117,61 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8, now: u64) -> usize {
 #[inline(never)]
 fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
     let cfg = pkt.cfg;
-    {
-        {
-            let (syns, span) = rate_span(b, now);
-            let rate = syns * 1_000_000_000 / span;
-            let info = BanInfo {
-                syns,
-                rate,
-                now,
-                expires: now + cfg.ban_ns,
-            };
-            // The ban and its event are separate calls so their stack frames are
-            // never nested (the verifier sums nested frames against 512 bytes).
-            let result = if family == FAMILY_V4 {
-                record_ban_v4(key, &info)
-            } else {
-                record_ban_v6(key, &info)
-            };
-            match result {
-                BanResult::Added => {
-                    pkt.note(N_BANS);
-                    if pkt.event_allowed(now) {
-                        emit_ban(pkt, key, family, &info);
-                    }
-                }
-                BanResult::AlreadyBanned => {}
-                BanResult::TableFull => {
-                    pkt.note(N_BAN_TABLE_FULL);
-                    if pkt.warn_allowed(now) {
-                        warn_full(pkt, FULL_BANS);
-                    }
-                }
+    let (syns, span) = rate_span(b, now);
+    let rate = syns * 1_000_000_000 / span;
+    let info = BanInfo {
+        syns,
+        rate,
+        now,
+        expires: now + cfg.ban_ns,
+    };
+    // The ban and its event are separate calls so their stack frames are never nested
+    // (the verifier sums nested frames against 512 bytes).
+    let result = if family == FAMILY_V4 {
+        record_ban_v4(key, &info)
+    } else {
+        record_ban_v6(key, &info)
+    };
+    match result {
+        BanResult::Added => {
+            pkt.note(N_BANS);
+            if pkt.event_allowed(now) {
+                emit_ban(pkt, key, family, &info);
+            }
+        }
+        BanResult::AlreadyBanned => {}
+        BanResult::TableFull => {
+            pkt.note(N_BAN_TABLE_FULL);
+            if pkt.warn_allowed(now) {
+                warn_full(pkt, FULL_BANS);
             }
         }
     }
 }
 
-/// A SYN from a source without a bucket: make one (its first SYN takes one token).
+/// A SYN from a source without a bucket: give it a slot of its set (its first SYN takes
+/// one token), or pass it unmetered when both hold sources spending their bursts.
 #[inline(never)]
-fn track_new(pkt: &Packet, key: &SourceKey, now: u64) -> usize {
-    let fresh = Bucket::first(now, pkt.cfg.syn_interval_ns);
-    match SG_SOURCES.insert(key, fresh, BPF_NOEXIST as u64) {
-        Ok(()) => {
-            pkt.note(N_SOURCES_NEW);
-            R_SYN_PASSED
-        }
-        // Another CPU created it between our lookup and insert: its first SYN passed, and
-        // so does this one (one SYN of slack per racing CPU).
-        Err(e) if e == -EEXIST => R_SYN_PASSED,
-        Err(e) => {
-            if e == -E2BIG && pkt.warn_allowed(now) {
+fn track_new(pkt: &Packet, key: &SourceKey, a: *mut Slot, b: *mut Slot, now: u64) -> usize {
+    // SAFETY: live array elements (see `meter_syn` for concurrent writers).
+    let (a, b) = unsafe { (&mut *a, &mut *b) };
+    let slot = match sources::pick(a, b, now) {
+        Some(false) => a,
+        Some(true) => b,
+        None => {
+            if pkt.warn_allowed(now) {
                 warn_full(pkt, FULL_SOURCES);
             }
-            R_SYN_UNTRACKED
+            return R_SYN_UNTRACKED;
         }
+    };
+    if !slot.is_empty() {
+        pkt.note(N_SOURCES_RECYCLED);
     }
+    slot.key = *key;
+    slot.bucket = Bucket::first(now, pkt.cfg.syn_interval_ns);
+    pkt.note(N_SOURCES_NEW);
+    R_SYN_PASSED
 }
 
 const FULL_SOURCES: u8 = 0;
@@ -1168,8 +1183,9 @@ fn warn_full(pkt: &Packet, which: u8) {
     if which == FULL_SOURCES {
         warn!(
             pkt.ctx,
-            "sources table full ({} entries): new sources pass unmetered",
-            capacity::SOURCES
+            "sources table: both slots of a new source's set hold sources spending their \
+             bursts ({} slots): it passes unmetered",
+            sources::SLOTS
         );
     } else {
         warn!(

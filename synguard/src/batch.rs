@@ -1,6 +1,8 @@
 //! Reading a whole hash map in batches (`BPF_MAP_LOOKUP_BATCH`), a few hundred entries
-//! per system call instead of two calls per entry: the sources table can hold a million
-//! buckets, and the daemon's sweeps, its samples and `top` all walk it.
+//! per system call instead of two calls per entry: the verified sources (an LRU hash of
+//! up to a million entries) are counted by the daemon's samples, `status` and the
+//! metrics. (The sources table is an array, read through a memory mapping instead: see
+//! `crate::sources`.)
 //!
 //! aya 0.14 has no batch API, so this is the one raw `bpf(2)` call in synguard: a fixed,
 //! documented kernel interface (`union bpf_attr`, the `batch` member).

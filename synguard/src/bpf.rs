@@ -13,8 +13,9 @@ use aya::{
     programs::Xdp,
 };
 use synguard_common::{
-    Bucket, Config, IfState, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, hint,
-    map_names, stat,
+    Config, IfState, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, hint, map_names,
+    sources::{self, Slot},
+    stat,
 };
 
 /// The compiled XDP program, embedded at build time (see `build.rs`).
@@ -42,7 +43,8 @@ pub struct Maps {
     /// Automatic bans (same key and value types; see `rules`).
     pub bans_v4: RulesV4,
     pub bans_v6: RulesV6,
-    pub sources: HashMap<MapData, SourceKey, Bucket>,
+    /// Token buckets (see `crate::sources`).
+    pub sources: Array<MapData, Slot>,
     /// The ring buffer; `None` once taken by the event reader.
     pub events: Option<RingBuf<MapData>>,
     pub ifstate: Array<MapData, IfState>,
@@ -211,6 +213,14 @@ impl Maps {
         {
             crate::rules::sync_hints(self)?;
         }
+        // The sources table's hash key is drawn once, with the maps, and kept: a new key
+        // would strand every bucket in a slot no source looks in.
+        let mut cfg = *cfg;
+        cfg.source_seed = if old.abi != 0 && old.source_seed != [0; sources::SEED_WORDS] {
+            old.source_seed
+        } else {
+            new_seed()?
+        };
         self.config.set(0, cfg, 0).context("writing the config map")
     }
 
@@ -274,6 +284,21 @@ fn raise_memlock() {
     if ret != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK (ret {ret})");
     }
+}
+
+/// A secret key for the sources table's hash, from the kernel's random pool.
+fn new_seed() -> anyhow::Result<[u64; sources::SEED_WORDS]> {
+    let mut seed = [0u64; sources::SEED_WORDS];
+    let len = size_of_val(&seed);
+    // SAFETY: `seed` is writable for `len` bytes.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), len, 0) };
+    if n != len as isize {
+        bail!(
+            "drawing the sources table's hash key: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(seed)
 }
 
 /// Check the pinned maps were made by a compatible synguard before adopting them.

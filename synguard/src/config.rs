@@ -561,6 +561,8 @@ impl Settings {
             saved_syncookies: -1,
             attack_calm_ns: synguard_common::ATTACK_CALM_NS,
             ports: self.ports.bitmap(),
+            // Drawn by `Maps::write_config` when the maps are new, kept after that.
+            source_seed: [0; synguard_common::sources::SEED_WORDS],
         }
     }
 
@@ -572,6 +574,7 @@ impl Settings {
         c.daemon_pid = current.daemon_pid;
         c.saved_syncookies = current.saved_syncookies;
         c.attack_calm_ns = current.attack_calm_ns;
+        c.source_seed = current.source_seed;
         c
     }
 

@@ -622,9 +622,9 @@ impl Daemon {
     }
 
     /// Every few seconds: counter increases, attack state, table sizes and the busiest
-    /// sources, into the journal (and the metrics' rates). One batched walk of the
-    /// sources table also forgets refilled idle buckets: indistinguishable from absent
-    /// ones (a new source starts with a full bucket), and they keep the table from filling.
+    /// sources, into the journal (and the metrics' rates), from one walk of the sources
+    /// table (mapped into memory; idle refilled buckets need no sweep: the kernel reuses
+    /// their slots).
     fn sample(&mut self) -> anyhow::Result<()> {
         let secs = self.last_sample.elapsed().as_secs_f64().max(0.001);
         self.last_sample = Instant::now();
@@ -681,14 +681,12 @@ impl Daemon {
         top_rules.truncate(10);
         self.sampled_hits = self.rule_hits.iter().map(|(n, (_, h))| (*n, *h)).collect();
 
-        let idle = 10_000_000_000;
+        // Sources idle for long are not swept: the kernel reuses their slots (see
+        // `synguard_common::sources`), and the walk reports only tracked ones.
         let mut sources_v6 = 0u64;
-        let mut stale = Vec::new();
         let mut top: Vec<(u64, u64, SourceKey)> = Vec::new();
-        let sources = crate::batch::for_each(&self.maps.sources, 512, |k, b| {
-            if b.tat_ns <= now && now.saturating_sub(b.last_seen_ns) > idle {
-                stale.push(*k);
-            } else if !is_v4_mapped(k) {
+        let sources = crate::sources::for_each(&self.maps, now, |k, b| {
+            if !is_v4_mapped(k) {
                 sources_v6 += 1;
             }
             let rate = source_rate(b, now);
@@ -700,9 +698,6 @@ impl Daemon {
                 }
             }
         })?;
-        for k in &stale {
-            let _ = self.maps.sources.remove(k);
-        }
         top.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
         top.truncate(10);
         let verified = crate::batch::for_each(&self.maps.verified, 512, |_, _| ())?;
@@ -710,7 +705,7 @@ impl Daemon {
         self.journal(journal::Event::Sample {
             secs: (secs * 1000.0).round() / 1000.0,
             interfaces,
-            sources: (sources - stale.len()) as u64,
+            sources: sources as u64,
             verified: verified as u64,
             bans,
             top: top

@@ -21,4 +21,5 @@ pub mod privs;
 pub mod purge;
 pub mod report;
 pub mod rules;
+pub mod sources;
 pub mod version;

@@ -200,7 +200,7 @@ pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
     for (kind, n) in [("allow", allow), ("block", block), ("ban", ban)] {
         o.sample("synguard_rules", &[("kind", kind)], n as f64);
     }
-    let sources = crate::batch::for_each(&maps.sources, 512, |_, _| ())? as f64;
+    let sources = crate::sources::for_each(&maps, crate::clock::monotonic_ns(), |_, _| ())? as f64;
     let verified = crate::batch::for_each(&maps.verified, 512, |_, _| ())? as f64;
     o.family(
         "synguard_verified_sources",

@@ -384,7 +384,7 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         }
         if peak_sources > 1000 {
             evidence.push(format!(
-                "the sources table grew to {peak_sources} entries ({:.0} % IPv6)",
+                "up to {peak_sources} sources tracked at once ({:.0} % IPv6)",
                 v6_share * 100.0
             ));
         }

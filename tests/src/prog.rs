@@ -175,19 +175,25 @@ impl Prog {
         rules::reconcile_actions(&mut self.loaded.maps).expect("reconcile");
     }
 
+    /// Every tracked source and its bucket.
     pub fn buckets(&self) -> Vec<(SourceKey, Bucket)> {
-        self.loaded
-            .maps
-            .sources
-            .iter()
-            .filter_map(Result::ok)
-            .collect()
+        let mut all = Vec::new();
+        synguard::sources::for_each(
+            &self.loaded.maps,
+            synguard::clock::monotonic_ns(),
+            |k, b| {
+                all.push((*k, *b));
+            },
+        )
+        .expect("walk the sources table");
+        all
     }
 
     /// The bucket for a source address as the kernel keys it (aggregated).
     pub fn bucket(&self, addr: &str, prefix_len: u32) -> Option<Bucket> {
         let key = source_key(addr.parse().expect("test address"), prefix_len);
-        self.loaded.maps.sources.get(&key, 0).ok()
+        synguard::sources::get(&self.loaded.maps, &key, synguard::clock::monotonic_ns())
+            .expect("read the sources table")
     }
 }
 

@@ -9,11 +9,11 @@ use std::{
 use synguard::{bpf::LoadOptions, config::Settings, rules};
 use synguard_common::{
     ACTION_DROP, ACTION_PASS, Bucket, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN,
-    RULE_BLOCK, Rule, map_names, stat::*,
+    RULE_BLOCK, Rule, map_names, sources, stat::*,
 };
 use synguard_tests::{
     packet::{self, ACK, FIN, RST, SYN, Tcp},
-    prog::{Prog, XDP_DROP, XDP_PASS},
+    prog::{Prog, XDP_DROP, XDP_PASS, source_key},
 };
 
 const SERVER: &str = "192.0.2.1";
@@ -641,37 +641,95 @@ fn ports_setting_limits_only_protected_ports() {
     p.expect(&https, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
 }
 
+/// Put `key` with `bucket` into slot `way` of the set `owner` hashes to.
+fn occupy(p: &mut Prog, owner: &str, way: u32, key: &str, bucket: Bucket) {
+    let seed = synguard::sources::seed(&p.loaded.maps).expect("seed");
+    let set = sources::first_slot(&source_key(owner.parse().expect("address"), 32), &seed);
+    let slot = sources::Slot {
+        key: source_key(key.parse().expect("address"), 32),
+        _pad: 0,
+        bucket,
+    };
+    p.loaded
+        .maps
+        .sources
+        .set(set + way, slot, 0)
+        .expect("write slot");
+}
+
+/// A source's set full of sources spending their bursts: the newcomer passes unmetered
+/// and is counted, nobody is banned for it, bans stand; once one of them has refilled,
+/// the newcomer takes its slot (counted as recycled) and the busy one keeps its bucket.
 #[test]
-fn full_sources_table_passes_new_sources_and_keeps_bans() {
-    let p = Prog::with_options(
-        settings(&[("syn-rate", "1"), ("syn-burst", "1")]),
-        &LoadOptions {
-            max_entries: vec![(map_names::SOURCES, 4)],
-            ..Default::default()
-        },
-    );
-    // One source gets banned while there is room.
+fn a_set_of_busy_sources_passes_newcomers_then_recycles_refilled_slots() {
+    let mut p = limited("1", "1");
     let flooder = Tcp::syn("203.0.113.200", SERVER).build();
     p.run(&flooder);
     p.expect(&flooder, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
-    for i in 1..=3 {
-        p.expect(
-            &Tcp::syn(&format!("198.51.100.{i}"), SERVER).build(),
-            XDP_PASS,
-            &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
-        );
-    }
-    assert_eq!(p.buckets().len(), 4);
-    // Table full: a new source is passed unmetered and counted; nobody is banned for it.
-    let newcomer = Tcp::syn("198.51.100.50", SERVER).build();
+
+    let now = synguard::clock::monotonic_ns();
+    let busy = Bucket {
+        tat_ns: now + 3_600_000_000_000,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        syns: 7,
+        ..Default::default()
+    };
+    let newcomer = "198.51.100.50";
+    occupy(&mut p, newcomer, 0, "198.51.100.1", busy);
+    occupy(&mut p, newcomer, 1, "198.51.100.2", busy);
+    let frame = Tcp::syn(newcomer, SERVER).build();
     for _ in 0..5 {
-        p.expect(&newcomer, XDP_PASS, &[N_SYNS, R_SYN_UNTRACKED]);
+        p.expect(&frame, XDP_PASS, &[N_SYNS, R_SYN_UNTRACKED]);
     }
     assert!(p.rule("198.51.100.50/32").is_none());
-    // The banned source stays banned; tracked sources stay metered.
+    assert!(p.bucket(newcomer, 32).is_none());
     p.expect(&flooder, XDP_DROP, &[R_BANNED]);
-    let one = Tcp::syn("198.51.100.1", SERVER).build();
-    p.expect(&one, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+
+    // Way 1's source has refilled (its last SYN long ago): the newcomer takes its slot.
+    let refilled = Bucket {
+        tat_ns: now - 1_000_000_000,
+        first_seen_ns: now - 5_000_000_000,
+        last_seen_ns: now - 2_000_000_000,
+        syns: 3,
+        ..Default::default()
+    };
+    occupy(&mut p, newcomer, 1, "198.51.100.2", refilled);
+    p.expect(
+        &frame,
+        XDP_PASS,
+        &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW, N_SOURCES_RECYCLED],
+    );
+    let b = p.bucket(newcomer, 32).expect("the newcomer has a bucket");
+    assert_eq!(b.syns, 1);
+    // ... and is metered from then on; the busy source's slot was not touched.
+    p.expect(&frame, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+    let seed = synguard::sources::seed(&p.loaded.maps).expect("seed");
+    let set = sources::first_slot(&source_key(newcomer.parse().expect("address"), 32), &seed);
+    let way0 = p.loaded.maps.sources.get(&set, 0).expect("read slot");
+    assert_eq!(
+        way0.key,
+        source_key("198.51.100.1".parse().expect("address"), 32)
+    );
+    assert_eq!(way0.bucket, busy);
+}
+
+/// The sources table's hash key is drawn once, when the maps are made, and survives
+/// every later config write (a new key would strand every bucket).
+#[test]
+fn the_sources_hash_key_is_secret_random_and_kept() {
+    let mut p = limited("1", "5");
+    let a = limited("1", "5");
+    let seed = synguard::sources::seed(&p.loaded.maps).expect("seed");
+    assert_ne!(seed, [0; sources::SEED_WORDS]);
+    assert_ne!(seed, synguard::sources::seed(&a.loaded.maps).expect("seed"));
+    let src = Tcp::syn("203.0.113.9", SERVER).build();
+    p.run(&src);
+    p.set("syn-burst", "6");
+    p.set("ipv4-prefix", "32");
+    assert_eq!(synguard::sources::seed(&p.loaded.maps).expect("seed"), seed);
+    p.run(&src);
+    assert_eq!(p.bucket("203.0.113.9", 32).map(|b| b.syns), Some(2));
 }
 
 #[test]
@@ -942,7 +1000,8 @@ fn batched_walk_of_the_sources_table() {
         p.run(&Tcp::syn(&src, SERVER).build());
     }
     let mut seen = std::collections::HashSet::new();
-    let n = synguard::batch::for_each(&p.loaded.maps.sources, 128, |k, v| {
+    let now = synguard::clock::monotonic_ns();
+    let n = synguard::sources::for_each(&p.loaded.maps, now, |k, v| {
         assert_eq!(v.syns, 1);
         assert!(seen.insert(*k), "seen twice: {k:?}");
     })
@@ -952,7 +1011,7 @@ fn batched_walk_of_the_sources_table() {
     // An empty table is fine too.
     let empty = limited("1", "1");
     assert_eq!(
-        synguard::batch::for_each(&empty.loaded.maps.sources, 64, |_, _| ()).unwrap(),
+        synguard::sources::for_each(&empty.loaded.maps, now, |_, _| ()).unwrap(),
         0
     );
 }

@@ -597,8 +597,8 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
         events.push((
             at,
             format!(
-                "about {n} sources within 10 s: the agent's sources table ({}) would be full, \
-                 new sources pass unmetered until its sweep",
+                "{n} sources spending their bursts at once: the agent's sources table ({} \
+                 slots) would have no room, new sources pass unmetered until buckets refill",
                 capacity::SOURCES
             ),
         ));

@@ -87,8 +87,6 @@ pub const MAX_POINTS: usize = 3_600;
 pub const MAX_EPISODES: usize = 100;
 /// Offered SYN rates and drop rates are measured over windows this long (the detector's).
 pub const SLOT_NS: u64 = ATTACK_WINDOW_NS;
-/// The agent's sources table is swept about this often (the daemon's sample period).
-const SWEEP_NS: u64 = 10 * SEC;
 /// Sources named for a flood from many real ones.
 pub const BUSIEST: usize = 5;
 /// Timeline entries kept (attack mode starting and ending, floods); later ones are
@@ -573,9 +571,8 @@ pub struct Engine {
     /// SYNs to destinations (address, port) beyond the [`TARGETS`] tracked.
     pub targets_full: u64,
     pub bans: u64,
-    sweep_start: u64,
-    sweep_est: Est,
-    /// When the agent's own sources table would have filled (and with how many).
+    /// When the agent's own sources table would have had no slot for a new source (and
+    /// how many sources were spending their bursts then).
     pub table_full: Option<(u64, u64)>,
 }
 
@@ -622,8 +619,6 @@ impl Engine {
             events_dropped: 0,
             targets_full: 0,
             bans: 0,
-            sweep_start: 0,
-            sweep_est: Est::new(),
             table_full: None,
         }
     }
@@ -637,7 +632,6 @@ impl Engine {
             self.series.t0 = ts;
             self.cur = Episode::new(0, ts);
             self.pend_since = ts;
-            self.sweep_start = ts;
             self.slot = ts / SLOT_NS;
         }
         self.now = self.now.max(ts);
@@ -712,15 +706,6 @@ impl Engine {
             self.agent[stat::N_SYNS] += 1;
             self.detect(now);
             verdict = self.decide(now, s, key);
-            if now.saturating_sub(self.sweep_start) >= SWEEP_NS {
-                let n = self.sweep_est.estimate() as u64;
-                if n >= u64::from(capacity::SOURCES) && self.table_full.is_none() {
-                    self.table_full = Some((now, n));
-                }
-                self.sweep_est = Est::new();
-                self.sweep_start = now;
-            }
-            self.sweep_est.insert(&key);
         }
         let retrans = self.pending_syn(now, s, key);
 
@@ -900,7 +885,13 @@ impl Engine {
                 self.meter_room = (self.meter_room * 2).min(capacity::SOURCES as usize);
             }
         }
+        // The kernel reuses any slot whose bucket has refilled; it runs out only when the
+        // sources spending their bursts fill a new source's set. Modelled as all slots
+        // (the kernel, with two slots per set, runs out somewhat earlier).
         if self.meters.len() >= capacity::SOURCES as usize {
+            if self.table_full.is_none() {
+                self.table_full = Some((now, self.meters.len() as u64));
+            }
             self.agent[stat::R_SYN_UNTRACKED] += 1;
             return None;
         }

@@ -390,7 +390,7 @@ fn forget_bucket(state: &mut State, net: &IpNet) {
             u32::from(n.prefix_len()),
         ),
     };
-    let _ = state.maps.sources.remove(&key);
+    let _ = crate::sources::forget(&mut state.maps, &key);
 }
 
 pub fn allow_add(state: &mut State, cidr: &str, comment: &str) -> anyhow::Result<()> {

@@ -83,8 +83,8 @@ fn bucket(state: &State, addr: IpAddr, s: &Settings, now: u64) -> BucketJson {
             u32::from(s.ipv6_prefix),
         ),
     };
-    match state.maps.sources.get(&key, 0) {
-        Ok(b) => BucketJson {
+    match crate::sources::get(&state.maps, &key, now).ok().flatten() {
+        Some(b) => BucketJson {
             source: source.to_string(),
             tracked: true,
             tokens: gcra::tokens(b.tat_ns, now, cfg.syn_interval_ns, cfg.syn_tolerance_ns)
@@ -97,7 +97,7 @@ fn bucket(state: &State, addr: IpAddr, s: &Settings, now: u64) -> BucketJson {
             last_seen: time_json(b.last_seen_ns),
             full_in_ms: gcra::refill_ns(b.tat_ns, now) / 1_000_000,
         },
-        Err(_) => BucketJson {
+        None => BucketJson {
             source: source.to_string(),
             tracked: false,
             tokens: u64::from(s.syn_burst),

@@ -397,7 +397,7 @@ pub fn sample(state: &State) -> anyhow::Result<Option<Reading>> {
     let rules = rules::list(maps)?;
     // (rate, address, prefix length, bucket empty): ordered by rate, then address.
     let mut top = TopN::new(TOP);
-    let sources = crate::batch::for_each(&maps.sources, 512, |k, b| {
+    let sources = crate::sources::for_each(maps, mono_ns, |k, b| {
         let rate = smoothed_rate(b, mono_ns);
         if rate > 0 {
             let empty =

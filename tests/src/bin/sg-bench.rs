@@ -18,7 +18,7 @@ use aya::maps::{IterableMap as _, MapData};
 use clap::Parser;
 use serde::Serialize;
 use synguard::{clock, config::Settings, rules};
-use synguard_common::{RULE_ALLOW, RULE_BAN, RULE_BLOCK, Rule, stat};
+use synguard_common::{RULE_ALLOW, RULE_BAN, RULE_BLOCK, Rule, sources, stat};
 use synguard_tests::{
     baseline::{self, LookupFloor, Noop},
     flood::Rng,
@@ -506,15 +506,40 @@ fn sources_case(entries: u32) -> anyhow::Result<SourcesCase> {
         ..Default::default()
     };
     let mut floor = LookupFloor::load(synguard_common::capacity::SOURCES)?;
-    for i in 0..entries {
+    // Sources are placed in the kernel's slots for them (the next free way of their set);
+    // a source whose set is taken is skipped, so the table can be filled to the last slot.
+    let seed = synguard::sources::seed(&prog.loaded.maps)?;
+    let mut used = vec![0u32; sources::SETS as usize];
+    let mut placed = Vec::with_capacity(entries as usize);
+    let mut i = 0u32;
+    while placed.len() < entries as usize {
+        anyhow::ensure!(
+            i < 1 << 24,
+            "could not place {entries} sources in the table"
+        );
         let key = source_key(IpAddr::V4(nth_source(i)), 32);
-        prog.loaded.maps.sources.insert(key, bucket, 0)?;
-        floor.table.insert(key, bucket, 0)?;
+        let set = sources::set_of(&key, &seed);
+        let way = &mut used[set as usize];
+        if *way < sources::WAYS {
+            let slot = sources::Slot {
+                key,
+                _pad: 0,
+                bucket,
+            };
+            prog.loaded
+                .maps
+                .sources
+                .set(set * sources::WAYS + *way, slot, 0)?;
+            floor.table.insert(key, bucket, 0)?;
+            *way += 1;
+            placed.push(i);
+        }
+        i += 1;
     }
     let mut rng = Rng(0x5eed_0000 + u64::from(entries));
     let spread = (0..SPREAD)
         .map(|_| {
-            let i = (rng.next_u64() % u64::from(entries)) as u32;
+            let i = placed[(rng.next_u64() % placed.len() as u64) as usize];
             Tcp::syn(&nth_source(i).to_string(), SERVER).build()
         })
         .collect();

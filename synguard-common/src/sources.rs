@@ -1,0 +1,267 @@
+//! The sources table (`SG_SOURCES`): one token bucket per source, in an array the XDP
+//! program indexes itself.
+//!
+//! A kernel hash map costs the packet path a call into the map code, which calls again
+//! to hash the key, walk the bucket and compare keys; on hosts whose CPUs need return
+//! thunks (AMD's SRSO mitigation) every one of those returns is expensive. An array
+//! lookup is inlined by the verifier into a few instructions. So the table is an array
+//! of [`SLOTS`] slots in sets of [`WAYS`]: a source lives in one of the slots of the set
+//! that [`set_of`] (a hash keyed with a secret seed from userspace, so a remote sender
+//! cannot aim sources at one set) names for it.
+//!
+//! What happens when a new source's set is taken is the point of the design: a slot is
+//! reused when it is empty or its bucket has **refilled** (`tat <= now`: a source whose
+//! bucket is full again). Forgetting a full bucket changes no verdict, because a source
+//! without a bucket starts with a full one. So a flood of forged sources recycles the
+//! slots of sources that are within their limit, never the state of a source that is
+//! being limited, and never bans anyone. Only when every slot of the set holds a source
+//! that is spending its burst right now does the new source pass unmetered
+//! (`syn_untracked`, with a warning at most once a second per CPU), as a full hash map
+//! did before, but per set: with two ways and a million slots that needs three sources
+//! hashed to the same set within one refill interval (`1 / syn-rate`).
+//!
+//! Races: two CPUs claiming the same slot for different sources at once can leave one
+//! source's key with the other's bucket, or a key that is neither; each such slot is a
+//! bucket the next SYN of the sources involved recreates (one burst of slack), never a
+//! ban.
+
+use crate::{Bucket, SourceKey, capacity};
+
+/// Slots per set.
+pub const WAYS: u32 = 2;
+/// Slots in the table.
+pub const SLOTS: u32 = capacity::SOURCES;
+/// Sets in the table (a power of two).
+pub const SETS: u32 = SLOTS / WAYS;
+const SET_BITS: u32 = SETS.trailing_zeros();
+
+/// Words of secret key for [`set_of`].
+pub const SEED_WORDS: usize = 4;
+
+/// How long a refilled bucket that saw no SYN is still reported as a tracked source by
+/// `status`, `top` and `explain` (the kernel may reuse its slot earlier).
+pub const IDLE_NS: u64 = 10_000_000_000;
+
+/// One slot of `SG_SOURCES`. Empty while `bucket.last_seen_ns` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub key: SourceKey,
+    pub _pad: u32,
+    pub bucket: Bucket,
+}
+
+impl Slot {
+    /// Never used, or cleared by userspace.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.bucket.last_seen_ns == 0
+    }
+
+    /// Whether this slot holds `key`'s bucket.
+    #[inline(always)]
+    pub fn holds(&self, key: &SourceKey) -> bool {
+        same_key(&self.key, key) && !self.is_empty()
+    }
+
+    /// Whether the slot may be given to another source at `now`: empty, or its bucket
+    /// has refilled (forgetting it changes no verdict).
+    #[inline(always)]
+    pub fn is_free(&self, now: u64) -> bool {
+        self.is_empty() || self.bucket.tat_ns <= now
+    }
+
+    /// Whether userspace reports the slot as a tracked source at `now`: not empty, and
+    /// either still spending its burst or seen within [`IDLE_NS`].
+    pub fn is_tracked(&self, now: u64) -> bool {
+        !self.is_empty()
+            && (self.bucket.tat_ns > now || now.saturating_sub(self.bucket.last_seen_ns) <= IDLE_NS)
+    }
+}
+
+/// The slot a new source takes in its set at `now`: an empty one first, else the
+/// refilled one seen least recently; `None` when every slot is spending its burst.
+#[inline(always)]
+pub fn pick(a: &Slot, b: &Slot, now: u64) -> Option<bool> {
+    if a.is_empty() {
+        return Some(false);
+    }
+    if b.is_empty() {
+        return Some(true);
+    }
+    match (a.is_free(now), b.is_free(now)) {
+        (true, true) => Some(b.bucket.last_seen_ns < a.bucket.last_seen_ns),
+        (true, false) => Some(false),
+        (false, true) => Some(true),
+        (false, false) => None,
+    }
+}
+
+#[inline(always)]
+fn word(a: &[u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+}
+
+/// Compare two keys a word at a time (no `memcmp` in BPF).
+#[inline(always)]
+pub fn same_key(a: &SourceKey, b: &SourceKey) -> bool {
+    a.prefix_len == b.prefix_len
+        && word(&a.addr, 12) == word(&b.addr, 12)
+        && word(&a.addr, 8) == word(&b.addr, 8)
+        && word(&a.addr, 4) == word(&b.addr, 4)
+        && word(&a.addr, 0) == word(&b.addr, 0)
+}
+
+/// The set of a source: NH (a sum of products of key words plus secret words, universal
+/// over the 64-bit sum) followed by multiply-shift with a secret odd multiplier. A few
+/// multiplications, no loops, the same in the kernel and in userspace.
+#[inline(always)]
+pub fn set_of(key: &SourceKey, seed: &[u64; SEED_WORDS]) -> u32 {
+    let k = |i: usize| (seed[i / 2] >> (32 * (i % 2))) as u32;
+    let m = |x: u32, y: u32| u64::from(x) * u64::from(y);
+    let a = &key.addr;
+    let h = m(word(a, 0).wrapping_add(k(0)), word(a, 4).wrapping_add(k(1)))
+        .wrapping_add(m(
+            word(a, 8).wrapping_add(k(2)),
+            word(a, 12).wrapping_add(k(3)),
+        ))
+        .wrapping_add(m(key.prefix_len.wrapping_add(k(4)), k(5) | 1));
+    (h.wrapping_mul(seed[3] | 1) >> (64 - SET_BITS)) as u32
+}
+
+/// The first slot of a source's set.
+#[inline(always)]
+pub fn first_slot(key: &SourceKey, seed: &[u64; SEED_WORDS]) -> u32 {
+    set_of(key, seed) * WAYS
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec;
+
+    use super::*;
+    use crate::{prefix_mask, source_key_v4, source_key_v6};
+
+    const SEED: [u64; SEED_WORDS] = [
+        0x243f_6a88_85a3_08d3,
+        0x1319_8a2e_0370_7344,
+        0xa409_3822_299f_31d0,
+        0x082e_fa98_ec4e_6c89,
+    ];
+
+    fn v4(i: u32) -> SourceKey {
+        source_key_v4(i.to_be_bytes(), prefix_mask::<4>(32), 32)
+    }
+
+    #[test]
+    fn geometry() {
+        assert!(SETS.is_power_of_two());
+        assert_eq!(SETS * WAYS, SLOTS);
+        assert_eq!(core::mem::size_of::<Slot>(), 88);
+    }
+
+    #[test]
+    fn sets_stay_in_range_and_depend_on_the_seed() {
+        let mut moved = 0;
+        for i in 0..10_000u32 {
+            let k = v4(0xc612_0000 + i);
+            let s = set_of(&k, &SEED);
+            assert!(s < SETS);
+            assert_eq!(first_slot(&k, &SEED), s * WAYS);
+            let mut other = SEED;
+            other[0] ^= 1 << 7;
+            if set_of(&k, &other) != s {
+                moved += 1;
+            }
+        }
+        assert!(moved > 9_900, "a new seed moves sources: {moved}");
+    }
+
+    /// Sequential addresses (a forged flood walking a range) spread at least as well as
+    /// random ones would: with 2^17 sources in 2^19 sets, the fullest set holds a
+    /// handful and at least the 22 % of the sets random keys would use (Poisson(1/4):
+    /// 1 - e^-0.25) are used. (A range walked in one word is spread evenly: the hash is
+    /// linear in each word before the secret multiplier.)
+    #[test]
+    fn a_range_of_sources_spreads_over_the_sets() {
+        let n = 1u32 << 17;
+        let mut per_set = vec![0u8; SETS as usize];
+        for i in 0..n {
+            let s = set_of(&v4(0xc612_0000 + i), &SEED) as usize;
+            per_set[s] = per_set[s].saturating_add(1);
+        }
+        let max = *per_set.iter().max().unwrap();
+        let used = per_set.iter().filter(|&&c| c > 0).count();
+        assert!(max <= 8, "fullest set {max}");
+        assert!(used >= 100_000, "sets used {used}");
+        // The same for IPv6 /64s in 2001:db8::/32.
+        let mut per_set = vec![0u8; SETS as usize];
+        for i in 0..n {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+            a[4..8].copy_from_slice(&i.to_be_bytes());
+            let s = set_of(&source_key_v6(a, prefix_mask::<16>(64), 64), &SEED) as usize;
+            per_set[s] = per_set[s].saturating_add(1);
+        }
+        assert!(*per_set.iter().max().unwrap() <= 8);
+    }
+
+    #[test]
+    fn keys_compare_by_every_word() {
+        let a = v4(0xc633_6407);
+        assert!(same_key(&a, &a));
+        for byte in 0..16 {
+            let mut b = a;
+            b.addr[byte] ^= 1;
+            assert!(!same_key(&a, &b), "byte {byte}");
+        }
+        let mut b = a;
+        b.prefix_len = 24;
+        assert!(!same_key(&a, &b));
+    }
+
+    fn slot(key: SourceKey, tat: u64, last: u64) -> Slot {
+        Slot {
+            key,
+            _pad: 0,
+            bucket: Bucket {
+                tat_ns: tat,
+                last_seen_ns: last,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_new_source_takes_an_empty_slot_then_the_stalest_refilled_one() {
+        let now = 1_000;
+        let empty = Slot::default();
+        let busy = slot(v4(1), now + 10, now);
+        let full_old = slot(v4(2), now - 500, 100);
+        let full_new = slot(v4(3), now - 1, 900);
+        assert_eq!(pick(&empty, &busy, now), Some(false));
+        assert_eq!(pick(&busy, &empty, now), Some(true));
+        assert_eq!(pick(&busy, &full_new, now), Some(true));
+        assert_eq!(pick(&full_new, &busy, now), Some(false));
+        assert_eq!(pick(&full_new, &full_old, now), Some(true));
+        assert_eq!(pick(&full_old, &full_new, now), Some(false));
+        // Two sources spending their bursts: the newcomer gets no bucket.
+        assert_eq!(pick(&busy, &slot(v4(4), now + 1, now), now), None);
+        // An empty slot never matches a key, not even the all-zero one.
+        assert!(!empty.holds(&SourceKey {
+            addr: [0; 16],
+            prefix_len: 0
+        }));
+        assert!(busy.holds(&v4(1)));
+    }
+
+    #[test]
+    fn tracked_means_busy_or_recently_seen() {
+        let now = 100 * IDLE_NS;
+        assert!(!Slot::default().is_tracked(now));
+        assert!(slot(v4(1), now + 1, 1).is_tracked(now));
+        assert!(slot(v4(1), 0, now - IDLE_NS).is_tracked(now));
+        assert!(!slot(v4(1), 0, now - IDLE_NS - 1).is_tracked(now));
+    }
+}
