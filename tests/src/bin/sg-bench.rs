@@ -2,7 +2,8 @@
 //! measured with `BPF_PROG_TEST_RUN` and a large `repeat`, next to no-op XDP programs
 //! measured in the same run, in interleaved rounds so drift hits every case alike.
 //! Reported as the median over rounds, the spread (min-max), and the ratio to the no-op
-//! program with the same action.
+//! program with the same action: the median over rounds of each round's ratio, so a round
+//! the shared machine ran slow for both sides cancels out.
 
 use std::{
     fmt::Write as _,
@@ -536,6 +537,14 @@ fn sources_case(entries: u32) -> anyhow::Result<SourcesCase> {
         }
         i += 1;
     }
+    // What `status`, `top` and the daemon's samples pay to walk the table (progress
+    // output only: userspace, not part of the per-packet figures).
+    let started = std::time::Instant::now();
+    let tracked = synguard::sources::for_each(&prog.loaded.maps, clock::monotonic_ns(), |_, _| ())?;
+    eprintln!(
+        "sg-bench: walking the sources table ({tracked} tracked) took {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     let mut rng = Rng(0x5eed_0000 + u64::from(entries));
     let spread = (0..SPREAD)
         .map(|_| {
@@ -596,6 +605,13 @@ fn prefix_case(entries: u32) -> anyhow::Result<PrefixCase> {
         banned: Vec::new(),
         miss: Vec::new(),
     })
+}
+
+/// The ratio of two cases measured in the same rounds: the median over rounds of each
+/// round's ratio (a paired comparison, so a round the machine ran slow for both cancels).
+fn paired(v: &[f64], base: &[f64]) -> f64 {
+    let r: Vec<f64> = v.iter().zip(base).map(|(a, b)| a / b).collect();
+    median(&r)
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
@@ -674,7 +690,7 @@ fn scale(quick: bool, rounds: usize, repeat: u32) -> anyhow::Result<Vec<ScaleRow
             ns_median: m,
             ns_min: lo,
             ns_max: hi,
-            ratio: m / median(base),
+            ratio: paired(v, base),
             map_bytes: bytes,
         });
     };
@@ -836,19 +852,19 @@ fn main() -> anyhow::Result<()> {
         })
         .join()
         .map_err(|_| anyhow::anyhow!("cookie cases panicked"))??;
-    let noop_tx = median(&cookie[0].samples);
+    let noop_tx = cookie[0].samples.clone();
     cases.extend(cookie);
-    let noop_pass = median(&cases[0].samples);
-    let noop_drop = median(&cases[1].samples);
+    let noop_pass = cases[0].samples.clone();
+    let noop_drop = cases[1].samples.clone();
     let rows: Vec<Row> = cases
         .iter()
         .map(|c| {
             let (baseline, base) = if c.action == XDP_DROP {
-                ("no-op XDP_DROP", noop_drop)
+                ("no-op XDP_DROP", &noop_drop)
             } else if c.action == XDP_TX {
-                ("no-op XDP_TX (one run per call)", noop_tx)
+                ("no-op XDP_TX (one run per call)", &noop_tx)
             } else {
-                ("no-op XDP_PASS", noop_pass)
+                ("no-op XDP_PASS", &noop_pass)
             };
             let (m, lo, hi) = stats(&c.samples);
             Row {
@@ -862,11 +878,12 @@ fn main() -> anyhow::Result<()> {
                 ns_min: lo,
                 ns_max: hi,
                 baseline,
-                ratio: m / base,
+                ratio: paired(&c.samples, base),
             }
         })
         .collect();
     let ns_of = |name: &str| rows.iter().find(|r| r.case == name).map(|r| r.ns_median);
+    let samples_of = |name: &str| cases.iter().find(|c| c.name == name).map(|c| &c.samples);
     let versus: Vec<Versus> = VERSUS
         .iter()
         .filter_map(|(sg, xf)| {
@@ -876,7 +893,7 @@ fn main() -> anyhow::Result<()> {
                 xdp_filter: xf.to_string(),
                 synguard_ns: a,
                 xdp_filter_ns: b,
-                ratio: a / b,
+                ratio: paired(samples_of(sg)?, samples_of(xf)?),
             })
         })
         .collect();
@@ -905,8 +922,8 @@ fn main() -> anyhow::Result<()> {
         quick: args.quick,
         rounds,
         repeat,
-        noop_pass_ns: noop_pass,
-        noop_drop_ns: noop_drop,
+        noop_pass_ns: median(&noop_pass),
+        noop_drop_ns: median(&noop_drop),
         rows,
         versus,
         scale,
@@ -1072,8 +1089,8 @@ fn markdown(r: &Report) -> String {
         s,
         "# synguard benchmark{}\n\n## Per-packet cost per verdict\n\nIn the kernel \
          (BPF_PROG_TEST_RUN, {} interleaved rounds x {} runs, median and min-max over \
-         rounds), next to no-op programs and xdp-filter's own programs measured in the same \
-         rounds:\n",
+         rounds; a ratio is the median over rounds of the ratio within each round), next to \
+         no-op programs and xdp-filter's own programs measured in the same rounds:\n",
         if r.quick { " (quick mode)" } else { "" },
         r.rounds,
         r.repeat
