@@ -55,7 +55,8 @@ pub mod map_names {
 }
 
 /// Capacities. Kernel memory at these sizes: `SOURCES` is an array of 88-byte slots
-/// (88 MiB as the kernel accounts it, measured by the bench), `VERIFIED` too, the four rule hints take
+/// (88 MiB as the kernel accounts it, measured by the bench), `VERIFIED` is a
+/// preallocated hash, the four rule hints take
 /// 2 MiB each, and the tries grow with their entries (13.7 MiB for 100k prefixes).
 pub mod capacity {
     /// Per-CPU stats slots, indexed by the receiving interface's ifindex. Interfaces whose

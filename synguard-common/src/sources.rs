@@ -20,10 +20,14 @@
 //! did before, but per set: with two ways and a million slots that needs three sources
 //! hashed to the same set within one refill interval (`1 / syn-rate`).
 //!
-//! Races: two CPUs claiming the same slot for different sources at once can leave one
-//! source's key with the other's bucket, or a key that is neither; each such slot is a
-//! bucket the next SYN of the sources involved recreates (one burst of slack), never a
-//! ban.
+//! Races (no locks on the packet path, as with the hash map before): two CPUs claiming
+//! the same slot for different sources at once can leave one source's key with the
+//! other's bucket, or a key that is neither, which the next SYNs of the sources involved
+//! recreate (a burst of slack for them); a SYN of the slot's old source counted at the
+//! instant a newcomer claims it can land in the newcomer's fresh bucket: one SYN counted
+//! against the wrong source, the same slack as two CPUs updating one bucket at once.
+//! Userspace clearing a slot (`unban`) as the kernel reuses it gives the newcomer a full
+//! bucket.
 
 use crate::{Bucket, SourceKey, capacity};
 
@@ -113,8 +117,9 @@ pub fn same_key(a: &SourceKey, b: &SourceKey) -> bool {
 }
 
 /// The set of a source: NH (a sum of products of key words plus secret words, universal
-/// over the 64-bit sum) followed by multiply-shift with a secret odd multiplier. A few
-/// multiplications, no loops, the same in the kernel and in userspace.
+/// over the 64-bit sum), an xor-shift so that the result is not linear in any one word
+/// (an IPv4 source varies in one word only), then multiply-shift with a secret odd
+/// multiplier. A few multiplications, no loops, the same in the kernel and userspace.
 #[inline(always)]
 pub fn set_of(key: &SourceKey, seed: &[u64; SEED_WORDS]) -> u32 {
     let k = |i: usize| (seed[i / 2] >> (32 * (i % 2))) as u32;
@@ -126,7 +131,7 @@ pub fn set_of(key: &SourceKey, seed: &[u64; SEED_WORDS]) -> u32 {
             word(a, 12).wrapping_add(k(3)),
         ))
         .wrapping_add(m(key.prefix_len.wrapping_add(k(4)), k(5) | 1));
-    (h.wrapping_mul(seed[3] | 1) >> (64 - SET_BITS)) as u32
+    ((h ^ (h >> 29)).wrapping_mul(seed[3] | 1) >> (64 - SET_BITS)) as u32
 }
 
 /// The first slot of a source's set.
@@ -163,19 +168,38 @@ mod tests {
 
     #[test]
     fn sets_stay_in_range_and_depend_on_the_seed() {
-        let mut moved = 0;
-        for i in 0..10_000u32 {
-            let k = v4(0xc612_0000 + i);
-            let s = set_of(&k, &SEED);
-            assert!(s < SETS);
-            assert_eq!(first_slot(&k, &SEED), s * WAYS);
-            let mut other = SEED;
-            other[0] ^= 1 << 7;
-            if set_of(&k, &other) != s {
-                moved += 1;
+        // Every seed word matters, for IPv4 and IPv6 keys, and no two flipped seeds
+        // merely shift the sets (which a hash linear in the address would).
+        for word in 0..SEED_WORDS {
+            for bit in [3, 40] {
+                let mut other = SEED;
+                other[word] ^= 1 << bit;
+                let (mut moved, mut shifts) = (0, std::collections::BTreeSet::new());
+                for i in 0..10_000u32 {
+                    let mut a = [0u8; 16];
+                    a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+                    a[4..8].copy_from_slice(&i.to_be_bytes());
+                    for k in [
+                        v4(0xc612_0000 + i),
+                        source_key_v6(a, prefix_mask::<16>(64), 64),
+                    ] {
+                        let s = set_of(&k, &SEED);
+                        assert!(s < SETS);
+                        assert_eq!(first_slot(&k, &SEED), s * WAYS);
+                        let t = set_of(&k, &other);
+                        if t != s {
+                            moved += 1;
+                        }
+                        shifts.insert(t.wrapping_sub(s) % SETS);
+                    }
+                }
+                assert!(
+                    moved > 19_800,
+                    "word {word} bit {bit}: {moved} of 20000 moved"
+                );
+                assert!(shifts.len() > 1000, "word {word} bit {bit}: a mere shift");
             }
         }
-        assert!(moved > 9_900, "a new seed moves sources: {moved}");
     }
 
     /// Sequential addresses (a forged flood walking a range) spread at least as well as
@@ -246,6 +270,11 @@ mod tests {
         assert_eq!(pick(&full_new, &busy, now), Some(false));
         assert_eq!(pick(&full_new, &full_old, now), Some(true));
         assert_eq!(pick(&full_old, &full_new, now), Some(false));
+        // A source spending its burst keeps its slot even when it was seen longer ago
+        // than the refilled one (it paused mid-burst).
+        let busy_old = slot(v4(5), now + 10, 50);
+        assert_eq!(pick(&busy_old, &full_new, now), Some(true));
+        assert_eq!(pick(&full_new, &busy_old, now), Some(false));
         // Two sources spending their bursts: the newcomer gets no bucket.
         assert_eq!(pick(&busy, &slot(v4(4), now + 1, now), now), None);
         // An empty slot never matches a key, not even the all-zero one.

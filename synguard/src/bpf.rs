@@ -94,6 +94,10 @@ impl Loaded {
             loader.map_pin_path(name, path.as_path());
         }
         for (name, n) in &opts.max_entries {
+            // The sources table's size is built into the program's hash (its sets).
+            if *name == map_names::SOURCES {
+                bail!("the size of {name} is fixed at {}", sources::SLOTS);
+            }
             loader.map_max_entries(name, *n);
         }
         // The attack detector adds up the SYN rate of every possible CPU.

@@ -103,8 +103,8 @@ const DROPS: [(&str, &str); 5] = [
 struct PerSource {
     /// SYNs its token bucket counted, plus what its ban or block dropped.
     syns: f64,
-    /// The bucket's count at the last sample (it restarts when an idle bucket is
-    /// forgotten).
+    /// The bucket's count at the last sample (it restarts when the source's slot is
+    /// given to another source after its bucket refilled).
     bucket_syns: u64,
     peak_rate: u64,
     banned: bool,
@@ -674,7 +674,8 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
     }
     if total("syn_untracked") > 0 {
         impact.push(format!(
-            "{} SYNs passed unmetered because the sources table was full",
+            "{} SYNs passed unmetered because the sources table had no free slot for their \
+             source",
             total("syn_untracked")
         ));
     }
@@ -890,7 +891,9 @@ fn recommend(
     }
     if total("syn_untracked") > 0 {
         out.push(
-            "the sources table filled up: aggregate more (`ipv4-prefix 24`, `ipv6-prefix 48`)"
+            "new sources found no free slot in the sources table (both slots of their set held \
+             sources spending their bursts): aggregate more (`ipv4-prefix 24`, `ipv6-prefix \
+             48`) so that fewer, larger sources share it"
                 .into(),
         );
     }

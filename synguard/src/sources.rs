@@ -1,6 +1,6 @@
 //! Userspace's side of the sources table (`SG_SOURCES`, see
-//! [`synguard_common::sources`]): find, forget and (for tests and the bench) place a
-//! source's bucket, and walk the tracked sources.
+//! [`synguard_common::sources`]): find and forget a source's bucket, and walk the tracked
+//! sources.
 //!
 //! The walk reads the table through a read-only memory mapping of the array: a million
 //! slots are 88 MiB, which `read(2)`-style lookups would copy a slot per system call.
@@ -61,34 +61,6 @@ pub fn forget(maps: &mut Maps, key: &SourceKey) -> anyhow::Result<bool> {
     maps.sources
         .set(i, Slot::default(), 0)
         .with_context(|| format!("clearing slot {i} of the sources table"))?;
-    Ok(true)
-}
-
-/// Store `bucket` as `key`'s: in the slot that holds it, else in an empty slot of its
-/// set. `false` when its set has no empty slot (nothing is written then).
-pub fn put(maps: &mut Maps, key: &SourceKey, bucket: &Bucket) -> anyhow::Result<bool> {
-    let mut empty = None;
-    for i in set(maps, key)? {
-        let s = read(maps, i)?;
-        if s.holds(key) {
-            empty = Some(i);
-            break;
-        }
-        if s.is_empty() && empty.is_none() {
-            empty = Some(i);
-        }
-    }
-    let Some(i) = empty else {
-        return Ok(false);
-    };
-    let slot = Slot {
-        key: *key,
-        _pad: 0,
-        bucket: *bucket,
-    };
-    maps.sources
-        .set(i, slot, 0)
-        .with_context(|| format!("writing slot {i} of the sources table"))?;
     Ok(true)
 }
 

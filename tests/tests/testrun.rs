@@ -668,10 +668,12 @@ fn a_set_of_busy_sources_passes_newcomers_then_recycles_refilled_slots() {
     p.expect(&flooder, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
 
     let now = synguard::clock::monotonic_ns();
+    // Spending its burst (tat ahead), but seen longer ago than the refilled source
+    // below: the slot to recycle is chosen by refill, not by age.
     let busy = Bucket {
         tat_ns: now + 3_600_000_000_000,
-        first_seen_ns: now,
-        last_seen_ns: now,
+        first_seen_ns: now - 9_000_000_000,
+        last_seen_ns: now - 8_000_000_000,
         syns: 7,
         ..Default::default()
     };
@@ -991,9 +993,11 @@ fn ban_events_are_rate_limited_and_a_full_ring_is_counted() {
     );
 }
 
-/// The batched walk of the sources table sees every entry exactly once, with its value.
+/// The walk of the sources table (through its memory mapping) sees every tracked source
+/// exactly once, with its bucket. A third source hashed into a set of two (about one run
+/// in sixty with 3000 sources) takes a refilled slot or passes untracked: counted.
 #[test]
-fn batched_walk_of_the_sources_table() {
+fn walk_of_the_sources_table() {
     let p = limited("1000", "1000");
     for i in 0..3000u32 {
         let src = format!("198.18.{}.{}", i / 250, i % 250 + 1);
@@ -1006,8 +1010,17 @@ fn batched_walk_of_the_sources_table() {
         assert!(seen.insert(*k), "seen twice: {k:?}");
     })
     .unwrap();
-    assert_eq!(n, 3000);
-    assert_eq!(seen.len(), 3000);
+    let c = p.counters();
+    assert_eq!(n, seen.len());
+    assert_eq!(
+        n as u64 + c[N_SOURCES_RECYCLED] + c[R_SYN_UNTRACKED],
+        3000,
+        "every source tracked, or counted as not"
+    );
+    assert!(
+        n >= 2990,
+        "only a rare third source per set is missing: {n}"
+    );
     // An empty table is fine too.
     let empty = limited("1", "1");
     assert_eq!(

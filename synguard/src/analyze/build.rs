@@ -524,7 +524,7 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
         ),
         (
             stat::R_SYN_UNTRACKED,
-            "passed unmetered: the agent's sources table was full".into(),
+            "passed unmetered: the agent's sources table had no free slot for the source".into(),
         ),
     ] {
         if e.agent[reason] > 0 {
@@ -597,8 +597,9 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
         events.push((
             at,
             format!(
-                "{n} sources spending their bursts at once: the agent's sources table ({} \
-                 slots) would have no room, new sources pass unmetered until buckets refill",
+                "{n} sources spending their bursts or banned at once: the agent's sources \
+                 table ({} slots) would have no room, new sources pass unmetered until buckets \
+                 refill",
                 capacity::SOURCES
             ),
         ));

@@ -886,8 +886,10 @@ impl Engine {
             }
         }
         // The kernel reuses any slot whose bucket has refilled; it runs out only when the
-        // sources spending their bursts fill a new source's set. Modelled as all slots
-        // (the kernel, with two slots per set, runs out somewhat earlier).
+        // sources spending their bursts fill a new source's set. Modelled as one pool of
+        // all slots, banned sources included: the kernel, with two slots per set, starts
+        // turning a few new sources away earlier (about 1 in 60 with 100k sources spending
+        // their bursts at once), and reuses a banned source's slot once it has refilled.
         if self.meters.len() >= capacity::SOURCES as usize {
             if self.table_full.is_none() {
                 self.table_full = Some((now, self.meters.len() as u64));

@@ -68,7 +68,7 @@ fn entry_json(e: &RuleEntry, now: u64) -> EntryJson {
     }
 }
 
-fn bucket(state: &State, addr: IpAddr, s: &Settings, now: u64) -> BucketJson {
+fn bucket(state: &State, addr: IpAddr, s: &Settings, now: u64) -> anyhow::Result<BucketJson> {
     let cfg = s.to_kernel(0);
     let source = aggregate(addr, s.ipv4_prefix, s.ipv6_prefix);
     let key = match addr {
@@ -83,7 +83,7 @@ fn bucket(state: &State, addr: IpAddr, s: &Settings, now: u64) -> BucketJson {
             u32::from(s.ipv6_prefix),
         ),
     };
-    match crate::sources::get(&state.maps, &key, now).ok().flatten() {
+    Ok(match crate::sources::get(&state.maps, &key, now)? {
         Some(b) => BucketJson {
             source: source.to_string(),
             tracked: true,
@@ -109,7 +109,7 @@ fn bucket(state: &State, addr: IpAddr, s: &Settings, now: u64) -> BucketJson {
             last_seen: None,
             full_in_ms: 0,
         },
-    }
+    })
 }
 
 pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
@@ -119,7 +119,7 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
     let all = rules::list(&state.maps)?;
     let matches = rules::matching(&all, addr);
     let live: Vec<&RuleEntry> = matches.iter().filter(|e| !e.rule.expired(now)).collect();
-    let b = bucket(state, addr, &settings, now);
+    let b = bucket(state, addr, &settings, now)?;
 
     let (verdict, summary, entry) = match live.first() {
         Some(e) if e.rule.kind == RULE_ALLOW => (

@@ -7,8 +7,8 @@
 //!   attack state, the rules, and the busiest sources. It is the only function here that
 //!   touches the kernel, and it stays cheap however large the tables are: one counters
 //!   read and one attack-state read per attached interface, one listing of the rules,
-//!   and one batched walk of the sources table (up to a million buckets, a few hundred
-//!   per system call) that keeps only the [`TOP`] busiest in a bounded heap.
+//!   and one walk of the sources table (a million slots, read through a memory mapping:
+//!   about 15 ms) that keeps only the [`TOP`] busiest in a bounded heap.
 //! - [`Model::update`] turns consecutive readings into a [`View`]: counter deltas per
 //!   second, bounded histories for the sparklines, each top source's verdict, and the
 //!   changes of the ban and block lists since the last reading. Pure.
