@@ -890,6 +890,8 @@ impl Engine {
         // all slots, banned sources included: the kernel, with two slots per set, starts
         // turning a few new sources away earlier (about 1 in 60 with 100k sources spending
         // their bursts at once), and reuses a banned source's slot once it has refilled.
+        // Which slots get reused depends on the agent's secret hash key, so
+        // `sources_recycled` is not predicted.
         if self.meters.len() >= capacity::SOURCES as usize {
             if self.table_full.is_none() {
                 self.table_full = Some((now, self.meters.len() as u64));
