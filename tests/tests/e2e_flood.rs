@@ -183,9 +183,23 @@ fn sigkill_keeps_the_flood_dropped_and_a_new_run_adopts_the_bans() {
         after > before + 10_000,
         "banned drops went on after SIGKILL: {before} -> {after}"
     );
+    // The attacker's bucket, found with the sources table's hash key.
+    let key = synguard_tests::prog::source_key(ATTACKER.parse().expect("addr"), 32);
+    let bucket = |maps: &Maps| {
+        // Straight from its slots (not `sources::get`, which hides buckets idle for 10 s).
+        let seed = synguard::sources::seed(maps).expect("seed");
+        let first = synguard_common::sources::first_slot(&key, &seed);
+        (first..first + synguard_common::sources::WAYS)
+            .map(|i| maps.sources.get(&i, 0).expect("read a slot"))
+            .find(|s| s.holds(&key))
+            .expect("the attacker's bucket")
+            .bucket
+    };
+    let syns = bucket(&maps).syns;
     // Pretend the program left attached came from another version.
     let mut maps = maps;
     let mut cfg = maps.read_config().expect("config");
+    let seed = cfg.source_seed;
     cfg.build_id = 0xdead;
     maps.write_config(&cfg).expect("write config");
     drop(maps);
@@ -212,6 +226,9 @@ fn sigkill_keeps_the_flood_dropped_and_a_new_run_adopts_the_bans() {
         .collect();
     assert_eq!(bans.len(), 1);
     assert!(maps.counters(slot).expect("counters")[R_BANNED] >= after);
+    // The buckets stay where the kernel looks for them: the hash key was kept.
+    assert_eq!(maps.read_config().expect("config").source_seed, seed);
+    assert!(bucket(&maps).syns >= syns);
 
     // A second run on the same pin dir refuses.
     let second = lab.server.try_exec(&[
