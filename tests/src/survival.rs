@@ -1,13 +1,19 @@
 //! Survival under a SYN flood, for the benchmark: the lab's network (see [`crate::lab`])
 //! with one defence on the server at a time, a flood at a fixed rate from the lab's
 //! generator, and the employees fetching the page throughout. Measured per run: what the
-//! employees saw (success rate, connect-time percentiles) and the softirq CPU time of the
-//! whole machine per attack packet, less the idle rate measured in the same bench.
+//! employees saw (success rate, connect-time percentiles) and the CPU time the server
+//! spent per attack frame it received, less its idle rates measured in the same bench.
 //!
-//! softirq time is global (the generator, the router and the server share the CPUs), so
-//! it is the cost of delivering the flood plus what the server spends on it; the
-//! `no-op XDP_DROP` defence (drops everything on arrival, employees included) measures
-//! the delivery floor in the same run, so the server's own share can be told apart.
+//! The server's CPU: its link's receive path runs in a kernel thread of its own
+//! (threaded NAPI on its veth, GRO on so the kernel alone takes the same path as the XDP
+//! defences), and so does the router's end of that link, so the server thread's run time
+//! is everything the server's kernel does with what arrives: the XDP program, the stack,
+//! netfilter, the SYN-ACKs it sends, up to handing them to the router's queue. Where
+//! there are two CPUs the server's thread has the last one to itself and the generator
+//! and the router share the first, as three machines would not share theirs. The router
+//! forwards the flood in XDP (see [`fast_path`]), so it reaches the server as raw frames,
+//! as from a NIC. The `no-op XDP_DROP` defence (drops everything on arrival, employees
+//! included) measures what receiving a frame costs the server before any program runs.
 
 use std::{
     net::IpAddr,
@@ -93,10 +99,14 @@ pub struct Survival {
     pub success_rate: f64,
     pub connect_p50_ms: Option<f64>,
     pub connect_p99_ms: Option<f64>,
-    /// softirq CPU time of the machine, ms per second of attack.
-    pub softirq_ms_per_s: f64,
-    /// softirq CPU time per attack packet above the idle rate, ns.
-    pub softirq_ns_per_packet: Option<f64>,
+    /// CPU time of the server's receive thread, ms per second of attack; `None` if the
+    /// kernel could not run it threaded.
+    pub server_ms_per_s: Option<f64>,
+    /// Frames the server's receive path took from its link during the attack, per
+    /// second (the rest of what was sent was lost on the way: see `path_drops`).
+    pub server_frames_per_s: Option<f64>,
+    /// The server's CPU time per attack frame it received, above its idle rates, ns.
+    pub server_ns_per_packet: Option<f64>,
     /// Frames the lab's own links lost during the attack: veth links that could not hand
     /// a frame to their peer (its XDP ring full) or whose rings overflowed, XDP_TX frames
     /// the peer could not take (on the server's and the employees' paths), and the
@@ -110,6 +120,8 @@ pub struct Survival {
 fn path_drops(net: &LabNet) -> Option<u64> {
     let mut total = 0;
     for (ns, ifname) in [
+        (&net.attacker, "eth0"),
+        (&net.router, "r-att"),
         (&net.server, "eth0"),
         (&net.router, "r-srv"),
         (&net.router, "r-emp"),
@@ -236,8 +248,17 @@ fn install(net: &mut LabNet, defence: Defence, attacker: IpAddr) -> anyhow::Resu
     })
 }
 
-/// softirq ms per second with only the employees at work (no attack, no defence).
-pub fn idle_softirq(duration: Duration, stop: &Arc<AtomicBool>) -> anyhow::Result<f64> {
+/// The server's rates with only the employees at work (no attack, no defence).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Idle {
+    /// CPU ms per second of the server's receive thread.
+    pub server_ms_per_s: Option<f64>,
+    /// Frames the server received per second.
+    pub server_frames_per_s: Option<f64>,
+}
+
+/// The idle rates, with only the employees at work (no attack, no defence).
+pub fn idle(duration: Duration, stop: &Arc<AtomicBool>) -> anyhow::Result<Idle> {
     let r = run(
         Attack::SingleSource,
         Defence::Kernel,
@@ -246,20 +267,197 @@ pub fn idle_softirq(duration: Duration, stop: &Arc<AtomicBool>) -> anyhow::Resul
         None,
         stop,
     )?;
-    Ok(r.softirq_ms_per_s)
+    Ok(Idle {
+        server_ms_per_s: r.server_ms_per_s,
+        server_frames_per_s: r.server_frames_per_s,
+    })
 }
 
-/// One run. `rate` `Some(0)` sends nothing (the idle measurement); `idle_ms_per_s` is
-/// subtracted to give the softirq cost per attack packet.
+/// The kernel threads that run a device's receive path (threaded NAPI): `napi/<dev>-<id>`.
+fn napi_threads() -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        comm.starts_with("napi/")
+            .then(|| (pid, comm.trim().to_string()))
+    })
+    .collect()
+}
+
+/// Run time of a thread so far, ns (the scheduler's own account, not sampled).
+fn run_time_ns(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Switch a device's receive path to threaded NAPI (GRO on, so a veth without an XDP
+/// program has one too) and return the threads that appeared for it.
+fn thread_rx(ns: &crate::netns::Netns, ifname: &str) -> anyhow::Result<Vec<u32>> {
+    let before: Vec<u32> = napi_threads().into_iter().map(|(p, _)| p).collect();
+    let gro = ns.try_exec(&["ethtool", "-K", ifname, "gro", "on"]);
+    if !gro.status.success() {
+        anyhow::bail!(
+            "ethtool -K {ifname} gro on: {}",
+            String::from_utf8_lossy(&gro.stderr).trim()
+        );
+    }
+    let set = ns.try_exec(&[
+        "sh",
+        "-c",
+        &format!("echo 1 > /sys/class/net/{ifname}/threaded"),
+    ]);
+    if !set.status.success() {
+        anyhow::bail!(
+            "threaded NAPI on {ifname}: {}",
+            String::from_utf8_lossy(&set.stderr).trim()
+        );
+    }
+    let prefix = format!("napi/{ifname}-");
+    let new: Vec<u32> = napi_threads()
+        .into_iter()
+        .filter(|(p, comm)| !before.contains(p) && comm.starts_with(&prefix))
+        .map(|(p, _)| p)
+        .collect();
+    if new.is_empty() {
+        anyhow::bail!("no NAPI thread appeared for {ifname}");
+    }
+    Ok(new)
+}
+
+/// Keep a thread (or the calling one, `pid` 0) on one CPU.
+fn pin(pid: u32, cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call reads it only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(pid as i32, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        anyhow::bail!(
+            "pinning {pid} to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// The lab's machines on CPUs of their own where there are two: the generator and the
+/// router on the first, the server's receive thread on the last (a server's CPUs are its
+/// own; the attacker's are not). `None` on one CPU.
+fn cpus() -> Option<(usize, usize)> {
+    let n = thread::available_parallelism().map_or(1, |n| n.get());
+    (n >= 2).then_some((0, n - 1))
+}
+
+/// Frames the server's receive path took from its link so far: every frame the veth's
+/// NAPI poll consumed, passed to an XDP program or not.
+fn server_frames(net: &LabNet) -> Option<u64> {
+    let out = net.server.try_exec(&["ethtool", "-S", "eth0"]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = None;
+    for line in text.lines() {
+        if let Some((name, value)) = line.trim().split_once(':')
+            && name.starts_with("rx_queue_")
+            && name.ends_with("_xdp_packets")
+        {
+            *total.get_or_insert(0) += value.trim().parse::<u64>().ok()?;
+        }
+    }
+    total
+}
+
+/// The server's receive threads (see the module's documentation).
+struct ServerCpu {
+    threads: Vec<u32>,
+}
+
+impl ServerCpu {
+    fn enable(net: &LabNet) -> anyhow::Result<Self> {
+        // The router's end first: the server's SYN-ACKs then only wake its thread, and
+        // none of the router's work runs on the server's.
+        let router = thread_rx(&net.router, "r-srv")?;
+        // A veth hands frames to its peer's receive thread only if they are eligible for
+        // GRO: not from a TSO-capable sender. Attaching an XDP program to the server's end
+        // turns the router's TSO off anyway; turning it off here puts the defences without
+        // one (the kernel alone, nftables) on the same path.
+        let tso = net
+            .router
+            .try_exec(&["ethtool", "-K", "r-srv", "tso", "off"]);
+        if !tso.status.success() {
+            anyhow::bail!(
+                "ethtool -K r-srv tso off: {}",
+                String::from_utf8_lossy(&tso.stderr).trim()
+            );
+        }
+        let threads = thread_rx(&net.server, "eth0")?;
+        if let Some((first, last)) = cpus() {
+            for &p in &router {
+                pin(p, first)?;
+            }
+            for &p in &threads {
+                pin(p, last)?;
+            }
+        }
+        Ok(Self { threads })
+    }
+
+    fn ns(&self) -> u64 {
+        self.threads.iter().filter_map(|&p| run_time_ns(p)).sum()
+    }
+}
+
+/// The router forwards the flood in XDP (see [`baseline::forward_object`]): the attack
+/// reaches the server's link as raw frames, as from a NIC, so a defence in XDP there runs
+/// on them natively and the kernel alone builds its own socket buffers, as on real
+/// hardware. Without it every attack frame would arrive as a socket buffer built by the
+/// generator's kernel, which a veth must copy back into a raw frame for an XDP program: a
+/// cost of the lab, not of the defence. The employees' traffic and the replies take the
+/// router's stack as before.
+fn fast_path(net: &LabNet) -> anyhow::Result<baseline::Forwarder> {
+    let to_mac = lab::mac_of(&net.server, "eth0")?;
+    let from_mac = lab::mac_of(&net.router, "r-srv")?;
+    let ifindex = net.router.ifindex("r-srv");
+    let dst: std::net::Ipv4Addr = SERVER4.parse()?;
+    net.router
+        .spawn(move || -> anyhow::Result<baseline::Forwarder> {
+            let mut f = baseline::Forwarder::load(dst, to_mac, from_mac, ifindex)?;
+            f.attach("r-att")?;
+            Ok(f)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("attaching the router's fast path panicked"))?
+}
+
+/// One run. `rate` `Some(0)` sends nothing (the idle measurement); the `idle` rates are
+/// subtracted to give the costs per attack packet.
 pub fn run(
     attack: Attack,
     defence: Defence,
     rate: Option<u64>,
     duration: Duration,
-    idle_ms_per_s: Option<f64>,
+    idle: Option<Idle>,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Survival> {
     let mut net = LabNet::new(Profile::Defaults)?;
+    let server_cpu = match ServerCpu::enable(&net) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("survival: the server's CPU is not measured: {e:#}");
+            None
+        }
+    };
+    let _fast_path = fast_path(&net)?;
     let attacker: IpAddr = "203.0.113.0".parse()?;
     let _guard = install(&mut net, defence, attacker)?;
     let warmup = Duration::from_secs(1);
@@ -268,7 +466,8 @@ pub fn run(
     let attack_end = attack_start + duration;
     let staff = lab::employees(&net, false, attack_end, stop);
     thread::sleep(warmup);
-    let soft_before = lab::softirq_ticks();
+    let server_before = server_cpu.as_ref().map(ServerCpu::ns);
+    let frames_before = server_frames(&net);
     let drops_before = path_drops(&net);
     let t0 = Instant::now();
     let sent = if rate == Some(0) {
@@ -292,13 +491,25 @@ pub fn run(
         };
         let stop2 = stop.clone();
         net.attacker
-            .spawn(move || flood::run(&spec, &stop2))
+            .spawn(move || {
+                // The generator's threads inherit this.
+                if let Some((first, _)) = cpus() {
+                    pin(0, first)?;
+                }
+                flood::run(&spec, &stop2)
+            })
             .join()
             .map_err(|_| anyhow::anyhow!("flood thread panicked"))??
             .sent
     };
     let secs = t0.elapsed().as_secs_f64();
-    let soft = lab::softirq_ticks().saturating_sub(soft_before);
+    let server_ns = server_cpu
+        .as_ref()
+        .zip(server_before)
+        .map(|(c, b)| c.ns().saturating_sub(b));
+    let frames = server_frames(&net)
+        .zip(frames_before)
+        .map(|(a, b)| a.saturating_sub(b) as f64);
     let path_drops = path_drops(&net)
         .zip(drops_before)
         .map(|(a, b)| a.saturating_sub(b));
@@ -316,13 +527,21 @@ pub fn run(
         .map(|c| c.as_secs_f64() * 1000.0)
         .collect();
     ok.sort_by(|a, b| a.total_cmp(b));
-    // USER_HZ is 100: a tick is 10 ms.
-    let soft_ms = soft as f64 * 10.0;
-    let softirq_ms_per_s = soft_ms / secs.max(1e-9);
-    let softirq_ns_per_packet = idle_ms_per_s.filter(|_| sent > 0).map(|idle| {
-        let extra_ms = (soft_ms - idle * secs).max(0.0);
-        extra_ms * 1e6 / sent as f64
-    });
+    let idle = idle.filter(|_| sent > 0);
+    let server_ms = server_ns.map(|ns| ns as f64 / 1e6);
+    // Per frame the server received: a flood the server cannot keep up with is lost in
+    // its link's ring, and costs it nothing.
+    let server_ns_per_packet = match (
+        server_ms,
+        frames,
+        idle.and_then(|i| i.server_ms_per_s.zip(i.server_frames_per_s)),
+    ) {
+        (Some(ms), Some(n), Some((idle_ms, idle_n))) => {
+            let attack_frames = n - idle_n * secs;
+            (attack_frames > 0.0).then(|| (ms - idle_ms * secs).max(0.0) * 1e6 / attack_frames)
+        }
+        _ => None,
+    };
     Ok(Survival {
         attack,
         defence,
@@ -340,8 +559,9 @@ pub fn run(
         },
         connect_p50_ms: lab::percentile(&ok, 50.0),
         connect_p99_ms: lab::percentile(&ok, 99.0),
-        softirq_ms_per_s,
-        softirq_ns_per_packet,
+        server_ms_per_s: server_ms.map(|ms| ms / secs.max(1e-9)),
+        server_frames_per_s: frames.map(|n| n / secs.max(1e-9)),
+        server_ns_per_packet,
         path_drops,
     })
 }

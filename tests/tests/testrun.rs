@@ -787,6 +787,38 @@ fn baseline_noop_programs_load_and_return_their_action() {
     }
 }
 
+/// The bench lab's router fast path redirects IPv4 frames for the server, and only
+/// those, with the next hop's Ethernet addresses; anything else goes to the router's
+/// stack untouched.
+#[test]
+fn the_lab_router_fast_path_redirects_only_frames_for_the_server() {
+    synguard_tests::prog::require_root();
+    const XDP_REDIRECT: u32 = 4;
+    let to = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    let from = [0x02, 0x66, 0x77, 0x88, 0x99, 0xaa];
+    let f = synguard_tests::baseline::Forwarder::load(SERVER.parse().unwrap(), to, from, 7)
+        .expect("load the fast path");
+    let syn = Tcp::syn("198.18.0.9", SERVER).build();
+    let (action, out) = f.run(&syn).expect("run");
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[0..6], &to, "destination: the next hop");
+    assert_eq!(&out[6..12], &from, "source: the egress device");
+    assert_eq!(&out[12..], &syn[12..], "the rest untouched");
+    for (what, frame) in [
+        (
+            "another destination",
+            Tcp::syn("198.18.0.9", "192.0.2.2").build(),
+        ),
+        ("IPv6", Tcp::syn("2001:db8:8000::9", SERVER6).build()),
+        ("ARP", packet::arp()),
+        ("a frame too short for IPv4", syn[..33].to_vec()),
+    ] {
+        let (action, out) = f.run(&frame).expect("run");
+        assert_eq!(action, XDP_PASS, "{what}");
+        assert_eq!(out, frame, "{what}: untouched");
+    }
+}
+
 /// The bench's lookup floor keys its table exactly as synguard keys `SG_SOURCES` and
 /// touches the value it finds (so its cost at scale is a real lookup, not a miss).
 #[test]
