@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
@@ -107,16 +108,18 @@ pub struct Survival {
     pub server_frames_per_s: Option<f64>,
     /// The server's CPU time per attack frame it received, above its idle rates, ns.
     pub server_ns_per_packet: Option<f64>,
-    /// Frames the lab's own links lost during the attack: veth links that could not hand
-    /// a frame to their peer (its XDP ring full) or whose rings overflowed, XDP_TX frames
-    /// the peer could not take (on the server's and the employees' paths), and the
-    /// kernel's per-CPU backlog overflowing (softnet_stat, whole machine). Losses of the
-    /// lab, not verdicts of a defence; `None` without ethtool.
+    /// Frames the lab's own links lost during the attack (see [`path_drops`]): the flood
+    /// a server could not keep up with, answers and employees' frames a full ring turned
+    /// away. Losses of the lab, not verdicts of a defence; `None` without ethtool.
     pub path_drops: Option<u64>,
 }
 
-/// Overflow drops of the veth links on the server's and the employees' paths, and of the
-/// kernel's per-CPU backlog queues.
+/// Frames lost on the lab's links on the attacker's, the server's and the employees'
+/// paths, and in the kernel's per-CPU backlog queues. Each loss once: a veth counts a
+/// frame its peer could not take (ring full, for a socket buffer, a redirected frame or
+/// an XDP_TX answer) in the sender's `tx_dropped` (and again in the receiver's
+/// `rx_dropped`, which is therefore not read); frames the receiving side itself failed
+/// to handle are its per-queue `drops`.
 fn path_drops(net: &LabNet) -> Option<u64> {
     let mut total = 0;
     for (ns, ifname) in [
@@ -127,9 +130,7 @@ fn path_drops(net: &LabNet) -> Option<u64> {
         (&net.router, "r-emp"),
         (&net.employees, "eth0"),
     ] {
-        // A veth that cannot hand a frame to its peer (the peer's XDP ring full) counts
-        // it as a transmit drop on the sending side.
-        total += ns.if_stat(ifname, "tx_dropped") + ns.if_stat(ifname, "rx_dropped");
+        total += ns.if_stat(ifname, "tx_dropped");
         let out = ns.try_exec(&["ethtool", "-S", ifname]);
         if !out.status.success() {
             return None;
@@ -138,12 +139,10 @@ fn path_drops(net: &LabNet) -> Option<u64> {
             let Some((name, value)) = line.trim().split_once(':') else {
                 continue;
             };
-            let overflow = (name.starts_with("rx_queue_")
+            if name.starts_with("rx_queue_")
                 && name.ends_with("_drops")
-                && !name.ends_with("_xdp_drops"))
-                || name.ends_with("_xdp_tx_errors")
-                || name.ends_with("_xdp_xmit_errors");
-            if overflow {
+                && !name.ends_with("_xdp_drops")
+            {
                 total += value.trim().parse::<u64>().unwrap_or(0);
             }
         }
@@ -326,8 +325,21 @@ fn thread_rx(ns: &crate::netns::Netns, ifname: &str) -> anyhow::Result<Vec<u32>>
         .filter(|(p, comm)| !before.contains(p) && comm.starts_with(&prefix))
         .map(|(p, _)| p)
         .collect();
-    if new.is_empty() {
-        anyhow::bail!("no NAPI thread appeared for {ifname}");
+    // One thread per receive queue, or another device's threads were taken for ours.
+    let queues = ns.try_exec(&[
+        "sh",
+        "-c",
+        &format!("ls -d /sys/class/net/{ifname}/queues/rx-* | wc -l"),
+    ]);
+    let queues: usize = String::from_utf8_lossy(&queues.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    if new.is_empty() || new.len() != queues {
+        anyhow::bail!(
+            "{} NAPI threads appeared for {ifname}, which has {queues} receive queues",
+            new.len()
+        );
     }
     Ok(new)
 }
@@ -353,8 +365,22 @@ fn pin(pid: u32, cpu: usize) -> anyhow::Result<()> {
 /// router on the first, the server's receive thread on the last (a server's CPUs are its
 /// own; the attacker's are not). `None` on one CPU.
 fn cpus() -> Option<(usize, usize)> {
-    let n = thread::available_parallelism().map_or(1, |n| n.get());
-    (n >= 2).then_some((0, n - 1))
+    // SAFETY: a zeroed cpu_set_t is a valid empty set for the kernel to fill.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        set
+    };
+    // SAFETY: reads the set filled above.
+    let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    match allowed[..] {
+        [first, .., last] => Some((first, last)),
+        _ => None,
+    }
 }
 
 /// Frames the server's receive path took from its link so far: every frame the veth's
@@ -412,8 +438,9 @@ impl ServerCpu {
         Ok(Self { threads })
     }
 
-    fn ns(&self) -> u64 {
-        self.threads.iter().filter_map(|&p| run_time_ns(p)).sum()
+    /// `None` if a thread is gone (its device was reset): no figure rather than a wrong one.
+    fn ns(&self) -> Option<u64> {
+        self.threads.iter().map(|&p| run_time_ns(p)).sum()
     }
 }
 
@@ -450,13 +477,9 @@ pub fn run(
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Survival> {
     let mut net = LabNet::new(Profile::Defaults)?;
-    let server_cpu = match ServerCpu::enable(&net) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("survival: the server's CPU is not measured: {e:#}");
-            None
-        }
-    };
+    // Without it there is no figure, and the router's fast path has no way to the server.
+    let server_cpu = ServerCpu::enable(&net)
+        .context("the server's receive thread (threaded NAPI, Linux 5.13 or later, and ethtool)")?;
     let _fast_path = fast_path(&net)?;
     let attacker: IpAddr = "203.0.113.0".parse()?;
     let _guard = install(&mut net, defence, attacker)?;
@@ -465,16 +488,10 @@ pub fn run(
     let attack_start = start + warmup;
     let attack_end = attack_start + duration;
     let staff = lab::employees(&net, false, attack_end, stop);
-    thread::sleep(warmup);
-    let server_before = server_cpu.as_ref().map(ServerCpu::ns);
-    let frames_before = server_frames(&net);
-    let drops_before = path_drops(&net);
-    let t0 = Instant::now();
-    let sent = if rate == Some(0) {
-        thread::sleep(duration);
-        0
+    let spec = if rate == Some(0) {
+        None
     } else {
-        let spec = FloodSpec {
+        Some(FloodSpec {
             ifindex: net.attacker.ifindex("eth0"),
             src_mac: lab::mac_of(&net.attacker, "eth0")?,
             dst_mac: lab::mac_of(&net.router, "r-att")?,
@@ -488,7 +505,17 @@ pub fn run(
             duration,
             threads: if rate.is_some() { 2 } else { 1 },
             batch: 64,
-        };
+        })
+    };
+    thread::sleep(warmup);
+    let drops_before = path_drops(&net);
+    // The server's counters are read right around the attack; the window between the
+    // two reads (`span`) is what the idle rates are scaled by.
+    let w0 = Instant::now();
+    let server_before = server_cpu.ns();
+    let frames_before = server_frames(&net);
+    let t0 = Instant::now();
+    let sent = if let Some(spec) = spec {
         let stop2 = stop.clone();
         net.attacker
             .spawn(move || {
@@ -501,13 +528,18 @@ pub fn run(
             .join()
             .map_err(|_| anyhow::anyhow!("flood thread panicked"))??
             .sent
+    } else {
+        thread::sleep(duration);
+        0
     };
     let secs = t0.elapsed().as_secs_f64();
-    let server_ns = server_cpu
-        .as_ref()
+    let server_after = server_cpu.ns();
+    let span = w0.elapsed().as_secs_f64();
+    let frames_after = server_frames(&net);
+    let server_ns = server_after
         .zip(server_before)
-        .map(|(c, b)| c.ns().saturating_sub(b));
-    let frames = server_frames(&net)
+        .map(|(a, b)| a.saturating_sub(b));
+    let frames = frames_after
         .zip(frames_before)
         .map(|(a, b)| a.saturating_sub(b) as f64);
     let path_drops = path_drops(&net)
@@ -537,8 +569,11 @@ pub fn run(
         idle.and_then(|i| i.server_ms_per_s.zip(i.server_frames_per_s)),
     ) {
         (Some(ms), Some(n), Some((idle_ms, idle_n))) => {
-            let attack_frames = n - idle_n * secs;
-            (attack_frames > 0.0).then(|| (ms - idle_ms * secs).max(0.0) * 1e6 / attack_frames)
+            let attack_ms = ms - idle_ms * span;
+            let attack_frames = n - idle_n * span;
+            // Noise, not a figure: less than the idle rate, or next to nothing received.
+            (attack_ms > 0.0 && attack_frames >= 0.1 * sent as f64)
+                .then(|| attack_ms * 1e6 / attack_frames)
         }
         _ => None,
     };
@@ -559,8 +594,8 @@ pub fn run(
         },
         connect_p50_ms: lab::percentile(&ok, 50.0),
         connect_p99_ms: lab::percentile(&ok, 99.0),
-        server_ms_per_s: server_ms.map(|ms| ms / secs.max(1e-9)),
-        server_frames_per_s: frames.map(|n| n / secs.max(1e-9)),
+        server_ms_per_s: server_ms.map(|ms| ms / span.max(1e-9)),
+        server_frames_per_s: frames.map(|n| n / span.max(1e-9)),
         server_ns_per_packet,
         path_drops,
     })

@@ -804,7 +804,13 @@ fn the_lab_router_fast_path_redirects_only_frames_for_the_server() {
     assert_eq!(&out[0..6], &to, "destination: the next hop");
     assert_eq!(&out[6..12], &from, "source: the egress device");
     assert_eq!(&out[12..], &syn[12..], "the rest untouched");
+    // Exactly Ethernet and IPv4 headers is enough.
+    let (action, _) = f.run(&syn[..34]).expect("run");
+    assert_eq!(action, XDP_REDIRECT, "a 34-byte frame");
+    let mut not_ipv4 = syn.clone();
+    not_ipv4[12..14].copy_from_slice(&[0x86, 0xdd]);
     for (what, frame) in [
+        ("the server's address behind another EtherType", not_ipv4),
         (
             "another destination",
             Tcp::syn("198.18.0.9", "192.0.2.2").build(),
@@ -817,6 +823,16 @@ fn the_lab_router_fast_path_redirects_only_frames_for_the_server() {
         assert_eq!(action, XDP_PASS, "{what}");
         assert_eq!(out, frame, "{what}: untouched");
     }
+    // An address whose last byte has the high bit set: compared as 32 bits, not as a
+    // sign-extended 64-bit immediate.
+    let high = "192.0.2.200";
+    let f = synguard_tests::baseline::Forwarder::load(high.parse().unwrap(), to, from, 7)
+        .expect("load the fast path");
+    assert_eq!(
+        f.run(&Tcp::syn("198.18.0.9", high).build()).unwrap().0,
+        XDP_REDIRECT
+    );
+    assert_eq!(f.run(&syn).unwrap().0, XDP_PASS);
 }
 
 /// The bench's lookup floor keys its table exactly as synguard keys `SG_SOURCES` and

@@ -813,8 +813,9 @@ fn survival_runs(
     } else {
         format!(
             "{} s per run. Server CPU: the run time of the kernel thread that receives on the \
-             server's link (threaded NAPI, on a CPU of its own: the XDP program, the stack, \
-             netfilter and the SYN-ACKs it sends), per frame it received, less its idle rates \
+             server's link (threaded NAPI, pinned to a CPU the generator and the router do \
+             not use: the XDP program, the stack, netfilter and the SYN-ACKs it sends; not \
+             timers or user space), per frame it received, less its idle rates \
              with only the employees ({}). The router forwards the flood in XDP, so it \
              reaches the server as raw frames, as from a NIC. Frames at the server: what \
              its receive path took from its link; a flood it cannot keep up with is lost in \
@@ -1060,9 +1061,12 @@ fn targets(r: &Report) -> Vec<Target> {
             let server = sg
                 .server_ns_per_packet
                 .zip(kernel.and_then(|k| k.server_ns_per_packet));
-            if let Some((a, b)) = server {
+            if let Some((a, b)) = server.filter(|(_, b)| *b > 0.0) {
                 let mut measured = format!("{:.2}x ({a:.0} vs {b:.0} ns)", a / b);
-                if let Some(f) = floor.and_then(|f| f.server_ns_per_packet) {
+                if let Some(f) = floor
+                    .and_then(|f| f.server_ns_per_packet)
+                    .filter(|f| *f < b)
+                {
                     // What receiving a frame costs the server before any program runs:
                     // above it, the defences' own work.
                     let _ = write!(
@@ -1070,7 +1074,7 @@ fn targets(r: &Report) -> Vec<Target> {
                         "; a no-op XDP_DROP costs the server {f:.0} ns ({:.2}x the kernel \
                          alone); above it {:.2}x",
                         f / b,
-                        (a - f).max(0.0) / (b - f).max(1.0)
+                        (a - f).max(0.0) / (b - f)
                     );
                 }
                 t.push(Target {
