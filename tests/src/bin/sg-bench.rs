@@ -100,8 +100,8 @@ struct Report {
     quick: bool,
     rounds: usize,
     repeat: u32,
-    noop_pass_ns: f64,
-    noop_drop_ns: f64,
+    noop_pass_ns: Option<f64>,
+    noop_drop_ns: Option<f64>,
     rows: Vec<Row>,
     versus: Vec<Versus>,
     scale: Vec<ScaleRow>,
@@ -831,20 +831,11 @@ fn survival_runs(
     Ok((out, Some(idle), note))
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    require_root();
-    let started = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst));
-    }
-    let (rounds, repeat) = if args.quick {
-        (3, 20_000)
-    } else {
-        (9, 1_000_000)
-    };
+/// Per-packet cost per verdict, synguard's next to the no-op programs' and xdp-filter's:
+/// the rows, the pairs, and the no-op XDP_PASS and XDP_DROP medians.
+type Verdicts = (Vec<Row>, Vec<Versus>, Option<f64>, Option<f64>);
+
+fn verdicts(rounds: usize, repeat: u32) -> anyhow::Result<Verdicts> {
     let bpffs = Bpffs::new();
     let mut cases = cases()?;
     match xdp_filter_cases(&bpffs.path) {
@@ -913,13 +904,38 @@ fn main() -> anyhow::Result<()> {
             })
         })
         .collect();
-    drop(cases);
-    drop(bpffs);
+    Ok((
+        rows,
+        versus,
+        Some(median(&noop_pass)),
+        Some(median(&noop_drop)),
+    ))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    require_root();
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst));
+    }
+    let (rounds, repeat) = if args.quick {
+        (3, 20_000)
+    } else {
+        (9, 1_000_000)
+    };
+    let want = |p: Part| args.only.is_empty() || args.only.contains(&p);
+    let (rows, versus, noop_pass_ns, noop_drop_ns) = if want(Part::Verdicts) {
+        verdicts(rounds, repeat)?
+    } else {
+        (Vec::new(), Vec::new(), None, None)
+    };
     eprintln!(
         "sg-bench: per-verdict done ({:.0} s); scale",
         started.elapsed().as_secs_f64()
     );
-    let want = |p: Part| args.only.is_empty() || args.only.contains(&p);
     let scale = if want(Part::Scale) {
         scale(args.quick, if args.quick { 3 } else { 7 }, repeat)?
     } else {
@@ -938,8 +954,8 @@ fn main() -> anyhow::Result<()> {
         quick: args.quick,
         rounds,
         repeat,
-        noop_pass_ns: median(&noop_pass),
-        noop_drop_ns: median(&noop_drop),
+        noop_pass_ns,
+        noop_drop_ns,
         rows,
         versus,
         scale,
