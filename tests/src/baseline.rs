@@ -37,13 +37,7 @@ impl Noop {
 
     /// Attach to an interface of the calling thread's network namespace (until dropped).
     pub fn attach(&mut self, ifname: &str) -> anyhow::Result<()> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut("noop")
-            .ok_or_else(|| anyhow::anyhow!("noop program missing"))?
-            .try_into()?;
-        prog.attach(ifname, aya::programs::XdpMode::default())?;
-        Ok(())
+        attach_xdp(&mut self.ebpf, "noop", ifname)
     }
 
     /// Mean ns per run over `repeat` runs, and the action returned.
@@ -61,6 +55,17 @@ fn load_xdp(object: &[u8], name: &str) -> anyhow::Result<Ebpf> {
         .try_into()?;
     prog.load()?;
     Ok(ebpf)
+}
+
+/// Attach a loaded object's XDP program `name` to an interface of the calling thread's
+/// network namespace (until the object is dropped).
+fn attach_xdp(ebpf: &mut Ebpf, name: &str, ifname: &str) -> anyhow::Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("{name} program missing"))?
+        .try_into()?;
+    prog.attach(ifname, aya::programs::XdpMode::default())?;
+    Ok(())
 }
 
 /// Run a loaded XDP program `repeat` times on a frame: the action it returned and the
@@ -180,13 +185,7 @@ impl Forwarder {
 
     /// Attach to an interface of the calling thread's network namespace (until dropped).
     pub fn attach(&mut self, ifname: &str) -> anyhow::Result<()> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut("forward")
-            .ok_or_else(|| anyhow::anyhow!("forward program missing"))?
-            .try_into()?;
-        prog.attach(ifname, aya::programs::XdpMode::default())?;
-        Ok(())
+        attach_xdp(&mut self.ebpf, "forward", ifname)
     }
 
     /// Run on a frame once: the action returned and the frame as it leaves.
