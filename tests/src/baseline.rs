@@ -23,7 +23,29 @@ pub fn object(action: u32) -> Vec<u8> {
     text_object("noop", &code)
 }
 
-/// A loaded no-op program.
+/// An ELF object holding one XDP program named `noop` that reads the frame's EtherType
+/// and drops IPv4 frames (anything else, or a frame too short for the field, passes).
+///
+/// The floor of any defence that looks at a frame: its first cache line is read, as every
+/// such program (and the kernel's own stack) must. On the lab's link that line was last
+/// written by the router's CPU; a program that never reads the frame never pays for it.
+pub fn reading_drop_object() -> Vec<u8> {
+    let mut c = Vec::with_capacity(64);
+    insn(&mut c, 0x61, 2, 1, 0, 0); // r2 = data
+    insn(&mut c, 0x61, 3, 1, 4, 0); // r3 = data_end
+    insn(&mut c, 0xbf, 4, 2, 0, 0); // r4 = data
+    insn(&mut c, 0x07, 4, 0, 0, 14); // r4 += Ethernet header
+    insn(&mut c, 0x2d, 4, 3, 4, 0); // if r4 > data_end: pass
+    insn(&mut c, 0x69, 5, 2, 12, 0); // r5 = EtherType
+    insn(&mut c, 0x55, 5, 0, 2, 0x0008); // if not IPv4 (08 00 as a little-endian load): pass
+    insn(&mut c, 0xb7, 0, 0, 0, XDP_DROP as i32);
+    insn(&mut c, 0x95, 0, 0, 0, 0); // exit
+    insn(&mut c, 0xb7, 0, 0, 0, XDP_PASS as i32); // pass:
+    insn(&mut c, 0x95, 0, 0, 0, 0); // exit
+    text_object("noop", &c)
+}
+
+/// A loaded no-op program (or the header-reading floor, [`reading_drop_object`]).
 pub struct Noop {
     ebpf: Ebpf,
 }
@@ -32,6 +54,13 @@ impl Noop {
     pub fn load(action: u32) -> anyhow::Result<Self> {
         Ok(Self {
             ebpf: load_xdp(&object(action), "noop")?,
+        })
+    }
+
+    /// The program of [`reading_drop_object`].
+    pub fn load_reading_drop() -> anyhow::Result<Self> {
+        Ok(Self {
+            ebpf: load_xdp(&reading_drop_object(), "noop")?,
         })
     }
 

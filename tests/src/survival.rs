@@ -51,6 +51,10 @@ pub enum Defence {
     Synguard,
     /// A no-op XDP program dropping everything: the cost of delivering the flood.
     NoopDrop,
+    /// A program that reads each frame's EtherType and drops IPv4 frames: the cost of
+    /// delivering the flood to any defence that looks at it (see
+    /// [`baseline::reading_drop_object`]).
+    ReadingDrop,
 }
 
 impl Defence {
@@ -62,6 +66,7 @@ impl Defence {
             Self::XdpFilter => "xdp-filter (deny attacker)",
             Self::Synguard => "synguard",
             Self::NoopDrop => "floor: no-op XDP_DROP",
+            Self::ReadingDrop => "floor: read the header, XDP_DROP",
         }
     }
 }
@@ -232,11 +237,15 @@ fn install(net: &mut LabNet, defence: Defence, attacker: IpAddr) -> anyhow::Resu
             net.start_synguard(&[])?;
             Guard::None
         }
-        Defence::NoopDrop => {
+        Defence::NoopDrop | Defence::ReadingDrop => {
             let n = net
                 .server
-                .spawn(|| -> anyhow::Result<Noop> {
-                    let mut n = Noop::load(baseline::XDP_DROP)?;
+                .spawn(move || -> anyhow::Result<Noop> {
+                    let mut n = if defence == Defence::NoopDrop {
+                        Noop::load(baseline::XDP_DROP)?
+                    } else {
+                        Noop::load_reading_drop()?
+                    };
                     n.attach("eth0")?;
                     Ok(n)
                 })

@@ -787,6 +787,28 @@ fn baseline_noop_programs_load_and_return_their_action() {
     }
 }
 
+/// The survival bench's second floor reads each frame's EtherType before dropping it:
+/// IPv4 frames are dropped; anything else passes. (A test run refuses frames shorter
+/// than an Ethernet header, so the too-short branch is the verifier's to check.)
+#[test]
+fn the_header_reading_floor_drops_ipv4_frames_only() {
+    synguard_tests::prog::require_root();
+    let f = synguard_tests::baseline::Noop::load_reading_drop().expect("load the floor");
+    let syn = Tcp::syn("198.18.0.9", SERVER).build();
+    assert_eq!(f.run_repeat(&syn, 1).expect("run").0, XDP_DROP, "IPv4");
+    assert_eq!(
+        f.run_repeat(&syn[..14], 1).expect("run").0,
+        XDP_DROP,
+        "exactly an Ethernet header"
+    );
+    for (what, frame) in [
+        ("IPv6", Tcp::syn("2001:db8:8000::9", SERVER6).build()),
+        ("ARP", packet::arp()),
+    ] {
+        assert_eq!(f.run_repeat(&frame, 1).expect("run").0, XDP_PASS, "{what}");
+    }
+}
+
 /// The bench lab's router fast path redirects IPv4 frames for the server, and only
 /// those, with the next hop's Ethernet addresses; anything else goes to the router's
 /// stack untouched.

@@ -776,6 +776,7 @@ fn survival_runs(
             Defence::XdpFilter,
             Defence::Synguard,
             Defence::NoopDrop,
+            Defence::ReadingDrop,
         ]
     };
     let attacks: &[Attack] = if quick {
@@ -822,7 +823,9 @@ fn survival_runs(
              the link's ring (lab path drops, with the frames the lab's other rings and \
              the kernel's backlog queues lost: the lab's own saturation, not a defence's \
              verdicts). The no-op XDP_DROP floor is what receiving a frame costs the server \
-             before any program runs.",
+             before any program runs; the second floor also reads the frame's header \
+             (its first cache line, last written by the router's CPU), as any defence \
+             must.",
             duration.as_secs(),
             idle.server_ms_per_s
                 .map_or("not measured".into(), |v| format!("{v:.0} ms/s")),
@@ -1074,6 +1077,7 @@ fn targets(r: &Report) -> Vec<Target> {
             });
             let kernel = at_top(Defence::Kernel);
             let floor = at_top(Defence::NoopDrop);
+            let reading = at_top(Defence::ReadingDrop);
             let server = sg
                 .server_ns_per_packet
                 .zip(kernel.and_then(|k| k.server_ns_per_packet));
@@ -1091,6 +1095,15 @@ fn targets(r: &Report) -> Vec<Target> {
                          alone); above it {:.2}x",
                         f / b,
                         (a - f).max(0.0) / (b - f)
+                    );
+                }
+                if let Some(f) = reading.and_then(|f| f.server_ns_per_packet) {
+                    // The same, for a program that reads the frame's first cache line, as
+                    // any defence must.
+                    let _ = write!(
+                        measured,
+                        "; reading the header and dropping costs it {f:.0} ns ({:.2}x)",
+                        f / b
                     );
                 }
                 t.push(Target {
