@@ -16,7 +16,7 @@ pub mod sources;
 
 /// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -35,8 +35,10 @@ pub mod map_names {
     pub const BANS_V6: &str = "SG_BANS_V6";
     pub const BANS_HINT: &str = "SG_BANS_HINT";
     pub const BANS_HINT6: &str = "SG_BANS_HINT6";
+    pub const BAN_CACHE: &str = "SG_BAN_CACHE";
+    pub const BANS_EPOCH: &str = "SG_BANS_EPOCH";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         CONFIG,
         STATS,
         RULES_V4,
@@ -51,6 +53,8 @@ pub mod map_names {
         BANS_V6,
         BANS_HINT,
         BANS_HINT6,
+        BAN_CACHE,
+        BANS_EPOCH,
     ];
 }
 
@@ -312,6 +316,45 @@ pub struct Config {
     /// Secret key of the sources table's hash ([`sources::set_of`]), drawn once when the
     /// maps are created and kept by every later write.
     pub source_seed: [u64; sources::SEED_WORDS],
+}
+
+/// Each CPU's memory of IPv4 sources it found banned, so a banned source's packets are
+/// dropped without a walk of the bans trie (a call into the kernel per packet, the
+/// largest part of a banned packet's cost). The trie stays the one record of bans: an
+/// entry here is only believed while it names the source, its ban has not expired, and
+/// its `epoch` equals `SG_BANS_EPOCH`, which userspace changes to a fresh value after
+/// every change it makes to the bans tables (a removal, a replacement); the kernel only
+/// ever adds bans or replaces expired ones, which no live entry here can be about.
+///
+/// Hits are counted here and added to the ban's own count every [`ban_cache::FLUSH`]
+/// packets, and when the entry is reused for another source; `rules::list` adds the
+/// counts not yet carried over, so `block list` stays exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanCache {
+    /// The source, as the 4 bytes of the packet in memory order.
+    pub addr: u32,
+    /// Hits since the last carry-over into the ban's count.
+    pub pending: u32,
+    /// `SG_BANS_EPOCH` when the ban was looked up (0: empty).
+    pub epoch: u64,
+    /// The ban's `expires_ns` (0: never).
+    pub expires_ns: u64,
+}
+
+/// Shape of `SG_BAN_CACHE` (see [`BanCache`]).
+pub mod ban_cache {
+    /// Entries per CPU (direct-mapped by address).
+    pub const SLOTS: u32 = 1024;
+    /// Hits counted per CPU before they are carried over into the ban's entry.
+    pub const FLUSH: u32 = 64;
+
+    /// The entry an IPv4 source (bytes in packet order) uses: the top bits of a
+    /// multiplicative hash.
+    #[inline(always)]
+    pub const fn slot(addr: [u8; 4]) -> u32 {
+        u32::from_be_bytes(addr).wrapping_mul(0x9e37_79b1) >> (32 - SLOTS.trailing_zeros())
+    }
 }
 
 /// A rule in the `SG_RULES_V4` / `SG_RULES_V6` longest-prefix-match tries.
@@ -760,10 +803,13 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Stats {}
     unsafe impl aya::Pod for super::IfState {}
+    unsafe impl aya::Pod for super::BanCache {}
 }
 
 // Layouts are part of the pinned ABI: changing one must bump ABI_VERSION.
 const _: () = assert!(core::mem::size_of::<Rule>() == 112);
+const _: () = assert!(core::mem::size_of::<BanCache>() == 24);
+const _: () = assert!(ban_cache::SLOTS.is_power_of_two());
 const _: () = assert!(hint::WORDS * 64 == 1 << 24);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
@@ -786,6 +832,19 @@ mod tests {
         assert_eq!(&m[..8], &[255; 8]);
         assert_eq!(&m[8..], &[0; 8]);
         assert_eq!(prefix_mask::<16>(1)[0], 0x80);
+    }
+
+    #[test]
+    fn ban_cache_slots_stay_in_the_map_and_spread_a_24() {
+        let mut used = [false; ban_cache::SLOTS as usize];
+        for last in 0..=255u8 {
+            let s = ban_cache::slot([203, 0, 113, last]);
+            assert!(s < ban_cache::SLOTS);
+            used[s as usize] = true;
+        }
+        let n = used.iter().filter(|u| **u).count();
+        assert!(n > 200, "a /24 spreads over {n} entries");
+        assert!(ban_cache::slot([255; 4]) < ban_cache::SLOTS);
     }
 
     #[test]

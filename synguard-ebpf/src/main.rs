@@ -60,11 +60,11 @@ use network_types::{
     vlan::VlanHdr,
 };
 use synguard_common::{
-    ACTION_DROP, ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_STALE_NS, ATTACK_WINDOW_NS, Bucket,
-    COOKIES_ALWAYS, COOKIES_AUTO, Config, EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN,
+    ACTION_DROP, ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_STALE_NS, ATTACK_WINDOW_NS, BanCache,
+    Bucket, COOKIES_ALWAYS, COOKIES_AUTO, Config, EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN,
     EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR,
-    RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step, capacity, clock, gcra,
-    hint, rate_span, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
+    RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step, ban_cache, capacity,
+    clock, gcra, hint, rate_span, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     sources::{self, Slot},
     stat::{self, *},
 };
@@ -88,6 +88,10 @@ static SG_IFSTATE: Array<IfState> = Array::with_max_entries(capacity::STATS_SLOT
 static SG_BANS_V4: LpmTrie<RuleKeyV4, Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
 #[map]
 static SG_BANS_V6: LpmTrie<RuleKeyV6, Rule> = LpmTrie::with_max_entries(capacity::RULES, 0);
+#[map]
+static SG_BAN_CACHE: PerCpuArray<BanCache> = PerCpuArray::with_max_entries(ban_cache::SLOTS, 0);
+#[map]
+static SG_BANS_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static SG_RULES_HINT: Array<u64> = Array::with_max_entries(hint::WORDS, 0);
 #[map]
@@ -313,7 +317,7 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     if reason == NO_RULE
         && (pkt.cfg.ipv4_prefix < hint::HINT_MIN_BAN_PREFIX || hinted(&SG_BANS_HINT, src))
     {
-        reason = rule_reason_v4(true, &src, pkt.now);
+        reason = ban_reason_v4(src, pkt.now);
     }
     if reason != NO_RULE {
         return pkt.verdict(reason);
@@ -457,6 +461,76 @@ fn rule_reason_v4(bans: bool, src: &[u8; 4], now: u64) -> usize {
         .map_or(NO_RULE, apply_rule)
 }
 
+/// The verdict of the bans for an IPv4 source, or `NO_RULE`: from this CPU's
+/// [`BanCache`] entry when it vouches for the source, else from the trie.
+#[inline(always)]
+fn ban_reason_v4(src: [u8; 4], now: u64) -> usize {
+    // Read before the trie is (see `BanCache`): a ban removed after this read comes with
+    // a new epoch, so an entry made from a lookup that still saw it is never believed.
+    let epoch = SG_BANS_EPOCH.get(0).map_or(0, |e| *e);
+    if let Some(c) = SG_BAN_CACHE.get_ptr_mut(ban_cache::slot(src)) {
+        // SAFETY: this CPU's entry of a per-CPU array; XDP runs with softirqs disabled on
+        // this CPU and userspace only reads it, so nothing writes it concurrently.
+        let c = unsafe { &mut *c };
+        if epoch != 0
+            && c.epoch == epoch
+            && c.addr == u32::from_ne_bytes(src)
+            && (c.expires_ns == 0 || now < c.expires_ns)
+            && c.pending < ban_cache::FLUSH - 1
+        {
+            c.pending += 1;
+            return R_BANNED;
+        }
+    }
+    ban_lookup_v4(src, now, epoch)
+}
+
+/// The trie's answer for an IPv4 source, carrying over the hits the source's cache
+/// entry holds (and those of another source it held before), and keeping the entry.
+/// Out of line: taken once per [`ban_cache::FLUSH`] packets of a cached ban.
+#[inline(never)]
+fn ban_lookup_v4(src: [u8; 4], now: u64, epoch: u64) -> usize {
+    let Some(c) = SG_BAN_CACHE.get_ptr_mut(ban_cache::slot(src)) else {
+        return rule_reason_v4(true, &src, now);
+    };
+    // SAFETY: as in `ban_reason_v4`.
+    let c = unsafe { &mut *c };
+    let addr = u32::from_ne_bytes(src);
+    let mut hits = 1;
+    if c.pending != 0 {
+        if c.addr == addr {
+            hits += u64::from(c.pending);
+        } else if let Some(old) = live_rule(
+            |len| SG_BANS_V4.get(Key::new(len, rule_key_v4(c.addr.to_ne_bytes(), 0))),
+            32,
+            now,
+        ) {
+            count_hits(old, u64::from(c.pending));
+        }
+        c.pending = 0;
+    }
+    let Some(rule) = live_rule(
+        |len| SG_BANS_V4.get(Key::new(len, rule_key_v4(src, 0))),
+        32,
+        now,
+    ) else {
+        if c.addr == addr {
+            c.epoch = 0;
+        }
+        return NO_RULE;
+    };
+    count_hits(rule, hits);
+    let reason = rule_reason(rule);
+    if reason == R_BANNED && epoch != 0 {
+        c.addr = addr;
+        c.epoch = epoch;
+        c.expires_ns = rule.expires_ns;
+    } else if c.addr == addr {
+        c.epoch = 0;
+    }
+    reason
+}
+
 /// The same for an IPv6 source (out of line: its 28-byte key would push the main stack
 /// frame past what the verifier allows with the cookie path's frames below it).
 #[inline(never)]
@@ -470,14 +544,26 @@ fn rule_reason_v6(bans: bool, src: &[u8; 16], now: u64) -> usize {
 /// What a matching live rule means for this packet; counts the hit.
 #[inline(always)]
 fn apply_rule(rule: &Rule) -> usize {
+    count_hits(rule, 1);
+    rule_reason(rule)
+}
+
+/// Add to a rule's hit count.
+#[inline(always)]
+fn count_hits(rule: &Rule, n: u64) {
     // SAFETY: map values are writable kernel memory that lives as long as the entry; the
     // counter is only ever updated atomically.
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
             &rule.hits as *const u64 as *mut u64,
-            1,
+            n,
         )
     };
+}
+
+/// What a matching live rule means for this packet.
+#[inline(always)]
+fn rule_reason(rule: &Rule) -> usize {
     if rule.action != ACTION_DROP {
         R_ALLOWED
     } else if rule.kind == RULE_BAN {

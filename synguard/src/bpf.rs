@@ -13,7 +13,8 @@ use aya::{
     programs::Xdp,
 };
 use synguard_common::{
-    Config, IfState, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, hint, map_names,
+    BanCache, Config, IfState, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, hint,
+    map_names,
     sources::{self, Slot},
     stat,
 };
@@ -57,6 +58,11 @@ pub struct Maps {
     /// The same for the bans tries.
     pub bans_hint: Array<MapData, u64>,
     pub bans_hint6: Array<MapData, u64>,
+    /// Each CPU's memory of banned IPv4 sources (see `synguard_common::BanCache`).
+    pub ban_cache: PerCpuArray<MapData, BanCache>,
+    /// Changed after every change userspace makes to the bans tries (see
+    /// [`Maps::new_bans_epoch`]).
+    pub bans_epoch: Array<MapData, u64>,
 }
 
 /// Options for loading the program.
@@ -111,7 +117,9 @@ impl Loaded {
             .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
             .try_into()?;
         prog.load().context("the kernel refused the XDP program")?;
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        // Whatever a pinned cache remembers is checked against the tries again.
+        maps.new_bans_epoch()?;
         Ok(Self { ebpf, maps })
     }
 
@@ -175,6 +183,8 @@ impl Maps {
             bans_v6: take(ebpf, map_names::BANS_V6)?,
             bans_hint: take(ebpf, map_names::BANS_HINT)?,
             bans_hint6: take(ebpf, map_names::BANS_HINT6)?,
+            ban_cache: take(ebpf, map_names::BAN_CACHE)?,
+            bans_epoch: take(ebpf, map_names::BANS_EPOCH)?,
         })
     }
 
@@ -195,7 +205,21 @@ impl Maps {
             bans_v6: open(pin_dir, map_names::BANS_V6)?,
             bans_hint: open(pin_dir, map_names::BANS_HINT)?,
             bans_hint6: open(pin_dir, map_names::BANS_HINT6)?,
+            ban_cache: open(pin_dir, map_names::BAN_CACHE)?,
+            bans_epoch: open(pin_dir, map_names::BANS_EPOCH)?,
         })
+    }
+
+    /// Give `SG_BANS_EPOCH` a value it never had, so no CPU believes what its ban cache
+    /// learned before now. Called after every change to the bans tries (the change must
+    /// be complete first). The value is this moment in `CLOCK_MONOTONIC` ns: a value
+    /// written before the change was read before it, so it is smaller, whichever
+    /// process wrote it; never 0 (an empty cache entry's epoch).
+    pub fn new_bans_epoch(&mut self) -> anyhow::Result<()> {
+        let epoch = crate::clock::monotonic_ns().max(1);
+        self.bans_epoch
+            .set(0, epoch, 0)
+            .context("writing the bans epoch")
     }
 
     pub fn read_config(&self) -> anyhow::Result<Config> {

@@ -207,7 +207,8 @@ fn get_in(maps: &Maps, table: Table, net: &IpNet) -> anyhow::Result<Option<Rule>
     }
 }
 
-/// Every entry of both families.
+/// Every entry of both families. A ban's hits include those the kernel's ban cache
+/// still holds (see `synguard_common::BanCache`).
 pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
     let mut out = Vec::new();
     for (net, table) in keys(maps)? {
@@ -216,7 +217,37 @@ pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
             out.push(RuleEntry { net, rule });
         }
     }
+    add_cached_hits(maps, &mut out)?;
     Ok(out)
+}
+
+/// Add the hits the CPUs' ban caches have not carried over yet to the bans they belong
+/// to: for each source, its longest ban (where the kernel will carry them). Read after
+/// the entries, so a carry-over in between is missed (counted next time), never counted
+/// twice.
+fn add_cached_hits(maps: &Maps, entries: &mut [RuleEntry]) -> anyhow::Result<()> {
+    let is_ban_v4 = |e: &RuleEntry| e.rule.kind == RULE_BAN && e.net.addr().is_ipv4();
+    if !entries.iter().any(is_ban_v4) {
+        return Ok(());
+    }
+    for slot in 0..synguard_common::ban_cache::SLOTS {
+        let per_cpu = match maps.ban_cache.get(&slot, 0) {
+            Ok(v) => v,
+            Err(e) if not_found(&e) => continue,
+            Err(e) => return Err(e).context("reading the ban cache"),
+        };
+        for c in per_cpu.iter().filter(|c| c.pending != 0) {
+            let addr = IpAddr::from(c.addr.to_ne_bytes());
+            if let Some(e) = entries
+                .iter_mut()
+                .filter(|e| is_ban_v4(e) && e.net.contains(&addr))
+                .max_by_key(|e| e.net.prefix_len())
+            {
+                e.rule.hits += u64::from(c.pending);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Which hint an entry's bits live in: its trie's, for its address family (`true`:
@@ -379,6 +410,7 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
         ),
     };
     match r {
+        Ok(()) if table == Table::Bans => maps.new_bans_epoch()?,
         Ok(()) => {}
         Err(MapError::SyscallError(s))
             if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
@@ -436,7 +468,12 @@ fn remove_in(maps: &mut Maps, table: Table, net: &IpNet) -> anyhow::Result<bool>
             .remove(&V6Key::new(len, rule_key_v6(n.network().octets(), 0))),
     };
     match r {
-        Ok(()) => Ok(true),
+        Ok(()) => {
+            if table == Table::Bans {
+                maps.new_bans_epoch()?;
+            }
+            Ok(true)
+        }
         Err(e) if not_found(&e) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("removing the rule for {net}")),
     }

@@ -137,7 +137,18 @@ impl Prog {
         rules::list(&self.loaded.maps).expect("list rules")
     }
 
+    /// The entry stored under exactly this prefix, as `block list` shows it (a ban's hits
+    /// include those the kernel's ban cache has not carried over yet).
     pub fn rule(&self, net: &str) -> Option<Rule> {
+        let net: IpNet = net.parse().expect("test CIDR");
+        self.rules()
+            .into_iter()
+            .find(|e| e.net == net)
+            .map(|e| e.rule)
+    }
+
+    /// The same as stored in the trie alone.
+    pub fn stored_rule(&self, net: &str) -> Option<Rule> {
         let net: IpNet = net.parse().expect("test CIDR");
         rules::get(&self.loaded.maps, &net).expect("read rule")
     }

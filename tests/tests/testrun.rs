@@ -9,7 +9,7 @@ use std::{
 use synguard::{bpf::LoadOptions, config::Settings, rules};
 use synguard_common::{
     ACTION_DROP, ACTION_PASS, Bucket, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN,
-    RULE_BLOCK, Rule, map_names, sources, stat::*,
+    RULE_BLOCK, Rule, ban_cache, map_names, sources, stat::*,
 };
 use synguard_tests::{
     packet::{self, ACK, FIN, RST, SYN, Tcp},
@@ -762,6 +762,99 @@ fn full_rules_table_still_drops_the_excess_and_bans_nobody_wrongly() {
         XDP_PASS,
         &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
     );
+}
+
+/// A banned source's packets are dropped from the CPU's ban cache, without the trie; its
+/// hits reach the ban's own count every `FLUSH` packets, and `block list` adds those not
+/// carried over yet, so the count it shows is exact.
+#[test]
+fn a_banned_sources_hits_stay_exact_through_the_ban_cache() {
+    let mut p = limited("1", "1");
+    p.put_rule("203.0.113.5/32", &Rule::new(RULE_BAN, ACTION_DROP, 0, 0));
+    let syn = Tcp::syn("203.0.113.5", SERVER).build();
+    let n = 4 * ban_cache::FLUSH + 10;
+    let banned = p.counter(R_BANNED);
+    // One test run: every repeat on the same CPU.
+    assert_eq!(p.run_repeat(&syn, n).0, XDP_DROP);
+    assert_eq!(p.counter(R_BANNED) - banned, u64::from(n));
+    let stored = p.stored_rule("203.0.113.5/32").unwrap().hits;
+    assert_eq!(
+        stored,
+        u64::from(4 * ban_cache::FLUSH + 1),
+        "the first lookup, then four carry-overs of FLUSH hits each"
+    );
+    assert_eq!(p.rule("203.0.113.5/32").unwrap().hits, u64::from(n));
+}
+
+/// Removing a ban takes effect at once although CPUs remember the source as banned
+/// (another ban keeps the hint bit of its /24 set, so only the epoch can tell).
+#[test]
+fn an_unbanned_source_is_not_dropped_from_the_ban_cache() {
+    let mut p = limited("1000", "1000");
+    for net in ["203.0.113.5/32", "203.0.113.6/32"] {
+        p.put_rule(net, &Rule::new(RULE_BAN, ACTION_DROP, 0, 0));
+    }
+    let syn = Tcp::syn("203.0.113.5", SERVER).build();
+    assert_eq!(p.run_repeat(&syn, 10).0, XDP_DROP);
+    assert!(rules::delete(&mut p.loaded.maps, &"203.0.113.5/32".parse().unwrap()).unwrap());
+    assert!(p.ban_hinted("203.0.113.5"), "the other ban keeps the bit");
+    p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
+    // The other ban still holds.
+    p.expect(
+        &Tcp::syn("203.0.113.6", SERVER).build(),
+        XDP_DROP,
+        &[R_BANNED],
+    );
+}
+
+/// A remembered ban ends when the ban does.
+#[test]
+fn a_remembered_ban_expires_with_the_ban() {
+    let mut p = limited("1000", "1000");
+    let expires = synguard::clock::monotonic_ns() + 300_000_000;
+    p.put_rule(
+        "203.0.113.5/32",
+        &Rule::new(RULE_BAN, ACTION_DROP, 0, expires),
+    );
+    let syn = Tcp::syn("203.0.113.5", SERVER).build();
+    assert_eq!(p.run_repeat(&syn, 10).0, XDP_DROP);
+    while synguard::clock::monotonic_ns() < expires + 100_000_000 {
+        thread::sleep(Duration::from_millis(50));
+    }
+    p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
+}
+
+/// Two banned sources that share a cache entry: the one pushed out has its hits carried
+/// over to its own ban first.
+#[test]
+fn a_source_pushed_out_of_the_ban_cache_keeps_its_hits() {
+    let mut p = limited("1000", "1000");
+    let a = [203, 0, 113, 5];
+    let b = (0..=255u8)
+        .map(|last| [203, 0, 113, last])
+        .find(|x| *x != a && ban_cache::slot(*x) == ban_cache::slot(a))
+        .or_else(|| {
+            (0..=255u8)
+                .map(|last| [198, 51, 100, last])
+                .find(|x| ban_cache::slot(*x) == ban_cache::slot(a))
+        })
+        .expect("two lab addresses that share an entry");
+    let (a, b) = (
+        std::net::Ipv4Addr::from(a).to_string(),
+        std::net::Ipv4Addr::from(b).to_string(),
+    );
+    for addr in [&a, &b] {
+        p.put_rule(
+            &format!("{addr}/32"),
+            &Rule::new(RULE_BAN, ACTION_DROP, 0, 0),
+        );
+    }
+    assert_eq!(p.run_repeat(&Tcp::syn(&a, SERVER).build(), 10).0, XDP_DROP);
+    assert_eq!(p.stored_rule(&format!("{a}/32")).unwrap().hits, 1);
+    assert_eq!(p.run_repeat(&Tcp::syn(&b, SERVER).build(), 1).0, XDP_DROP);
+    assert_eq!(p.stored_rule(&format!("{a}/32")).unwrap().hits, 10);
+    assert_eq!(p.rule(&format!("{a}/32")).unwrap().hits, 10);
+    assert_eq!(p.rule(&format!("{b}/32")).unwrap().hits, 1);
 }
 
 #[test]

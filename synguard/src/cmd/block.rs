@@ -299,8 +299,9 @@ pub fn block_add(state: &mut State, a: &BlockAdd<'_>) -> anyhow::Result<()> {
     let expires = ttl.map_or(0, |d| now + d.as_nanos() as u64);
     let mut rule = rules::manual(RULE_BLOCK, expires, a.comment);
     let previous = rules::get(&state.maps, &net)?;
-    if let Some(prev) = previous {
-        rule.hits = prev.hits;
+    // The listed entry's count includes a ban's hits still in the kernel's ban cache.
+    if let Some(prev) = all.iter().find(|e| e.net == net) {
+        rule.hits = prev.rule.hits;
     }
     if rules::shadowing_allow(&all, &net).is_some() {
         rule.action = ACTION_PASS;
