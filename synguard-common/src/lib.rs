@@ -327,8 +327,9 @@ pub struct Config {
 /// ever adds bans or replaces expired ones, which no live entry here can be about.
 ///
 /// Hits are counted here and added to the ban's own count every [`ban_cache::FLUSH`]
-/// packets, and when the entry is reused for another source; `rules::list` adds the
-/// counts not yet carried over, so `block list` stays exact.
+/// packets, and when the entry is reused or found stale; `rules::list` adds the counts
+/// not yet carried over, so `block list` stays exact. Counts still pending when their ban
+/// is removed are dropped with it (at most `FLUSH - 1` per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BanCache {
@@ -340,6 +341,11 @@ pub struct BanCache {
     pub epoch: u64,
     /// The ban's `expires_ns` (0: never).
     pub expires_ns: u64,
+    /// The ban's `created_ns` and prefix length: the pending hits are carried to exactly
+    /// that entry (never to another ban of the source), or dropped with it.
+    pub created_ns: u64,
+    pub prefix_len: u32,
+    pub _pad: u32,
 }
 
 /// Shape of `SG_BAN_CACHE` (see [`BanCache`]).
@@ -808,7 +814,7 @@ mod pod {
 
 // Layouts are part of the pinned ABI: changing one must bump ABI_VERSION.
 const _: () = assert!(core::mem::size_of::<Rule>() == 112);
-const _: () = assert!(core::mem::size_of::<BanCache>() == 24);
+const _: () = assert!(core::mem::size_of::<BanCache>() == 40);
 const _: () = assert!(ban_cache::SLOTS.is_power_of_two());
 const _: () = assert!(hint::WORDS * 64 == 1 << 24);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);

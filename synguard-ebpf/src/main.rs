@@ -465,8 +465,6 @@ fn rule_reason_v4(bans: bool, src: &[u8; 4], now: u64) -> usize {
 /// [`BanCache`] entry when it vouches for the source, else from the trie.
 #[inline(always)]
 fn ban_reason_v4(src: [u8; 4], now: u64) -> usize {
-    // Read before the trie is (see `BanCache`): a ban removed after this read comes with
-    // a new epoch, so an entry made from a lookup that still saw it is never believed.
     let epoch = SG_BANS_EPOCH.get(0).map_or(0, |e| *e);
     if let Some(c) = SG_BAN_CACHE.get_ptr_mut(ban_cache::slot(src)) {
         // SAFETY: this CPU's entry of a per-CPU array; XDP runs with softirqs disabled on
@@ -482,33 +480,40 @@ fn ban_reason_v4(src: [u8; 4], now: u64) -> usize {
             return R_BANNED;
         }
     }
-    ban_lookup_v4(src, now, epoch)
+    ban_lookup_v4(src, now)
 }
 
-/// The trie's answer for an IPv4 source, carrying over the hits the source's cache
-/// entry holds (and those of another source it held before), and keeping the entry.
-/// Out of line: taken once per [`ban_cache::FLUSH`] packets of a cached ban.
+/// The trie's answer for an IPv4 source; carries over the hits its cache entry holds
+/// (for whichever source it held) and keeps the entry. Out of line: taken once per
+/// [`ban_cache::FLUSH`] packets of a remembered ban.
 #[inline(never)]
-fn ban_lookup_v4(src: [u8; 4], now: u64, epoch: u64) -> usize {
+fn ban_lookup_v4(src: [u8; 4], now: u64) -> usize {
+    // The epoch is read before the trie (see `BanCache`): a ban removed after this read
+    // comes with a new epoch, so an entry made from a lookup that still saw it is never
+    // believed. A fetch-and-add of 0 is a fully ordered read, so no weakly ordered CPU
+    // can satisfy the trie's reads before it.
+    let epoch = match SG_BANS_EPOCH.get_ptr_mut(0) {
+        // SAFETY: a live array element, only ever read atomically here.
+        Some(e) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(e, 0) },
+        None => 0,
+    };
     let Some(c) = SG_BAN_CACHE.get_ptr_mut(ban_cache::slot(src)) else {
         return rule_reason_v4(true, &src, now);
     };
     // SAFETY: as in `ban_reason_v4`.
     let c = unsafe { &mut *c };
-    let addr = u32::from_ne_bytes(src);
-    let mut hits = 1;
     if c.pending != 0 {
-        if c.addr == addr {
-            hits += u64::from(c.pending);
-        } else if let Some(old) = live_rule(
-            |len| SG_BANS_V4.get(Key::new(len, rule_key_v4(c.addr.to_ne_bytes(), 0))),
-            32,
-            now,
-        ) {
+        // To exactly the ban the hits were counted for, expired or not; gone, they go.
+        let key = Key::new(c.prefix_len, rule_key_v4(c.addr.to_ne_bytes(), 0));
+        if let Some(old) = SG_BANS_V4.get(key)
+            && u32::from(old.prefix_len) == c.prefix_len
+            && old.created_ns == c.created_ns
+        {
             count_hits(old, u64::from(c.pending));
         }
         c.pending = 0;
     }
+    let addr = u32::from_ne_bytes(src);
     let Some(rule) = live_rule(
         |len| SG_BANS_V4.get(Key::new(len, rule_key_v4(src, 0))),
         32,
@@ -519,12 +524,14 @@ fn ban_lookup_v4(src: [u8; 4], now: u64, epoch: u64) -> usize {
         }
         return NO_RULE;
     };
-    count_hits(rule, hits);
+    count_hits(rule, 1);
     let reason = rule_reason(rule);
     if reason == R_BANNED && epoch != 0 {
         c.addr = addr;
         c.epoch = epoch;
         c.expires_ns = rule.expires_ns;
+        c.created_ns = rule.created_ns;
+        c.prefix_len = u32::from(rule.prefix_len);
     } else if c.addr == addr {
         c.epoch = 0;
     }

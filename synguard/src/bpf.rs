@@ -212,9 +212,10 @@ impl Maps {
 
     /// Give `SG_BANS_EPOCH` a value it never had, so no CPU believes what its ban cache
     /// learned before now. Called after every change to the bans tries (the change must
-    /// be complete first). The value is this moment in `CLOCK_MONOTONIC` ns: a value
-    /// written before the change was read before it, so it is smaller, whichever
-    /// process wrote it; never 0 (an empty cache entry's epoch).
+    /// be complete first). Only newness matters: the value is this moment in
+    /// `CLOCK_MONOTONIC` ns, which no earlier write can have used (every writer runs in
+    /// the daemon's or the operator's time namespace, the host's); never 0 (an empty
+    /// cache entry's epoch).
     pub fn new_bans_epoch(&mut self) -> anyhow::Result<()> {
         let epoch = crate::clock::monotonic_ns().max(1);
         self.bans_epoch

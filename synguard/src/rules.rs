@@ -221,13 +221,18 @@ pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
     Ok(out)
 }
 
-/// Add the hits the CPUs' ban caches have not carried over yet to the bans they belong
-/// to: for each source, its longest ban (where the kernel will carry them). Read after
-/// the entries, so a carry-over in between is missed (counted next time), never counted
+/// Add the hits the CPUs' ban caches have not carried over yet to the bans they were
+/// counted for (the exact entry: same prefix, same creation time). Read after the
+/// entries, so a carry-over in between is missed (counted next time), never counted
 /// twice.
 fn add_cached_hits(maps: &Maps, entries: &mut [RuleEntry]) -> anyhow::Result<()> {
-    let is_ban_v4 = |e: &RuleEntry| e.rule.kind == RULE_BAN && e.net.addr().is_ipv4();
-    if !entries.iter().any(is_ban_v4) {
+    let bans: std::collections::HashMap<IpNet, usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.rule.kind == RULE_BAN && e.net.addr().is_ipv4())
+        .map(|(i, e)| (e.net, i))
+        .collect();
+    if bans.is_empty() {
         return Ok(());
     }
     for slot in 0..synguard_common::ban_cache::SLOTS {
@@ -237,13 +242,14 @@ fn add_cached_hits(maps: &Maps, entries: &mut [RuleEntry]) -> anyhow::Result<()>
             Err(e) => return Err(e).context("reading the ban cache"),
         };
         for c in per_cpu.iter().filter(|c| c.pending != 0) {
-            let addr = IpAddr::from(c.addr.to_ne_bytes());
-            if let Some(e) = entries
-                .iter_mut()
-                .filter(|e| is_ban_v4(e) && e.net.contains(&addr))
-                .max_by_key(|e| e.net.prefix_len())
+            // The ban's prefix: the source's address with its host bits cleared.
+            let Some(net) = v4_net(c.addr.to_ne_bytes(), c.prefix_len).map(|n| n.trunc()) else {
+                continue;
+            };
+            if let Some(&i) = bans.get(&net)
+                && entries[i].rule.created_ns == c.created_ns
             {
-                e.rule.hits += u64::from(c.pending);
+                entries[i].rule.hits += u64::from(c.pending);
             }
         }
     }
@@ -410,7 +416,6 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
         ),
     };
     match r {
-        Ok(()) if table == Table::Bans => maps.new_bans_epoch()?,
         Ok(()) => {}
         Err(MapError::SyscallError(s))
             if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
@@ -436,6 +441,9 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
     };
     if remove_in(maps, other, net)? {
         unmark(maps, std::slice::from_ref(net), None)?;
+    }
+    if table == Table::Bans {
+        maps.new_bans_epoch()?;
     }
     Ok(())
 }

@@ -35,6 +35,18 @@ fn manual(kind: u8) -> synguard_common::Rule {
     rules::manual(kind, 0, "test")
 }
 
+/// Keep this test's thread on one CPU, so every test run meets the same per-CPU ban
+/// cache (each test has a thread of its own).
+fn one_cpu() {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for the calling thread only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(rc, 0, "pinning the test thread to CPU 0");
+}
+
 fn drain_events(p: &mut Prog) -> Vec<Event> {
     let rb = p.loaded.maps.events.as_mut().expect("ring buffer");
     let mut out = Vec::new();
@@ -769,6 +781,7 @@ fn full_rules_table_still_drops_the_excess_and_bans_nobody_wrongly() {
 /// carried over yet, so the count it shows is exact.
 #[test]
 fn a_banned_sources_hits_stay_exact_through_the_ban_cache() {
+    one_cpu();
     let mut p = limited("1", "1");
     p.put_rule("203.0.113.5/32", &Rule::new(RULE_BAN, ACTION_DROP, 0, 0));
     let syn = Tcp::syn("203.0.113.5", SERVER).build();
@@ -790,12 +803,18 @@ fn a_banned_sources_hits_stay_exact_through_the_ban_cache() {
 /// (another ban keeps the hint bit of its /24 set, so only the epoch can tell).
 #[test]
 fn an_unbanned_source_is_not_dropped_from_the_ban_cache() {
+    one_cpu();
     let mut p = limited("1000", "1000");
     for net in ["203.0.113.5/32", "203.0.113.6/32"] {
         p.put_rule(net, &Rule::new(RULE_BAN, ACTION_DROP, 0, 0));
     }
     let syn = Tcp::syn("203.0.113.5", SERVER).build();
     assert_eq!(p.run_repeat(&syn, 10).0, XDP_DROP);
+    assert_eq!(
+        p.stored_rule("203.0.113.5/32").unwrap().hits,
+        1,
+        "remembered"
+    );
     assert!(rules::delete(&mut p.loaded.maps, &"203.0.113.5/32".parse().unwrap()).unwrap());
     assert!(p.ban_hinted("203.0.113.5"), "the other ban keeps the bit");
     p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
@@ -810,6 +829,7 @@ fn an_unbanned_source_is_not_dropped_from_the_ban_cache() {
 /// A remembered ban ends when the ban does.
 #[test]
 fn a_remembered_ban_expires_with_the_ban() {
+    one_cpu();
     let mut p = limited("1000", "1000");
     let expires = synguard::clock::monotonic_ns() + 300_000_000;
     p.put_rule(
@@ -818,6 +838,11 @@ fn a_remembered_ban_expires_with_the_ban() {
     );
     let syn = Tcp::syn("203.0.113.5", SERVER).build();
     assert_eq!(p.run_repeat(&syn, 10).0, XDP_DROP);
+    assert_eq!(
+        p.stored_rule("203.0.113.5/32").unwrap().hits,
+        1,
+        "remembered"
+    );
     while synguard::clock::monotonic_ns() < expires + 100_000_000 {
         thread::sleep(Duration::from_millis(50));
     }
@@ -828,6 +853,7 @@ fn a_remembered_ban_expires_with_the_ban() {
 /// over to its own ban first.
 #[test]
 fn a_source_pushed_out_of_the_ban_cache_keeps_its_hits() {
+    one_cpu();
     let mut p = limited("1000", "1000");
     let a = [203, 0, 113, 5];
     let b = (0..=255u8)
@@ -855,6 +881,33 @@ fn a_source_pushed_out_of_the_ban_cache_keeps_its_hits() {
     assert_eq!(p.stored_rule(&format!("{a}/32")).unwrap().hits, 10);
     assert_eq!(p.rule(&format!("{a}/32")).unwrap().hits, 10);
     assert_eq!(p.rule(&format!("{b}/32")).unwrap().hits, 1);
+}
+
+/// An allow entry over a remembered ban wins at once, and the ban applies again when it
+/// goes; hits of a ban of a whole /24 are carried to that entry.
+#[test]
+fn a_remembered_ban_yields_to_an_allow_entry_and_counts_for_its_prefix() {
+    one_cpu();
+    let mut p = limited("1000", "1000");
+    p.put_rule("203.0.113.0/24", &Rule::new(RULE_BAN, ACTION_DROP, 0, 0));
+    let syn = Tcp::syn("203.0.113.5", SERVER).build();
+    let other = Tcp::syn("203.0.113.77", SERVER).build();
+    assert_eq!(p.run_repeat(&syn, 10).0, XDP_DROP);
+    assert_eq!(p.run_repeat(&other, 5).0, XDP_DROP);
+    assert_eq!(
+        p.stored_rule("203.0.113.0/24").unwrap().hits,
+        2,
+        "both remembered"
+    );
+    assert_eq!(p.rule("203.0.113.0/24").unwrap().hits, 15);
+
+    p.put_rule("203.0.113.5/32", &manual(RULE_ALLOW));
+    p.reconcile();
+    p.expect(&syn, XDP_PASS, &[R_ALLOWED]);
+    assert!(rules::delete(&mut p.loaded.maps, &"203.0.113.5/32".parse().unwrap()).unwrap());
+    p.reconcile();
+    p.expect(&syn, XDP_DROP, &[R_BANNED]);
+    assert_eq!(p.rule("203.0.113.0/24").unwrap().hits, 16);
 }
 
 #[test]
