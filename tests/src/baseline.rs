@@ -45,7 +45,60 @@ pub fn reading_drop_object() -> Vec<u8> {
     text_object("noop", &c)
 }
 
-/// A loaded no-op program (or the header-reading floor, [`reading_drop_object`]).
+/// An ELF object holding one XDP program named `noop` that drops IPv4 frames whose source
+/// address is inside `net` (or, with `answer`, sends them back where they came from) and
+/// passes everything else (non-IPv4 frames, and frames too short for the headers, pass).
+///
+/// The floors of a defence that keeps legitimate traffic flowing: the header is read as
+/// far as the source address, and no state is kept, because the program is told the
+/// attack's sources, which no real defence is. The answer is the frame itself with its
+/// Ethernet and IPv4 addresses and its ports swapped (so both checksums still hold) and
+/// sent back with `XDP_TX`: what any defence that answers every SYN pays at least for the
+/// answer (a SYN cookie costs more to make).
+pub fn source_object(net: ipnet::Ipv4Net, answer: bool) -> Vec<u8> {
+    // The source is loaded as a little-endian u32 of its network-order bytes.
+    let mask = u32::from_le_bytes(net.netmask().octets()) as i32;
+    let value = u32::from_le_bytes(net.network().octets()) as i32;
+    let mut act = Vec::with_capacity(160);
+    if answer {
+        // Swap (offset, offset, width): the MACs as 4 + 2 bytes, IPv4 addresses, ports.
+        for (a, b, w) in [(0, 6, 4), (4, 10, 2), (26, 30, 4), (34, 36, 2)] {
+            let (ld, st) = if w == 4 { (0x61, 0x63) } else { (0x69, 0x6b) };
+            insn(&mut act, ld, 6, 2, a, 0);
+            insn(&mut act, ld, 7, 2, b, 0);
+            insn(&mut act, st, 2, 7, a, 0);
+            insn(&mut act, st, 2, 6, b, 0);
+        }
+    }
+    insn(
+        &mut act,
+        0xb7,
+        0,
+        0,
+        0,
+        if answer { XDP_TX } else { XDP_DROP } as i32,
+    );
+    insn(&mut act, 0x95, 0, 0, 0, 0); // exit
+    let skip = (act.len() / 8) as i16; // instructions to jump over to reach `pass`
+    let mut c = Vec::with_capacity(act.len() + 96);
+    insn(&mut c, 0x61, 2, 1, 0, 0); // r2 = data
+    insn(&mut c, 0x61, 3, 1, 4, 0); // r3 = data_end
+    insn(&mut c, 0xbf, 4, 2, 0, 0); // r4 = data
+    insn(&mut c, 0x07, 4, 0, 0, 38); // r4 += Ethernet, IPv4 header, ports
+    insn(&mut c, 0x2d, 4, 3, skip + 5, 0); // if r4 > data_end: pass
+    insn(&mut c, 0x69, 5, 2, 12, 0); // r5 = EtherType
+    insn(&mut c, 0x55, 5, 0, skip + 3, 0x0008); // if not IPv4: pass
+    insn(&mut c, 0x61, 5, 2, 26, 0); // r5 = source address
+    insn(&mut c, 0x54, 5, 0, 0, mask); // w5 &= mask
+    insn(&mut c, 0x56, 5, 0, skip, value); // if w5 != network: pass
+    c.extend_from_slice(&act);
+    insn(&mut c, 0xb7, 0, 0, 0, XDP_PASS as i32); // pass:
+    insn(&mut c, 0x95, 0, 0, 0, 0); // exit
+    text_object("noop", &c)
+}
+
+/// A loaded no-op program (or one of the floors: [`reading_drop_object`],
+/// [`source_object`]).
 pub struct Noop {
     ebpf: Ebpf,
 }
@@ -64,6 +117,13 @@ impl Noop {
         })
     }
 
+    /// The program of [`source_object`].
+    pub fn load_source(net: ipnet::Ipv4Net, answer: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            ebpf: load_xdp(&source_object(net, answer), "noop")?,
+        })
+    }
+
     /// Attach to an interface of the calling thread's network namespace (until dropped).
     pub fn attach(&mut self, ifname: &str) -> anyhow::Result<()> {
         attach_xdp(&mut self.ebpf, "noop", ifname)
@@ -72,6 +132,11 @@ impl Noop {
     /// Mean ns per run over `repeat` runs, and the action returned.
     pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, f64)> {
         run_repeat(&self.ebpf, "noop", frame, repeat)
+    }
+
+    /// Run on a frame once: the action returned and the frame as it leaves.
+    pub fn run(&self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        run_out(&self.ebpf, "noop", frame)
     }
 }
 
@@ -95,6 +160,23 @@ fn attach_xdp(ebpf: &mut Ebpf, name: &str, ifname: &str) -> anyhow::Result<()> {
         .try_into()?;
     prog.attach(ifname, aya::programs::XdpMode::default())?;
     Ok(())
+}
+
+/// Run a loaded XDP program once on a frame: the action returned and the frame as it
+/// leaves.
+fn run_out(ebpf: &Ebpf, name: &str, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+    let prog: &Xdp = ebpf
+        .program(name)
+        .ok_or_else(|| anyhow::anyhow!("{name} program missing"))?
+        .try_into()?;
+    let mut out = vec![0u8; frame.len()];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
 }
 
 /// Run a loaded XDP program `repeat` times on a frame: the action it returned and the
@@ -219,19 +301,7 @@ impl Forwarder {
 
     /// Run on a frame once: the action returned and the frame as it leaves.
     pub fn run(&self, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
-        let prog: &Xdp = self
-            .ebpf
-            .program("forward")
-            .ok_or_else(|| anyhow::anyhow!("forward program missing"))?
-            .try_into()?;
-        let mut out = vec![0u8; frame.len()];
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        run_out(&self.ebpf, "forward", frame)
     }
 }
 

@@ -23,6 +23,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::{
@@ -31,6 +32,9 @@ use crate::{
     lab::{self, LabNet, Profile, SERVER4},
     xdpfilter::XdpFilter,
 };
+
+/// Where the forged flood's sources are drawn from.
+const FORGED: &str = "198.18.0.0/15";
 
 /// What protects the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -55,6 +59,14 @@ pub enum Defence {
     /// delivering the flood to any defence that looks at it (see
     /// [`baseline::reading_drop_object`]).
     ReadingDrop,
+    /// A program that drops IPv4 frames from the attack's sources, which it is told (the
+    /// attacker's address, or the forged range), and passes the rest: the cost of
+    /// delivering the flood to a defence that keeps the employees served (see
+    /// [`baseline::source_object`]).
+    SourceDrop,
+    /// The same, answering each attack frame (sent back, addresses swapped) instead of
+    /// dropping it: the least a defence that answers every SYN pays.
+    SourceAnswer,
 }
 
 impl Defence {
@@ -67,6 +79,8 @@ impl Defence {
             Self::Synguard => "synguard",
             Self::NoopDrop => "floor: no-op XDP_DROP",
             Self::ReadingDrop => "floor: read the header, XDP_DROP",
+            Self::SourceDrop => "floor: drop the known attack sources",
+            Self::SourceAnswer => "floor: answer the known attack sources",
         }
     }
 }
@@ -206,7 +220,14 @@ fn nft(net: &LabNet, ruleset: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn install(net: &mut LabNet, defence: Defence, attacker: IpAddr) -> anyhow::Result<Guard> {
+/// Put `defence` in place on the server; `sources` are the attack's (for the floor that is
+/// told them).
+fn install(
+    net: &mut LabNet,
+    defence: Defence,
+    attacker: IpAddr,
+    sources: Ipv4Net,
+) -> anyhow::Result<Guard> {
     Ok(match defence {
         Defence::Kernel => Guard::None,
         Defence::NftMeter => {
@@ -237,14 +258,14 @@ fn install(net: &mut LabNet, defence: Defence, attacker: IpAddr) -> anyhow::Resu
             net.start_synguard(&[])?;
             Guard::None
         }
-        Defence::NoopDrop | Defence::ReadingDrop => {
+        Defence::NoopDrop | Defence::ReadingDrop | Defence::SourceDrop | Defence::SourceAnswer => {
             let n = net
                 .server
                 .spawn(move || -> anyhow::Result<Noop> {
-                    let mut n = if defence == Defence::NoopDrop {
-                        Noop::load(baseline::XDP_DROP)?
-                    } else {
-                        Noop::load_reading_drop()?
+                    let mut n = match defence {
+                        Defence::NoopDrop => Noop::load(baseline::XDP_DROP)?,
+                        Defence::ReadingDrop => Noop::load_reading_drop()?,
+                        _ => Noop::load_source(sources, defence == Defence::SourceAnswer)?,
                     };
                     n.attach("eth0")?;
                     Ok(n)
@@ -491,7 +512,12 @@ pub fn run(
         .context("the server's receive thread (threaded NAPI, Linux 5.13 or later, and ethtool)")?;
     let _fast_path = fast_path(&net)?;
     let attacker: IpAddr = "203.0.113.0".parse()?;
-    let _guard = install(&mut net, defence, attacker)?;
+    let sources: Ipv4Net = match attack {
+        Attack::SingleSource => "203.0.113.0/32",
+        Attack::Forged => FORGED,
+    }
+    .parse()?;
+    let _guard = install(&mut net, defence, attacker, sources)?;
     let warmup = Duration::from_secs(1);
     let start = Instant::now();
     let attack_start = start + warmup;
@@ -506,7 +532,7 @@ pub fn run(
             dst_mac: lab::mac_of(&net.router, "r-att")?,
             source: match attack {
                 Attack::SingleSource => Source::Fixed(attacker),
-                Attack::Forged => Source::Random("198.18.0.0/15".parse()?),
+                Attack::Forged => Source::Random(FORGED.parse()?),
             },
             dst: SERVER4.parse()?,
             dport: 80,

@@ -955,6 +955,81 @@ fn the_header_reading_floor_drops_ipv4_frames_only() {
     }
 }
 
+/// The floors told the attack's sources drop (or answer) IPv4 frames from them, and only
+/// those; an answer is the frame sent back with addresses and ports swapped, checksums
+/// intact.
+#[test]
+fn the_source_floors_act_on_the_attack_sources_only() {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    synguard_tests::prog::require_root();
+    const XDP_TX: u32 = 3;
+    let forged: ipnet::Ipv4Net = "198.18.0.0/15".parse().unwrap();
+    let drop = synguard_tests::baseline::Noop::load_source(forged, false).expect("load");
+    let answer = synguard_tests::baseline::Noop::load_source(forged, true).expect("load");
+    let inside = Tcp::syn("198.19.255.254", SERVER).sport(4242).build();
+    let outside = [
+        (
+            "below the range",
+            Tcp::syn("198.17.255.255", SERVER).build(),
+        ),
+        ("above the range", Tcp::syn("198.20.0.0", SERVER).build()),
+        ("an employee", Tcp::syn("198.51.100.7", SERVER).build()),
+        ("IPv6", Tcp::syn("2001:db8:8000::9", SERVER6).build()),
+        ("ARP", packet::arp()),
+        ("truncated", inside[..37].to_vec()),
+    ];
+    assert_eq!(drop.run(&inside).expect("run").0, XDP_DROP);
+    for (what, frame) in &outside {
+        assert_eq!(
+            drop.run(frame).expect("run"),
+            (XDP_PASS, frame.clone()),
+            "{what}"
+        );
+        assert_eq!(
+            answer.run(frame).expect("run"),
+            (XDP_PASS, frame.clone()),
+            "{what}"
+        );
+    }
+    let (action, out) = answer.run(&inside).expect("run");
+    assert_eq!(action, XDP_TX);
+    let (i, o) = (
+        SlicedPacket::from_ethernet(&inside).expect("in"),
+        SlicedPacket::from_ethernet(&out).expect("out"),
+    );
+    let (Some(etherparse::LinkSlice::Ethernet2(ei)), Some(etherparse::LinkSlice::Ethernet2(eo))) =
+        (i.link, o.link)
+    else {
+        panic!("not Ethernet");
+    };
+    assert_eq!(
+        (eo.source(), eo.destination()),
+        (ei.destination(), ei.source())
+    );
+    let (Some(NetSlice::Ipv4(ii)), Some(NetSlice::Ipv4(io))) = (i.net, o.net) else {
+        panic!("not IPv4");
+    };
+    let h = io.header().to_header();
+    assert_eq!(
+        (h.source, h.destination),
+        (ii.header().destination(), ii.header().source())
+    );
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+    let (Some(TransportSlice::Tcp(ti)), Some(TransportSlice::Tcp(to))) = (i.transport, o.transport)
+    else {
+        panic!("not TCP");
+    };
+    assert_eq!(
+        (to.source_port(), to.destination_port()),
+        (ti.destination_port(), ti.source_port())
+    );
+    let sum = to
+        .to_header()
+        .calc_checksum_ipv4(&h, to.payload())
+        .expect("sum");
+    assert_eq!(sum, to.checksum(), "TCP checksum");
+}
+
 /// The bench lab's router fast path redirects IPv4 frames for the server, and only
 /// those, with the next hop's Ethernet addresses; anything else goes to the router's
 /// stack untouched.
