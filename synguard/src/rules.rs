@@ -448,13 +448,20 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Remove the entry stored under exactly this prefix. `Ok(false)` if there was none.
-pub fn delete(maps: &mut Maps, net: &IpNet) -> anyhow::Result<bool> {
-    let removed = remove(maps, net)?;
-    if removed {
-        unmark(maps, std::slice::from_ref(net), None)?;
+/// Remove the entry stored under exactly this prefix, and return it with its hit count
+/// complete (see [`add_cached_hits`]). `Ok(None)` if there was none.
+pub fn delete(maps: &mut Maps, net: &IpNet) -> anyhow::Result<Option<Rule>> {
+    let Some(rule) = get(maps, net)? else {
+        return Ok(None);
+    };
+    if !remove(maps, net)? {
+        return Ok(None);
     }
-    Ok(removed)
+    unmark(maps, std::slice::from_ref(net), None)?;
+    // Read after the removal (and its new epoch): no CPU carries hits into it any more.
+    let mut gone = [RuleEntry { net: *net, rule }];
+    add_cached_hits(maps, &mut gone)?;
+    Ok(Some(gone[0].rule))
 }
 
 /// [`delete`] without updating the hints (callers do it once for many removals).
@@ -560,6 +567,8 @@ pub fn expire(maps: &mut Maps) -> anyhow::Result<Vec<RuleEntry>> {
     }
     let nets: Vec<IpNet> = removed.iter().map(|e| e.net).collect();
     if !removed.is_empty() {
+        // The hits still pending in the CPUs' ban caches, read after the removals.
+        add_cached_hits(maps, &mut removed)?;
         let gone: std::collections::HashSet<IpNet> = nets.iter().copied().collect();
         let remaining = entries
             .iter()

@@ -465,7 +465,7 @@ fn the_rules_hint_follows_every_entry() {
     p.set("ipv4-prefix", "32");
     assert!(p.ban_hinted("198.51.100.9"));
     p.expect(&ack, XDP_DROP, &[R_BANNED]);
-    assert!(rules::delete(&mut p.loaded.maps, &stray).unwrap());
+    assert!(rules::delete(&mut p.loaded.maps, &stray).unwrap().is_some());
     assert!(!p.ban_hinted("198.51.100.9"));
 
     // A manual entry replaces a ban on the same prefix, hint bits included.
@@ -815,7 +815,12 @@ fn an_unbanned_source_is_not_dropped_from_the_ban_cache() {
         1,
         "remembered"
     );
-    assert!(rules::delete(&mut p.loaded.maps, &"203.0.113.5/32".parse().unwrap()).unwrap());
+    let gone = rules::delete(&mut p.loaded.maps, &"203.0.113.5/32".parse().unwrap()).unwrap();
+    assert_eq!(
+        gone.expect("removed").hits,
+        10,
+        "removed with the hits the cache still held"
+    );
     assert!(p.ban_hinted("203.0.113.5"), "the other ban keeps the bit");
     p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
     // The other ban still holds.
@@ -846,6 +851,13 @@ fn a_remembered_ban_expires_with_the_ban() {
     while synguard::clock::monotonic_ns() < expires + 100_000_000 {
         thread::sleep(Duration::from_millis(50));
     }
+    // The sweep reports it with the hits the cache still held.
+    let gone = rules::expire(&mut p.loaded.maps).unwrap();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(
+        (gone[0].net.to_string().as_str(), gone[0].rule.hits),
+        ("203.0.113.5/32", 10)
+    );
     p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
 }
 
@@ -904,7 +916,11 @@ fn a_remembered_ban_yields_to_an_allow_entry_and_counts_for_its_prefix() {
     p.put_rule("203.0.113.5/32", &manual(RULE_ALLOW));
     p.reconcile();
     p.expect(&syn, XDP_PASS, &[R_ALLOWED]);
-    assert!(rules::delete(&mut p.loaded.maps, &"203.0.113.5/32".parse().unwrap()).unwrap());
+    assert!(
+        rules::delete(&mut p.loaded.maps, &"203.0.113.5/32".parse().unwrap())
+            .unwrap()
+            .is_some()
+    );
     p.reconcile();
     p.expect(&syn, XDP_DROP, &[R_BANNED]);
     assert_eq!(p.rule("203.0.113.0/24").unwrap().hits, 16);
@@ -1150,8 +1166,16 @@ fn overlapping_entries_are_read_back_exactly() {
     assert_eq!(find("2001:db8::/32").comment(), "v6 wide");
     assert_eq!(find("10.1.0.0/24").comment(), "tiled");
 
-    assert!(!rules::delete(&mut p.loaded.maps, &"10.0.0.0/16".parse().unwrap()).unwrap());
-    assert!(rules::delete(&mut p.loaded.maps, &"10.0.0.0/24".parse().unwrap()).unwrap());
+    assert!(
+        rules::delete(&mut p.loaded.maps, &"10.0.0.0/16".parse().unwrap())
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        rules::delete(&mut p.loaded.maps, &"10.0.0.0/24".parse().unwrap())
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(get(&p, "10.0.0.0/8"), Some((RULE_BLOCK, 8)));
     assert_eq!(get(&p, "10.0.0.0/32"), Some((RULE_BLOCK, 32)));
 

@@ -341,7 +341,8 @@ pub fn block_del(state: &mut State, cidr: &str) -> anyhow::Result<()> {
             "{net} is an allow entry, not a block; use `synguard allow del {net}`"
         ))),
         Some(r) => {
-            rules::delete(&mut state.maps, &net)?;
+            // The count as removed: with the hits the CPUs' ban caches still held.
+            let r = rules::delete(&mut state.maps, &net)?.unwrap_or(r);
             if r.kind == RULE_BAN {
                 // An unbanned source starts again with a full bucket; otherwise its next
                 // SYN would find the bucket still empty and ban it again at once.
