@@ -393,6 +393,120 @@ pub fn lookup_object(max_entries: u32) -> Vec<u8> {
     obj.write().expect("write ELF object")
 }
 
+/// The floor of any per-source state: an XDP program that hashes the packet's IPv4
+/// source (byte order swapped, multiplied by an odd constant, the top bits kept) to one
+/// 64-byte slot of an array of `slots` (a power of two) and bumps a counter in it:
+/// one cache line read and written per source, found without a key compare or a second
+/// way. Nothing that keeps state per source can touch less memory per packet, so at
+/// scale it pays only the cache and TLB misses every such design pays.
+pub fn line_object(slots: u32) -> Vec<u8> {
+    use object::write::{Relocation, SectionId};
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    assert!(slots.is_power_of_two() && slots > 1);
+    let mut obj = Object::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);
+    let maps: SectionId = obj.add_section(Vec::new(), b"maps".to_vec(), SectionKind::Data);
+    let mut def = Vec::new();
+    for v in [BPF_MAP_TYPE_ARRAY, 4, LINE as u32, slots, 0] {
+        def.extend_from_slice(&v.to_le_bytes());
+    }
+    let map_off = obj.append_section_data(maps, &def, 4);
+    let map_sym = obj.add_symbol(Symbol {
+        name: b"FLOOR".to_vec(),
+        value: map_off,
+        size: def.len() as u64,
+        kind: SymbolKind::Data,
+        scope: SymbolScope::Dynamic,
+        weak: false,
+        section: SymbolSection::Section(maps),
+        flags: SymbolFlags::None,
+    });
+
+    let text = obj.add_section(Vec::new(), b"xdp".to_vec(), SectionKind::Text);
+    let mut c = Vec::new();
+    insn(&mut c, 0x61, 2, 1, 0, 0); // r2 = data
+    insn(&mut c, 0x61, 3, 1, 4, 0); // r3 = data_end
+    insn(&mut c, 0xbf, 4, 2, 0, 0); // r4 = data
+    insn(&mut c, 0x07, 4, 0, 0, 34); // r4 += Ethernet + IPv4 headers
+    insn(&mut c, 0x2d, 4, 3, 14, 0); // if r4 > data_end: pass
+    insn(&mut c, 0x61, 5, 2, 26, 0); // r5 = IPv4 source (network order)
+    insn(&mut c, 0xdc, 5, 0, 0, 32); // r5 = host order (be32)
+    insn(&mut c, 0x24, 5, 0, 0, 0x9e37_79b1_u32 as i32); // w5 *= odd constant
+    insn(&mut c, 0x74, 5, 0, 0, 32 - slots.trailing_zeros() as i32); // w5 >>= 32 - log2(slots)
+    insn(&mut c, 0x63, 10, 5, -4, 0); // key = slot
+    let reloc_at = c.len() as u64;
+    insn(&mut c, 0x18, 1, 0, 0, 0); // r1 = map (ld_imm64, relocated)
+    insn(&mut c, 0, 0, 0, 0, 0);
+    insn(&mut c, 0xbf, 2, 10, 0, 0); // r2 = fp
+    insn(&mut c, 0x07, 2, 0, 0, -4); // r2 = &key
+    insn(&mut c, 0x85, 0, 0, 0, 1); // call map_lookup_elem (inlined for arrays)
+    insn(&mut c, 0x15, 0, 0, 3, 0); // if !value: pass
+    insn(&mut c, 0x79, 1, 0, 0, 0); // r1 = value[0]
+    insn(&mut c, 0x07, 1, 0, 0, 1); // r1 += 1
+    insn(&mut c, 0x7b, 0, 1, 0, 0); // value[0] = r1
+    insn(&mut c, 0xb7, 0, 0, 0, XDP_PASS as i32); // pass:
+    insn(&mut c, 0x95, 0, 0, 0, 0); // exit
+    let off = obj.append_section_data(text, &c, 8);
+    obj.add_symbol(Symbol {
+        name: b"floor".to_vec(),
+        value: off,
+        size: c.len() as u64,
+        kind: SymbolKind::Text,
+        scope: SymbolScope::Dynamic,
+        weak: false,
+        section: SymbolSection::Section(text),
+        flags: SymbolFlags::None,
+    });
+    obj.add_relocation(
+        text,
+        Relocation {
+            offset: off + reloc_at,
+            symbol: map_sym,
+            addend: 0,
+            flags: object::RelocationFlags::Elf {
+                r_type: object::elf::R_BPF_64_64,
+            },
+        },
+    )
+    .expect("relocation");
+    let lic = obj.add_section(Vec::new(), b"license".to_vec(), SectionKind::Data);
+    obj.append_section_data(lic, b"GPL\0", 1);
+    obj.write().expect("write ELF object")
+}
+
+/// The slot size of [`line_object`]'s array: one cache line.
+pub const LINE: usize = 64;
+
+/// The loaded line floor ([`line_object`]) and its array.
+pub struct LineFloor {
+    ebpf: Ebpf,
+    pub table: aya::maps::Array<aya::maps::MapData, [u8; LINE]>,
+    slots: u32,
+}
+
+impl LineFloor {
+    pub fn load(slots: u32) -> anyhow::Result<Self> {
+        let mut ebpf = load_xdp(&line_object(slots), "floor")?;
+        let map = ebpf
+            .take_map("FLOOR")
+            .ok_or_else(|| anyhow::anyhow!("floor map missing"))?;
+        Ok(Self {
+            table: map.try_into()?,
+            ebpf,
+            slots,
+        })
+    }
+
+    /// The slot the program uses for an IPv4 source (as it computes it).
+    pub fn slot_of(&self, source: std::net::Ipv4Addr) -> u32 {
+        u32::from(source).wrapping_mul(0x9e37_79b1) >> (32 - self.slots.trailing_zeros())
+    }
+
+    /// Mean ns per run over `repeat` runs, and the action returned.
+    pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, f64)> {
+        run_repeat(&self.ebpf, "floor", frame, repeat)
+    }
+}
+
 /// The loaded lookup floor and its table.
 pub struct LookupFloor {
     ebpf: Ebpf,

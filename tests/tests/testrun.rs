@@ -1119,6 +1119,34 @@ fn the_lookup_floor_finds_the_source_synguard_would() {
     assert_eq!(floor.table.get(&key, 0).unwrap().tat_ns, 5);
 }
 
+/// The bench's line floor bumps exactly one counter per frame, in the slot it documents
+/// for the source (sources next to each other land in far-apart slots), and nothing for
+/// a frame too short for an IPv4 header.
+#[test]
+fn the_line_floor_touches_one_slot_per_source() {
+    synguard_tests::prog::require_root();
+    let floor = synguard_tests::baseline::LineFloor::load(1 << 16).expect("load floor");
+    let count =
+        |slot: u32| u64::from_le_bytes(floor.table.get(&slot, 0).unwrap()[..8].try_into().unwrap());
+    let (a, b): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (
+        "203.0.113.1".parse().unwrap(),
+        "203.0.113.2".parse().unwrap(),
+    );
+    let (sa, sb) = (floor.slot_of(a), floor.slot_of(b));
+    assert!(sa.abs_diff(sb) > 64, "slots {sa} and {sb} share a page");
+    let (got, _) = floor
+        .run_repeat(&Tcp::syn(&a.to_string(), SERVER).build(), 5)
+        .unwrap();
+    assert_eq!(got, XDP_PASS);
+    floor
+        .run_repeat(&Tcp::syn(&b.to_string(), SERVER).build(), 2)
+        .unwrap();
+    floor.run_repeat(&[0u8; 20], 1).unwrap();
+    assert_eq!((count(sa), count(sb)), (5, 2));
+    let total: u64 = (0..1u32 << 16).map(count).sum();
+    assert_eq!(total, 7, "no other slot touched");
+}
+
 /// Reading entries back is exact when prefixes share an address, including a prefix
 /// whose every address lies in narrower entries.
 #[test]
