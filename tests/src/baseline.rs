@@ -204,7 +204,29 @@ fn insn(code: &mut Vec<u8>, op: u8, dst: u8, src: u8, off: i16, imm: i32) {
 
 /// An ELF object holding one XDP program `name` made of `code`, without maps.
 fn text_object(name: &str, code: &[u8]) -> Vec<u8> {
+    map_object(name, code, None)
+}
+
+/// An ELF object holding one XDP program `name` made of `code` and, if given, one map
+/// `FLOOR` (a legacy `bpf_map_def`: type, key size, value size, max entries, flags)
+/// whose address the `ld_imm64` at instruction `reloc_at` loads.
+fn map_object(name: &str, code: &[u8], map: Option<([u32; 5], usize)>) -> Vec<u8> {
     let mut obj = Object::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);
+    let map_sym = map.map(|(def, _)| {
+        let maps = obj.add_section(Vec::new(), b"maps".to_vec(), SectionKind::Data);
+        let bytes: Vec<u8> = def.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let value = obj.append_section_data(maps, &bytes, 4);
+        obj.add_symbol(Symbol {
+            name: b"FLOOR".to_vec(),
+            value,
+            size: bytes.len() as u64,
+            kind: SymbolKind::Data,
+            scope: SymbolScope::Dynamic,
+            weak: false,
+            section: SymbolSection::Section(maps),
+            flags: SymbolFlags::None,
+        })
+    });
     let text = obj.add_section(Vec::new(), b"xdp".to_vec(), SectionKind::Text);
     let off = obj.append_section_data(text, code, 8);
     obj.add_symbol(Symbol {
@@ -217,6 +239,20 @@ fn text_object(name: &str, code: &[u8]) -> Vec<u8> {
         section: SymbolSection::Section(text),
         flags: SymbolFlags::None,
     });
+    if let (Some(symbol), Some((_, at))) = (map_sym, map) {
+        obj.add_relocation(
+            text,
+            object::write::Relocation {
+                offset: off + 8 * at as u64,
+                symbol,
+                addend: 0,
+                flags: object::RelocationFlags::Elf {
+                    r_type: object::elf::R_BPF_64_64,
+                },
+            },
+        )
+        .expect("relocation");
+    }
     let lic = obj.add_section(Vec::new(), b"license".to_vec(), SectionKind::Data);
     obj.append_section_data(lic, b"GPL\0", 1);
     obj.write().expect("write ELF object")
@@ -312,34 +348,14 @@ impl Forwarder {
 /// Spread over a full table it pays the same cache and TLB misses as the real program,
 /// so it tells how much of a cost at scale is the memory's.
 pub fn lookup_object(max_entries: u32) -> Vec<u8> {
-    use object::write::{Relocation, SectionId};
     const BPF_MAP_TYPE_HASH: u32 = 1;
-    let mut obj = Object::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);
-    let maps: SectionId = obj.add_section(Vec::new(), b"maps".to_vec(), SectionKind::Data);
-    // struct bpf_map_def { type, key_size, value_size, max_entries, map_flags }
-    let mut def = Vec::new();
-    for v in [
+    let def = [
         BPF_MAP_TYPE_HASH,
         size_of::<synguard_common::SourceKey>() as u32,
         size_of::<synguard_common::Bucket>() as u32,
         max_entries,
         0,
-    ] {
-        def.extend_from_slice(&v.to_le_bytes());
-    }
-    let map_off = obj.append_section_data(maps, &def, 4);
-    let map_sym = obj.add_symbol(Symbol {
-        name: b"FLOOR".to_vec(),
-        value: map_off,
-        size: def.len() as u64,
-        kind: SymbolKind::Data,
-        scope: SymbolScope::Dynamic,
-        weak: false,
-        section: SymbolSection::Section(maps),
-        flags: SymbolFlags::None,
-    });
-
-    let text = obj.add_section(Vec::new(), b"xdp".to_vec(), SectionKind::Text);
+    ];
     let mut c = Vec::new();
     insn(&mut c, 0xbf, 6, 1, 0, 0); // r6 = ctx
     insn(&mut c, 0x61, 2, 6, 0, 0); // r2 = data
@@ -353,7 +369,7 @@ pub fn lookup_object(max_entries: u32) -> Vec<u8> {
     insn(&mut c, 0x62, 10, 0, -16, -65536); // key bytes 8..12 = 0, 0, ff, ff
     insn(&mut c, 0x63, 10, 5, -12, 0); // key bytes 12..16 = source
     insn(&mut c, 0x62, 10, 0, -8, 32); // prefix length 32
-    let reloc_at = c.len() as u64;
+    let reloc_at = c.len() / 8;
     insn(&mut c, 0x18, 1, 0, 0, 0); // r1 = map (ld_imm64, relocated)
     insn(&mut c, 0, 0, 0, 0, 0);
     insn(&mut c, 0xbf, 2, 10, 0, 0); // r2 = fp
@@ -365,32 +381,7 @@ pub fn lookup_object(max_entries: u32) -> Vec<u8> {
     insn(&mut c, 0x7b, 0, 1, 0, 0); // value.tat_ns = r1
     insn(&mut c, 0xb7, 0, 0, 0, XDP_PASS as i32); // pass:
     insn(&mut c, 0x95, 0, 0, 0, 0); // exit
-    let off = obj.append_section_data(text, &c, 8);
-    obj.add_symbol(Symbol {
-        name: b"floor".to_vec(),
-        value: off,
-        size: c.len() as u64,
-        kind: SymbolKind::Text,
-        scope: SymbolScope::Dynamic,
-        weak: false,
-        section: SymbolSection::Section(text),
-        flags: SymbolFlags::None,
-    });
-    obj.add_relocation(
-        text,
-        Relocation {
-            offset: off + reloc_at,
-            symbol: map_sym,
-            addend: 0,
-            flags: object::RelocationFlags::Elf {
-                r_type: object::elf::R_BPF_64_64,
-            },
-        },
-    )
-    .expect("relocation");
-    let lic = obj.add_section(Vec::new(), b"license".to_vec(), SectionKind::Data);
-    obj.append_section_data(lic, b"GPL\0", 1);
-    obj.write().expect("write ELF object")
+    map_object("floor", &c, Some((def, reloc_at)))
 }
 
 /// The floor of any per-source state: an XDP program that hashes the packet's IPv4
@@ -400,28 +391,9 @@ pub fn lookup_object(max_entries: u32) -> Vec<u8> {
 /// way. Nothing that keeps state per source can touch less memory per packet, so at
 /// scale it pays only the cache and TLB misses every such design pays.
 pub fn line_object(slots: u32) -> Vec<u8> {
-    use object::write::{Relocation, SectionId};
     const BPF_MAP_TYPE_ARRAY: u32 = 2;
     assert!(slots.is_power_of_two() && slots > 1);
-    let mut obj = Object::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);
-    let maps: SectionId = obj.add_section(Vec::new(), b"maps".to_vec(), SectionKind::Data);
-    let mut def = Vec::new();
-    for v in [BPF_MAP_TYPE_ARRAY, 4, LINE as u32, slots, 0] {
-        def.extend_from_slice(&v.to_le_bytes());
-    }
-    let map_off = obj.append_section_data(maps, &def, 4);
-    let map_sym = obj.add_symbol(Symbol {
-        name: b"FLOOR".to_vec(),
-        value: map_off,
-        size: def.len() as u64,
-        kind: SymbolKind::Data,
-        scope: SymbolScope::Dynamic,
-        weak: false,
-        section: SymbolSection::Section(maps),
-        flags: SymbolFlags::None,
-    });
-
-    let text = obj.add_section(Vec::new(), b"xdp".to_vec(), SectionKind::Text);
+    let def = [BPF_MAP_TYPE_ARRAY, 4, LINE as u32, slots, 0];
     let mut c = Vec::new();
     insn(&mut c, 0x61, 2, 1, 0, 0); // r2 = data
     insn(&mut c, 0x61, 3, 1, 4, 0); // r3 = data_end
@@ -433,7 +405,7 @@ pub fn line_object(slots: u32) -> Vec<u8> {
     insn(&mut c, 0x24, 5, 0, 0, 0x9e37_79b1_u32 as i32); // w5 *= odd constant
     insn(&mut c, 0x74, 5, 0, 0, 32 - slots.trailing_zeros() as i32); // w5 >>= 32 - log2(slots)
     insn(&mut c, 0x63, 10, 5, -4, 0); // key = slot
-    let reloc_at = c.len() as u64;
+    let reloc_at = c.len() / 8;
     insn(&mut c, 0x18, 1, 0, 0, 0); // r1 = map (ld_imm64, relocated)
     insn(&mut c, 0, 0, 0, 0, 0);
     insn(&mut c, 0xbf, 2, 10, 0, 0); // r2 = fp
@@ -445,36 +417,20 @@ pub fn line_object(slots: u32) -> Vec<u8> {
     insn(&mut c, 0x7b, 0, 1, 0, 0); // value[0] = r1
     insn(&mut c, 0xb7, 0, 0, 0, XDP_PASS as i32); // pass:
     insn(&mut c, 0x95, 0, 0, 0, 0); // exit
-    let off = obj.append_section_data(text, &c, 8);
-    obj.add_symbol(Symbol {
-        name: b"floor".to_vec(),
-        value: off,
-        size: c.len() as u64,
-        kind: SymbolKind::Text,
-        scope: SymbolScope::Dynamic,
-        weak: false,
-        section: SymbolSection::Section(text),
-        flags: SymbolFlags::None,
-    });
-    obj.add_relocation(
-        text,
-        Relocation {
-            offset: off + reloc_at,
-            symbol: map_sym,
-            addend: 0,
-            flags: object::RelocationFlags::Elf {
-                r_type: object::elf::R_BPF_64_64,
-            },
-        },
-    )
-    .expect("relocation");
-    let lic = obj.add_section(Vec::new(), b"license".to_vec(), SectionKind::Data);
-    obj.append_section_data(lic, b"GPL\0", 1);
-    obj.write().expect("write ELF object")
+    map_object("floor", &c, Some((def, reloc_at)))
 }
 
 /// The slot size of [`line_object`]'s array: one cache line.
 pub const LINE: usize = 64;
+
+/// Load a floor program made by [`map_object`], and take its map.
+fn load_floor(object: &[u8]) -> anyhow::Result<(Ebpf, aya::maps::Map)> {
+    let mut ebpf = load_xdp(object, "floor")?;
+    let map = ebpf
+        .take_map("FLOOR")
+        .ok_or_else(|| anyhow::anyhow!("floor map missing"))?;
+    Ok((ebpf, map))
+}
 
 /// The loaded line floor ([`line_object`]) and its array.
 pub struct LineFloor {
@@ -485,10 +441,7 @@ pub struct LineFloor {
 
 impl LineFloor {
     pub fn load(slots: u32) -> anyhow::Result<Self> {
-        let mut ebpf = load_xdp(&line_object(slots), "floor")?;
-        let map = ebpf
-            .take_map("FLOOR")
-            .ok_or_else(|| anyhow::anyhow!("floor map missing"))?;
+        let (ebpf, map) = load_floor(&line_object(slots))?;
         Ok(Self {
             table: map.try_into()?,
             ebpf,
@@ -516,10 +469,7 @@ pub struct LookupFloor {
 
 impl LookupFloor {
     pub fn load(max_entries: u32) -> anyhow::Result<Self> {
-        let mut ebpf = load_xdp(&lookup_object(max_entries), "floor")?;
-        let map = ebpf
-            .take_map("FLOOR")
-            .ok_or_else(|| anyhow::anyhow!("floor map missing"))?;
+        let (ebpf, map) = load_floor(&lookup_object(max_entries))?;
         Ok(Self {
             table: map.try_into()?,
             ebpf,

@@ -630,6 +630,23 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     )
 }
 
+/// The median cost of one run per frame (one call each), every run checked to pass.
+fn spread_median(
+    frames: &[Vec<u8>],
+    what: &str,
+    run: impl Fn(&[u8]) -> anyhow::Result<(u32, f64)>,
+) -> anyhow::Result<f64> {
+    let mut one = Vec::with_capacity(frames.len());
+    for f in frames {
+        let (a, ns) = run(f)?;
+        if a != XDP_PASS {
+            bail!("{what}: action {a}");
+        }
+        one.push(ns);
+    }
+    Ok(median(&one))
+}
+
 /// Per-packet cost as the tables grow, in interleaved rounds.
 fn scale(quick: bool, rounds: usize, repeat: u32) -> anyhow::Result<Vec<ScaleRow>> {
     let (src_sizes, prefix_sizes): (&[u32], &[u32]) = if quick {
@@ -656,33 +673,17 @@ fn scale(quick: bool, rounds: usize, repeat: u32) -> anyhow::Result<Vec<ScaleRow
                 bail!("sources {}: action {a}", c.entries);
             }
             c.hot.push(ns);
-            let mut one = Vec::with_capacity(spread);
-            for f in c.spread.iter().take(spread) {
-                let (a, ns) = c.prog.run_repeat(f, 1);
-                if a != XDP_PASS {
-                    bail!("sources {}: action {a}", c.entries);
-                }
-                one.push(ns);
-            }
-            c.cold.push(median(&one));
-            let mut one = Vec::with_capacity(spread);
-            for f in c.spread.iter().take(spread) {
-                let (a, ns) = c.floor.run_repeat(f, 1)?;
-                if a != XDP_PASS {
-                    bail!("lookup floor {}: action {a}", c.entries);
-                }
-                one.push(ns);
-            }
-            c.floor_cold.push(median(&one));
-            let mut one = Vec::with_capacity(spread);
-            for f in c.spread.iter().take(spread) {
-                let (a, ns) = c.line.run_repeat(f, 1)?;
-                if a != XDP_PASS {
-                    bail!("line floor {}: action {a}", c.entries);
-                }
-                one.push(ns);
-            }
-            c.line_cold.push(median(&one));
+            let frames = &c.spread[..spread.min(c.spread.len())];
+            let what = format!("sources {}", c.entries);
+            c.cold.push(spread_median(frames, &what, |f| {
+                Ok(c.prog.run_repeat(f, 1))
+            })?);
+            let what = format!("lookup floor {}", c.entries);
+            c.floor_cold
+                .push(spread_median(frames, &what, |f| c.floor.run_repeat(f, 1))?);
+            let what = format!("line floor {}", c.entries);
+            c.line_cold
+                .push(spread_median(frames, &what, |f| c.line.run_repeat(f, 1))?);
         }
         for c in &mut pfx {
             let (a, ns) = c.prog.run_repeat(&banned, repeat);
