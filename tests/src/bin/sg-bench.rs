@@ -26,7 +26,7 @@ use synguard_tests::{
     netns::{Bpffs, Netns},
     packet::{ACK, SYN, Tcp, udp},
     prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, require_root, source_key},
-    survival::{self, Attack, Defence, Survival},
+    survival::{self, Attack, Defence, Link, Survival},
     xdpfilter::XdpFilter,
 };
 
@@ -107,8 +107,8 @@ struct Report {
     scale: Vec<ScaleRow>,
     survival: Vec<Survival>,
     survival_note: String,
-    /// CPU ms/s of the machine and of the server with only the employees at work.
-    idle: Option<survival::Idle>,
+    /// CPU ms/s of the server with only the employees at work, per kind of link.
+    idle: Vec<survival::Idle>,
     targets: Vec<Target>,
     seconds: f64,
 }
@@ -775,15 +775,15 @@ fn scale(quick: bool, rounds: usize, repeat: u32) -> anyhow::Result<Vec<ScaleRow
 fn survival_runs(
     quick: bool,
     stop: &Arc<AtomicBool>,
-) -> anyhow::Result<(Vec<Survival>, Option<survival::Idle>, String)> {
+) -> anyhow::Result<(Vec<Survival>, Vec<survival::Idle>, String)> {
     if let Err(e) = synguard_tests::lab::check_tools() {
-        return Ok((Vec::new(), None, format!("survival skipped: {e}")));
+        return Ok((Vec::new(), Vec::new(), format!("survival skipped: {e}")));
     }
     let bin = synguard_tests::synguard_bin_path();
     if !bin.exists() {
         return Ok((
             Vec::new(),
-            None,
+            Vec::new(),
             format!("survival skipped: {} is missing", bin.display()),
         ));
     }
@@ -792,7 +792,7 @@ fn survival_runs(
     } else {
         (Duration::from_secs(4), &[Some(50_000), Some(200_000), None])
     };
-    let idle = survival::idle(duration, stop)?;
+    let idle = survival::idle(Link::Coalesced, duration, stop)?;
     let defences: &[Defence] = if quick {
         &[Defence::Kernel, Defence::Synguard]
     } else {
@@ -829,7 +829,49 @@ fn survival_runs(
                     rate.map_or("flat out".into(), |r| format!("{r}/s")),
                     d.name()
                 );
-                out.push(survival::run(attack, d, rate, duration, Some(idle), stop)?);
+                out.push(survival::run(
+                    attack,
+                    d,
+                    Link::Coalesced,
+                    rate,
+                    duration,
+                    Some(idle),
+                    stop,
+                )?);
+            }
+        }
+    }
+    let mut idles = vec![idle];
+    if !quick {
+        // What the coalescing changes: the largest floods again on the veth's defaults,
+        // for the kernel alone, synguard and the floors next to it.
+        let veth = survival::idle(Link::VethDefaults, duration, stop)?;
+        idles.push(veth);
+        for &attack in attacks {
+            let served = match attack {
+                Attack::SingleSource => Defence::SourceDrop,
+                Attack::Forged => Defence::SourceAnswer,
+            };
+            for d in [
+                Defence::Kernel,
+                Defence::Synguard,
+                Defence::NoopDrop,
+                served,
+            ] {
+                eprintln!(
+                    "sg-bench: survival: {} flat out with {}, veth defaults",
+                    attack.name(),
+                    d.name()
+                );
+                out.push(survival::run(
+                    attack,
+                    d,
+                    Link::VethDefaults,
+                    None,
+                    duration,
+                    Some(veth),
+                    stop,
+                )?);
             }
         }
     }
@@ -849,7 +891,11 @@ fn survival_runs(
              server's link (threaded NAPI, pinned to a CPU the generator and the router do \
              not use: the XDP program, the stack, netfilter and the SYN-ACKs it sends; not \
              timers or user space), per frame it received, less its idle rates \
-             with only the employees ({}). The router forwards the flood in XDP, so it \
+             with only the employees ({}). The link coalesces its interrupts as a server's \
+             NIC does (after a poll that found frames, the next poll comes {} µs later \
+             rather than at the next frame; i40e's default rate), so the flood arrives in \
+             batches; the last table has the largest floods on the veth's defaults, which \
+             wake the receive thread every few frames. The router forwards the flood in XDP, so it \
              reaches the server as raw frames, as from a NIC. Frames at the server: what \
              its receive path took from its link; a flood it cannot keep up with is lost in \
              the link's ring (lab path drops, with the frames the lab's other rings and \
@@ -865,9 +911,10 @@ fn survival_runs(
             duration.as_secs(),
             idle.server_ms_per_s
                 .map_or("not measured".into(), |v| format!("{v:.0} ms/s")),
+            survival::COALESCE_NS / 1000,
         )
     };
-    Ok((out, Some(idle), note))
+    Ok((out, idles, note))
 }
 
 /// Per-packet cost per verdict, synguard's next to the no-op programs' and xdp-filter's:
@@ -991,7 +1038,7 @@ fn main() -> anyhow::Result<()> {
     let (survival, idle, survival_note) = if want(Part::Survival) {
         survival_runs(args.quick, &stop)?
     } else {
-        (Vec::new(), None, "not run (--only)".to_string())
+        (Vec::new(), Vec::new(), "not run (--only)".to_string())
     };
     let mut report = Report {
         quick: args.quick,
@@ -1114,7 +1161,11 @@ fn targets(r: &Report) -> Vec<Target> {
     }
     // Survival: the largest flood of each attack.
     for attack in [Attack::SingleSource, Attack::Forged] {
-        let runs: Vec<&Survival> = r.survival.iter().filter(|s| s.attack == attack).collect();
+        let runs: Vec<&Survival> = r
+            .survival
+            .iter()
+            .filter(|s| s.attack == attack && s.link == Link::Coalesced)
+            .collect();
         let Some(top) = runs.iter().map(|s| s.target_pps.unwrap_or(u64::MAX)).max() else {
             continue;
         };
@@ -1181,6 +1232,22 @@ fn targets(r: &Report) -> Vec<Target> {
                             Attack::Forged => "answering them and serving the employees",
                         },
                         f / b
+                    );
+                }
+                // The same flood on the veth's defaults (full runs only).
+                let veth = |d: Defence| {
+                    r.survival
+                        .iter()
+                        .find(|s| {
+                            s.attack == attack && s.link == Link::VethDefaults && s.defence == d
+                        })
+                        .and_then(|s| s.server_ns_per_packet)
+                };
+                if let (Some(a), Some(b)) = (veth(Defence::Synguard), veth(Defence::Kernel)) {
+                    let _ = write!(
+                        measured,
+                        "; on the veth's defaults {:.2}x ({a:.0} vs {b:.0} ns)",
+                        a / b
                     );
                 }
                 t.push(Target {
@@ -1258,7 +1325,23 @@ fn markdown(r: &Report) -> String {
         );
     }
     let _ = writeln!(s, "\n## Survival under flood\n\n{}\n", r.survival_note);
-    if !r.survival.is_empty() {
+    for link in [Link::Coalesced, Link::VethDefaults] {
+        let runs: Vec<&Survival> = r.survival.iter().filter(|x| x.link == link).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        if link == Link::VethDefaults {
+            let _ = writeln!(
+                s,
+                "\n### The largest floods on the veth's defaults (no coalescing)\n\n\
+                 Idle rates on this link: {}.\n",
+                r.idle
+                    .iter()
+                    .find(|i| i.link == link)
+                    .and_then(|i| i.server_ms_per_s)
+                    .map_or("not measured".into(), |v| format!("{v:.0} ms/s"))
+            );
+        }
         let _ = writeln!(
             s,
             "| attack | asked SYN/s | sent SYN/s | defence | employees ok | p50 ms | p99 ms | \
@@ -1266,7 +1349,7 @@ fn markdown(r: &Report) -> String {
              drops |\n\
              |---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
         );
-        for x in &r.survival {
+        for x in runs {
             let _ = writeln!(
                 s,
                 "| {} | {} | {:.0}k | {} | {:.1} % ({}/{}) | {} | {} | {} | {} | {} | {} |",
