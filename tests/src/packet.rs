@@ -33,6 +33,8 @@ pub struct Tcp {
     pub ipv6_hop_by_hop: bool,
     /// TCP options (MSS, window scale, SACK permitted, timestamps) on SYNs.
     pub syn_options: bool,
+    /// Raw TCP options, in place of the above (a multiple of 4 bytes, at most 40).
+    pub tcp_options: Option<Vec<u8>>,
 }
 
 impl Tcp {
@@ -50,6 +52,7 @@ impl Tcp {
             ipv4_options: Vec::new(),
             ipv6_hop_by_hop: false,
             syn_options: false,
+            tcp_options: None,
         }
     }
 
@@ -98,6 +101,11 @@ impl Tcp {
         self
     }
 
+    pub fn tcp_options(mut self, options: &[u8]) -> Self {
+        self.tcp_options = Some(options.to_vec());
+        self
+    }
+
     pub fn build(&self) -> Vec<u8> {
         let mut tcp = TcpHeader::new(self.sport, self.dport, self.seq, 64240);
         tcp.fin = self.flags & FIN != 0;
@@ -112,6 +120,10 @@ impl Tcp {
                 2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
             ];
             tcp.set_options_raw(&opts).expect("options fit");
+        }
+        if let Some(opts) = &self.tcp_options {
+            tcp.set_options_raw(opts)
+                .expect("TCP options: up to 40 bytes, a multiple of 4");
         }
 
         let ip = match (self.src, self.dst) {

@@ -167,6 +167,49 @@ fn syns_are_answered_with_valid_cookie_syn_acks() {
 }
 
 #[test]
+fn cookies_are_made_and_checked_on_the_tcp_header_in_place_at_every_length() {
+    // The helpers are handed the header in the packet, one branch per length (20 to 60
+    // bytes): each must give the kernel the right bytes and the right length, or there is
+    // no cookie (the SYN would go to the kernel), the MSS is not the client's, or the ACK
+    // does not verify its source.
+    in_server_ns("2", || {
+        let p = always();
+        for (i, words) in (0..=10usize).enumerate() {
+            // MSS 1400, then NOPs; none at 20 bytes. The cookie's MSS table gives 1300 for
+            // it over IPv4 (536 without the option), 1220 over IPv6 (either way).
+            let mut opts = vec![1u8; words * 4];
+            if words > 0 {
+                opts[..4].copy_from_slice(&[2, 4, 0x05, 0x78]);
+            }
+            let v4 = format!("198.51.100.{}", 20 + i);
+            let v6 = format!("2001:db8:5:{i}::10");
+            let v4_mss = if words > 0 { 1300 } else { 536 };
+            for (client, server, want_mss) in
+                [(v4.as_str(), SERVER, v4_mss), (v6.as_str(), SERVER6, 1220)]
+            {
+                let syn = Tcp::syn(client, server)
+                    .tcp_options(&opts)
+                    .seq(5000)
+                    .build();
+                let (action, out) = p.run_out(&syn);
+                assert_eq!(action, XDP_TX, "{} bytes of TCP header", 20 + opts.len());
+                let (cookie, mss) = check_synack(&syn, &out);
+                assert_eq!(mss, want_mss, "{} bytes of TCP header", 20 + opts.len());
+                // And the kernel's check accepts it, from an ACK with a header as long.
+                let ack = Tcp::syn(client, server)
+                    .flags(ACK)
+                    .tcp_options(&opts)
+                    .seq(5001)
+                    .ack_number(cookie.wrapping_add(1))
+                    .build();
+                p.expect(&ack, XDP_PASS, &[R_TCP_OTHER, N_VERIFIED]);
+            }
+        }
+        assert_eq!(p.counter(R_SYN_PASSED), 0);
+    });
+}
+
+#[test]
 fn a_valid_cookie_ack_verifies_the_source_and_its_syns_then_pass() {
     in_server_ns("2", || {
         let p = always();
