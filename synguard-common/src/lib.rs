@@ -16,7 +16,7 @@ pub mod sources;
 
 /// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -37,8 +37,9 @@ pub mod map_names {
     pub const BANS_HINT6: &str = "SG_BANS_HINT6";
     pub const BAN_CACHE: &str = "SG_BAN_CACHE";
     pub const BANS_EPOCH: &str = "SG_BANS_EPOCH";
+    pub const CPU_RATES: &str = "SG_CPU_RATES";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         STATS,
         RULES_V4,
@@ -55,6 +56,7 @@ pub mod map_names {
         BANS_HINT6,
         BAN_CACHE,
         BANS_EPOCH,
+        CPU_RATES,
     ];
 }
 
@@ -76,7 +78,8 @@ pub mod capacity {
     /// Sources verified by a completed handshake (least recently used ones are forgotten
     /// when full: they are challenged again, nothing worse).
     pub const VERIFIED: u32 = 262_144;
-    /// CPUs whose SYN rates the attack detector adds up.
+    /// CPUs whose SYN rates the attack detector adds up (CPUs with higher ids still meter
+    /// and ban; their SYNs are left out of the attack-mode rate).
     pub const MAX_CPUS: u32 = 128;
 }
 
@@ -704,6 +707,27 @@ pub struct Event {
     pub rate: u64,
 }
 
+/// One CPU's SYN rate (per second) on one interface over its last closed window, and when
+/// that window closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuRate {
+    pub rate: u64,
+    pub at_ns: u64,
+}
+
+/// Every CPU's latest SYN rate on one interface: the value of `SG_CPU_RATES` (one entry per
+/// stats slot), indexed by CPU id. Each CPU writes only its own element when it closes a
+/// rate window; the CPU that then re-evaluates attack mode reads them all. A plain array
+/// shared by the CPUs rather than a field of the per-CPU `SG_STATS`: reading another CPU's
+/// per-CPU value takes `bpf_map_lookup_percpu_elem` (Linux 5.19) and a loop of helper
+/// calls, which Linux 6.1's verifier refuses; this is one lookup and a loop of loads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuRates {
+    pub cpus: [CpuRate; capacity::MAX_CPUS as usize],
+}
+
 /// Per-CPU, per-interface counters: the value of `SG_STATS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -716,9 +740,6 @@ pub struct Stats {
     /// This CPU's SYN rate window: start and SYNs so far.
     pub window_start_ns: u64,
     pub window_syns: u64,
-    /// This CPU's SYN rate (per second) over its last closed window, and when it closed.
-    pub cpu_rate: u64,
-    pub cpu_rate_ns: u64,
     /// This CPU's clock (see [`clock`]): the coarse monotonic time and jiffies read
     /// together at the last resync, and the measured length of a jiffy (0 until known).
     pub clock_ns: u64,
@@ -734,8 +755,6 @@ impl Default for Stats {
             warn_ns: 0,
             window_start_ns: 0,
             window_syns: 0,
-            cpu_rate: 0,
-            cpu_rate_ns: 0,
             clock_ns: 0,
             clock_jiffies: 0,
             tick_ns: 0,
@@ -807,6 +826,7 @@ mod pod {
     unsafe impl aya::Pod for super::Stats {}
     unsafe impl aya::Pod for super::IfState {}
     unsafe impl aya::Pod for super::BanCache {}
+    unsafe impl aya::Pod for super::CpuRates {}
 }
 
 // Layouts are part of the pinned ABI: changing one must bump ABI_VERSION.
@@ -817,7 +837,8 @@ const _: () = assert!(hint::WORDS * 64 == 1 << 24);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
-const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 9));
+const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 7));
+const _: () = assert!(core::mem::size_of::<CpuRates>() == 16 * capacity::MAX_CPUS as usize);
 const _: () = assert!(core::mem::size_of::<Config>() == 152 + 8 * PORT_WORDS);
 const _: () = assert!(stat::NAMES.len() == stat::COUNT);
 

@@ -399,6 +399,61 @@ fn attack_mode_starts_at_the_threshold_and_ends_after_a_calm_period() {
     });
 }
 
+/// Pin the calling thread to one CPU.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pin to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn the_attack_detector_adds_up_every_cpus_rate() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: needs two CPUs, this machine has {cpus}");
+        return;
+    }
+    in_server_ns("2", || {
+        let p = Prog::new(settings(&[
+            ("syn-cookies", "auto"),
+            ("attack-syn-rate", "1000"),
+            ("syn-rate", "10000000"),
+            ("syn-burst", "1000000"),
+        ]));
+        let state = |p: &Prog| p.loaded.maps.ifstate(1).unwrap();
+        let syn = |n: u16| Tcp::syn("198.18.0.1", SERVER).sport(20000 + n).build();
+        // On each CPU: a fresh window, 70 SYNs in it (fewer than the 100 that close it
+        // early), closed about 105 ms later by one more: about 680 SYN/s, under the
+        // threshold of 1000 on its own, over it together with the other CPU's.
+        let window_on = |p: &Prog, cpu: usize| {
+            pin_to(cpu);
+            assert_eq!(p.run(&syn(0)), XDP_PASS);
+            thread::sleep(Duration::from_millis(110));
+            assert_eq!(p.run(&syn(1)), XDP_PASS);
+            p.run_repeat(&syn(2), 69);
+            thread::sleep(Duration::from_millis(105));
+            p.run(&syn(3))
+        };
+        assert_eq!(window_on(&p, 0), XDP_PASS);
+        let st = state(&p);
+        assert_eq!(st.attack, 0, "one CPU's rate alone: {st:?}");
+        assert!((500..1000).contains(&st.rate), "{st:?}");
+        assert_eq!(window_on(&p, 1), XDP_TX, "both CPUs' rates together");
+        let st = state(&p);
+        assert_eq!(st.attack, 1, "{st:?}");
+        assert!(st.rate >= 1000, "{st:?}");
+    });
+}
+
 #[test]
 fn outside_the_listeners_namespace_the_same_syn_finds_no_listener() {
     // A check of the harness itself: the lookup really is per namespace.
