@@ -846,10 +846,28 @@ fn fold(mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
-/// Resize the frame to end right after a 24-byte TCP header at `l4`, and return a
-/// pointer to the frame, bounds-checked for `l4 + 24` bytes.
+/// The cookie SYN-ACK's headers in the resized frame, each pointer bounds-checked for
+/// its own header (see [`resize_for_synack`]).
+struct SynackFrame {
+    /// The two MAC addresses (12 bytes).
+    eth: *mut u8,
+    /// The IP header (`IP` bytes).
+    ip: *mut u8,
+    /// The TCP header ([`SYNACK_TCP_LEN`] bytes).
+    tcp: *mut u8,
+}
+
+/// Resize the frame to end right after a 24-byte TCP header at `l4`, with an `IP`-byte IP
+/// header at `l3`, and return its headers. Each is bounds-checked through [`ptr_at`]
+/// itself, for a constant size from its own offset: verifiers before 6.x (6.1 among them)
+/// only credit a bounds check to the pointer it was made on, so a check of `l4 + 24` on
+/// the frame's start would not cover the accesses at `l3`.
 #[inline(always)]
-fn resize_for_synack(ctx: &XdpContext, l4: usize) -> Option<*mut u8> {
+fn resize_for_synack<const IP: usize>(
+    ctx: &XdpContext,
+    l3: usize,
+    l4: usize,
+) -> Option<SynackFrame> {
     let cur = ctx.data_end() - ctx.data();
     let want = l4 + SYNACK_TCP_LEN;
     if want != cur {
@@ -860,11 +878,11 @@ fn resize_for_synack(ctx: &XdpContext, l4: usize) -> Option<*mut u8> {
         }
     }
     // The frame moved: bounds are checked again on the new pointers.
-    let start = ctx.data();
-    if start + l4 + SYNACK_TCP_LEN > ctx.data_end() {
-        return None;
-    }
-    Some(start as *mut u8)
+    Some(SynackFrame {
+        eth: ptr_at::<[u8; 12]>(ctx, 0)? as *mut u8,
+        ip: ptr_at::<[u8; IP]>(ctx, l3)? as *mut u8,
+        tcp: ptr_at::<[u8; SYNACK_TCP_LEN]>(ctx, l4)? as *mut u8,
+    })
 }
 
 /// Swap `N` bytes at `a` with `N` bytes at `b`, through registers (4 bytes at a time, or
@@ -986,13 +1004,13 @@ fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets) -> usize {
         Ok(c) => c,
         Err(reason) => return reason,
     };
-    let Some(frame) = resize_for_synack(ctx, l4) else {
+    let Some(f) = resize_for_synack::<{ Ipv4Hdr::LEN }>(ctx, l3, l4) else {
         return R_COOKIE_FALLBACK;
     };
-    // SAFETY: `resize_for_synack` checked the frame holds l4 + 24 bytes, and l3 + 20 = l4.
+    // SAFETY: `resize_for_synack` checked each header's bounds.
     unsafe {
-        swap_bytes::<6>(frame, frame.add(6));
-        let ip = frame.add(l3);
+        swap_bytes::<6>(f.eth, f.eth.add(6));
+        let ip = f.ip;
         *ip = 0x45;
         *ip.add(1) = 0;
         (ip.add(2) as *mut u16).write_unaligned(((Ipv4Hdr::LEN + SYNACK_TCP_LEN) as u16).to_be());
@@ -1003,7 +1021,7 @@ fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets) -> usize {
         swap_bytes::<4>(ip.add(12), ip.add(16));
         (ip.add(10) as *mut u16).write_unaligned(fold(sum16::<20>(ip, 0)).to_be());
         let pseudo = sum16::<8>(ip.add(12), 0);
-        write_synack_tcp(frame.add(l4), cookie, mss, pseudo);
+        write_synack_tcp(f.tcp, cookie, mss, pseudo);
     }
     R_COOKIE_SENT
 }
@@ -1035,20 +1053,20 @@ fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets) -> usize {
         Ok(c) => c,
         Err(reason) => return reason,
     };
-    let Some(frame) = resize_for_synack(ctx, l4) else {
+    let Some(f) = resize_for_synack::<{ Ipv6Hdr::LEN }>(ctx, l3, l4) else {
         return R_COOKIE_FALLBACK;
     };
-    // SAFETY: `resize_for_synack` checked the frame holds l4 + 24 bytes, and l3 + 40 = l4.
+    // SAFETY: `resize_for_synack` checked each header's bounds.
     unsafe {
-        swap_bytes::<6>(frame, frame.add(6));
-        let ip = frame.add(l3);
+        swap_bytes::<6>(f.eth, f.eth.add(6));
+        let ip = f.ip;
         (ip as *mut u32).write_unaligned(0x6000_0000u32.to_be());
         (ip.add(4) as *mut u16).write_unaligned((SYNACK_TCP_LEN as u16).to_be());
         *ip.add(6) = IPPROTO_TCP;
         *ip.add(7) = 64;
         swap_bytes::<16>(ip.add(8), ip.add(24));
         let pseudo = sum16::<32>(ip.add(8), 0);
-        write_synack_tcp(frame.add(l4), cookie, mss, pseudo);
+        write_synack_tcp(f.tcp, cookie, mss, pseudo);
     }
     R_COOKIE_SENT
 }
