@@ -8,7 +8,7 @@
 use std::{
     net::{IpAddr, TcpListener},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -17,7 +17,7 @@ use synguard_common::{EVENT_ATTACK_OFF, EVENT_ATTACK_ON, Event, RULE_ALLOW, stat
 use synguard_tests::{
     netns::Netns,
     packet::{ACK, Tcp},
-    prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, require_root, source_key},
+    prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, pin_to_cpu, require_root, source_key},
 };
 
 const SERVER: &str = "192.0.2.1";
@@ -34,12 +34,7 @@ fn in_server_ns(syncookies: &str, test: impl FnOnce() + Send + 'static) {
     let result = ns
         .spawn(move || {
             // One CPU: the attack detector measures per CPU.
-            // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread only.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(0, &mut set);
-                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-            }
+            pin_to_cpu(0);
             let _l4 = TcpListener::bind("192.0.2.1:80").expect("listen v4");
             let _l6 = TcpListener::bind("[2001:db8:2::1]:80").expect("listen v6");
             test();
@@ -399,22 +394,6 @@ fn attack_mode_starts_at_the_threshold_and_ends_after_a_calm_period() {
     });
 }
 
-/// Pin the calling thread to one CPU.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread only.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
-    };
-    assert_eq!(
-        rc,
-        0,
-        "pin to CPU {cpu}: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
 #[test]
 fn the_attack_detector_adds_up_every_cpus_rate() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -431,23 +410,32 @@ fn the_attack_detector_adds_up_every_cpus_rate() {
         ]));
         let state = |p: &Prog| p.loaded.maps.ifstate(1).unwrap();
         let syn = |n: u16| Tcp::syn("198.18.0.1", SERVER).sport(20000 + n).build();
-        // On each CPU: a fresh window, 70 SYNs in it (fewer than the 100 that close it
-        // early), closed about 105 ms later by one more: about 680 SYN/s, under the
-        // threshold of 1000 on its own, over it together with the other CPU's.
-        let window_on = |p: &Prog, cpu: usize| {
-            pin_to(cpu);
-            assert_eq!(p.run(&syn(0)), XDP_PASS);
-            thread::sleep(Duration::from_millis(110));
+        // Deadlines rather than sleeps, so a slow machine (an emulated kernel in the
+        // kernel matrix) stretches the windows no more than one system call does.
+        let until = |t: Instant| thread::sleep(t.saturating_duration_since(Instant::now()));
+        // On CPU 1 a window opens now; CPU 0 runs one of its own to its end; then CPU 1
+        // closes its old window and runs one the same way. Each: 70 SYNs in 105 ms (fewer
+        // than the 100 that close a window early), about 670 SYN/s, under the threshold
+        // of 1000 alone, over it together with the other CPU's.
+        let window = |p: &Prog| {
+            let start = Instant::now();
             assert_eq!(p.run(&syn(1)), XDP_PASS);
             p.run_repeat(&syn(2), 69);
-            thread::sleep(Duration::from_millis(105));
+            until(start + Duration::from_millis(105));
             p.run(&syn(3))
         };
-        assert_eq!(window_on(&p, 0), XDP_PASS);
+        pin_to_cpu(1);
+        let t0 = Instant::now();
+        assert_eq!(p.run(&syn(0)), XDP_PASS);
+        pin_to_cpu(0);
+        assert_eq!(p.run(&syn(0)), XDP_PASS);
+        until(t0 + Duration::from_millis(110));
+        assert_eq!(window(&p), XDP_PASS);
         let st = state(&p);
         assert_eq!(st.attack, 0, "one CPU's rate alone: {st:?}");
         assert!((500..1000).contains(&st.rate), "{st:?}");
-        assert_eq!(window_on(&p, 1), XDP_TX, "both CPUs' rates together");
+        pin_to_cpu(1);
+        assert_eq!(window(&p), XDP_TX, "both CPUs' rates together");
         let st = state(&p);
         assert_eq!(st.attack, 1, "{st:?}");
         assert!(st.rate >= 1000, "{st:?}");
