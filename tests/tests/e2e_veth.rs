@@ -1,0 +1,202 @@
+//! The smallest end-to-end check of the real program on a real link, and the one the kernel
+//! matrix runs inside every kernel it boots (`cargo xtask test`, `xtask/src/kmatrix.rs`):
+//! `synguard run` attached to veth pairs in network namespaces, a flooder banned and its
+//! next connection dropped while an employee's connections keep working, then a handshake
+//! completed through a SYN cookie answered in XDP. It needs nothing but `ip`, `cat` and
+//! `sysctl` besides synguard itself, so it runs in the matrix's minimal guests.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    thread,
+    time::{Duration, Instant},
+};
+
+use synguard::{bpf::Maps, rules};
+use synguard_common::{RULE_BAN, stat::*};
+use synguard_tests::{
+    baseline::{Noop, XDP_PASS},
+    flood::{self, FloodSpec, Source},
+    lab::mac_of,
+    netns::{Bpffs, ChildGuard, Netns, TempDir, unique, veth},
+    prog::require_root,
+    synguard_bin,
+    traffic::{Server, fetch},
+};
+
+const SERVER: &str = "192.0.2.1";
+const EMPLOYEE: &str = "198.51.100.10";
+const FLOODER: &str = "203.0.113.66";
+
+/// Fetch the page from inside `ns`.
+fn fetch_from(ns: &Netns, timeout: Duration) -> Result<Duration, String> {
+    let target: SocketAddr = format!("{SERVER}:80").parse().expect("addr");
+    ns.spawn(move || fetch(target, timeout))
+        .join()
+        .expect("client thread")
+}
+
+#[test]
+fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
+    require_root();
+    let server = Netns::new("vsrv");
+    let employee = Netns::new("vemp");
+    let flooder = Netns::new("vatt");
+    veth(
+        &server,
+        "sgc",
+        "198.51.100.1/24",
+        &employee,
+        "eth0",
+        &format!("{EMPLOYEE}/24"),
+    );
+    veth(
+        &server,
+        "sga",
+        "203.0.113.1/24",
+        &flooder,
+        "eth0",
+        &format!("{FLOODER}/24"),
+    );
+    server.ip(&["addr", "add", &format!("{SERVER}/32"), "dev", "lo"]);
+    employee.ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1"]);
+    flooder.ip(&["route", "add", "192.0.2.0/24", "via", "203.0.113.1"]);
+    // On veth, a frame sent back with XDP_TX (the cookie SYN-ACK) reaches the peer only if
+    // the peer runs an XDP program too.
+    let _peer_xdp = employee
+        .spawn(|| {
+            let mut noop = Noop::load(XDP_PASS).expect("load a no-op XDP program");
+            noop.attach("eth0")
+                .expect("attach it to the employee's link");
+            noop
+        })
+        .join()
+        .expect("attaching the employee's XDP program");
+    let _web = Server::start(&server, format!("{SERVER}:80").parse().expect("addr"));
+
+    let bpffs = Bpffs::new();
+    let state = TempDir::new("vstate");
+    let mut cmd = server.command(synguard_bin().to_str().expect("utf-8 path"));
+    cmd.arg("--pin-dir")
+        .arg(bpffs.pin_dir())
+        .arg("--state-dir")
+        .arg(&state.path)
+        .args(["run", "--iface", "sgc", "--iface", "sga"]);
+    let log = std::env::temp_dir().join(format!("{}.log", unique("sgv")));
+    let mut daemon = ChildGuard::spawn_logged(cmd, log);
+    // Generous: in the matrix this runs in an emulated machine.
+    daemon.wait_for_log("running:", Duration::from_secs(60));
+    let maps = Maps::from_pins(&bpffs.pin_dir()).expect("open the pinned maps");
+    let sg = |args: &[&str]| {
+        let out = std::process::Command::new(synguard_bin())
+            .arg("--pin-dir")
+            .arg(bpffs.pin_dir())
+            .args(args)
+            .output()
+            .expect("run synguard");
+        assert!(
+            out.status.success(),
+            "synguard {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    fetch_from(&employee, Duration::from_secs(5)).expect("the employee before any flood");
+
+    // SYNs at up to 20,000 a second for 300 ms from the flooder's own address: its first
+    // 100 (the burst) pass, the next is over its limit and bans it. (An emulated machine
+    // sends far fewer, but enough.)
+    let spec = FloodSpec {
+        ifindex: flooder.ifindex("eth0"),
+        src_mac: mac_of(&flooder, "eth0").expect("MAC"),
+        dst_mac: mac_of(&server, "sga").expect("MAC"),
+        source: Source::Fixed(FLOODER.parse().expect("addr")),
+        dst: SERVER.parse().expect("addr"),
+        dport: 80,
+        rate: Some(20_000),
+        duration: Duration::from_millis(300),
+        threads: 1,
+        batch: 16,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let report = flooder
+        .spawn(move || flood::run(&spec, &stop))
+        .join()
+        .expect("flood thread")
+        .expect("flood");
+    assert!(report.sent >= 300, "the flood was sent: {report:?}");
+    let start = Instant::now();
+    let bans = loop {
+        let bans: Vec<_> = rules::list(&maps)
+            .expect("rules")
+            .into_iter()
+            .filter(|e| e.rule.kind == RULE_BAN)
+            .collect();
+        if !bans.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            break bans;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(bans.len(), 1, "the flooder alone is banned: {bans:?}");
+    assert_eq!(bans[0].net.to_string(), format!("{FLOODER}/32"));
+    let listed = sg(&["block", "list"]);
+    assert!(listed.contains(&format!("{FLOODER}/32")), "{listed}");
+    let c = maps
+        .counters(server.ifindex("sga"))
+        .expect("counters of the flooder's link");
+    // The burst, and what the default 200 SYN/s refilled while the flood emptied it.
+    let refilled = (200.0 * report.seconds).ceil() as u64;
+    assert!(
+        c[R_SYN_PASSED] <= 101 + refilled,
+        "only the burst passed: {c:?} {report:?}"
+    );
+    assert!(c[R_SYN_LIMITED] >= 1, "{c:?}");
+    // Its own next connection is dropped; the employee's are not.
+    assert!(
+        fetch_from(&flooder, Duration::from_secs(1)).is_err(),
+        "the banned flooder connected"
+    );
+    fetch_from(&employee, Duration::from_secs(5)).expect("the employee during the ban");
+
+    // Cookies for every unverified SYN: the employee's next handshake is answered in XDP
+    // and completes with the kernel's own cookie check; its source is verified.
+    // The daemon sets `net.ipv4.tcp_syncookies` to 2 for the kernel's cookie helper.
+    sg(&["config", "set", "syn-cookies", "always"]);
+    let start = Instant::now();
+    while String::from_utf8_lossy(
+        &server
+            .exec(&["cat", "/proc/sys/net/ipv4/tcp_syncookies"])
+            .stdout,
+    )
+    .trim()
+        != "2"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the daemon took over tcp_syncookies"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let slot = server.ifindex("sgc");
+    let before = maps.counters(slot).expect("counters");
+    fetch_from(&employee, Duration::from_secs(5)).expect("the employee through a cookie");
+    let after = maps.counters(slot).expect("counters");
+    assert_eq!(
+        after[R_COOKIE_SENT] - before[R_COOKIE_SENT],
+        1,
+        "answered in XDP: {after:?}"
+    );
+    assert_eq!(
+        after[N_VERIFIED] - before[N_VERIFIED],
+        1,
+        "the cookie ACK verified the employee"
+    );
+    // Verified: its next SYN goes straight to the kernel.
+    fetch_from(&employee, Duration::from_secs(5)).expect("the verified employee");
+    let last = maps.counters(slot).expect("counters");
+    assert_eq!(last[R_SYN_VERIFIED] - after[R_SYN_VERIFIED], 1);
+    assert_eq!(last[R_COOKIE_SENT], after[R_COOKIE_SENT]);
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait(Duration::from_secs(20)), Some(0), "clean exit");
+}
