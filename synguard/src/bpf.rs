@@ -10,7 +10,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
-    programs::Xdp,
+    programs::{ProgramError, Xdp},
 };
 use synguard_common::{
     BanCache, Config, IfState, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, hint,
@@ -116,7 +116,7 @@ impl Loaded {
             .program_mut(PROGRAM)
             .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?
             .try_into()?;
-        prog.load().context("the kernel refused the XDP program")?;
+        prog.load().map_err(refused)?;
         let mut maps = Maps::take(&mut ebpf)?;
         // Whatever a pinned cache remembers is checked against the tries again.
         maps.new_bans_epoch()?;
@@ -139,6 +139,33 @@ impl Loaded {
             .try_into()?)
     }
 }
+
+/// The verifier's refusal, told briefly: the kernel, the error and the log's last lines
+/// (where the verifier says what it refused), not its whole log (thousands of lines; at
+/// debug level in the log).
+fn refused(e: ProgramError) -> anyhow::Error {
+    let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = e
+    else {
+        return anyhow::Error::new(e).context("the kernel refused the XDP program");
+    };
+    let log = verifier_log.to_string();
+    log::debug!("the verifier's log:\n{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(VERIFIER_TAIL)..].join("\n");
+    anyhow!(
+        "the kernel ({}) refused the XDP program ({io_error}); the verifier's last words:\n\
+         {tail}\n(synguard is tested on the kernels the README lists, Linux {} and later; \
+         RUST_LOG=debug shows the whole log)",
+        crate::kernel::release(),
+        crate::kernel::MIN_LINUX
+    )
+}
+
+/// Lines of a refusing verifier's log that an error shows.
+const VERIFIER_TAIL: usize = 20;
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
 where

@@ -880,6 +880,19 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
     privs::require_for_run()?;
     let settings = load_settings(args.config.as_deref(), &args.keys)?;
     let ifaces = resolve_ifaces(&args.ifaces)?;
+    let kernel = crate::kernel::probe();
+    if let Some(refusal) = kernel.refusal() {
+        bail!(refusal);
+    }
+    if kernel.degraded.is_empty() {
+        log::info!(
+            "kernel {}: every feature synguard uses is present",
+            kernel.release
+        );
+    }
+    for what in &kernel.degraded {
+        log::warn!("kernel {}: {what}", kernel.release);
+    }
     let metrics = match args.metrics {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,

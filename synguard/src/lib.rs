@@ -14,6 +14,7 @@ pub mod docs;
 pub mod error;
 pub mod incident;
 pub mod journal;
+pub mod kernel;
 pub mod metrics;
 pub mod net;
 pub mod pins;
