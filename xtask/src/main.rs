@@ -11,6 +11,7 @@
 
 mod bootstrap;
 mod dist;
+mod kmatrix;
 
 use std::{
     path::{Path, PathBuf},
@@ -56,6 +57,15 @@ enum Task {
     },
     /// Build the Debian package: target/dist/synguard_VERSION_amd64.deb.
     Dist,
+    /// Boot the kernels servers run (Debian's and Ubuntu's packages) in qemu and run the
+    /// kernel tests in each; part of `test` (needs root).
+    ///
+    /// Example: cargo xtask kmatrix --only debian12
+    Kmatrix {
+        /// Only these kernels (by name: ubuntu22.04, debian12, debian13, debian11).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Measure the program's per-packet cost in the kernel (ratios to no-op programs and
     /// xdp-filter), its cost as the tables grow, and survival under floods in the lab;
     /// writes target/bench/summary.md, summary.json and per-verdict.svg (needs root).
@@ -86,7 +96,12 @@ const TEST_PACKAGES: &[&str] = &[
     "file",
     "binutils",
     "xdp-tools",
+    "ethtool",
+    "libxdp1",
 ];
+/// Debian packages the kernel matrix uses: qemu to boot the kernels, the static busybox
+/// for the guests' few shell tools.
+const KMATRIX_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "file", "binutils"];
 /// Debian packages the benchmark uses: the lab's, and xdp-filter (xdp-tools; its BPF
 /// objects come with libxdp1) as the yardstick.
 const BENCH_PACKAGES: &[&str] = &[
@@ -273,6 +288,10 @@ fn test() -> anyhow::Result<()> {
     )?;
     // Floods use all cores: one test at a time so each measures what it claims.
     for (name, test) in [
+        (
+            "end to end on veth: a ban and a cookie handshake (the kernel matrix's check)",
+            "e2e_veth",
+        ),
         ("end-to-end flood tests in network namespaces", "e2e_flood"),
         ("the command line against a running daemon", "cli"),
         (
@@ -308,8 +327,23 @@ fn test() -> anyhow::Result<()> {
             "--quick",
         ])),
     )?;
+    kmatrix(&release_bin, &[])?;
     eprintln!(
         "xtask: all tests passed in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The kernel matrix (see `kmatrix`), as one step.
+fn kmatrix(bin: &Path, only: &[String]) -> anyhow::Result<()> {
+    bootstrap::packages(KMATRIX_PACKAGES)?;
+    eprintln!("xtask: == the kernel matrix: the kernel tests in the kernels servers run (qemu)");
+    let start = Instant::now();
+    let outcomes = kmatrix::run(bin, only)?;
+    eprintln!(
+        "xtask: == the kernel matrix: ok, {} kernels ({:.1} s)",
+        outcomes.len(),
         start.elapsed().as_secs_f64()
     );
     Ok(())
@@ -335,6 +369,11 @@ fn main() -> anyhow::Result<()> {
             let deb = dist::dist(&bin)?;
             eprintln!("xtask: built {}", deb.display());
             Ok(())
+        }
+        Task::Kmatrix { only } => {
+            need_root("cargo xtask kmatrix")?;
+            let bin = build(true)?;
+            kmatrix(&bin, &only)
         }
         Task::Lab { args } => {
             need_root("cargo xtask lab")?;
