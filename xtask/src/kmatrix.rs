@@ -379,7 +379,7 @@ fn prepare(k: &Kernel) -> anyhow::Result<Prepared> {
     let from = format!("{}\n{}\n", image.display(), modules.display());
     if fs::read_to_string(&stamp).ok().as_deref() != Some(from.as_str()) {
         let _ = fs::remove_dir_all(&into);
-        extract(&image, &into, &["./boot/vmlinuz-*", "./boot/config-*"])?;
+        extract(&image, &into, &["./boot/vmlinuz-*"])?;
         extract(&modules, &into, &["*/kernel/drivers/net/veth.ko*"])?;
         fs::write(&stamp, &from)?;
     }
@@ -389,29 +389,23 @@ fn prepare(k: &Kernel) -> anyhow::Result<Prepared> {
         .with_context(|| format!("no veth module in {}", modules.display()))?;
     let veth = into.join("veth.ko");
     if !veth.exists() {
+        // Debian compresses modules with xz since 6.x; the guest loads them uncompressed
+        // (finit_module decompresses only on kernels built to).
         let name = ko.to_string_lossy();
-        let tool = if name.ends_with(".xz") {
-            Some("xz")
-        } else if name.ends_with(".zst") {
-            Some("zstd")
+        if name.ends_with(".xz") {
+            let out = Command::new("xz")
+                .arg("-dc")
+                .arg(&ko)
+                .output()
+                .with_context(|| format!("xz -dc {name} (package xz-utils)"))?;
+            if !out.status.success() {
+                bail!("xz -dc {name} failed");
+            }
+            fs::write(&veth, out.stdout)?;
+        } else if name.ends_with(".ko") {
+            fs::copy(&ko, &veth)?;
         } else {
-            None
-        };
-        match tool {
-            Some(t) => {
-                let out = Command::new(t)
-                    .args(["-dc"])
-                    .arg(&ko)
-                    .output()
-                    .with_context(|| format!("{t} -dc {name}"))?;
-                if !out.status.success() {
-                    bail!("{t} -dc {name} failed");
-                }
-                fs::write(&veth, out.stdout)?;
-            }
-            None => {
-                fs::copy(&ko, &veth)?;
-            }
+            bail!("{name}: a module compression the kernel matrix does not know");
         }
     }
     Ok(Prepared {
