@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{bootstrap, root, step};
+use crate::{root, step};
 
 const PACKAGE: &str = "synguard";
 /// Debian revision of the package.
@@ -185,7 +185,6 @@ fn optional_field(name: &str, value: &str) -> String {
 
 /// Build the package from the release binary; returns its path.
 pub fn dist(bin: &Path) -> anyhow::Result<PathBuf> {
-    bootstrap::packages(&["dpkg", "binutils", "gzip"])?;
     let out_dir = root().join("target").join("dist");
     let stage = out_dir.join(format!("{PACKAGE}_{}_amd64", version()));
     if stage.exists() {

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's operations. Each command first installs what it needs
-//! (idempotently, saying so), then does its job.
+//! (idempotently, saying so; its Debian packages are listed in `packages.rs`), then does
+//! its job.
 //!
 //! - `build`: the `synguard` binary with its eBPF program embedded;
 //! - `run -- ARGS`: build and run `synguard run ARGS` (as root);
@@ -11,6 +12,7 @@
 
 mod bootstrap;
 mod dist;
+mod packages;
 
 use std::{
     path::{Path, PathBuf},
@@ -69,37 +71,6 @@ enum Task {
     },
 }
 
-/// Debian packages the lab drives.
-const LAB_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "hping3", "nftables", "nginx"];
-/// Debian packages the tests use (the tests include a short lab run).
-const TEST_PACKAGES: &[&str] = &[
-    "iproute2",
-    "iputils-ping",
-    "hping3",
-    "nftables",
-    "nginx",
-    "prometheus",
-    // The package tests: lint it, install it into a fresh Debian root, verify the unit.
-    "lintian",
-    "debootstrap",
-    "systemd",
-    "file",
-    "binutils",
-    "xdp-tools",
-];
-/// Debian packages the benchmark uses: the lab's, and xdp-filter (xdp-tools; its BPF
-/// objects come with libxdp1) as the yardstick.
-const BENCH_PACKAGES: &[&str] = &[
-    "iproute2",
-    "iputils-ping",
-    "hping3",
-    "nftables",
-    "nginx",
-    "xdp-tools",
-    "libxdp1",
-    "ethtool",
-];
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -115,6 +86,18 @@ fn cargo(args: &[&str]) -> Command {
     let mut c = Command::new("cargo");
     c.args(args).current_dir(root());
     c
+}
+
+/// Install what `cmd` needs: its Debian packages, then the eBPF toolchain (bpf-linker
+/// is built with `cc`).
+fn prepare(cmd: packages::Cmd) -> anyhow::Result<()> {
+    bootstrap::packages(&packages::of(cmd)).with_context(|| {
+        format!(
+            "installing the `{}` list of xtask/src/packages.rs",
+            cmd.name()
+        )
+    })?;
+    bootstrap::toolchain(&work_dir())
 }
 
 fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
@@ -138,7 +121,6 @@ fn need_root(what: &str) -> anyhow::Result<()> {
 }
 
 fn build(release: bool) -> anyhow::Result<PathBuf> {
-    bootstrap::toolchain(&work_dir())?;
     let mut args = vec!["build", "-p", "synguard"];
     if release {
         args.push("--release");
@@ -180,8 +162,7 @@ fn release_tool(what: &str, bin: &str) -> anyhow::Result<Command> {
 fn test() -> anyhow::Result<()> {
     let start = Instant::now();
     need_root("cargo xtask test")?;
-    bootstrap::toolchain(&work_dir())?;
-    bootstrap::packages(TEST_PACKAGES)?;
+    prepare(packages::Cmd::Test)?;
     step(
         "format (cargo +nightly fmt --check)",
         &mut cargo(&["+nightly", "fmt", "--all", "--", "--check"]),
@@ -318,12 +299,14 @@ fn test() -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Build { release } => {
+            prepare(packages::Cmd::Build)?;
             let bin = build(release)?;
             eprintln!("xtask: built {}", bin.display());
             Ok(())
         }
         Task::Run { args } => {
             need_root("cargo xtask run")?;
+            prepare(packages::Cmd::Run)?;
             let bin = build(true)?;
             let mut c = Command::new(bin);
             c.arg("run").args(args);
@@ -331,6 +314,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test => test(),
         Task::Dist => {
+            prepare(packages::Cmd::Dist)?;
             let bin = build(true)?;
             let deb = dist::dist(&bin)?;
             eprintln!("xtask: built {}", deb.display());
@@ -338,8 +322,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Lab { args } => {
             need_root("cargo xtask lab")?;
-            bootstrap::toolchain(&work_dir())?;
-            bootstrap::packages(LAB_PACKAGES)?;
+            prepare(packages::Cmd::Lab)?;
             let mut c = release_tool("lab", "sg-lab")?;
             c.args(args);
             eprintln!("xtask: == lab");
@@ -347,8 +330,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench { json, quick } => {
             need_root("cargo xtask bench")?;
-            bootstrap::toolchain(&work_dir())?;
-            bootstrap::packages(BENCH_PACKAGES)?;
+            prepare(packages::Cmd::Bench)?;
             let mut c = release_tool("bench", "sg-bench")?;
             if json {
                 c.arg("--json");
