@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's operations. Each command first installs what it needs
 //! (idempotently, saying so; its Debian packages are listed in `packages.rs`), then does
-//! its job.
+//! its job with only those packages' programs on its children's PATH (`guard.rs`).
 //!
 //! - `build`: the `synguard` binary with its eBPF program embedded;
 //! - `run -- ARGS`: build and run `synguard run ARGS` (as root);
@@ -12,11 +12,13 @@
 
 mod bootstrap;
 mod dist;
+mod guard;
 mod packages;
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::OnceLock,
     time::Instant,
 };
 
@@ -88,22 +90,63 @@ fn cargo(args: &[&str]) -> Command {
     c
 }
 
-/// Install what `cmd` needs: its Debian packages, then the eBPF toolchain (bpf-linker
-/// is built with `cc`).
+/// The command's guard, once its packages are installed (see `guard`).
+static GUARD: OnceLock<(packages::Cmd, guard::Guard)> = OnceLock::new();
+
+/// Install what `cmd` needs (its Debian packages, then the eBPF toolchain, whose
+/// bpf-linker is built with `cc`), then put its children under the guard.
 fn prepare(cmd: packages::Cmd) -> anyhow::Result<()> {
-    bootstrap::packages(&packages::of(cmd)).with_context(|| {
+    let pkgs = packages::of(cmd);
+    bootstrap::packages(&pkgs).with_context(|| {
         format!(
             "installing the `{}` list of xtask/src/packages.rs",
             cmd.name()
         )
     })?;
-    bootstrap::toolchain(&work_dir())
+    bootstrap::toolchain(&work_dir())?;
+    let dir = work_dir().join("guard").join(cmd.name()).join("bin");
+    let guard = guard::Guard::build(&pkgs, &dir, &bootstrap::cargo_bin(""))
+        .context("making the guard's PATH")?;
+    bootstrap::say(&format!(
+        "guard: children's PATH: {} ({} programs of {} packages), then cargo's bin",
+        dir.display(),
+        guard.programs.len(),
+        guard.packages
+    ));
+    let _ = GUARD.set((cmd, guard));
+    Ok(())
+}
+
+/// `cmd` with PATH limited by the guard, if one is in force.
+fn guarded(cmd: &mut Command) -> &mut Command {
+    match GUARD.get() {
+        Some((_, guard)) => guard.apply(cmd),
+        None => cmd,
+    }
+}
+
+/// Run `cmd` under the guard; if it fails, say that the guard was in force and how a
+/// missing program is added.
+fn run_guarded(cmd: &mut Command) -> anyhow::Result<()> {
+    let result = bootstrap::run(guarded(cmd));
+    if result.is_err()
+        && let Some((task, guard)) = GUARD.get()
+    {
+        bootstrap::say(&format!(
+            "hint: PATH was {} and cargo's bin: a \"No such file or directory\" for a \
+             program means its Debian package must be added to the `{}` list in \
+             xtask/src/packages.rs",
+            guard.dir.display(),
+            task.name()
+        ));
+    }
+    result
 }
 
 fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: == {name}");
     let start = Instant::now();
-    bootstrap::run(cmd).with_context(|| format!("step failed: {name}"))?;
+    run_guarded(cmd).with_context(|| format!("step failed: {name}"))?;
     eprintln!(
         "xtask: == {name}: ok ({:.1} s)",
         start.elapsed().as_secs_f64()
@@ -310,6 +353,7 @@ fn main() -> anyhow::Result<()> {
             let bin = build(true)?;
             let mut c = Command::new(bin);
             c.arg("run").args(args);
+            // The daemon runs in the caller's environment: it is in use, not under test.
             bootstrap::run(&mut c)
         }
         Task::Test => test(),
@@ -326,7 +370,7 @@ fn main() -> anyhow::Result<()> {
             let mut c = release_tool("lab", "sg-lab")?;
             c.args(args);
             eprintln!("xtask: == lab");
-            bootstrap::run(&mut c)
+            run_guarded(&mut c)
         }
         Task::Bench { json, quick } => {
             need_root("cargo xtask bench")?;
@@ -339,7 +383,7 @@ fn main() -> anyhow::Result<()> {
                 c.arg("--quick");
             }
             eprintln!("xtask: == benchmark");
-            bootstrap::run(&mut c)
+            run_guarded(&mut c)
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The one list of the Debian packages each `cargo xtask` command needs: the command
-//! installs them first (`bootstrap::packages`).
+//! installs them first (`bootstrap::packages`), then runs its children with only their
+//! programs on PATH (`guard`), so a program a list forgets fails here, not on a fresh
+//! machine.
 //!
 //! Not listed: what every Debian system has (`Essential: yes` or `Priority: required`),
 //! e.g. coreutils (`cat`, `timeout`, `md5sum`, `chroot`), dash (`sh`), dpkg (`dpkg-deb`),
-//! gzip (`zcat`), findutils, util-linux (`setpriv`, `unshare`), mount, apt.
+//! gzip (`zcat`), findutils, util-linux (`setpriv`, `unshare`), mount, apt. The guard
+//! allows those too.
 
 /// An xtask command, as far as its packages go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
