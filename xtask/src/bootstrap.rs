@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-fn say(msg: &str) {
+pub fn say(msg: &str) {
     eprintln!("xtask: {msg}");
 }
 
@@ -71,7 +71,8 @@ fn nightly_llvm(sysroot: &Path) -> anyhow::Result<(String, String)> {
     )
 }
 
-fn cargo_bin(name: &str) -> PathBuf {
+/// `name` in cargo's bin directory (rustup's proxies, bpf-linker); "" for the directory.
+pub fn cargo_bin(name: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))

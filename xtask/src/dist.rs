@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{bootstrap, root, step};
+use crate::{guarded, root, step};
 
 const PACKAGE: &str = "synguard";
 /// Debian revision of the package.
@@ -37,8 +37,11 @@ fn write(path: &Path, text: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Run `cmd` (under the guard: these programs are the `dist` list's too).
 fn output(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let out = guarded(cmd)
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed: {}",
@@ -185,7 +188,6 @@ fn optional_field(name: &str, value: &str) -> String {
 
 /// Build the package from the release binary; returns its path.
 pub fn dist(bin: &Path) -> anyhow::Result<PathBuf> {
-    bootstrap::packages(&["dpkg", "binutils", "gzip"])?;
     let out_dir = root().join("target").join("dist");
     let stage = out_dir.join(format!("{PACKAGE}_{}_amd64", version()));
     if stage.exists() {

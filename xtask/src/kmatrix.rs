@@ -136,6 +136,14 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
 /// With KVM, the guest must print its first line within this long, or TCG is used.
 const KVM_FIRST_LINE: Duration = Duration::from_secs(60);
 
+/// A command for `program` under the guard (see `guard`): the matrix runs only what the
+/// `kmatrix` package list installs.
+fn cmd(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(program);
+    crate::guarded(&mut c);
+    c
+}
+
 fn dir() -> PathBuf {
     root().join("target").join("kmatrix")
 }
@@ -202,7 +210,7 @@ impl Apt {
     }
 
     fn apt(&self, tool: &str) -> Command {
-        let mut c = Command::new(tool);
+        let mut c = cmd(tool);
         c.args(self.opts());
         c
     }
@@ -233,7 +241,7 @@ impl Apt {
             };
             let newer = match &best {
                 None => true,
-                Some((v, _)) => Command::new("dpkg")
+                Some((v, _)) => cmd("dpkg")
                     .args(["--compare-versions", &version, "gt", v])
                     .status()
                     .map(|s| s.success())
@@ -283,7 +291,7 @@ fn download_pinned(path: &str, sha256: &str, dest: &Path) -> anyhow::Result<Path
         say(&format!("downloading {name}"));
         let tmp = dest.join(format!("{name}.part"));
         bootstrap::run(
-            Command::new("/usr/lib/apt/apt-helper")
+            cmd("/usr/lib/apt/apt-helper")
                 .args(["download-file", &format!("{UBUNTU}/{path}")])
                 .arg(&tmp)
                 .arg(format!("SHA256:{sha256}")),
@@ -291,7 +299,7 @@ fn download_pinned(path: &str, sha256: &str, dest: &Path) -> anyhow::Result<Path
         .with_context(|| format!("downloading {UBUNTU}/{path}"))?;
         fs::rename(&tmp, &file)?;
     }
-    let sum = output(Command::new("sha256sum").arg(&file))?;
+    let sum = output(cmd("sha256sum").arg(&file))?;
     if sum.split_whitespace().next() != Some(sha256) {
         let _ = fs::remove_file(&file);
         bail!(
@@ -313,14 +321,14 @@ struct Prepared {
 /// Extract the members matching `patterns` of a package's data into `into`.
 fn extract(deb: &Path, into: &Path, patterns: &[&str]) -> anyhow::Result<()> {
     fs::create_dir_all(into)?;
-    let mut dpkg = Command::new("dpkg-deb")
+    let mut dpkg = cmd("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
         .stdout(Stdio::piped())
         .spawn()
         .context("dpkg-deb --fsys-tarfile")?;
     let stdout = dpkg.stdout.take().context("dpkg-deb's output")?;
-    let tar = Command::new("tar")
+    let tar = cmd("tar")
         .args(["-x", "--wildcards", "-C"])
         .arg(into)
         .args(patterns)
@@ -370,7 +378,7 @@ fn prepare(k: &Kernel) -> anyhow::Result<Prepared> {
         }
     };
     let package = output(
-        Command::new("dpkg-deb")
+        cmd("dpkg-deb")
             .args(["--show", "--showformat=${Package} (${Version})"])
             .arg(&image),
     )?;
@@ -393,7 +401,7 @@ fn prepare(k: &Kernel) -> anyhow::Result<Prepared> {
         // (finit_module decompresses only on kernels built to).
         let name = ko.to_string_lossy();
         if name.ends_with(".xz") {
-            let out = Command::new("xz")
+            let out = cmd("xz")
                 .arg("-dc")
                 .arg(&ko)
                 .output()
@@ -498,7 +506,7 @@ impl Initramfs {
 
 /// The shared libraries a dynamic executable loads (absolute paths, from `ldd`).
 fn libraries(bin: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
-    let text = output(Command::new("ldd").arg(bin))?;
+    let text = output(cmd("ldd").arg(bin))?;
     let mut libs = BTreeSet::new();
     for line in text.lines() {
         let path = match line.split_once("=>") {
@@ -567,25 +575,17 @@ fn programs(synguard: &Path) -> anyhow::Result<Programs> {
             bail!("cargo did not report the test binary {t}");
         }
     }
-    list.push((
-        "ip".to_string(),
-        which("ip").context("iproute2's ip (package iproute2)")?,
-    ));
+    let ip = crate::program_path("ip").context("iproute2's ip (package iproute2)")?;
+    // The guard's entry is a link: pack the program itself.
+    list.push(("ip".to_string(), fs::canonicalize(ip)?));
     Ok(Programs { list })
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }
 
 /// How many tests each test binary has, as its harness lists them on the host.
 fn test_counts(programs: &Programs) -> anyhow::Result<Vec<(String, u64)>> {
     let mut counts = Vec::new();
     for (name, path) in programs.list.iter().filter(|(n, _)| TESTS.contains(&&**n)) {
-        let text = output(Command::new(path).args(["--list", "--format", "terse"]))?;
+        let text = output(cmd(path).args(["--list", "--format", "terse"]))?;
         let n = text.lines().filter(|l| l.ends_with(": test")).count() as u64;
         counts.push((name.clone(), n));
     }
@@ -607,7 +607,7 @@ fn base_initramfs(programs: &Programs, path: &Path) -> anyhow::Result<()> {
         // Debug info would make the guest's memory the bottleneck: strip it.
         let small = stripped.join(name);
         bootstrap::run(
-            Command::new("strip")
+            cmd("strip")
                 .arg("--strip-debug")
                 .arg("-o")
                 .arg(&small)
@@ -627,7 +627,7 @@ fn base_initramfs(programs: &Programs, path: &Path) -> anyhow::Result<()> {
         ramfs.host_file(name.trim_start_matches('/'), &real)?;
     }
     let busybox = Path::new("/bin/busybox");
-    let kind = output(Command::new("file").arg("-L").arg(busybox)).unwrap_or_default();
+    let kind = output(cmd("file").arg("-L").arg(busybox)).unwrap_or_default();
     if !kind.contains("statically linked") {
         bail!("/bin/busybox is not the static one (package busybox-static)");
     }
@@ -707,7 +707,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, full_log: &Path, accel: &Accel) -> anyhow
         Accel::Tcg => &["-accel", "tcg,thread=multi", "-cpu", "max"],
     };
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut child = cmd("qemu-system-x86_64")
         .args(accel_args)
         .args([
             "-smp",

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's operations. Each command first installs what it needs
-//! (idempotently, saying so), then does its job.
+//! (idempotently, saying so; its Debian packages are listed in `packages.rs`), then does
+//! its job with only those packages' programs on its children's PATH (`guard.rs`).
 //!
 //! - `build`: the `synguard` binary with its eBPF program embedded;
 //! - `run -- ARGS`: build and run `synguard run ARGS` (as root);
@@ -11,11 +12,14 @@
 
 mod bootstrap;
 mod dist;
+mod guard;
 mod kmatrix;
+mod packages;
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::OnceLock,
     time::Instant,
 };
 
@@ -79,42 +83,6 @@ enum Task {
     },
 }
 
-/// Debian packages the lab drives.
-const LAB_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "hping3", "nftables", "nginx"];
-/// Debian packages the tests use (the tests include a short lab run).
-const TEST_PACKAGES: &[&str] = &[
-    "iproute2",
-    "iputils-ping",
-    "hping3",
-    "nftables",
-    "nginx",
-    "prometheus",
-    // The package tests: lint it, install it into a fresh Debian root, verify the unit.
-    "lintian",
-    "debootstrap",
-    "systemd",
-    "file",
-    "binutils",
-    "xdp-tools",
-    "ethtool",
-    "libxdp1",
-];
-/// Debian packages the kernel matrix uses: qemu to boot the kernels, the static busybox
-/// for the guests' few shell tools.
-const KMATRIX_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "file", "binutils"];
-/// Debian packages the benchmark uses: the lab's, and xdp-filter (xdp-tools; its BPF
-/// objects come with libxdp1) as the yardstick.
-const BENCH_PACKAGES: &[&str] = &[
-    "iproute2",
-    "iputils-ping",
-    "hping3",
-    "nftables",
-    "nginx",
-    "xdp-tools",
-    "libxdp1",
-    "ethtool",
-];
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -132,10 +100,75 @@ fn cargo(args: &[&str]) -> Command {
     c
 }
 
+/// The command's guard, once its packages are installed (see `guard`).
+static GUARD: OnceLock<(packages::Cmd, guard::Guard)> = OnceLock::new();
+
+/// Install what `cmd` needs (its Debian packages, then the eBPF toolchain, whose
+/// bpf-linker is built with `cc`), then put its children under the guard.
+fn prepare(cmd: packages::Cmd) -> anyhow::Result<()> {
+    let pkgs = packages::of(cmd);
+    bootstrap::packages(&pkgs).with_context(|| {
+        format!(
+            "installing the `{}` list of xtask/src/packages.rs",
+            cmd.name()
+        )
+    })?;
+    bootstrap::toolchain(&work_dir())?;
+    let dir = work_dir().join("guard").join(cmd.name()).join("bin");
+    let guard = guard::Guard::build(&pkgs, &dir, &bootstrap::cargo_bin(""))
+        .context("making the guard's PATH")?;
+    bootstrap::say(&format!(
+        "guard: children's PATH: {} ({} programs of {} packages), then cargo's bin",
+        dir.display(),
+        guard.programs.len(),
+        guard.packages
+    ));
+    let _ = GUARD.set((cmd, guard));
+    Ok(())
+}
+
+/// `cmd` with PATH limited by the guard, if one is in force.
+fn guarded(cmd: &mut Command) -> &mut Command {
+    match GUARD.get() {
+        Some((_, guard)) => guard.apply(cmd),
+        None => cmd,
+    }
+}
+
+/// Where the program `name` is, as a guarded child would find it.
+fn program_path(name: &str) -> Option<PathBuf> {
+    let path = guarded(&mut Command::new(name))
+        .get_envs()
+        .find(|(k, _)| *k == "PATH")
+        .and_then(|(_, v)| v.map(|v| v.to_os_string()))
+        .or_else(|| std::env::var_os("PATH"))?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Run `cmd` under the guard; if it fails, say that the guard was in force and how a
+/// missing program is added.
+fn run_guarded(cmd: &mut Command) -> anyhow::Result<()> {
+    let result = bootstrap::run(guarded(cmd));
+    if result.is_err()
+        && let Some((task, guard)) = GUARD.get()
+    {
+        bootstrap::say(&format!(
+            "hint: PATH was {} and cargo's bin: a \"No such file or directory\" for a \
+             program means its Debian package must be added to the `{}` list in \
+             xtask/src/packages.rs",
+            guard.dir.display(),
+            task.name()
+        ));
+    }
+    result
+}
+
 fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: == {name}");
     let start = Instant::now();
-    bootstrap::run(cmd).with_context(|| format!("step failed: {name}"))?;
+    run_guarded(cmd).with_context(|| format!("step failed: {name}"))?;
     eprintln!(
         "xtask: == {name}: ok ({:.1} s)",
         start.elapsed().as_secs_f64()
@@ -153,7 +186,6 @@ fn need_root(what: &str) -> anyhow::Result<()> {
 }
 
 fn build(release: bool) -> anyhow::Result<PathBuf> {
-    bootstrap::toolchain(&work_dir())?;
     let mut args = vec!["build", "-p", "synguard"];
     if release {
         args.push("--release");
@@ -195,8 +227,7 @@ fn release_tool(what: &str, bin: &str) -> anyhow::Result<Command> {
 fn test() -> anyhow::Result<()> {
     let start = Instant::now();
     need_root("cargo xtask test")?;
-    bootstrap::toolchain(&work_dir())?;
-    bootstrap::packages(TEST_PACKAGES)?;
+    prepare(packages::Cmd::Test)?;
     step(
         "format (cargo +nightly fmt --check)",
         &mut cargo(&["+nightly", "fmt", "--all", "--", "--check"]),
@@ -337,7 +368,6 @@ fn test() -> anyhow::Result<()> {
 
 /// The kernel matrix (see `kmatrix`), as one step.
 fn kmatrix(bin: &Path, only: &[String]) -> anyhow::Result<()> {
-    bootstrap::packages(KMATRIX_PACKAGES)?;
     eprintln!("xtask: == the kernel matrix: the kernel tests in the kernels servers run (qemu)");
     let start = Instant::now();
     let outcomes = kmatrix::run(bin, only)?;
@@ -352,19 +382,23 @@ fn kmatrix(bin: &Path, only: &[String]) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Build { release } => {
+            prepare(packages::Cmd::Build)?;
             let bin = build(release)?;
             eprintln!("xtask: built {}", bin.display());
             Ok(())
         }
         Task::Run { args } => {
             need_root("cargo xtask run")?;
+            prepare(packages::Cmd::Run)?;
             let bin = build(true)?;
             let mut c = Command::new(bin);
             c.arg("run").args(args);
+            // The daemon runs in the caller's environment: it is in use, not under test.
             bootstrap::run(&mut c)
         }
         Task::Test => test(),
         Task::Dist => {
+            prepare(packages::Cmd::Dist)?;
             let bin = build(true)?;
             let deb = dist::dist(&bin)?;
             eprintln!("xtask: built {}", deb.display());
@@ -372,22 +406,21 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Kmatrix { only } => {
             need_root("cargo xtask kmatrix")?;
+            prepare(packages::Cmd::Kmatrix)?;
             let bin = build(true)?;
             kmatrix(&bin, &only)
         }
         Task::Lab { args } => {
             need_root("cargo xtask lab")?;
-            bootstrap::toolchain(&work_dir())?;
-            bootstrap::packages(LAB_PACKAGES)?;
+            prepare(packages::Cmd::Lab)?;
             let mut c = release_tool("lab", "sg-lab")?;
             c.args(args);
             eprintln!("xtask: == lab");
-            bootstrap::run(&mut c)
+            run_guarded(&mut c)
         }
         Task::Bench { json, quick } => {
             need_root("cargo xtask bench")?;
-            bootstrap::toolchain(&work_dir())?;
-            bootstrap::packages(BENCH_PACKAGES)?;
+            prepare(packages::Cmd::Bench)?;
             let mut c = release_tool("bench", "sg-bench")?;
             if json {
                 c.arg("--json");
@@ -396,7 +429,7 @@ fn main() -> anyhow::Result<()> {
                 c.arg("--quick");
             }
             eprintln!("xtask: == benchmark");
-            bootstrap::run(&mut c)
+            run_guarded(&mut c)
         }
     }
 }
