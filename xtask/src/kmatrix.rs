@@ -67,6 +67,9 @@ pub struct Kernel {
     pub name: &'static str,
     /// The distribution and release, for the tables.
     pub distro: &'static str,
+    /// The kernel series it must boot (`uname -r` starts with it): the matrix tests the
+    /// verifier it means to.
+    pub series: &'static str,
     pub source: Source,
     pub expect: Expect,
 }
@@ -78,6 +81,7 @@ const UBUNTU: &str = "http://archive.ubuntu.com/ubuntu/pool/main/l";
 pub const KERNELS: &[Kernel] = &[
     Kernel {
         name: "ubuntu22.04",
+        series: "5.15.",
         distro: "Ubuntu 22.04 (release kernel)",
         // The kernel Ubuntu 22.04 shipped with (its release pocket never changes), as the
         // 5.15 floor. No Debian release has a 5.15.
@@ -95,6 +99,7 @@ pub const KERNELS: &[Kernel] = &[
     },
     Kernel {
         name: "debian12",
+        series: "6.1.",
         distro: "Debian 12 (bookworm)",
         source: Source::Debian {
             codename: "bookworm",
@@ -104,7 +109,8 @@ pub const KERNELS: &[Kernel] = &[
     },
     Kernel {
         name: "debian13",
-        distro: "Debian 13 (trixie), also Debian 12 backports",
+        series: "6.12.",
+        distro: "Debian 13 (trixie)",
         source: Source::Debian {
             codename: "trixie",
             security: "trixie-security",
@@ -113,6 +119,7 @@ pub const KERNELS: &[Kernel] = &[
     },
     Kernel {
         name: "debian11",
+        series: "5.10.",
         distro: "Debian 11 (bullseye)",
         source: Source::Debian {
             codename: "bullseye",
@@ -167,51 +174,62 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 // ---------------------------------------------------------------------------------------
 // Kernel packages
 
-/// A private apt configuration for one Debian release: its own sources and lists, so the
-/// host's apt state is neither used nor changed.
+/// A private apt configuration for one Debian release: its own sources, lists, cache and
+/// (empty) status, and none of the host's `apt.conf.d` (whose update hooks are for the
+/// host's package database), so the host's apt state is neither used nor changed.
 struct Apt {
-    base: PathBuf,
+    conf: PathBuf,
 }
 
 impl Apt {
     fn new(codename: &str, security: &str) -> anyhow::Result<Self> {
         let base = dir().join("apt").join(codename);
-        for d in ["lists/partial", "cache/archives/partial", "etc"] {
+        for d in ["lists/partial", "cache/archives/partial", "etc/apt.conf.d"] {
             fs::create_dir_all(base.join(d))?;
         }
+        let p = |s: &str| base.join(s).to_string_lossy().into_owned();
         let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
         fs::write(
-            base.join("etc/sources.list"),
+            p("etc/sources.list"),
             format!(
                 "deb [signed-by={keyring}] http://deb.debian.org/debian {codename} main\n\
                  deb [signed-by={keyring}] http://deb.debian.org/debian {codename}-updates main\n\
                  deb [signed-by={keyring}] http://deb.debian.org/debian-security {security} main\n"
             ),
         )?;
-        let status = base.join("etc/status");
-        if !status.exists() {
-            fs::write(&status, "")?;
+        if !base.join("etc/status").exists() {
+            fs::write(p("etc/status"), "")?;
         }
-        Ok(Self { base })
-    }
-
-    fn opts(&self) -> Vec<String> {
-        let p = |s: &str| self.base.join(s).to_string_lossy().into_owned();
-        vec![
-            format!("-oDir::Etc::SourceList={}", p("etc/sources.list")),
-            "-oDir::Etc::SourceParts=/dev/null".into(),
-            format!("-oDir::State::Lists={}", p("lists")),
-            format!("-oDir::Cache={}", p("cache")),
-            format!("-oDir::State::Status={}", p("etc/status")),
-            "-oAPT::Sandbox::User=root".into(),
-            "-oAcquire::Languages=none".into(),
-            "-qq".into(),
-        ]
+        // Read through APT_CONFIG, before apt reads its parts directory: so that one is
+        // ours (empty), not /etc/apt/apt.conf.d.
+        let conf = base.join("etc/apt.conf");
+        fs::write(
+            &conf,
+            format!(
+                "Dir::Etc::Parts \"{}\";\n\
+                 Dir::Etc::Main \"{}\";\n\
+                 Dir::Etc::SourceList \"{}\";\n\
+                 Dir::Etc::SourceParts \"{}\";\n\
+                 Dir::State::Lists \"{}\";\n\
+                 Dir::State::Status \"{}\";\n\
+                 Dir::Cache \"{}\";\n\
+                 APT::Sandbox::User \"root\";\n\
+                 Acquire::Languages \"none\";\n",
+                p("etc/apt.conf.d"),
+                p("etc/apt.conf.main"),
+                p("etc/sources.list"),
+                p("etc/apt.conf.d"),
+                p("lists"),
+                p("etc/status"),
+                p("cache"),
+            ),
+        )?;
+        Ok(Self { conf })
     }
 
     fn apt(&self, tool: &str) -> Command {
         let mut c = cmd(tool);
-        c.args(self.opts());
+        c.env("APT_CONFIG", &self.conf).arg("-qq");
         c
     }
 
@@ -819,6 +837,11 @@ fn judge(k: &Kernel, report: &Report, counts: &[(String, u64)]) -> (String, Vec<
     let mut problems = Vec::new();
     if report.release.is_empty() {
         problems.push("the guest never reported (did the kernel boot?)".to_string());
+    } else if !report.release.starts_with(k.series) {
+        problems.push(format!(
+            "booted {}, not a {}x kernel: the package changed series",
+            report.release, k.series
+        ));
     }
     if !report.done {
         problems.push("the guest did not finish its plan".to_string());
@@ -1066,6 +1089,17 @@ mod tests {
         ]);
         let (_, problems) = judge(k, &bad, &counts());
         assert_eq!(problems.len(), 4, "{problems:?}");
+        // Another kernel series than the one the entry is for.
+        let other = Report {
+            release: "6.12.57+deb13-amd64".into(),
+            ..report(&[
+                "module veth.ko ok",
+                "run name=testrun rc=0 secs=90 passed=42 failed=0",
+                "run name=cookies rc=0 secs=20 passed=8 failed=0",
+                "done",
+            ])
+        };
+        assert_eq!(judge(k, &other, &counts()).1.len(), 1);
     }
 
     #[test]
