@@ -313,6 +313,26 @@ mod tests {
         );
     }
 
+    fn version(v: &str) -> (u32, u32) {
+        let (major, minor) = v.split_once('.').expect("MAJOR.MINOR");
+        (major.parse().expect("major"), minor.parse().expect("minor"))
+    }
+
+    /// A feature newer than the floor would make the floor a lie (and the refusal say
+    /// "this 5.15 kernel lacks ...; synguard needs 5.15"): raise [`MIN_LINUX`], and the
+    /// kernel matrix's floor with it, or do without the feature.
+    #[test]
+    fn no_required_feature_is_newer_than_the_floor() {
+        for f in REQUIRED {
+            assert!(
+                version(f.since) <= version(MIN_LINUX),
+                "{} needs Linux {}, newer than the floor {MIN_LINUX}",
+                f.name,
+                f.since
+            );
+        }
+    }
+
     #[test]
     fn the_refusal_names_what_is_missing_and_the_floor() {
         let p = Probe {
