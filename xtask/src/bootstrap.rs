@@ -15,15 +15,23 @@ pub fn say(msg: &str) {
     eprintln!("xtask: {msg}");
 }
 
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
+/// Run `cmd` to completion; its standard output, or an error with its status and
+/// standard error.
+pub fn output_bytes(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
-            "{cmd:?} failed: {}",
+            "{cmd:?} failed ({}): {}",
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    Ok(out.stdout)
+}
+
+/// [`output_bytes`] as text.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&output_bytes(cmd)?).into_owned())
 }
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -39,7 +47,7 @@ fn nightly_sysroot() -> anyhow::Result<PathBuf> {
         "the nightly toolchain is needed to build the eBPF program (`rustup toolchain list` \
          should show it)",
     )?;
-    Ok(PathBuf::from(s))
+    Ok(PathBuf::from(s.trim()))
 }
 
 /// The nightly's `rust-src` (for `-Z build-std=core`).

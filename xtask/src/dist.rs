@@ -16,9 +16,9 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
-use crate::{guarded, root, step};
+use crate::{bootstrap::output_bytes, guarded, root, step};
 
 const PACKAGE: &str = "synguard";
 /// Debian revision of the package.
@@ -39,16 +39,7 @@ fn write(path: &Path, text: &[u8], mode: u32) -> anyhow::Result<()> {
 
 /// Run `cmd` (under the guard: these programs are the `dist` list's too).
 fn output(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let out = guarded(cmd)
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
+    output_bytes(guarded(cmd))
 }
 
 fn gzip(path: &Path) -> anyhow::Result<()> {

@@ -32,6 +32,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use crate::bootstrap::output;
+
 /// Where Debian puts programs, in the order of its default PATH (the first wins).
 const BIN_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
@@ -201,17 +203,6 @@ fn alternatives<'a>(links: &'a [Link], allowed: &BTreeSet<PathBuf>) -> Vec<&'a L
 
 fn is_program(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A directory of links to the allowed programs, and the PATH made of it.

@@ -34,7 +34,10 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::{bootstrap, cargo, root, step};
+use crate::{
+    bootstrap::{self, output},
+    cargo, root, step,
+};
 
 /// What a kernel of the matrix is expected to do with synguard.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -157,18 +160,6 @@ fn dir() -> PathBuf {
 
 fn say(msg: &str) {
     eprintln!("xtask: kmatrix: {msg}");
-}
-
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 // ---------------------------------------------------------------------------------------
