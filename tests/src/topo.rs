@@ -34,7 +34,23 @@ impl Default for Lab {
 }
 
 impl Lab {
+    /// The topology, with the attacker's own RSTs dropped (nftables), as on a real
+    /// flooder's host.
     pub fn new() -> Self {
+        let lab = Self::minimal();
+        // Real flooders do not answer the server's SYN-ACKs; without this the attacker's
+        // own kernel would reset every half-open connection for the server.
+        lab.attacker.exec(&[
+            "nft",
+            "add table inet sg; add chain inet sg out { type filter hook output priority 0; }; \
+             add rule inet sg out tcp flags rst drop",
+        ]);
+        lab
+    }
+
+    /// The topology with nothing but `ip` (the kernel matrix's guests have no nftables):
+    /// the attacker's kernel resets the server's answers to SYNs it did not send.
+    pub fn minimal() -> Self {
         let server = Netns::new("srv");
         let client = Netns::new("cli");
         let attacker = Netns::new("att");
@@ -57,13 +73,6 @@ impl Lab {
         server.ip(&["addr", "add", "192.0.2.1/32", "dev", "lo"]);
         client.ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1"]);
         attacker.ip(&["route", "add", "192.0.2.0/24", "via", "203.0.113.1"]);
-        // Real flooders do not answer the server's SYN-ACKs; without this the attacker's
-        // own kernel would reset every half-open connection for the server.
-        attacker.exec(&[
-            "nft",
-            "add table inet sg; add chain inet sg out { type filter hook output priority 0; }; \
-             add rule inet sg out tcp flags rst drop",
-        ]);
         Self {
             server,
             client,
@@ -102,7 +111,8 @@ impl Lab {
             .args(args);
         let log = std::env::temp_dir().join(format!("{}.log", unique("sgd")));
         let mut g = ChildGuard::spawn_logged(cmd, log);
-        g.wait_for_log("running:", Duration::from_secs(20));
+        // Generous: the kernel matrix runs this in emulated machines.
+        g.wait_for_log("running:", Duration::from_secs(60));
         g
     }
 

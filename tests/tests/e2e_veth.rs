@@ -18,19 +18,15 @@ use synguard_tests::{
     baseline::{Noop, XDP_PASS},
     flood::{self, FloodSpec, Source},
     lab::mac_of,
-    netns::{Bpffs, ChildGuard, Netns, TempDir, unique, veth},
+    netns::Netns,
     prog::require_root,
-    synguard_bin,
+    topo::{ATTACKER, Lab, TARGET},
     traffic::{Server, fetch},
 };
 
-const SERVER: &str = "192.0.2.1";
-const EMPLOYEE: &str = "198.51.100.10";
-const FLOODER: &str = "203.0.113.66";
-
 /// Fetch the page from inside `ns`.
 fn fetch_from(ns: &Netns, timeout: Duration) -> Result<Duration, String> {
-    let target: SocketAddr = format!("{SERVER}:80").parse().expect("addr");
+    let target: SocketAddr = TARGET.parse().expect("addr");
     ns.spawn(move || fetch(target, timeout))
         .join()
         .expect("client thread")
@@ -39,28 +35,8 @@ fn fetch_from(ns: &Netns, timeout: Duration) -> Result<Duration, String> {
 #[test]
 fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
     require_root();
-    let server = Netns::new("vsrv");
-    let employee = Netns::new("vemp");
-    let flooder = Netns::new("vatt");
-    veth(
-        &server,
-        "sgc",
-        "198.51.100.1/24",
-        &employee,
-        "eth0",
-        &format!("{EMPLOYEE}/24"),
-    );
-    veth(
-        &server,
-        "sga",
-        "203.0.113.1/24",
-        &flooder,
-        "eth0",
-        &format!("{FLOODER}/24"),
-    );
-    server.ip(&["addr", "add", &format!("{SERVER}/32"), "dev", "lo"]);
-    employee.ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1"]);
-    flooder.ip(&["route", "add", "192.0.2.0/24", "via", "203.0.113.1"]);
+    let lab = Lab::minimal();
+    let (server, employee, flooder) = (&lab.server, &lab.client, &lab.attacker);
     // On veth, a frame sent back with XDP_TX (the cookie SYN-ACK) reaches the peer only if
     // the peer runs an XDP program too.
     let _peer_xdp = employee
@@ -72,47 +48,21 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
         })
         .join()
         .expect("attaching the employee's XDP program");
-    let _web = Server::start(&server, format!("{SERVER}:80").parse().expect("addr"));
+    let _web = Server::start(server, TARGET.parse().expect("addr"));
+    let mut daemon = lab.daemon(&["run", "--iface", "sgc", "--iface", "sga"]);
+    let maps = Maps::from_pins(&lab.pin_dir()).expect("open the pinned maps");
 
-    let bpffs = Bpffs::new();
-    let state = TempDir::new("vstate");
-    let mut cmd = server.command(synguard_bin().to_str().expect("utf-8 path"));
-    cmd.arg("--pin-dir")
-        .arg(bpffs.pin_dir())
-        .arg("--state-dir")
-        .arg(&state.path)
-        .args(["run", "--iface", "sgc", "--iface", "sga"]);
-    let log = std::env::temp_dir().join(format!("{}.log", unique("sgv")));
-    let mut daemon = ChildGuard::spawn_logged(cmd, log);
-    // Generous: in the matrix this runs in an emulated machine.
-    daemon.wait_for_log("running:", Duration::from_secs(60));
-    let maps = Maps::from_pins(&bpffs.pin_dir()).expect("open the pinned maps");
-    let sg = |args: &[&str]| {
-        let out = std::process::Command::new(synguard_bin())
-            .arg("--pin-dir")
-            .arg(bpffs.pin_dir())
-            .args(args)
-            .output()
-            .expect("run synguard");
-        assert!(
-            out.status.success(),
-            "synguard {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-
-    fetch_from(&employee, Duration::from_secs(5)).expect("the employee before any flood");
+    fetch_from(employee, Duration::from_secs(5)).expect("the employee before any flood");
 
     // SYNs at up to 20,000 a second for 300 ms from the flooder's own address: its first
     // 100 (the burst) pass, the next is over its limit and bans it. (An emulated machine
     // sends far fewer, but enough.)
     let spec = FloodSpec {
         ifindex: flooder.ifindex("eth0"),
-        src_mac: mac_of(&flooder, "eth0").expect("MAC"),
-        dst_mac: mac_of(&server, "sga").expect("MAC"),
-        source: Source::Fixed(FLOODER.parse().expect("addr")),
-        dst: SERVER.parse().expect("addr"),
+        src_mac: mac_of(flooder, "eth0").expect("MAC"),
+        dst_mac: mac_of(server, "sga").expect("MAC"),
+        source: Source::Fixed(ATTACKER.parse().expect("addr")),
+        dst: "192.0.2.1".parse().expect("addr"),
         dport: 80,
         rate: Some(20_000),
         duration: Duration::from_millis(300),
@@ -139,9 +89,9 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
         thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(bans.len(), 1, "the flooder alone is banned: {bans:?}");
-    assert_eq!(bans[0].net.to_string(), format!("{FLOODER}/32"));
-    let listed = sg(&["block", "list"]);
-    assert!(listed.contains(&format!("{FLOODER}/32")), "{listed}");
+    assert_eq!(bans[0].net.to_string(), format!("{ATTACKER}/32"));
+    let listed = lab.ok(&["block", "list"]);
+    assert!(listed.contains(&format!("{ATTACKER}/32")), "{listed}");
     let c = maps
         .counters(server.ifindex("sga"))
         .expect("counters of the flooder's link");
@@ -154,15 +104,15 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
     assert!(c[R_SYN_LIMITED] >= 1, "{c:?}");
     // Its own next connection is dropped; the employee's are not.
     assert!(
-        fetch_from(&flooder, Duration::from_secs(1)).is_err(),
+        fetch_from(flooder, Duration::from_secs(1)).is_err(),
         "the banned flooder connected"
     );
-    fetch_from(&employee, Duration::from_secs(5)).expect("the employee during the ban");
+    fetch_from(employee, Duration::from_secs(5)).expect("the employee during the ban");
 
     // Cookies for every unverified SYN: the employee's next handshake is answered in XDP
     // and completes with the kernel's own cookie check; its source is verified.
     // The daemon sets `net.ipv4.tcp_syncookies` to 2 for the kernel's cookie helper.
-    sg(&["config", "set", "syn-cookies", "always"]);
+    lab.ok(&["config", "set", "syn-cookies", "always"]);
     let start = Instant::now();
     while String::from_utf8_lossy(
         &server
@@ -180,7 +130,7 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
     }
     let slot = server.ifindex("sgc");
     let before = maps.counters(slot).expect("counters");
-    fetch_from(&employee, Duration::from_secs(5)).expect("the employee through a cookie");
+    fetch_from(employee, Duration::from_secs(5)).expect("the employee through a cookie");
     let after = maps.counters(slot).expect("counters");
     assert_eq!(
         after[R_COOKIE_SENT] - before[R_COOKIE_SENT],
@@ -193,7 +143,7 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
         "the cookie ACK verified the employee"
     );
     // Verified: its next SYN goes straight to the kernel.
-    fetch_from(&employee, Duration::from_secs(5)).expect("the verified employee");
+    fetch_from(employee, Duration::from_secs(5)).expect("the verified employee");
     let last = maps.counters(slot).expect("counters");
     assert_eq!(last[R_SYN_VERIFIED] - after[R_SYN_VERIFIED], 1);
     assert_eq!(last[R_COOKIE_SENT], after[R_COOKIE_SENT]);

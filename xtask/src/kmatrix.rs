@@ -1099,13 +1099,26 @@ mod tests {
             .iter()
             .find(|k| k.expect == Expect::TooOld)
             .expect("a too-old kernel in the matrix");
-        let refused = report(&[
-            "module veth.ko ok",
-            "refusal rc=1 secs=1 message=error: this kernel (5.10.0-32-amd64) lacks ...; \
-             synguard needs Linux 5.15 or later",
-        ]);
-        assert!(judge(k, &refused, &counts()).1.is_empty());
-        let loaded = report(&["module veth.ko ok", "refusal rc=0 secs=1 message="]);
+        let refused = Report {
+            release: "5.10.0-46-amd64".into(),
+            ..report(&[
+                "module veth.ko ok",
+                "refusal rc=1 secs=1 message=error: this kernel (5.10.0-46-amd64) lacks what \
+                 synguard's XDP program needs: the helper bpf_ktime_get_coarse_ns (Linux \
+                 5.11). synguard needs Linux 5.15 or later (Debian 12's 6.1 and later)",
+            ])
+        };
+        let (result, problems) = judge(k, &refused, &counts());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            result,
+            "refused at start (exit 1), lacking the helper bpf_ktime_get_coarse_ns (Linux 5.11)",
+            "the table names what it lacks"
+        );
+        let loaded = Report {
+            release: "5.10.0-46-amd64".into(),
+            ..report(&["module veth.ko ok", "refusal rc=0 secs=1 message="])
+        };
         assert_eq!(judge(k, &loaded, &counts()).1.len(), 1);
     }
 
