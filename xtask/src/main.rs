@@ -4,7 +4,10 @@
 //!
 //! - `build`: the `synguard` binary with its eBPF program embedded;
 //! - `run -- ARGS`: build and run `synguard run ARGS` (as root);
-//! - `test`: format, lints (host and eBPF), and every test, in the real kernel;
+//! - `test`: format, lints (host and eBPF), and every test, in the real kernel and, through
+//!   the kernel matrix, in the kernels servers run;
+//! - `kmatrix`: the kernel matrix alone (`kmatrix.rs`): Debian's and Ubuntu's kernels
+//!   booted in qemu, the kernel tests run inside each;
 //! - `bench`: the program's per-packet cost next to no-op XDP programs and xdp-filter, as
 //!   ratios; the cost as its tables grow; survival under floods in the lab. Writes
 //!   `target/bench/summary.md`, `summary.json` and `per-verdict.svg`.
