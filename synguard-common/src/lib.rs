@@ -158,9 +158,13 @@ pub mod stat {
     /// Note: a new source took the slot of a source whose bucket had refilled (see
     /// [`crate::sources`]; no verdict changes).
     pub const N_SOURCES_RECYCLED: usize = 30;
+    /// Note: a SYN over its source's limit from a source that proved it owns its address
+    /// (see [`crate::Proof`]): challenged with a SYN cookie, never banned, since a flood
+    /// carrying a proven address is most likely forged.
+    pub const N_CHALLENGED: usize = 31;
 
     /// Number of counter slots.
-    pub const COUNT: usize = 31;
+    pub const COUNT: usize = 32;
 
     /// Whether a counter is a verdict reason (each packet increments exactly one).
     pub const fn is_reason(i: usize) -> bool {
@@ -205,6 +209,7 @@ pub mod stat {
         "cookie_ack_invalid",
         "attacks",
         "sources_recycled",
+        "challenged",
     ];
 
     /// Whether a verdict reason is a drop (in `enforce` mode).
@@ -257,12 +262,32 @@ pub fn attack_step(
         st.calm_since_ns = now;
         return None;
     }
-    if now.saturating_sub(st.calm_since_ns) >= calm_ns {
+    if now.saturating_sub(st.calm_since_ns) >= calm_ns
+        && now.saturating_sub(st.challenged_ns) >= calm_ns
+    {
         st.attack = 0;
         st.calm_since_ns = 0;
         return Some(false);
     }
     None
+}
+
+/// A proven source went over its limit: challenge it (attack mode, SYN cookies) rather
+/// than ban it. Starts attack mode if it was off (returns `true` then), whatever the total
+/// rate: a flood carrying an address that completes handshakes is most likely forged, and
+/// only a cookie tells its owner's SYNs from the forger's. Attack mode then lasts at least
+/// a calm period after the last such SYN.
+#[inline(always)]
+pub fn attack_challenge(st: &mut IfState, now: u64) -> bool {
+    st.challenged_ns = now;
+    if st.attack != 0 {
+        return false;
+    }
+    st.attack = 1;
+    st.since_ns = now;
+    st.calm_since_ns = 0;
+    st.peak_rate = st.rate;
+    true
 }
 
 /// Words in the destination-port bitmap.
@@ -652,6 +677,10 @@ pub const EVENT_ATTACK_ON: u32 = 2;
 /// An interface left attack mode; `rate` is the peak SYN rate of the attack, `syns`
 /// how long it lasted in milliseconds.
 pub const EVENT_ATTACK_OFF: u32 = 3;
+/// A proven source went over its limit for the first time since it was tracked: it is
+/// challenged, not banned (its address is most likely forged); `syns` and `rate` as for
+/// a ban.
+pub const EVENT_CHALLENGE: u32 = 4;
 
 /// The attack detector measures each CPU's SYN rate over windows this long.
 pub const ATTACK_WINDOW_NS: u64 = 100_000_000;
@@ -683,10 +712,45 @@ pub struct IfState {
     pub rate_ns: u64,
     /// The highest total rate of the current (or last) attack.
     pub peak_rate: u64,
+    /// The last SYN over its limit from a proven source (challenged): attack mode lasts
+    /// at least a calm period after it (0 if none).
+    pub challenged_ns: u64,
 }
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
+
+/// How a source proved it owns its address: the value of `SG_VERIFIED`.
+///
+/// A proof is something a forger cannot produce: it needs packets the server sent to the
+/// address (a SYN-ACK's sequence number, or a cookie), so only whoever receives at the
+/// address can complete it. Proven sources over their SYN limit are challenged with
+/// cookies, never banned (see [`stat::N_CHALLENGED`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Proof {
+    /// Proven until then (`CLOCK_MONOTONIC` ns); [`PROOF_FOREVER`] for protected
+    /// addresses.
+    pub until_ns: u64,
+    /// When it was first proven (as far as this entry knows).
+    pub since_ns: u64,
+    /// `PROOF_*`.
+    pub how: u32,
+    pub _pad: u32,
+}
+
+/// Proven until this time: protected (the gateway, the resolvers), re-asserted by `run`.
+pub const PROOF_FOREVER: u64 = u64::MAX;
+/// It completed a handshake through a SYN cookie answered in XDP.
+pub const PROOF_COOKIE: u32 = 1;
+/// It completed a handshake with a socket of this machine (the `sock_ops` program).
+pub const PROOF_HANDSHAKE: u32 = 2;
+/// It had connections (established, or closing) when `run` looked (`sock_diag`).
+pub const PROOF_SOCKET: u32 = 3;
+/// The machine's default gateway: never banned.
+pub const PROOF_GATEWAY: u32 = 4;
+/// One of the machine's DNS resolvers: never banned.
+pub const PROOF_RESOLVER: u32 = 5;
 
 /// A record in the `SG_EVENTS` ring buffer.
 #[repr(C)]
@@ -827,6 +891,7 @@ mod pod {
     unsafe impl aya::Pod for super::IfState {}
     unsafe impl aya::Pod for super::BanCache {}
     unsafe impl aya::Pod for super::CpuRates {}
+    unsafe impl aya::Pod for super::Proof {}
 }
 
 // Layouts are part of the pinned ABI: changing one must bump ABI_VERSION.
@@ -839,6 +904,8 @@ const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 7));
 const _: () = assert!(core::mem::size_of::<CpuRates>() == 16 * capacity::MAX_CPUS as usize);
+const _: () = assert!(core::mem::size_of::<Proof>() == 24);
+const _: () = assert!(core::mem::size_of::<IfState>() == 56);
 const _: () = assert!(core::mem::size_of::<Config>() == 152 + 8 * PORT_WORDS);
 const _: () = assert!(stat::NAMES.len() == stat::COUNT);
 

@@ -39,17 +39,17 @@ use core::{
 use aya_ebpf::{
     Global,
     bindings::{
-        BPF_F_CURRENT_NETNS, BPF_F_MMAPABLE, BPF_NOEXIST, bpf_sock, bpf_sock_tuple,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
-        tcphdr, xdp_action,
+        BPF_F_CURRENT_NETNS, BPF_F_MMAPABLE, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, tcphdr, xdp_action,
     },
     helpers::generated::{
         bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_sk_release,
         bpf_skc_lookup_tcp, bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail,
     },
-    macros::{map, xdp},
+    macros::{map, sock_ops, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::XdpContext,
+    programs::{SockOpsContext, XdpContext},
 };
 use aya_log_ebpf::warn;
 use network_types::{
@@ -61,10 +61,10 @@ use network_types::{
 use synguard_common::{
     ACTION_DROP, ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_STALE_NS, ATTACK_WINDOW_NS, BanCache,
     Bucket, COOKIES_ALWAYS, COOKIES_AUTO, Config, CpuRate, CpuRates, EVENT_ATTACK_OFF,
-    EVENT_ATTACK_ON, EVENT_BAN, EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6,
-    IfState, MODE_MONITOR, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_step,
-    ban_cache, capacity, clock, gcra, hint, rate_span, rule_key_v4, rule_key_v6, source_key_v4,
-    source_key_v6,
+    EVENT_ATTACK_ON, EVENT_BAN, EVENT_CHALLENGE, EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event,
+    FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR, PROOF_COOKIE, PROOF_HANDSHAKE, Proof, RULE_BAN,
+    Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_challenge, attack_step, ban_cache,
+    capacity, clock, gcra, hint, rate_span, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     sources::{self, Slot},
     stat::{self, *},
 };
@@ -101,7 +101,7 @@ static SG_BANS_HINT: Array<u64> = Array::with_max_entries(hint::WORDS, 0);
 #[map]
 static SG_BANS_HINT6: Array<u64> = Array::with_max_entries(hint::WORDS, 0);
 #[map]
-static SG_VERIFIED: LruHashMap<SourceKey, u64> =
+static SG_VERIFIED: LruHashMap<SourceKey, Proof> =
     LruHashMap::with_max_entries(capacity::VERIFIED, 0);
 #[map]
 static SG_CPU_RATES: Array<CpuRates> = Array::with_max_entries(capacity::STATS_SLOTS, 0);
@@ -310,19 +310,13 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     }
     let src = ip.src_addr;
 
-    // The operator's entries first (an allow entry wins over everything), then bans.
-    let mut reason = if hinted(&SG_RULES_HINT, src) {
-        rule_reason_v4(false, &src, pkt.now)
-    } else {
-        NO_RULE
-    };
-    if reason == NO_RULE
-        && (pkt.cfg.ipv4_prefix < hint::HINT_MIN_BAN_PREFIX || hinted(&SG_BANS_HINT, src))
-    {
-        reason = ban_reason_v4(src, pkt.now);
-    }
-    if reason != NO_RULE {
-        return pkt.verdict(reason);
+    // The operator's entries (an allow entry wins over everything; a block drops every
+    // packet). Bans act on SYNs only: see `tcp`.
+    if hinted(&SG_RULES_HINT, src) {
+        let reason = rule_reason_v4(false, &src, pkt.now);
+        if reason != NO_RULE {
+            return pkt.verdict(reason);
+        }
     }
 
     if ip.proto != IPPROTO_TCP {
@@ -340,7 +334,14 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
         // The cookie reply is built for a plain 20-byte IPv4 header.
         simple: ihl == Ipv4Hdr::LEN,
     };
-    tcp(ctx, pkt, &at, &key)
+    let banned = || {
+        if pkt.cfg.ipv4_prefix < hint::HINT_MIN_BAN_PREFIX || hinted(&SG_BANS_HINT, src) {
+            ban_reason_v4(src, pkt.now)
+        } else {
+            NO_RULE
+        }
+    };
+    tcp(ctx, pkt, &at, &key, banned)
 }
 
 #[inline(always)]
@@ -354,18 +355,11 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     // The address is read from the packet again after the rule lookup: a copy held
     // across the call would be spilled byte by byte onto the stack.
     let index = hint::v6_index(&ip.src_addr);
-    let mut reason = if hinted(&SG_RULES_HINT6, index) {
-        rule_reason_v6(false, &ip.src_addr, pkt.now)
-    } else {
-        NO_RULE
-    };
-    if reason == NO_RULE
-        && (pkt.cfg.ipv6_prefix < hint::HINT_MIN_BAN_PREFIX_V6 || hinted(&SG_BANS_HINT6, index))
-    {
-        reason = rule_reason_v6(true, &ip.src_addr, pkt.now);
-    }
-    if reason != NO_RULE {
-        return pkt.verdict(reason);
+    if hinted(&SG_RULES_HINT6, index) {
+        let reason = rule_reason_v6(false, &ip.src_addr, pkt.now);
+        if reason != NO_RULE {
+            return pkt.verdict(reason);
+        }
     }
 
     match ip.next_hdr {
@@ -383,7 +377,24 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
         family: FAMILY_V6,
         simple: true,
     };
-    tcp(ctx, pkt, &at, &key)
+    let banned = || {
+        // The address is read from the packet again here (see above).
+        match ptr_at::<Ipv6Hdr>(ctx, off) {
+            // SAFETY: bounds checked.
+            Some(ip) => {
+                let ip = unsafe { &*ip };
+                if pkt.cfg.ipv6_prefix < hint::HINT_MIN_BAN_PREFIX_V6
+                    || hinted(&SG_BANS_HINT6, hint::v6_index(&ip.src_addr))
+                {
+                    rule_reason_v6(true, &ip.src_addr, pkt.now)
+                } else {
+                    NO_RULE
+                }
+            }
+            None => NO_RULE,
+        }
+    };
+    tcp(ctx, pkt, &at, &key, banned)
 }
 
 /// Longest expired entries a lookup steps past before giving up (then the packet is
@@ -591,8 +602,22 @@ struct Offsets {
     simple: bool,
 }
 
+/// The TCP verdicts. `banned` says whether a ban covers the source (`R_BANNED`, or
+/// `NO_RULE`); it is asked only for SYNs to protected ports.
+///
+/// Bans act on new connection attempts only: a source's established connections, its
+/// other traffic and its SYNs to unprotected ports are never dropped by a ban, so SYNs
+/// forged with an address can at most keep that address from opening new connections to
+/// the protected ports, and only while it has not proven it owns the address (a proven
+/// source over its limit is challenged, never banned: see `on_limit`).
 #[inline(always)]
-fn tcp(ctx: &XdpContext, pkt: &Packet, at: &Offsets, key: &SourceKey) -> u32 {
+fn tcp(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    at: &Offsets,
+    key: &SourceKey,
+    banned: impl Fn() -> usize,
+) -> u32 {
     let Some(th) = ptr_at::<TcpHdr>(ctx, at.l4) else {
         return pkt.verdict(R_TRUNCATED);
     };
@@ -613,23 +638,34 @@ fn tcp(ctx: &XdpContext, pkt: &Packet, at: &Offsets, key: &SourceKey) -> u32 {
     if flags & TCP_ACK != 0 {
         return pkt.verdict(R_SYN_ACK);
     }
+    // SAFETY: bounds checked.
+    let dport = u16::from_be_bytes(unsafe { (*th).dest });
+    let protected = pkt.cfg.all_ports != 0
+        || pkt.cfg.ports[(dport >> 6) as usize] & (1u64 << (dport & 63)) != 0;
+    if protected && banned() == R_BANNED {
+        return pkt.verdict(R_BANNED);
+    }
     pkt.note(N_SYNS);
     let now = pkt.now;
     track_rate(pkt, now);
-
-    // SAFETY: bounds checked.
-    let dport = u16::from_be_bytes(unsafe { (*th).dest });
-    if pkt.cfg.all_ports == 0 && pkt.cfg.ports[(dport >> 6) as usize] & (1u64 << (dport & 63)) == 0
-    {
+    if !protected {
         return pkt.verdict(R_SYN_UNPROTECTED);
     }
     let metered = meter_syn(pkt, key, at.family, now);
-    if metered == R_SYN_LIMITED || !pkt.cookies_active() {
-        return pkt.verdict(metered);
+    if metered == R_SYN_LIMITED {
+        return pkt.verdict(R_SYN_LIMITED);
     }
-    // Attack mode: verified sources go straight to the kernel; the others are answered
-    // here with a SYN cookie and never reach the server's SYN queue.
-    if is_verified(key, now) {
+    let challenged = metered == CHALLENGED;
+    if !pkt.cookies_active() {
+        // Only `syn-cookies = off` gets here with a challenge (it starts attack mode
+        // otherwise): without cookies, a proven source's SYNs over its limit are
+        // dropped, but it is not banned.
+        return pkt.verdict(if challenged { R_SYN_LIMITED } else { metered });
+    }
+    // Attack mode: verified sources within their limit go straight to the kernel; the
+    // others (and proven sources over their limit) are answered here with a SYN cookie
+    // and never reach the server's SYN queue.
+    if !challenged && is_verified(key, now) {
         return pkt.verdict(R_SYN_VERIFIED);
     }
     if pkt.cfg.mode == MODE_MONITOR {
@@ -647,14 +683,14 @@ fn tcp(ctx: &XdpContext, pkt: &Packet, at: &Offsets, key: &SourceKey) -> u32 {
     pkt.verdict(reason)
 }
 
-/// Whether a source completed a handshake within `verified-for`.
+/// Whether a source proved it owns its address (see [`Proof`]) and the proof holds.
 #[inline(always)]
 fn is_verified(key: &SourceKey, now: u64) -> bool {
-    // SAFETY: a copy of the value is read at once; an entry evicted meanwhile leaves a
-    // stale but valid u64.
+    // SAFETY: a copy of the field is read at once; an entry evicted meanwhile leaves a
+    // stale but valid value.
     SG_VERIFIED
         .get_ptr(key)
-        .is_some_and(|until| unsafe { *until } > now)
+        .is_some_and(|p| unsafe { (*p).until_ns } > now)
 }
 
 /// Count a SYN in this CPU's rate window; when a window closes, re-evaluate attack mode.
@@ -1071,6 +1107,73 @@ fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets) -> usize {
     R_COOKIE_SENT
 }
 
+/// Record that a source proved it owns its address (`how`, a `PROOF_*`), for
+/// `verified_ns` from `now`. A proof that still holds is extended (keeping how and since
+/// when it was first made), never shortened (a protected address stays protected).
+#[inline(never)]
+fn prove(key: &SourceKey, now: u64, verified_ns: u64, how: u32) -> bool {
+    let until_ns = now.saturating_add(verified_ns);
+    let (since_ns, how) = match SG_VERIFIED.get_ptr(key) {
+        // SAFETY: a copy of the value is read at once (see `is_verified`).
+        Some(p) => match unsafe { *p } {
+            old if old.until_ns >= until_ns => return true,
+            old if old.until_ns > now => (old.since_ns, old.how),
+            _ => (now, how),
+        },
+        None => (now, how),
+    };
+    let proof = Proof {
+        until_ns,
+        since_ns,
+        how,
+        _pad: 0,
+    };
+    SG_VERIFIED.insert(key, proof, 0).is_ok()
+}
+
+/// The `sock_ops` program, attached to the root cgroup by `run`: every connection a
+/// socket of this machine accepts completes a handshake, which proves its peer owns its
+/// address (see [`Proof`]). Called once per accepted connection, never per packet.
+#[sock_ops]
+pub fn synguard_proofs(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        prove_peer(&ctx);
+    }
+    1
+}
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+#[inline(always)]
+fn prove_peer(ctx: &SockOpsContext) {
+    let Some(cfg) = SG_CONFIG.get(0) else {
+        return;
+    };
+    let key = match ctx.family() {
+        // The fields hold the address in network order, as the packet does.
+        AF_INET => source_key_v4(ctx.remote_ip4().to_ne_bytes(), cfg.v4_mask, cfg.ipv4_prefix),
+        AF_INET6 => {
+            let w = ctx.remote_ip6();
+            // An IPv4 peer of a dual-stack socket (::ffff:a.b.c.d) is metered as IPv4.
+            if w[0] == 0 && w[1] == 0 && w[2] == 0xffff_u32.to_be() {
+                source_key_v4(w[3].to_ne_bytes(), cfg.v4_mask, cfg.ipv4_prefix)
+            } else {
+                let mut addr = [0u8; 16];
+                for (i, word) in w.iter().enumerate() {
+                    addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+                }
+                source_key_v6(addr, cfg.v6_mask, cfg.ipv6_prefix)
+            }
+        }
+        _ => return,
+    };
+    // SAFETY: a helper without arguments; the same clock as the XDP program's (see
+    // [`clock`]), at tick resolution.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    prove(&key, now, cfg.verified_ns, PROOF_HANDSHAKE);
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum AckCheck {
     /// The ACK carried a valid cookie, or belongs to a connection the kernel knows.
@@ -1096,8 +1199,7 @@ fn check_ack(pkt: &Packet, at: &Offsets, key: &SourceKey) {
         AckCheck::Proven => {
             // Only a correct cookie (or a real connection) gets here: forged sources never
             // see their SYN-ACK, so they can never insert themselves.
-            let until = now.saturating_add(pkt.cfg.verified_ns);
-            if SG_VERIFIED.insert(key, until, 0).is_ok() {
+            if prove(key, now, pkt.cfg.verified_ns, PROOF_COOKIE) {
                 pkt.note(N_VERIFIED);
             }
         }
@@ -1180,8 +1282,8 @@ fn ack_v6(ctx: &XdpContext, at: &Offsets) -> AckCheck {
     ack_check(ctx, sk, ip as *mut c_void, Ipv6Hdr::LEN as u32, at.l4)
 }
 
-/// The per-source token bucket: `R_SYN_PASSED`, `R_SYN_LIMITED` (banning the source) or
-/// `R_SYN_UNTRACKED`, not yet counted. The bucket lives in one of the two slots of the
+/// The per-source token bucket: `R_SYN_PASSED`, `R_SYN_LIMITED` (banning the source),
+/// [`CHALLENGED`] (a proven source over its limit) or `R_SYN_UNTRACKED`, not yet counted. The bucket lives in one of the two slots of the
 /// source's set (see [`sources`]); both lookups are inlined array reads.
 #[inline(always)]
 fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8, now: u64) -> usize {
@@ -1214,18 +1316,21 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8, now: u64) -> usize {
         }
         None => {
             b.limited += 1;
-            if cfg.ban_ns != 0 {
-                on_limit(pkt, key, family, b, now);
-            }
-            R_SYN_LIMITED
+            on_limit(pkt, key, family, b, now)
         }
     }
 }
 
-/// A source went over its limit: ban it and tell userspace. Out of line: rare, and its
-/// frame must not add to the hot path's.
+/// Not a counter: a SYN over the limit of a proven source, to be challenged.
+const CHALLENGED: usize = usize::MAX - 1;
+
+/// A source went over its limit. An unproven one is banned (its SYNs, for `ban-for`); a
+/// proven one is challenged: no ban, attack mode (cookies) at once if it was off, and
+/// its SYNs are answered with cookies, which only its owner can complete. Returns
+/// `R_SYN_LIMITED` or [`CHALLENGED`]. Out of line: rare, and its frame must not add to
+/// the hot path's.
 #[inline(never)]
-fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
+fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) -> usize {
     let cfg = pkt.cfg;
     let (syns, span) = rate_span(b, now);
     let rate = syns * 1_000_000_000 / span;
@@ -1235,6 +1340,24 @@ fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
         now,
         expires: now + cfg.ban_ns,
     };
+    if is_verified(key, now) {
+        pkt.note(N_CHALLENGED);
+        if let Some(st) = SG_IFSTATE.get_ptr_mut(pkt.slot) {
+            // SAFETY: a live map value shared by CPUs (see `evaluate_attack`).
+            let st = unsafe { &mut *st };
+            if attack_challenge(st, now) {
+                pkt.note(N_ATTACKS);
+                emit_attack(pkt, EVENT_ATTACK_ON, st.rate, 0, now);
+            }
+        }
+        if b.limited == 1 && pkt.event_allowed(now) {
+            emit_ban(pkt, key, family, &info, EVENT_CHALLENGE);
+        }
+        return CHALLENGED;
+    }
+    if cfg.ban_ns == 0 {
+        return R_SYN_LIMITED;
+    }
     // The ban and its event are separate calls so their stack frames are never nested
     // (the verifier sums nested frames against 512 bytes).
     let result = if family == FAMILY_V4 {
@@ -1246,7 +1369,7 @@ fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
         BanResult::Added => {
             pkt.note(N_BANS);
             if pkt.event_allowed(now) {
-                emit_ban(pkt, key, family, &info);
+                emit_ban(pkt, key, family, &info, EVENT_BAN);
             }
         }
         BanResult::AlreadyBanned => {}
@@ -1257,6 +1380,7 @@ fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
             }
         }
     }
+    R_SYN_LIMITED
 }
 
 /// A SYN from a source without a bucket: give it a slot of its set (its first SYN takes
@@ -1348,9 +1472,10 @@ fn record_ban_v6(key: &SourceKey, info: &BanInfo) -> BanResult {
     result
 }
 
-/// Tell userspace about a new ban (once per ban; rate-limited by the caller).
+/// Tell userspace about a new ban, or a first challenge (`kind`; once per ban or
+/// source; rate-limited by the caller).
 #[inline(never)]
-fn emit_ban(pkt: &Packet, key: &SourceKey, family: u8, info: &BanInfo) {
+fn emit_ban(pkt: &Packet, key: &SourceKey, family: u8, info: &BanInfo, kind: u32) {
     let Some(mut entry) = SG_EVENTS.reserve::<Event>(0) else {
         pkt.note(N_EVENTS_LOST);
         return;
@@ -1362,7 +1487,7 @@ fn emit_ban(pkt: &Packet, key: &SourceKey, family: u8, info: &BanInfo) {
         addr = key.addr;
     }
     entry.write(Event {
-        kind: EVENT_BAN,
+        kind,
         ifindex: pkt.ifindex,
         family,
         prefix_len: key.prefix_len as u8,

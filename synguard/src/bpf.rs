@@ -13,7 +13,7 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use synguard_common::{
-    BanCache, Config, IfState, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, hint,
+    BanCache, Config, IfState, Proof, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, hint,
     map_names,
     sources::{self, Slot},
     stat,
@@ -50,7 +50,7 @@ pub struct Maps {
     pub events: Option<RingBuf<MapData>>,
     pub ifstate: Array<MapData, IfState>,
     /// Verified sources and until when (`CLOCK_MONOTONIC` ns).
-    pub verified: HashMap<MapData, SourceKey, u64>,
+    pub verified: HashMap<MapData, SourceKey, Proof>,
     /// Which /24s may hold an IPv4 rule (see `synguard_common::hint`; kept by `rules`).
     pub rules_hint: Array<MapData, u64>,
     /// The same for IPv6 entries.

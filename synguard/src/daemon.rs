@@ -24,8 +24,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use synguard_common::{
-    EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN,
-    SourceKey, capacity, map_names, stat,
+    EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, EVENT_CHALLENGE, Event, FAMILY_V4, RULE_ALLOW,
+    RULE_BAN, SourceKey, capacity, map_names, stat,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -282,6 +282,8 @@ struct Daemon {
     /// difference says which entries dropped the most in between.
     rule_hits: HashMap<IpNet, (u8, u64)>,
     sampled_hits: HashMap<IpNet, u64>,
+    /// The addresses the last proofs refresh protected (see `proofs::refresh`).
+    protected: Vec<(std::net::IpAddr, u32)>,
 }
 
 impl Daemon {
@@ -302,7 +304,7 @@ impl Daemon {
         match e.kind {
             EVENT_ATTACK_ON => return self.on_attack(e.ifindex, true, e.rate, 0),
             EVENT_ATTACK_OFF => return self.on_attack(e.ifindex, false, e.rate, e.syns),
-            EVENT_BAN => {}
+            EVENT_BAN | EVENT_CHALLENGE => {}
             _ => return,
         }
         let net = if e.family == FAMILY_V4 {
@@ -314,6 +316,9 @@ impl Daemon {
             v6_net(e.addr, u32::from(e.prefix_len))
         };
         let Some(net) = net else { return };
+        if e.kind == EVENT_CHALLENGE {
+            return self.on_challenge(e, net);
+        }
         self.known_bans.insert(net);
         let until = clock::rfc3339(clock::to_wall(e.expires_ns));
         log::warn!(
@@ -330,6 +335,73 @@ impl Daemon {
             until,
         });
         self.purge(&net);
+    }
+
+    /// A proven source went over its limit: say so once, with how it had proven itself.
+    fn on_challenge(&mut self, e: &Event, net: IpNet) {
+        let key = crate::net::source_key(
+            net.network(),
+            self.settings.ipv4_prefix,
+            self.settings.ipv6_prefix,
+        );
+        let proof = crate::proofs::get(&self.maps, &key, clock::monotonic_ns())
+            .ok()
+            .flatten()
+            .map_or("proven", |p| crate::proofs::how(p.how));
+        log::warn!(
+            "{net} on {}: {}, but it {proof}: the SYNs carrying its address are most \
+             likely forged; challenged with SYN cookies (attack mode), not banned",
+            self.iface_name(e.ifindex),
+            describe_rate(e.syns, e.rate),
+        );
+        self.journal(journal::Event::Challenge {
+            prefix: net.to_string(),
+            interface: self.iface_name(e.ifindex),
+            syns: e.syns,
+            syn_rate: e.rate,
+            proof: proof.to_string(),
+        });
+    }
+
+    /// The proofs `run` makes itself, and the bans of sources proven since (see
+    /// `proofs::refresh`). At start and every `proofs::REFRESH`.
+    fn refresh_proofs(&mut self) -> anyhow::Result<()> {
+        let r = crate::proofs::refresh(
+            &mut self.maps,
+            &self.settings,
+            clock::monotonic_ns(),
+            &self.protected,
+        )?;
+        if r.protected != self.protected {
+            let list: Vec<String> = r
+                .protected
+                .iter()
+                .map(|(a, how)| format!("{a} ({})", crate::proofs::how(*how)))
+                .collect();
+            log::info!(
+                "never banned, whatever SYNs carry their addresses: {}",
+                if list.is_empty() {
+                    "no gateway or resolver found".to_string()
+                } else {
+                    list.join(", ")
+                }
+            );
+        }
+        for net in &r.lifted {
+            self.known_bans.remove(net);
+            log::warn!(
+                "lifted the ban on {net}: it has connections to this machine, so it owns \
+                 its address, and the SYNs that banned it were most likely forged"
+            );
+            self.journal(journal::Event::Unban {
+                prefix: net.to_string(),
+                why: "proven".into(),
+                kind: "auto".into(),
+                hits: 0,
+            });
+        }
+        self.protected = r.protected;
+        Ok(())
     }
 
     /// Attack mode started or ended on an interface (events from several CPUs can repeat
@@ -364,7 +436,7 @@ impl Daemon {
             if self.settings.mode != crate::config::Mode::Monitor
                 && self.settings.syn_cookies != crate::config::Cookies::Off
             {
-                match crate::purge::purge_where(|_| true) {
+                match crate::sockdiag::purge_where(|_| true) {
                     Ok(0) => {}
                     Ok(n) => {
                         log::info!(
@@ -445,7 +517,7 @@ impl Daemon {
         if self.settings.mode == crate::config::Mode::Monitor {
             return;
         }
-        match crate::purge::purge(net) {
+        match crate::sockdiag::purge(net) {
             Ok(0) => {}
             Ok(n) => {
                 log::info!(
@@ -471,6 +543,13 @@ impl Daemon {
     /// allowlist winning, notice `config set`, and every 10 s forget refilled buckets.
     fn housekeeping(&mut self) -> anyhow::Result<()> {
         self.ticks += 1;
+        if self
+            .ticks
+            .is_multiple_of(crate::proofs::REFRESH.as_secs().max(1))
+        {
+            let _lock = pins::lock_writers(&self.pin_dir)?;
+            self.refresh_proofs()?;
+        }
         // Expired entries are already ignored by the kernel; sweeping only reclaims room,
         // so big tables are swept less often.
         let sweep = self.rules_len < 10_000 || self.ticks.is_multiple_of(10);
@@ -965,6 +1044,22 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         );
         let _ = fs::remove_file(&path);
     }
+    match crate::proofs::attach(&mut loaded.ebpf, &pin_dir) {
+        Ok(Some(root)) => log::info!(
+            "proofs: every connection this machine accepts proves its peer owns its address \
+             (a sock_ops program on the cgroup {root})"
+        ),
+        Ok(None) => log::warn!(
+            "no cgroup v2 hierarchy could be opened: connections prove their peers only \
+             through SYN cookies and run's look at the connections every {}s",
+            crate::proofs::REFRESH.as_secs()
+        ),
+        Err(e) => log::warn!(
+            "proofs from accepted connections are off ({e:#}): connections prove their \
+             peers only through SYN cookies and run's look at the connections every {}s",
+            crate::proofs::REFRESH.as_secs()
+        ),
+    }
     log::info!(
         "synguard {} running: {}; state pinned in {}",
         crate::version::LONG,
@@ -1017,6 +1112,7 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         rates: Default::default(),
         rule_hits: HashMap::new(),
         sampled_hits: HashMap::new(),
+        protected: Vec::new(),
     };
     daemon.journal(journal::Event::Start {
         version: crate::version::LONG.to_string(),
@@ -1072,6 +1168,9 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
     // belongs: a run that crashed during an attack may have left it changed.
     daemon.settle_attacks();
     daemon.manage_syncookies();
+    if let Err(e) = pins::lock_writers(&pin_dir).and_then(|_lock| daemon.refresh_proofs()) {
+        log::warn!("proofs: {e:#}");
+    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -1249,6 +1348,11 @@ pub fn detach(pin_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
+    // The sock_ops program's link: its pin holds the last reference.
+    let proofs = crate::proofs::link_path(pin_dir);
+    if proofs.exists() {
+        fs::remove_file(&proofs).with_context(|| format!("unpinning {}", proofs.display()))?;
+    }
     let dir = crate::bpf::maps_dir(pin_dir);
     for name in map_names::ALL {
         let p = dir.join(name);

@@ -142,6 +142,16 @@ pub struct SourceRow {
     pub verdict: String,
 }
 
+/// A source whose SYNs were most likely forged: its address proved itself (it completed
+/// handshakes, or answered the server's SYN-ACKs with resets), so the flood in its name
+/// was not its own.
+#[derive(Clone, Debug, Serialize)]
+pub struct ForgedRow {
+    pub source: String,
+    /// The evidence.
+    pub why: String,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PrefixRow {
     pub prefix: String,
@@ -207,6 +217,8 @@ pub struct Report {
     pub attacks: Vec<Attack>,
     pub timeline: Vec<TimelineEntry>,
     pub top_sources: Vec<SourceRow>,
+    /// Sources whose SYNs were most likely forged (see [`ForgedRow`]).
+    pub forged: Vec<ForgedRow>,
     pub top_prefixes: Vec<PrefixRow>,
     pub peaks: Peaks,
     pub drops: Vec<DropRow>,
@@ -290,6 +302,18 @@ impl Report {
                     "| {} | {} | {} | {} |",
                     s.source, s.syns, s.peak_syn_rate, s.verdict
                 );
+            }
+            m.push('\n');
+        }
+        if !self.forged.is_empty() {
+            let _ = writeln!(
+                m,
+                "## Sources most likely forged\n\nTheir addresses proved they are real \
+                 hosts that did not send this flood: SYNs in their name were challenged with \
+                 cookies, never a reason to cut them off.\n\n| source | evidence |\n|---|---|"
+            );
+            for f in &self.forged {
+                let _ = writeln!(m, "| {} | {} |", f.source, f.why.replace('|', "\\|"));
             }
             m.push('\n');
         }

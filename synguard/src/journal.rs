@@ -93,6 +93,16 @@ pub enum Event {
         change: String,
         comment: String,
     },
+    /// A proven source's address was carried by SYNs over its limit: most likely forged;
+    /// challenged with SYN cookies, not banned.
+    Challenge {
+        prefix: String,
+        interface: String,
+        syns: u64,
+        syn_rate: u64,
+        /// How it had proven it owns its address.
+        proof: String,
+    },
     AttackOn {
         interface: String,
         syn_rate: u64,

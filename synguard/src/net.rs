@@ -77,6 +77,26 @@ pub fn aggregate(addr: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
     }
 }
 
+/// The key the kernel meters (and proves) an address under: the address aggregated to
+/// `ipv4-prefix` / `ipv6-prefix`, as `synguard_common::source_key_v4` / `_v6` make it. An
+/// IPv4-mapped IPv6 address is the IPv4 address (as dual-stack sockets report peers).
+pub fn source_key(addr: IpAddr, v4_prefix: u8, v6_prefix: u8) -> synguard_common::SourceKey {
+    let addr = match addr {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    };
+    match addr {
+        IpAddr::V4(a) => {
+            let len = u32::from(v4_prefix.min(32));
+            synguard_common::source_key_v4(a.octets(), synguard_common::prefix_mask::<4>(len), len)
+        }
+        IpAddr::V6(a) => {
+            let len = u32::from(v6_prefix.min(128));
+            synguard_common::source_key_v6(a.octets(), synguard_common::prefix_mask::<16>(len), len)
+        }
+    }
+}
+
 /// Build an IPv4 network from key bytes.
 ///
 /// rustc 1.95.0 in release mode compiled the plain version of this, inlined into

@@ -23,8 +23,8 @@ use crate::{
     cli::ReportFormat,
     clock::rfc3339,
     incident::{
-        Attack, AttackKind, DropRow, Peaks, Point, PrefixRow, Report, SourceRow, TimelineEntry,
-        Traits, classify,
+        Attack, AttackKind, DropRow, ForgedRow, Peaks, Point, PrefixRow, Report, SourceRow,
+        TimelineEntry, Traits, classify,
     },
     journal::{self, Event, Record},
 };
@@ -432,6 +432,7 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         })
     };
     let mut flagged = vec![false; spans.len()];
+    let mut forged: Vec<ForgedRow> = Vec::new();
     for r in records {
         let Some(t) = r.time() else { continue };
         // Mark an episode's start and end around the events.
@@ -487,12 +488,43 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
                 *n += 1;
                 format!("banned {prefix} after {syns} SYNs at {syn_rate} SYN/s, until {until}")
             }
+            Event::Unban { prefix, why, .. } if why == "proven" => {
+                forged.push(ForgedRow {
+                    source: prefix.clone(),
+                    why: "banned, then it proved it owns its address (it has connections to \
+                          the server): the ban was lifted"
+                        .into(),
+                });
+                format!(
+                    "ban on {prefix} lifted: it proved it owns its address, so the SYNs that \
+                     banned it were most likely forged"
+                )
+            }
             Event::Unban {
                 prefix,
                 why,
                 kind,
                 hits,
             } => format!("{kind} entry {prefix} {why}; it dropped {hits} packets"),
+            Event::Challenge {
+                prefix,
+                syns,
+                syn_rate,
+                proof,
+                ..
+            } => {
+                forged.push(ForgedRow {
+                    source: prefix.clone(),
+                    why: format!(
+                        "it {proof}, yet SYNs in its name went over its limit ({syns} SYNs at \
+                         {syn_rate} SYN/s): challenged with cookies, not banned"
+                    ),
+                });
+                format!(
+                    "{prefix} {proof}, yet SYNs in its name went over its limit at {syn_rate} \
+                     SYN/s: most likely forged; challenged with cookies, not banned"
+                )
+            }
             Event::ListChange {
                 list,
                 prefix,
@@ -811,6 +843,7 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         attacks,
         timeline,
         top_sources,
+        forged,
         top_prefixes,
         peaks,
         drops,

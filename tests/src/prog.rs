@@ -237,16 +237,6 @@ impl Prog {
 
 /// The `SG_SOURCES` key of an address aggregated to a prefix length.
 pub fn source_key(addr: IpAddr, prefix_len: u32) -> SourceKey {
-    match addr {
-        IpAddr::V4(a) => synguard_common::source_key_v4(
-            a.octets(),
-            synguard_common::prefix_mask::<4>(prefix_len),
-            prefix_len,
-        ),
-        IpAddr::V6(a) => synguard_common::source_key_v6(
-            a.octets(),
-            synguard_common::prefix_mask::<16>(prefix_len),
-            prefix_len,
-        ),
-    }
+    let len = u8::try_from(prefix_len).expect("prefix length");
+    synguard::net::source_key(addr, len, len)
 }

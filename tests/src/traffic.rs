@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -100,9 +100,29 @@ impl ClientStats {
 
 /// One HTTP request: connect, send, read the whole page. Returns the connect time.
 pub fn fetch(target: SocketAddr, timeout: Duration) -> Result<Duration, String> {
+    fetch_as(None, target, timeout)
+}
+
+/// [`fetch`] from a chosen local address (one of several the namespace has).
+pub fn fetch_as(
+    local: Option<IpAddr>,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Result<Duration, String> {
     let start = Instant::now();
-    let mut s =
-        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
+    let mut s = match local {
+        None => TcpStream::connect_timeout(&target, timeout),
+        Some(l) => {
+            let domain = socket2::Domain::for_address(target);
+            let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+                .map_err(|e| format!("socket: {e}"))?;
+            sock.bind(&SocketAddr::new(l, 0).into())
+                .map_err(|e| format!("bind {l}: {e}"))?;
+            sock.connect_timeout(&target.into(), timeout)
+                .map(|()| TcpStream::from(sock))
+        }
+    }
+    .map_err(|e| format!("connect: {e}"))?;
     let connected = start.elapsed();
     let left = timeout
         .saturating_sub(connected)

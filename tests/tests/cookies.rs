@@ -236,9 +236,13 @@ fn a_valid_cookie_ack_verifies_the_source_and_its_syns_then_pass() {
                 .ack_number(cookie.wrapping_add(1))
                 .build();
             p.expect(&ack, XDP_PASS, &[R_TCP_OTHER, N_VERIFIED]);
-            let until = p.loaded.maps.verified.get(&key, 0).expect("verified");
+            let proof = p.loaded.maps.verified.get(&key, 0).expect("verified");
             let now = synguard::clock::monotonic_ns();
-            assert!(until > now + 3_500_000_000_000, "for verified-for (1h)");
+            assert!(
+                proof.until_ns > now + 3_500_000_000_000,
+                "for verified-for (1h)"
+            );
+            assert_eq!(proof.how, synguard_common::PROOF_COOKIE);
             // From now on its SYNs go straight to the kernel, with all their options.
             let again = Tcp::syn(client, server)
                 .with_syn_options()

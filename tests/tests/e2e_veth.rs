@@ -20,17 +20,26 @@ use synguard_tests::{
     lab::mac_of,
     netns::Netns,
     prog::require_root,
-    topo::{ATTACKER, Lab, TARGET},
-    traffic::{Server, fetch},
+    topo::{ATTACKER, CLIENT, Lab, TARGET},
+    traffic::{Server, fetch_as},
 };
 
 /// Fetch the page from inside `ns`.
 fn fetch_from(ns: &Netns, timeout: Duration) -> Result<Duration, String> {
+    fetch_from_as(ns, None, timeout)
+}
+
+/// The same from a chosen address of the namespace.
+fn fetch_from_as(ns: &Netns, local: Option<&str>, timeout: Duration) -> Result<Duration, String> {
     let target: SocketAddr = TARGET.parse().expect("addr");
-    ns.spawn(move || fetch(target, timeout))
+    let local = local.map(|a| a.parse().expect("addr"));
+    ns.spawn(move || fetch_as(local, target, timeout))
         .join()
         .expect("client thread")
 }
+
+/// A second address of the employee's host, which connects only once cookies are on.
+const NEWCOMER: &str = "198.51.100.11";
 
 #[test]
 fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
@@ -49,10 +58,17 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
         .join()
         .expect("attaching the employee's XDP program");
     let _web = Server::start(server, TARGET.parse().expect("addr"));
+    employee.ip(&["addr", "add", &format!("{NEWCOMER}/24"), "dev", "eth0"]);
     let mut daemon = lab.daemon(&["run", "--iface", "sgc", "--iface", "sga"]);
     let maps = Maps::from_pins(&lab.pin_dir()).expect("open the pinned maps");
 
     fetch_from(employee, Duration::from_secs(5)).expect("the employee before any flood");
+    // The handshake it completed proves it owns its address (the sock_ops program).
+    let proof = &lab.json(&["explain", CLIENT])["proof"];
+    assert_eq!(proof["proven"], true, "{proof}");
+    assert_eq!(proof["how"], "completed a handshake", "{proof}");
+    let proof = &lab.json(&["explain", ATTACKER])["proof"];
+    assert_eq!(proof["proven"], false, "{proof}");
 
     // SYNs at up to 20,000 a second for 300 ms from the flooder's own address: its first
     // 100 (the burst) pass, the next is over its limit and bans it. (An emulated machine
@@ -109,8 +125,9 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
     );
     fetch_from(employee, Duration::from_secs(5)).expect("the employee during the ban");
 
-    // Cookies for every unverified SYN: the employee's next handshake is answered in XDP
-    // and completes with the kernel's own cookie check; its source is verified.
+    // Cookies for every unverified SYN: the handshake of a client that has not proven
+    // itself yet (another address of the employee's host) is answered in XDP and
+    // completes with the kernel's own cookie check; its source is verified.
     // The daemon sets `net.ipv4.tcp_syncookies` to 2 for the kernel's cookie helper.
     lab.ok(&["config", "set", "syn-cookies", "always"]);
     let start = Instant::now();
@@ -130,7 +147,8 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
     }
     let slot = server.ifindex("sgc");
     let before = maps.counters(slot).expect("counters");
-    fetch_from(employee, Duration::from_secs(5)).expect("the employee through a cookie");
+    fetch_from_as(employee, Some(NEWCOMER), Duration::from_secs(5))
+        .expect("a newcomer through a cookie");
     let after = maps.counters(slot).expect("counters");
     assert_eq!(
         after[R_COOKIE_SENT] - before[R_COOKIE_SENT],
@@ -143,7 +161,7 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
         "the cookie ACK verified the employee"
     );
     // Verified: its next SYN goes straight to the kernel.
-    fetch_from(employee, Duration::from_secs(5)).expect("the verified employee");
+    fetch_from_as(employee, Some(NEWCOMER), Duration::from_secs(5)).expect("the verified newcomer");
     let last = maps.counters(slot).expect("counters");
     assert_eq!(last[R_SYN_VERIFIED] - after[R_SYN_VERIFIED], 1);
     assert_eq!(last[R_COOKIE_SENT], after[R_COOKIE_SENT]);

@@ -74,11 +74,19 @@ fn syn_under_and_over_the_limit_bans_the_source_once() {
     let ban_ns = ban.expires_ns - ban.created_ns;
     assert_eq!(ban_ns, 600_000_000_000, "default ban-for is 10m");
 
-    // From now on everything from the source is dropped by the ban, SYN or not, and
-    // no bucket is touched.
+    // From now on its SYNs are dropped by the ban, and no bucket is touched. The ban
+    // acts on new connections only: the source's other packets (its established
+    // connections, whatever a forger sent in its name) pass, and so do its SYNs to
+    // ports synguard does not protect.
+    p.expect(&syn, XDP_DROP, &[R_BANNED]);
     p.expect(&syn, XDP_DROP, &[R_BANNED]);
     let ack = Tcp::syn("203.0.113.5", SERVER).flags(ACK).build();
-    p.expect(&ack, XDP_DROP, &[R_BANNED]);
+    p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
+    let udp = packet::udp("203.0.113.5", SERVER);
+    p.expect(&udp, XDP_PASS, &[R_NON_TCP]);
+    p.set("ports", "80");
+    let ssh = Tcp::syn("203.0.113.5", SERVER).dport(22).build();
+    p.expect(&ssh, XDP_PASS, &[N_SYNS, R_SYN_UNPROTECTED]);
     assert_eq!(p.rule("203.0.113.5/32").unwrap().hits, 2);
     assert_eq!(p.bucket("203.0.113.5", 32).unwrap().syns, 4);
 
@@ -444,21 +452,22 @@ fn the_rules_hint_follows_every_entry() {
     let ack = Tcp::syn("198.51.100.9", SERVER).flags(ACK).build();
     p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
     p.loaded.maps.rules_v4.remove(&key).unwrap();
-    // The same for a ban, as one made under an ipv4-prefix the hint does not track
-    // looks: under such a prefix the kernel walks the bans trie for every packet, and
-    // going back to a longer one first marks every entry.
+    // The same for a ban (which acts on SYNs), as one made under an ipv4-prefix the
+    // hint does not track looks: under such a prefix the kernel walks the bans trie for
+    // every SYN, and going back to a longer one first marks every entry.
     let stray = "198.51.100.0/24".parse().unwrap();
     let ban = Rule {
         prefix_len: 24,
         ..Rule::new(RULE_BAN, ACTION_DROP, 0, 0)
     };
     p.loaded.maps.bans_v4.insert(&key, ban, 0).unwrap();
-    p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
+    let syn = Tcp::syn("198.51.100.9", SERVER).build();
+    p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
     p.set("ipv4-prefix", "16");
-    p.expect(&ack, XDP_DROP, &[R_BANNED]);
+    p.expect(&syn, XDP_DROP, &[R_BANNED]);
     p.set("ipv4-prefix", "32");
     assert!(p.ban_hinted("198.51.100.9"));
-    p.expect(&ack, XDP_DROP, &[R_BANNED]);
+    p.expect(&syn, XDP_DROP, &[R_BANNED]);
     assert!(rules::delete(&mut p.loaded.maps, &stray).unwrap().is_some());
     assert!(!p.ban_hinted("198.51.100.9"));
 
@@ -484,11 +493,10 @@ fn kernel_bans_are_seen_at_every_ipv4_prefix() {
         let syn = Tcp::syn("198.18.5.7", SERVER).build();
         p.run(&syn);
         p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
-        let ack = Tcp::syn(inside, SERVER).flags(ACK).build();
-        p.expect(&ack, XDP_DROP, &[R_BANNED]);
+        p.expect(&Tcp::syn(inside, SERVER).build(), XDP_DROP, &[R_BANNED]);
         // Outside the ban (and, for the short prefix, inside the ignored hint).
-        let other = Tcp::syn("198.51.100.9", SERVER).flags(ACK).build();
-        p.expect(&other, XDP_PASS, &[R_TCP_OTHER]);
+        let other = Tcp::syn("198.51.100.9", SERVER).build();
+        p.expect(&other, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
         assert_eq!(p.ban_hinted(inside), prefix != "12", "/{prefix}");
         assert!(!p.hinted(inside), "bans mark the bans hint only");
     }
@@ -522,10 +530,9 @@ fn the_ipv6_rules_hint_follows_entries_and_bans() {
         let syn = Tcp::syn("2001:db8:5:7::1", SERVER6).build();
         p.run(&syn);
         p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
-        let ack = Tcp::syn(inside, SERVER6).flags(ACK).build();
-        p.expect(&ack, XDP_DROP, &[R_BANNED]);
-        let other = Tcp::syn("3fff:6::1", SERVER6).flags(ACK).build();
-        p.expect(&other, XDP_PASS, &[R_TCP_OTHER]);
+        p.expect(&Tcp::syn(inside, SERVER6).build(), XDP_DROP, &[R_BANNED]);
+        let other = Tcp::syn("3fff:6::1", SERVER6).build();
+        p.expect(&other, XDP_PASS, &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW]);
         assert_eq!(p.ban_hinted(inside), prefix == "64", "/{prefix}");
     }
 }
@@ -576,18 +583,18 @@ fn ban_expires_on_time() {
     let ack = Tcp::syn("203.0.113.90", SERVER).flags(ACK).build();
     p.run(&syn);
     p.expect(&syn, XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
-    p.expect(&ack, XDP_DROP, &[R_BANNED]);
+    p.expect(&syn, XDP_DROP, &[R_BANNED]);
+    p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
     assert!(p.ban_hinted("203.0.113.90"));
     thread::sleep(Duration::from_millis(1100));
-    // Expired: acts as absent even before userspace removes it.
-    p.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
+    // Expired: acts as absent even before userspace removes it. The bucket has refilled
+    // after a second at 1/s: the source may connect again.
+    p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED]);
     let removed = rules::expire(&mut p.loaded.maps).unwrap();
     assert_eq!(removed.len(), 1);
     assert_eq!(removed[0].net.to_string(), "203.0.113.90/32");
     assert!(p.rules().is_empty());
     assert!(!p.ban_hinted("203.0.113.90"), "expiry clears the hint bit");
-    // The bucket has refilled after a second at 1/s: the source may connect again.
-    p.expect(&syn, XDP_PASS, &[N_SYNS, R_SYN_PASSED]);
 }
 
 #[test]

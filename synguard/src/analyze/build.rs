@@ -744,6 +744,7 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
         attacks: described.into_iter().map(|d| d.attack).collect(),
         timeline,
         top_sources,
+        forged: Vec::new(),
         top_prefixes,
         peaks,
         drops: drop_rows,

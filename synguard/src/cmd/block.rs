@@ -31,6 +31,10 @@ struct BlockJson {
     /// `drop`, or `pass` when an allow entry covers it.
     effective: &'static str,
     allowed_by: Option<String>,
+    /// For a ban: whether its source has proven it owns its address (`proven`, `unproven`;
+    /// a ban is only ever made for an unproven source, and `run` lifts it once the source
+    /// proves itself). What a ban drops: its SYNs to protected ports, nothing else.
+    proof: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -51,6 +55,14 @@ fn sorted(mut entries: Vec<RuleEntry>) -> Vec<RuleEntry> {
 pub fn block_list(state: &State, json: bool) -> anyhow::Result<()> {
     let all = rules::list(&state.maps)?;
     let now = clock::monotonic_ns();
+    let settings = crate::config::Settings::from_kernel(&state.maps.read_config()?);
+    let proven = |net: &IpNet| {
+        let key = crate::net::source_key(net.network(), settings.ipv4_prefix, settings.ipv6_prefix);
+        crate::proofs::get(&state.maps, &key, now)
+            .ok()
+            .flatten()
+            .is_some()
+    };
     let blocks: Vec<RuleEntry> = sorted(all.iter().filter(|e| e.is_block()).cloned().collect());
     let rows: Vec<BlockJson> = blocks
         .iter()
@@ -71,6 +83,7 @@ pub fn block_list(state: &State, json: bool) -> anyhow::Result<()> {
                 comment: e.comment(),
                 effective: if allowed_by.is_some() { "pass" } else { "drop" },
                 allowed_by,
+                proof: auto.then(|| if proven(&e.net) { "proven" } else { "unproven" }),
             }
         })
         .collect();
@@ -96,6 +109,7 @@ pub fn block_list(state: &State, json: bool) -> anyhow::Result<()> {
                     Kind::Auto => "auto".into(),
                     _ => "manual".into(),
                 },
+                j.proof.unwrap_or("-").into(),
                 j.syns.map_or("-".into(), |s| s.to_string()),
                 j.rate.map_or("-".into(), |r| format!("{r}/s")),
                 time_human(e.rule.created_ns, "-"),
@@ -105,12 +119,20 @@ pub fn block_list(state: &State, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
+    if rows.iter().any(|r| r.proof.is_some()) {
+        println!(
+            "bans (reason auto) drop only their source's SYNs to protected ports: its \
+             connections and other traffic pass; a source that proves it owns its address is \
+             challenged, never banned"
+        );
+    }
     println!(
         "{}",
         table(
             &[
                 "prefix",
                 "reason",
+                "source",
                 "syns seen",
                 "rate",
                 "first seen",

@@ -4,13 +4,13 @@
 use std::net::IpAddr;
 
 use serde::Serialize;
-use synguard_common::{ACTION_PASS, RULE_ALLOW, RULE_BAN, gcra, prefix_mask};
+use synguard_common::{ACTION_PASS, RULE_ALLOW, RULE_BAN, gcra};
 
 use super::{State, print_json, time_human, time_json};
 use crate::{
     clock,
     config::{Mode, Settings},
-    net::{aggregate, parse_addr},
+    net::{aggregate, parse_addr, source_key},
     rules::{self, Kind, RuleEntry},
 };
 
@@ -42,15 +42,27 @@ struct BucketJson {
 }
 
 #[derive(Serialize)]
+struct ProofJson {
+    /// Whether its source has proven it owns its address (see `synguard_common::Proof`).
+    proven: bool,
+    /// How, in words.
+    how: Option<&'static str>,
+    since: Option<String>,
+    /// `None` while proven for ever (the gateway, the resolvers).
+    until: Option<String>,
+}
+
+#[derive(Serialize)]
 struct ExplainJson {
     address: String,
-    /// `allowed`, `blocked`, `banned`, `limited` (bucket empty), `metered` (tracked, within
-    /// its limit) or `new` (never seen).
+    /// `allowed`, `blocked`, `banned`, `limited` (bucket empty), `challenged` (bucket
+    /// empty, but proven), `metered` (tracked, within its limit) or `new` (never seen).
     verdict: &'static str,
     summary: String,
     entry: Option<EntryJson>,
     matches: Vec<EntryJson>,
     bucket: BucketJson,
+    proof: ProofJson,
     mode: Mode,
     port_note: Option<String>,
 }
@@ -71,18 +83,7 @@ fn entry_json(e: &RuleEntry, now: u64) -> EntryJson {
 fn bucket(state: &State, addr: IpAddr, s: &Settings, now: u64) -> anyhow::Result<BucketJson> {
     let cfg = s.to_kernel(0);
     let source = aggregate(addr, s.ipv4_prefix, s.ipv6_prefix);
-    let key = match addr {
-        IpAddr::V4(a) => synguard_common::source_key_v4(
-            a.octets(),
-            prefix_mask::<4>(u32::from(s.ipv4_prefix)),
-            u32::from(s.ipv4_prefix),
-        ),
-        IpAddr::V6(a) => synguard_common::source_key_v6(
-            a.octets(),
-            prefix_mask::<16>(u32::from(s.ipv6_prefix)),
-            u32::from(s.ipv6_prefix),
-        ),
-    };
+    let key = source_key(addr, s.ipv4_prefix, s.ipv6_prefix);
     Ok(match crate::sources::get(&state.maps, &key, now)? {
         Some(b) => BucketJson {
             source: source.to_string(),
@@ -120,6 +121,16 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
     let matches = rules::matching(&all, addr);
     let live: Vec<&RuleEntry> = matches.iter().filter(|e| !e.rule.expired(now)).collect();
     let b = bucket(state, addr, &settings, now)?;
+    let key = source_key(addr, settings.ipv4_prefix, settings.ipv6_prefix);
+    let proof = crate::proofs::get(&state.maps, &key, now)?;
+    let proof = ProofJson {
+        proven: proof.is_some(),
+        how: proof.map(|p| crate::proofs::how(p.how)),
+        since: proof.and_then(|p| time_json(p.since_ns)),
+        until: proof
+            .filter(|p| p.until_ns != synguard_common::PROOF_FOREVER)
+            .and_then(|p| time_json(p.until_ns)),
+    };
 
     let (verdict, summary, entry) = match live.first() {
         Some(e) if e.rule.kind == RULE_ALLOW => (
@@ -149,7 +160,8 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
             "banned",
             format!(
                 "BANNED automatically as {}: it sent {}, over syn-rate {}/s with \
-                 syn-burst {}; since {}, until {}; {} packets dropped since",
+                 syn-burst {}; since {}, until {}; {} SYNs dropped since (its connections \
+                 and other traffic pass)",
                 e.net,
                 crate::daemon::describe_rate(e.rule.syns, e.rule.rate),
                 settings.syn_rate,
@@ -171,6 +183,20 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
                 e.rule.hits
             ),
             Some(*e),
+        ),
+        None if b.tracked && b.tokens == 0 && proof.proven => (
+            "challenged",
+            format!(
+                "CHALLENGED: its source {} has used up its bucket ({} SYN/s, burst {}), but it \
+                 {}: a flood carrying its address is most likely forged, so its SYNs are \
+                 answered with SYN cookies (only its owner completes them) and it is never \
+                 banned",
+                b.source,
+                settings.syn_rate,
+                settings.syn_burst,
+                proof.how.unwrap_or("proved it owns its address"),
+            ),
+            None,
         ),
         None if b.tracked && b.tokens == 0 => (
             "limited",
@@ -221,6 +247,7 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
         entry: entry.map(|e| entry_json(e, now)),
         matches: matches.iter().map(|e| entry_json(e, now)).collect(),
         bucket: b,
+        proof,
         mode: settings.mode,
         port_note,
     };
@@ -239,6 +266,25 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
             out.bucket.limited,
             out.bucket.first_seen.as_deref().unwrap_or("-"),
             out.bucket.last_seen.as_deref().unwrap_or("-"),
+        );
+    }
+    if out.proof.proven {
+        println!(
+            "  proven: it {} (since {}, {}): over its limit it is challenged with SYN cookies, \
+             never banned",
+            out.proof.how.unwrap_or("proved it owns its address"),
+            out.proof.since.as_deref().unwrap_or("-"),
+            out.proof
+                .until
+                .as_ref()
+                .map_or("kept while it is one".to_string(), |u| format!("until {u}")),
+        );
+    } else {
+        println!(
+            "  unproven: it has completed no handshake with this machine within verified-for \
+             ({}): over its limit it is banned, which drops its new connections to protected \
+             ports and nothing else",
+            crate::config::format_duration(settings.verified_for)
         );
     }
     for e in matches.iter().skip(usize::from(entry.is_some())) {

@@ -414,7 +414,7 @@ pub fn sample(state: &State) -> anyhow::Result<Option<Reading>> {
             let verified = maps
                 .verified
                 .get(&key, 0)
-                .is_ok_and(|until| until > mono_ns);
+                .is_ok_and(|p| p.until_ns > mono_ns);
             Some(SourceReading {
                 net: source_net(&key)?,
                 rate,

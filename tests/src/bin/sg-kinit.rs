@@ -181,6 +181,8 @@ fn main() {
         ("tmpfs", "/tmp"),
         ("tmpfs", "/run"),
         ("bpf", "/sys/fs/bpf"),
+        // `run` attaches its sock_ops program (proofs of accepted connections) here.
+        ("cgroup2", "/sys/fs/cgroup"),
     ] {
         if let Err(e) = mount(fstype, target) {
             say(&format!("error {e}"));

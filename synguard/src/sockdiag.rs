@@ -1,13 +1,15 @@
-//! Purge a banned source's half-open connections from the server's SYN queues.
+//! The kernel's socket table, through `NETLINK_SOCK_DIAG` (`SOCK_DIAG_BY_FAMILY` to
+//! list, `SOCK_DESTROY` to remove; the sockets must be in this network namespace).
 //!
-//! A flooder gets `syn-burst` SYNs through before its ban; on a server without SYN cookies
-//! each one becomes a request socket that sits in the listener's SYN queue through every
-//! SYN-ACK retry, about a minute by default. With a small backlog that is enough to keep
-//! real clients out long after the flood itself is dropped. Once a source is banned, every
-//! packet from it is dropped, so those entries can never complete: `run` removes them at
-//! once, as `ss -K state syn-recv src PREFIX` would, through `NETLINK_SOCK_DIAG`
-//! (`SOCK_DIAG_BY_FAMILY` to list, `SOCK_DESTROY` to remove; the kernel needs
-//! `CONFIG_INET_DIAG_DESTROY`, and the sockets must be in this network namespace).
+//! Two uses. Purging a banned source's half-open connections from the server's SYN
+//! queues: a flooder gets `syn-burst` SYNs through before its ban; on a server without SYN
+//! cookies each one becomes a request socket that sits in the listener's SYN queue through
+//! every SYN-ACK retry, about a minute by default, enough with a small backlog to keep
+//! real clients out long after the flood itself is dropped. The ban drops the source's
+//! SYNs, and the flooder never completes them, so `run` removes them at once, as `ss -K
+//! state syn-recv src PREFIX` would (the kernel needs `CONFIG_INET_DIAG_DESTROY`). And
+//! finding the peers of connections that completed a handshake: each proves it owns its
+//! address (see `crate::proofs`).
 
 use std::{
     io,
@@ -35,7 +37,7 @@ const REQ_LEN: usize = 8 + SOCKID_LEN;
 /// `struct inet_diag_msg` (the part we read).
 const MSG_LEN: usize = 4 + SOCKID_LEN + 20;
 
-/// One half-open connection as the kernel identifies it.
+/// One TCP socket as the kernel identifies it (a half-open connection, for purging).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HalfOpen {
     pub family: u8,
@@ -61,7 +63,14 @@ fn nl_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn message(kind: u16, flags: u16, seq: u32, family: u8, id: &[u8; SOCKID_LEN]) -> Vec<u8> {
+fn message(
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    states: u32,
+    id: &[u8; SOCKID_LEN],
+) -> Vec<u8> {
     let len = NLMSG_HDRLEN + REQ_LEN;
     let mut m = Vec::with_capacity(len);
     m.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -73,7 +82,7 @@ fn message(kind: u16, flags: u16, seq: u32, family: u8, id: &[u8; SOCKID_LEN]) -
     m.push(libc::IPPROTO_TCP as u8);
     m.push(0); // idiag_ext
     m.push(0); // pad
-    m.extend_from_slice(&(1u32 << TCP_SYN_RECV).to_ne_bytes());
+    m.extend_from_slice(&states.to_ne_bytes());
     m.extend_from_slice(id);
     m
 }
@@ -141,6 +150,24 @@ fn peer_of(family: u8, id: &[u8; SOCKID_LEN]) -> Option<IpAddr> {
 
 /// Every half-open (SYN_RECV) TCP connection in this network namespace.
 pub fn half_open() -> io::Result<Vec<HalfOpen>> {
+    sockets(1 << TCP_SYN_RECV)
+}
+
+/// TCP states of a connection whose handshake completed: established, and every closing
+/// state (TIME_WAIT included: a server that closes first keeps one for a minute).
+const CONNECTED: u32 = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 11);
+
+/// The peers of every TCP connection in this network namespace whose handshake
+/// completed, each once.
+pub fn connected_peers() -> io::Result<Vec<IpAddr>> {
+    let mut peers: Vec<IpAddr> = sockets(CONNECTED)?.into_iter().map(|s| s.peer).collect();
+    peers.sort_unstable();
+    peers.dedup();
+    Ok(peers)
+}
+
+/// Every TCP socket in this network namespace in one of `states` (a bit per state).
+fn sockets(states: u32) -> io::Result<Vec<HalfOpen>> {
     let fd = nl_socket()?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -152,6 +179,7 @@ pub fn half_open() -> io::Result<Vec<HalfOpen>> {
                 NLM_F_REQUEST | NLM_F_DUMP,
                 seq,
                 family,
+                states,
                 &[0; SOCKID_LEN],
             ),
         )?;
@@ -178,7 +206,7 @@ pub fn half_open() -> io::Result<Vec<HalfOpen>> {
                         let state = u32::from(payload[1]);
                         let mut id = [0u8; SOCKID_LEN];
                         id.copy_from_slice(&payload[4..4 + SOCKID_LEN]);
-                        if state == TCP_SYN_RECV
+                        if states & (1 << state) != 0
                             && let Some(peer) = peer_of(fam, &id)
                         {
                             out.push(HalfOpen {
@@ -201,7 +229,14 @@ pub fn destroy(h: &HalfOpen) -> io::Result<()> {
     let fd = nl_socket()?;
     send(
         &fd,
-        &message(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 1, h.family, &h.id),
+        &message(
+            SOCK_DESTROY,
+            NLM_F_REQUEST | NLM_F_ACK,
+            1,
+            h.family,
+            1 << TCP_SYN_RECV,
+            &h.id,
+        ),
     )?;
     let mut buf = [0u8; 512];
     let n = recv(&fd, &mut buf)?;
@@ -251,6 +286,7 @@ mod tests {
             NLM_F_REQUEST | NLM_F_ACK,
             7,
             2,
+            1 << TCP_SYN_RECV,
             &[9; SOCKID_LEN],
         );
         assert_eq!(m.len(), 16 + 56);
