@@ -209,6 +209,15 @@ impl Prog {
         map.get(&word, 0).expect("read hint") & bit != 0
     }
 
+    /// Record that an address proved it owns itself (`how`, a `PROOF_*`) for `for_ns`, as
+    /// the kernel or `run` would.
+    pub fn prove(&mut self, addr: &str, prefix_len: u32, how: u32, for_ns: u64) {
+        let now = synguard::clock::monotonic_ns();
+        let key = source_key(addr.parse().expect("test address"), prefix_len);
+        synguard::proofs::record(&mut self.loaded.maps, &key, how, now + for_ns, now)
+            .expect("record a proof");
+    }
+
     pub fn reconcile(&mut self) {
         rules::reconcile_actions(&mut self.loaded.maps).expect("reconcile");
     }

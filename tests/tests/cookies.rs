@@ -13,7 +13,10 @@ use std::{
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use synguard::config::Settings;
-use synguard_common::{EVENT_ATTACK_OFF, EVENT_ATTACK_ON, Event, RULE_ALLOW, stat::*};
+use synguard_common::{
+    EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_CHALLENGE, Event, PROOF_HANDSHAKE, PROOF_SOCKET,
+    RULE_ALLOW, stat::*,
+};
 use synguard_tests::{
     netns::Netns,
     packet::{ACK, Tcp},
@@ -443,6 +446,108 @@ fn the_attack_detector_adds_up_every_cpus_rate() {
         let st = state(&p);
         assert_eq!(st.attack, 1, "{st:?}");
         assert!(st.rate >= 1000, "{st:?}");
+    });
+}
+
+/// A flood carrying a proven address is most likely forged: over its limit that source is
+/// challenged (attack mode at once, its SYNs answered with cookies), never banned; an
+/// unproven source over its limit is banned as before, attack mode or not.
+#[test]
+fn a_proven_source_over_its_limit_is_challenged_never_banned() {
+    in_server_ns("0", || {
+        let mut p = Prog::new(settings(&[
+            ("syn-rate", "1"),
+            ("syn-burst", "2"),
+            // Far above what the test sends: only the challenge starts attack mode.
+            ("attack-syn-rate", "1000000"),
+        ]));
+        let victim = "198.51.100.10";
+        p.prove(victim, 32, PROOF_HANDSHAKE, 3_600_000_000_000);
+        let syn = |src: &str, port: u16| Tcp::syn(src, SERVER).sport(port).build();
+        p.expect(
+            &syn(victim, 1),
+            XDP_PASS,
+            &[N_SYNS, R_SYN_PASSED, N_SOURCES_NEW],
+        );
+        p.expect(&syn(victim, 2), XDP_PASS, &[N_SYNS, R_SYN_PASSED]);
+        assert_eq!(p.loaded.maps.ifstate(1).unwrap().attack, 0);
+        // Over its limit: challenged. Attack mode starts (cookies), but the kernel's
+        // helper makes no cookie while tcp_syncookies is 0 (`run` sets it to 2 when attack
+        // mode starts): passed to the kernel meanwhile, and never dropped.
+        p.expect(
+            &syn(victim, 3),
+            XDP_PASS,
+            &[N_SYNS, N_CHALLENGED, N_ATTACKS, R_COOKIE_FALLBACK],
+        );
+        let st = p.loaded.maps.ifstate(1).unwrap();
+        assert_eq!(st.attack, 1, "{st:?}");
+        assert_ne!(st.challenged_ns, 0, "{st:?}");
+        std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2").expect("tcp_syncookies");
+        let (action, out) = p.run_out(&syn(victim, 4));
+        assert_eq!(action, XDP_TX, "answered with a cookie");
+        check_synack(&syn(victim, 4), &out);
+        assert!(p.rules().is_empty(), "no ban: {:?}", p.rules());
+        let c = p.counters();
+        assert_eq!((c[N_CHALLENGED], c[N_BANS], c[N_ATTACKS]), (2, 0, 1));
+        // One event for the challenge (the first), one for attack mode.
+        let kinds: Vec<u32> = drain(&mut p).iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![EVENT_ATTACK_ON, EVENT_CHALLENGE]);
+
+        // An unproven source over its limit is banned, in attack mode too: its SYNs
+        // within the limit get cookies (attack mode), the next is dropped and banned.
+        let flooder = "203.0.113.66";
+        p.expect(
+            &syn(flooder, 1),
+            XDP_TX,
+            &[N_SYNS, N_SOURCES_NEW, R_COOKIE_SENT],
+        );
+        p.expect(&syn(flooder, 2), XDP_TX, &[N_SYNS, R_COOKIE_SENT]);
+        p.expect(&syn(flooder, 3), XDP_DROP, &[N_SYNS, R_SYN_LIMITED, N_BANS]);
+        p.expect(&syn(flooder, 4), XDP_DROP, &[R_BANNED]);
+        assert_eq!(p.rules().len(), 1);
+
+        // With cookies off, a proven source over its limit has its excess dropped, but it
+        // is still not banned.
+        p.set("syn-cookies", "off");
+        p.expect(
+            &syn(victim, 5),
+            XDP_DROP,
+            &[N_SYNS, N_CHALLENGED, R_SYN_LIMITED],
+        );
+        assert_eq!(p.rules().len(), 1, "only the flooder is banned");
+    });
+}
+
+#[test]
+fn attack_mode_lasts_a_calm_period_after_the_last_challenge() {
+    in_server_ns("2", || {
+        let mut p = Prog::new(settings(&[
+            ("syn-rate", "1"),
+            ("syn-burst", "1"),
+            ("attack-syn-rate", "1000000"),
+        ]));
+        let mut cfg = p.loaded.maps.read_config().unwrap();
+        cfg.attack_calm_ns = 300_000_000;
+        p.loaded.maps.write_config(&cfg).unwrap();
+        p.prove("198.51.100.10", 32, PROOF_SOCKET, 3_600_000_000_000);
+        let syn = |port: u16| Tcp::syn("198.51.100.10", SERVER).sport(port).build();
+        p.run(&syn(1));
+        assert_eq!(p.run(&syn(2)), XDP_TX, "challenged");
+        // Challenged again before the calm period ends: attack mode holds, though the
+        // total rate is far below attack-syn-rate.
+        for port in 3..8 {
+            thread::sleep(Duration::from_millis(150));
+            assert_eq!(p.run(&syn(port)), XDP_TX, "challenge {port}");
+            assert_eq!(p.loaded.maps.ifstate(1).unwrap().attack, 1);
+        }
+        assert_eq!(p.counter(N_ATTACKS), 1, "it never ended and started again");
+        // A calm period without challenges (and windows closing): attack mode ends.
+        thread::sleep(Duration::from_millis(700));
+        let other = Tcp::syn("203.0.113.9", SERVER).build();
+        p.run(&other);
+        thread::sleep(Duration::from_millis(120));
+        p.run(&other);
+        assert_eq!(p.loaded.maps.ifstate(1).unwrap().attack, 0, "calm again");
     });
 }
 
