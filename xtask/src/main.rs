@@ -327,6 +327,10 @@ fn test() -> anyhow::Result<()> {
             "e2e_veth",
         ),
         ("end-to-end flood tests in network namespaces", "e2e_flood"),
+        (
+            "forged SYNs never cut off their victim; a real flooder is still banned",
+            "e2e_forged",
+        ),
         ("the command line against a running daemon", "cli"),
         (
             "attack mode end to end: cookies, forged floods, tcp_syncookies",
