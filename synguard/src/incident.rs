@@ -16,6 +16,10 @@ use serde::Serialize;
 pub enum AttackKind {
     /// One source (or one prefix at the aggregation length) sent most of the SYNs.
     SingleSource,
+    /// One address carried most of the SYNs, but that address belongs to a real host that
+    /// proved it (it completed handshakes with the server, or answered its SYN-ACKs with
+    /// resets): the flood was forged in its name.
+    SpoofedSource,
     /// Many real sources, each sending many SYNs (a botnet).
     Distributed,
     /// Many sources seen once or twice each that never complete a handshake: forged.
@@ -30,6 +34,7 @@ impl AttackKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::SingleSource => "single source",
+            Self::SpoofedSource => "spoofed source",
             Self::Distributed => "distributed",
             Self::ForgedSources => "forged sources",
             Self::Ipv6Rotation => "IPv6 rotation",
@@ -51,6 +56,9 @@ pub struct Traits {
     pub ipv6_syns: u64,
     /// Handshakes that completed (final ACKs seen, or cookies verified).
     pub completed: Option<u64>,
+    /// Why the busiest source's address is most likely forged, if it is (see
+    /// [`AttackKind::SpoofedSource`]).
+    pub top_forged: Option<String>,
 }
 
 /// The rules that name an attack, with the evidence behind the name.
@@ -68,6 +76,12 @@ pub fn classify(t: &Traits) -> (AttackKind, Vec<String>) {
         ));
         if t.sources > 1 {
             ev.push(format!("{} other sources sent the rest", t.sources - 1));
+        }
+        if let Some(why) = &t.top_forged {
+            ev.push(format!(
+                "but {src} {why}: the flood carries its address, not its packets"
+            ));
+            return (AttackKind::SpoofedSource, ev);
         }
         return (AttackKind::SingleSource, ev);
     }

@@ -323,6 +323,19 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         e.syns = e.syns.max(*syns as f64);
     }
 
+    // Sources whose address proved itself while SYNs in its name flooded (see `run`'s
+    // challenges and the bans it lifted): how each proved itself.
+    let forged_sources: HashMap<&str, String> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Challenge { prefix, proof, .. } => Some((prefix.as_str(), proof.clone())),
+            Event::Unban { prefix, why, .. } if why == "proven" => Some((
+                prefix.as_str(),
+                "has connections to this machine".to_string(),
+            )),
+            _ => None,
+        })
+        .collect();
     let mut attacks = Vec::new();
     for &(a, b) in &spans {
         let eps = &samples[a..=b];
@@ -367,12 +380,17 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
                 .map(|s| s.get("verified") + s.get("syn_verified"))
                 .sum::<u64>()
         });
+        let top_forged = top
+            .as_ref()
+            .and_then(|(src, _)| forged_sources.get(src.as_str()))
+            .cloned();
         let traits = Traits {
             syns,
             sources,
             top_source: top.clone(),
             ipv6_syns: (syns as f64 * v6_share) as u64,
             completed,
+            top_forged,
         };
         let (kind, mut evidence) = classify(&traits);
         if !ep_bans.is_empty() {
@@ -806,7 +824,7 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
                 .iter()
                 .map(|a| {
                     let who = match a.kind {
-                        AttackKind::SingleSource => a
+                        AttackKind::SingleSource | AttackKind::SpoofedSource => a
                             .evidence
                             .first()
                             .and_then(|e| e.split_whitespace().next())
@@ -868,6 +886,16 @@ fn recommend(
     if monitor && !attacks.is_empty() {
         out.push(
             "mode is monitor, so nothing was dropped: `synguard config set mode enforce`".into(),
+        );
+    }
+    if kinds(AttackKind::SpoofedSource) {
+        out.push(
+            "do not block the address a spoofed flood carries: it belongs to a real host \
+             (it proved it), and a block would cut it off, which is what the flood is after; \
+             synguard answers the SYNs in its name with cookies, which only that host \
+             completes. The packets came from elsewhere: the network that delivers them to \
+             you can trace where they enter"
+                .into(),
         );
     }
     if kinds(AttackKind::SingleSource) {

@@ -48,15 +48,19 @@ pub enum Scenario {
     ForgedV6,
     /// Hundreds of real addresses completing handshakes and holding connections.
     ManySources,
+    /// SYNs forged with one employee's address (198.51.100.10), far over its limit: the
+    /// victim must keep working, during the flood and after it.
+    SpoofedVictim,
 }
 
 impl Scenario {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Baseline,
         Self::SingleSource,
         Self::Forged,
         Self::ForgedV6,
         Self::ManySources,
+        Self::SpoofedVictim,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Scenario {
             Self::Forged => "forged",
             Self::ForgedV6 => "forged-v6",
             Self::ManySources => "many-sources",
+            Self::SpoofedVictim => "spoofed-victim",
         }
     }
 }
@@ -113,6 +118,32 @@ pub struct RunSpec {
 /// cores while the server, router and employees share them.
 pub const DEFAULT_ATTACK_RATE: u64 = 150_000;
 
+/// The employee whose address `spoofed-victim` forges (the first employee).
+pub const VICTIM: &str = "198.51.100.10";
+/// `spoofed-victim`'s rate: 25 times the victim's own limit (syn-rate 200/s), and over
+/// attack-syn-rate (2000/s), whatever `--attack-rate` says (which is for floods from
+/// random sources).
+pub const SPOOFED_VICTIM_RATE: u64 = 5_000;
+/// How long the victim is watched after the flood ends.
+pub const AFTER: Duration = Duration::from_secs(5);
+
+/// What the victim of `spoofed-victim` saw: its requests during the flood and after it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VictimResult {
+    pub address: String,
+    pub during: u64,
+    pub during_ok: u64,
+    pub after: u64,
+    pub after_ok: u64,
+}
+
+impl VictimResult {
+    pub fn rates(&self) -> (f64, f64) {
+        let r = |ok: u64, n: u64| if n == 0 { 0.0 } else { ok as f64 / n as f64 };
+        (r(self.during_ok, self.during), r(self.after_ok, self.after))
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunResult {
     pub scenario: String,
@@ -143,6 +174,8 @@ pub struct RunResult {
     /// The attack types `synguard report` named from its journal ("none" if it saw no
     /// flood), synguard runs only.
     pub reported: Option<String>,
+    /// `spoofed-victim` only: the victim's requests.
+    pub victim: Option<VictimResult>,
 }
 
 pub const EMPLOYEES: u8 = 20;
@@ -688,7 +721,12 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
     let start = Instant::now();
     let attack_start = start + warmup;
     let attack_end = attack_start + spec.duration;
-    let staff = employees(&net, v6, attack_end + spec.calm, stop);
+    let after = if spec.scenario == Scenario::SpoofedVictim {
+        spec.calm.max(AFTER)
+    } else {
+        spec.calm
+    };
+    let staff = employees(&net, v6, attack_end + after, stop);
     thread::sleep(warmup);
     let listen_before = net.listen_drops();
     let soft_before = softirq_ticks();
@@ -746,13 +784,57 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
         Scenario::ManySources => connection_flood(&net, 2000, d, stop)
             .join()
             .map_err(|_| anyhow::anyhow!("connection flood panicked"))?,
+        Scenario::SpoofedVictim => {
+            let spec = FloodSpec {
+                ifindex: net.attacker.ifindex("eth0"),
+                src_mac: mac_of(&net.attacker, "eth0")?,
+                dst_mac: mac_of(&net.router, "r-att")?,
+                source: Source::Fixed(VICTIM.parse()?),
+                dst: SERVER4.parse()?,
+                dport: 80,
+                rate: Some(SPOOFED_VICTIM_RATE),
+                duration: d,
+                threads: 1,
+                batch: 16,
+            };
+            let stop2 = stop.clone();
+            net.attacker
+                .spawn(move || flood::run(&spec, &stop2))
+                .join()
+                .map_err(|_| anyhow::anyhow!("flood thread panicked"))??
+                .sent
+        }
     };
     let attack_secs = t0.elapsed().as_secs_f64();
     let soft = softirq_ticks().saturating_sub(soft_before);
 
     let mut attempts = Vec::new();
-    for h in staff {
-        attempts.extend(h.join().map_err(|_| anyhow::anyhow!("employee panicked"))?);
+    let mut victim = None;
+    for (i, h) in staff.into_iter().enumerate() {
+        let mine = h.join().map_err(|_| anyhow::anyhow!("employee panicked"))?;
+        // The first employee is the one whose address spoofed-victim forges.
+        if i == 0 && spec.scenario == Scenario::SpoofedVictim {
+            let count = |from: Instant, to: Instant| {
+                let w: Vec<&Attempt> = mine
+                    .iter()
+                    .filter(|a| a.started >= from && a.started < to)
+                    .collect();
+                (
+                    w.len() as u64,
+                    w.iter().filter(|a| a.result.is_ok()).count() as u64,
+                )
+            };
+            let (during, during_ok) = count(attack_start, attack_end);
+            let (after_n, after_ok) = count(attack_end, attack_end + after);
+            victim = Some(VictimResult {
+                address: VICTIM.into(),
+                during,
+                during_ok,
+                after: after_n,
+                after_ok,
+            });
+        }
+        attempts.extend(mine);
     }
     let window: Vec<&Attempt> = attempts
         .iter()
@@ -827,6 +909,7 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
             .map(|(e, n)| format!("{n}x {e}"))
             .collect(),
         reported,
+        victim,
     })
 }
 
@@ -862,6 +945,7 @@ pub fn table(results: &[RunResult]) -> String {
         "XDP answered",
         "softirq ms/s",
         "report says",
+        "victim ok (during, after)",
     ];
     let rows: Vec<Vec<String>> = results
         .iter()
@@ -883,6 +967,18 @@ pub fn table(results: &[RunResult]) -> String {
                 r.xdp_answered.map_or("-".into(), |d| d.to_string()),
                 format!("{:.0}", r.softirq_ms_per_s),
                 r.reported.clone().unwrap_or_else(|| "-".into()),
+                r.victim.as_ref().map_or("-".into(), |v| {
+                    let (d, a) = v.rates();
+                    format!(
+                        "{:.1} % ({}/{}), {:.1} % ({}/{})",
+                        d * 100.0,
+                        v.during_ok,
+                        v.during,
+                        a * 100.0,
+                        v.after_ok,
+                        v.after
+                    )
+                }),
             ]
         })
         .collect();

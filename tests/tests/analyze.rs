@@ -500,6 +500,66 @@ fn more_sources_than_the_tables_hold_are_counted_and_said() {
     assert!(any_contains(&r["impact"], "1 legitimate client "), "{r:#}");
 }
 
+/// A flood carrying a real client's address (it completes handshakes before and during):
+/// named a spoofed source, the client listed as most likely forged, challenged rather than
+/// banned by the replayed agent, and the report does not advise blocking it.
+#[test]
+fn a_flood_in_a_real_clients_name_is_called_forged() {
+    let dir = TempDir::new("an");
+    let f = dir.path.join("spoofed.pcap");
+    let victim = "198.51.100.10";
+    let sc = synth::Scenario {
+        employees: 5,
+        attack: synth::Attack::Single(victim.parse().expect("address")),
+        attack_rate: 3_000,
+        ..synth::Scenario::default()
+    };
+    synth::write(&f, &sc).expect("write the synthetic capture");
+    let r = report(&f, &[]);
+    let a = only_attack(&r);
+    assert_eq!(a["kind"], "spoofed_source", "{r:#}");
+    assert!(
+        any_contains(
+            &a["evidence"],
+            "the flood carries its address, not its packets"
+        ),
+        "{r:#}"
+    );
+    let forged = r["forged"].as_array().expect("forged");
+    assert_eq!(forged.len(), 1, "{r:#}");
+    assert_eq!(forged[0]["source"], victim);
+    assert!(
+        forged[0]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("handshakes with the server")),
+        "{r:#}"
+    );
+    assert!(
+        !any_contains(&r["recommendations"], "block it for longer"),
+        "{r:#}"
+    );
+    assert!(
+        any_contains(&r["recommendations"], "not block the address"),
+        "{r:#}"
+    );
+    let drops = r["drops"].as_array().expect("drops");
+    assert!(
+        drops.iter().all(|d| d["reason"] != "banned"),
+        "the victim is never banned: {r:#}"
+    );
+
+    // The same flood from an address that never completes a handshake: a single source,
+    // banned.
+    let sc = synth::Scenario {
+        attack: synth::Attack::Single("203.0.113.66".parse().expect("address")),
+        ..sc
+    };
+    synth::write(&f, &sc).expect("write the synthetic capture");
+    let r = report(&f, &[]);
+    assert_eq!(only_attack(&r)["kind"], "single_source", "{r:#}");
+    assert!(r["forged"].as_array().expect("forged").is_empty(), "{r:#}");
+}
+
 // --- capture file helpers ----------------------------------------------------------------
 
 /// Byte offsets of the records of a little-endian pcap file.

@@ -66,6 +66,45 @@ fn single_source_outage_on_legacy_and_none_with_synguard() {
     }
 }
 
+/// SYNs forged with an employee's address, far over its limit, on both profiles: with
+/// synguard's defaults that employee keeps working during the flood and after it (it is
+/// challenged with cookies, never banned), and the report calls the flood spoofed.
+#[test]
+fn spoofed_victim_keeps_working_with_synguard() {
+    require_root();
+    lab::check_tools().expect("lab tools installed");
+    for profile in [Profile::Legacy, Profile::Defaults] {
+        let spec = RunSpec {
+            scenario: Scenario::SpoofedVictim,
+            profile,
+            synguard: true,
+            duration: Duration::from_secs(4),
+            synguard_args: Vec::new(),
+            attack_rate: None,
+            report_dir: None,
+            calm: Duration::ZERO,
+        };
+        let r = lab::run(&spec, &Arc::new(AtomicBool::new(false))).expect("lab run");
+        println!("{}", lab::table(std::slice::from_ref(&r)));
+        assert!(
+            r.attack_pps >= 2_000.0,
+            "the forged flood ran at 2000/s or more: {r:?}"
+        );
+        let v = r.victim.as_ref().expect("the victim's requests");
+        assert!(v.during >= 20 && v.after >= 20, "it kept trying: {v:?}");
+        let (during, after) = v.rates();
+        assert!(during >= 0.99, "during the flood: {v:?}");
+        assert!(after >= 0.99, "after the flood: {v:?}");
+        assert!(r.success_rate >= 0.99, "every employee: {r:?}");
+        assert_eq!(r.xdp_dropped, Some(0), "nothing dropped: {r:?}");
+        assert!(
+            r.xdp_answered.is_some_and(|a| a > 1000),
+            "the forged SYNs answered with cookies: {r:?}"
+        );
+        assert_eq!(r.reported.as_deref(), Some("spoofed source"), "{r:?}");
+    }
+}
+
 /// The generator reports what it really sent: every frame it counts arrives at the other
 /// end of the wire (or is counted as dropped there).
 #[test]

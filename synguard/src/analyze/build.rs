@@ -16,8 +16,8 @@ use super::{
 use crate::{
     config::{Mode, Settings},
     incident::{
-        Attack, AttackKind, DropRow, Peaks, PrefixRow, Report, SourceRow, TimelineEntry, Traits,
-        classify,
+        Attack, AttackKind, DropRow, ForgedRow, Peaks, PrefixRow, Report, SourceRow, TimelineEntry,
+        Traits, classify,
     },
 };
 
@@ -65,6 +65,31 @@ struct Described {
     line: String,
 }
 
+/// How a source proved it owns its address, if SYNs in its name then went over its limit
+/// (so they were most likely forged): it completed handshakes, which only a host that
+/// receives what is sent to the address can do. What `run` says live (its challenges).
+fn proven_while_flooded(t: &Talker) -> Option<String> {
+    (t.completed > 0 && t.challenged > 0).then(|| {
+        format!(
+            "completed {} handshake{} with the server",
+            t.completed,
+            if t.completed == 1 { "" } else { "s" }
+        )
+    })
+}
+
+/// The evidence that a source's SYNs were most likely forged (see
+/// [`proven_while_flooded`]).
+fn forged_why(t: &Talker) -> Option<String> {
+    proven_while_flooded(t).map(|proof| {
+        format!(
+            "it {proof}, yet {} SYNs in its name went over its limit (challenged with cookies, \
+             not banned)",
+            t.challenged
+        )
+    })
+}
+
 fn describe(e: &Engine, f: &Flood) -> Described {
     let traits = Traits {
         syns: f.syns,
@@ -72,6 +97,10 @@ fn describe(e: &Engine, f: &Flood) -> Described {
         top_source: f.top.map(|(k, n)| (e.p.show(k), n)),
         ipv6_syns: f.ipv6_syns,
         completed: Some(f.completed),
+        top_forged: f
+            .top
+            .and_then(|(k, _)| e.talkers.get(&k))
+            .and_then(proven_while_flooded),
     };
     let (kind, mut evidence) = classify(&traits);
     let target = f
@@ -101,6 +130,11 @@ fn describe(e: &Engine, f: &Flood) -> Described {
         (AttackKind::SingleSource, Some((k, n))) => {
             format!("sent by {} ({n} of {} SYNs)", e.p.show(k), f.syns)
         }
+        (AttackKind::SpoofedSource, Some((k, n))) => format!(
+            "forged in the name of {}, a real client ({n} of {} SYNs)",
+            e.p.show(k),
+            f.syns
+        ),
         _ if forged => format!(
             "forged: {}{} distinct sources{}",
             approx(f.sources_exact),
@@ -552,6 +586,22 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
             }
         })
         .collect();
+    let mut forged: Vec<(&u128, &Talker)> = e
+        .talkers
+        .iter()
+        .filter(|(_, t)| forged_why(t).is_some())
+        .collect();
+    forged.sort_by_key(|(k, t)| (std::cmp::Reverse(t.challenged), **k));
+    let forged = forged
+        .iter()
+        .take(TOP)
+        .filter_map(|(k, t)| {
+            Some(ForgedRow {
+                source: e.p.show(**k),
+                why: forged_why(t)?,
+            })
+        })
+        .collect();
     let mut nets: Vec<(&u128, &(u64, u64))> = e.subnets.iter().collect();
     nets.sort_by_key(|(k, v)| (std::cmp::Reverse(v.0), **k));
     let top_prefixes = nets
@@ -622,6 +672,14 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
                 "synguard with {} stops the {} flood: it bans the flooding source within \
                  milliseconds and drops the rest in XDP (`synguard run --iface IF`).",
                 settings_text(s),
+                d.attack.start
+            )),
+            AttackKind::SpoofedSource => rec.push(format!(
+                "Do not block the address the {} flood carries: it belongs to a real client \
+                 (it completed handshakes), and a block would cut it off, which is what the \
+                 flood is after. synguard answers the SYNs in its name with SYN cookies, which \
+                 only that client completes; the packets came from elsewhere, and the network \
+                 that delivers them can trace where they enter.",
                 d.attack.start
             )),
             AttackKind::ConnectionFlood => rec.push(
@@ -744,7 +802,7 @@ pub fn report(e: &Engine, cap: &Outcome, input: &str) -> Report {
         attacks: described.into_iter().map(|d| d.attack).collect(),
         timeline,
         top_sources,
-        forged: Vec::new(),
+        forged,
         top_prefixes,
         peaks,
         drops: drop_rows,

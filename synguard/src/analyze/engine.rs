@@ -51,8 +51,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use cardinality_estimator::CardinalityEstimator;
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use synguard_common::{
-    ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_WINDOW_NS, Bucket, IfState, attack_step, capacity,
-    gcra, rate_span, stat,
+    ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_WINDOW_NS, Bucket, IfState, attack_challenge,
+    attack_step, capacity, gcra, rate_span, stat,
 };
 
 use super::decode::{ACK, FIN, RST, SYN, Seg, http_status};
@@ -291,6 +291,9 @@ pub struct Talker {
     pub last_http_err: u16,
     /// Sent anything but SYNs to a server (a real host behind the address).
     pub answered: bool,
+    /// SYNs over its limit after it had proven it owns its address (completed a
+    /// handshake): challenged, not banned; the flood in its name was most likely forged.
+    pub challenged: u32,
     /// The episode (or candidate) its latest SYNs belong to, and how many.
     ep: u32,
     ep_syns: u32,
@@ -666,7 +669,13 @@ impl Engine {
         self.c.tcp += 1;
         self.slot_tick(now);
         let key = self.p.key(s.v6, s.src);
-        let banned = self.meters.get(&key).is_some_and(|m| m.banned_until > now);
+        let (syn, ack) = (s.flags & SYN != 0, s.flags & ACK != 0);
+        // A ban acts on SYNs to protected ports only, as in the kernel.
+        let banned = syn
+            && !ack
+            && s.flags & (FIN | RST) == 0
+            && self.p.settings.ports.contains(s.dport)
+            && self.meters.get(&key).is_some_and(|m| m.banned_until > now);
         if banned {
             self.agent[stat::R_BANNED] += 1;
             self.dropped(now);
@@ -674,7 +683,6 @@ impl Engine {
                 t.dropped = t.dropped.saturating_add(1);
             }
         }
-        let (syn, ack) = (s.flags & SYN != 0, s.flags & ACK != 0);
         if syn && !ack {
             self.syn(now, s, key, banned);
         } else if syn {
@@ -702,10 +710,11 @@ impl Engine {
         // The agent first (it may open an episode), as the kernel orders it: a banned
         // source's SYNs are dropped before they are counted for attack mode.
         let mut verdict = Verdict::Banned;
+        let mut challenged = false;
         if !banned {
             self.agent[stat::N_SYNS] += 1;
             self.detect(now);
-            verdict = self.decide(now, s, key);
+            (verdict, challenged) = self.decide(now, s, key);
         }
         let retrans = self.pending_syn(now, s, key);
 
@@ -749,6 +758,9 @@ impl Engine {
             }
             Verdict::Cookie => t.cookies = t.cookies.saturating_add(1),
             Verdict::Banned | Verdict::Passed => {}
+        }
+        if challenged {
+            t.challenged = t.challenged.saturating_add(1);
         }
         self.sources.insert(key);
         let net = subnet(s.v6, s.src);
@@ -804,6 +816,13 @@ impl Engine {
             }
             Verdict::Passed => {}
         }
+        if challenged {
+            // A proven source over its limit: the agent's rules fired as for a ban.
+            if !self.cur.open {
+                self.open(now, "a proven source over its limit");
+            }
+            self.cur.last_hot = now;
+        }
         if let Verdict::Limited(Some((syns, span))) = verdict {
             self.cur.bans += 1;
             self.bans += 1;
@@ -825,36 +844,53 @@ impl Engine {
         self.maybe_close(now);
     }
 
-    /// The agent's decision on a SYN from a source that is not banned.
-    fn decide(&mut self, now: u64, s: &Seg<'_>, key: Key) -> Verdict {
+    /// The agent's decision on a SYN from a source that is not banned, and whether it was
+    /// a challenge (a proven source over its limit; see `on_limit` in the kernel).
+    fn decide(&mut self, now: u64, s: &Seg<'_>, key: Key) -> (Verdict, bool) {
         if !self.p.settings.ports.contains(s.dport) {
             self.agent[stat::R_SYN_UNPROTECTED] += 1;
-            return Verdict::Passed;
+            return (Verdict::Passed, false);
         }
-        let metered = self.meter(now, key);
-        if let Some(ban) = metered {
-            self.agent[stat::R_SYN_LIMITED] += 1;
-            self.dropped(now);
-            return Verdict::Limited(ban);
-        }
+        let proven = self.verified.get(&key).is_some_and(|&until| until > now);
+        let challenged = match self.meter(now, key, proven) {
+            Metered::Passed => false,
+            Metered::Challenged(started) => {
+                if started {
+                    self.challenge_starts_attack_mode(now, key);
+                }
+                true
+            }
+            Metered::Limited(ban) => {
+                self.agent[stat::R_SYN_LIMITED] += 1;
+                self.dropped(now);
+                return (Verdict::Limited(ban), false);
+            }
+        };
         if !self.cookies_active() {
-            return Verdict::Passed;
+            if challenged {
+                // syn-cookies = off: the excess is dropped, no ban.
+                self.agent[stat::R_SYN_LIMITED] += 1;
+                self.dropped(now);
+                return (Verdict::Limited(None), true);
+            }
+            return (Verdict::Passed, false);
         }
-        if self.verified.get(&key).is_some_and(|&until| until > now) {
+        if !challenged && proven {
             self.agent[stat::R_SYN_VERIFIED] += 1;
-            return Verdict::Passed;
+            return (Verdict::Passed, false);
         }
         self.agent[stat::R_COOKIE_SENT] += 1;
         if self.p.settings.mode == Mode::Monitor {
             self.agent[stat::N_MONITOR_PASSED] += 1;
         }
-        Verdict::Cookie
+        (Verdict::Cookie, challenged)
     }
 
-    /// The token bucket, as `meter_syn` and `track_new` in the kernel. `None`: the SYN
-    /// conforms (counted here); `Some(ban)`: over the limit, with the (SYNs, span) of the
+    /// The token bucket, as `meter_syn`, `on_limit` and `track_new` in the kernel: the SYN
+    /// conforms (counted here), or it is over the limit: a proven source is challenged
+    /// (attack mode starts; no ban), any other is limited, with the (SYNs, span) of the
     /// ban it starts (`None` when `ban-for` is 0 and the excess is only dropped).
-    fn meter(&mut self, now: u64, key: Key) -> Option<Option<(u64, u64)>> {
+    fn meter(&mut self, now: u64, key: Key, proven: bool) -> Metered {
         let p = &self.p;
         if let Some(m) = self.meters.get_mut(&key) {
             let b = &mut m.b;
@@ -863,16 +899,21 @@ impl Engine {
                 Some(tat) => {
                     b.tat_ns = tat;
                     self.agent[stat::R_SYN_PASSED] += 1;
-                    None
+                    Metered::Passed
+                }
+                None if proven => {
+                    b.limited += 1;
+                    self.agent[stat::N_CHALLENGED] += 1;
+                    Metered::Challenged(attack_challenge(&mut self.det, now))
                 }
                 None => {
                     b.limited += 1;
                     if p.ban_ns == 0 {
-                        return Some(None);
+                        return Metered::Limited(None);
                     }
                     m.banned_until = now.saturating_add(p.ban_ns);
                     self.agent[stat::N_BANS] += 1;
-                    Some(Some(rate_span(b, now)))
+                    Metered::Limited(Some(rate_span(b, now)))
                 }
             };
         }
@@ -897,7 +938,7 @@ impl Engine {
                 self.table_full = Some((now, self.meters.len() as u64));
             }
             self.agent[stat::R_SYN_UNTRACKED] += 1;
-            return None;
+            return Metered::Passed;
         }
         self.meters.insert(
             key,
@@ -908,7 +949,28 @@ impl Engine {
         );
         self.agent[stat::N_SOURCES_NEW] += 1;
         self.agent[stat::R_SYN_PASSED] += 1;
-        None
+        Metered::Passed
+    }
+
+    /// Attack mode started because a proven source went over its limit (as `on_limit` in
+    /// the kernel starts it).
+    fn challenge_starts_attack_mode(&mut self, now: u64, key: Key) {
+        self.agent[stat::N_ATTACKS] += 1;
+        if !self.cur.open {
+            self.open(now, "a proven source over its limit");
+        }
+        self.cur.attack_on.get_or_insert(now);
+        self.cur.last_hot = now;
+        self.series.at(now).attack = true;
+        let who = self.p.show(key);
+        self.event((
+            now,
+            format!(
+                "attack mode would start: {who} completed a handshake, so it owns its address, \
+                 yet SYNs in its name went over its limit: most likely forged, challenged with \
+                 SYN cookies rather than banned"
+            ),
+        ));
     }
 
     /// The attack detector's window, as `track_rate` in the kernel (one CPU).
@@ -1281,6 +1343,11 @@ impl Engine {
             }
         }
         let cookies = self.cookies_active();
+        // A completed handshake proves the source owns its address: the agent's sock_ops
+        // program records it, attack mode or not.
+        if established {
+            self.prove(now, key);
+        }
         if let Some(t) = self.talkers.get_mut(&key) {
             t.answered = true;
             if established {
@@ -1299,6 +1366,18 @@ impl Engine {
                     .insert(key, now.saturating_add(self.p.verified_ns));
                 self.agent[stat::N_VERIFIED] += 1;
             }
+        }
+    }
+
+    /// Record a proof (the verified set), as the kernel does for a completed handshake.
+    fn prove(&mut self, now: u64, key: Key) {
+        if self.verified.len() >= capacity::VERIFIED as usize {
+            self.verified.retain(|_, until| *until > now);
+        }
+        if self.verified.len() < capacity::VERIFIED as usize {
+            let until = now.saturating_add(self.p.verified_ns);
+            let e = self.verified.entry(key).or_insert(until);
+            *e = (*e).max(until);
         }
     }
 
@@ -1359,6 +1438,15 @@ impl Engine {
 }
 
 #[derive(Clone, Copy, Debug)]
+/// What the token bucket says of a SYN (see `Engine::meter`).
+enum Metered {
+    Passed,
+    /// A proven source over its limit; `true` when that started attack mode.
+    Challenged(bool),
+    /// Over the bucket; with the (SYNs, span) of the ban it starts, if any.
+    Limited(Option<(u64, u64)>),
+}
+
 enum Verdict {
     Passed,
     Cookie,
