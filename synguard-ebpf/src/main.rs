@@ -1316,7 +1316,16 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8, now: u64) -> usize {
         }
         None => {
             b.limited += 1;
-            on_limit(pkt, key, family, b, now)
+            // Decided here, and the two outcomes in frames of their own: the verifier of
+            // Linux 5.15 sums the stack of nested calls (rounded up to 32 bytes each)
+            // against 512, and a ban's frames are deep.
+            if is_verified(key, now) {
+                return challenge(pkt, key, family, b, now);
+            }
+            if cfg.ban_ns != 0 {
+                on_limit(pkt, key, family, b, now);
+            }
+            R_SYN_LIMITED
         }
     }
 }
@@ -1324,13 +1333,38 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8, now: u64) -> usize {
 /// Not a counter: a SYN over the limit of a proven source, to be challenged.
 const CHALLENGED: usize = usize::MAX - 1;
 
-/// A source went over its limit. An unproven one is banned (its SYNs, for `ban-for`); a
-/// proven one is challenged: no ban, attack mode (cookies) at once if it was off, and
-/// its SYNs are answered with cookies, which only its owner can complete. Returns
-/// `R_SYN_LIMITED` or [`CHALLENGED`]. Out of line: rare, and its frame must not add to
-/// the hot path's.
+/// A proven source went over its limit: a flood carrying its address is most likely
+/// forged, so it is challenged rather than banned: attack mode (cookies) at once if it was
+/// off, and its SYNs are answered with cookies, which only its owner can complete. Tells
+/// userspace the first time. Returns [`CHALLENGED`]. Out of line: rare.
 #[inline(never)]
-fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) -> usize {
+fn challenge(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) -> usize {
+    pkt.note(N_CHALLENGED);
+    if let Some(st) = SG_IFSTATE.get_ptr_mut(pkt.slot) {
+        // SAFETY: a live map value shared by CPUs (see `evaluate_attack`).
+        let st = unsafe { &mut *st };
+        if attack_challenge(st, now) {
+            pkt.note(N_ATTACKS);
+            emit_attack(pkt, EVENT_ATTACK_ON, st.rate, 0, now);
+        }
+    }
+    if b.limited == 1 && pkt.event_allowed(now) {
+        let (syns, span) = rate_span(b, now);
+        let info = BanInfo {
+            syns,
+            rate: syns * 1_000_000_000 / span,
+            now,
+            expires: 0,
+        };
+        emit_ban(pkt, key, family, &info, EVENT_CHALLENGE);
+    }
+    CHALLENGED
+}
+
+/// An unproven source went over its limit: ban it (its SYNs, for `ban-for`) and tell
+/// userspace. Out of line: rare, and its frame must not add to the hot path's.
+#[inline(never)]
+fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) {
     let cfg = pkt.cfg;
     let (syns, span) = rate_span(b, now);
     let rate = syns * 1_000_000_000 / span;
@@ -1340,24 +1374,6 @@ fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) -> 
         now,
         expires: now + cfg.ban_ns,
     };
-    if is_verified(key, now) {
-        pkt.note(N_CHALLENGED);
-        if let Some(st) = SG_IFSTATE.get_ptr_mut(pkt.slot) {
-            // SAFETY: a live map value shared by CPUs (see `evaluate_attack`).
-            let st = unsafe { &mut *st };
-            if attack_challenge(st, now) {
-                pkt.note(N_ATTACKS);
-                emit_attack(pkt, EVENT_ATTACK_ON, st.rate, 0, now);
-            }
-        }
-        if b.limited == 1 && pkt.event_allowed(now) {
-            emit_ban(pkt, key, family, &info, EVENT_CHALLENGE);
-        }
-        return CHALLENGED;
-    }
-    if cfg.ban_ns == 0 {
-        return R_SYN_LIMITED;
-    }
     // The ban and its event are separate calls so their stack frames are never nested
     // (the verifier sums nested frames against 512 bytes).
     let result = if family == FAMILY_V4 {
@@ -1380,7 +1396,6 @@ fn on_limit(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) -> 
             }
         }
     }
-    R_SYN_LIMITED
 }
 
 /// A SYN from a source without a bucket: give it a slot of its set (its first SYN takes

@@ -250,8 +250,12 @@ pub const KEYS: [KeyInfo; 10] = [
     KeyInfo {
         name: "verified-for",
         default: "1h",
-        help: "how long a source that completed a cookie handshake skips the challenge (1s-30d)",
-        why: "An employee verified once keeps full TCP options for the rest of an attack.",
+        help: "how long a source stays proven after its last completed handshake (1s-30d): \
+               it skips the cookie challenge in attack mode, and over its limit it is \
+               challenged, never banned",
+        why: "An employee proven once keeps full TCP options for the rest of an attack, and \
+              a flood forged in its name cannot get it banned for an hour after it last \
+              connected.",
     },
     KeyInfo {
         name: "mode",
