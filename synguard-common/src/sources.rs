@@ -51,8 +51,42 @@ pub const IDLE_NS: u64 = 10_000_000_000;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Slot {
     pub key: SourceKey,
-    pub _pad: u32,
+    /// The kernel's memory of the source's proof (see [`crate::Proof`]), so a source over
+    /// its limit is not looked up in `SG_VERIFIED` for every SYN: [`proof_mark`] of when
+    /// it was last looked up and what it found; 0 until then. A new source starts at 0.
+    pub proof_mark: u32,
     pub bucket: Bucket,
+}
+
+/// A [`Slot::proof_mark`] holds when (in units of 2^[`PROOF_MARK_SHIFT`] ns, ~16.8 ms) the
+/// proof was looked up, and in its top bit whether the source was proven.
+pub const PROOF_MARK_SHIFT: u32 = 24;
+/// How long a mark is believed, in its units (~100 ms): a proof made or lost meanwhile
+/// shows within that.
+pub const PROOF_MARK_TTL: u32 = 6;
+const PROVEN_BIT: u32 = 1 << 31;
+
+/// The mark of a lookup at `now` that found the source `proven` or not.
+#[inline(always)]
+pub const fn proof_mark(now: u64, proven: bool) -> u32 {
+    // Never 0 (the unset mark), whatever the time.
+    let at = ((now >> PROOF_MARK_SHIFT) as u32 & !PROVEN_BIT) | 1;
+    if proven { at | PROVEN_BIT } else { at }
+}
+
+/// What a mark says at `now`: `Some(proven)` while it holds, `None` when it must be looked
+/// up again.
+#[inline(always)]
+pub const fn proof_from_mark(mark: u32, now: u64) -> Option<bool> {
+    if mark == 0 {
+        return None;
+    }
+    let now_units = ((now >> PROOF_MARK_SHIFT) as u32 & !PROVEN_BIT) | 1;
+    let age = now_units.wrapping_sub(mark & !PROVEN_BIT) & !PROVEN_BIT;
+    if age > PROOF_MARK_TTL {
+        return None;
+    }
+    Some(mark & PROVEN_BIT != 0)
 }
 
 impl Slot {
@@ -252,10 +286,29 @@ mod tests {
         assert!(!same_key(&a, &b));
     }
 
+    #[test]
+    fn proof_marks_hold_about_100_ms() {
+        let t = 7_000_000_000_000u64;
+        for proven in [false, true] {
+            let m = proof_mark(t, proven);
+            assert_ne!(m, 0);
+            assert_eq!(proof_from_mark(m, t), Some(proven));
+            assert_eq!(proof_from_mark(m, t + 90_000_000), Some(proven));
+            assert_eq!(proof_from_mark(m, t + 130_000_000), None);
+        }
+        assert_eq!(proof_from_mark(0, t), None, "never looked up");
+        // Across the wrap of the 31-bit time.
+        let wrap = (1u64 << (31 + PROOF_MARK_SHIFT)) - 10_000_000;
+        assert_eq!(
+            proof_from_mark(proof_mark(wrap, true), wrap + 50_000_000),
+            Some(true)
+        );
+    }
+
     fn slot(key: SourceKey, tat: u64, last: u64) -> Slot {
         Slot {
             key,
-            _pad: 0,
+            proof_mark: 0,
             bucket: Bucket {
                 tat_ns: tat,
                 last_seen_ns: last,

@@ -325,8 +325,7 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
     if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
         return pkt.verdict(R_FRAGMENT);
     }
-    let prefix = pkt.cfg.ipv4_prefix;
-    let key = source_key_v4(src, pkt.cfg.v4_mask, prefix);
+    let key = || source_key_v4(src, pkt.cfg.v4_mask, pkt.cfg.ipv4_prefix);
     let at = Offsets {
         l3: off,
         l4: off + ihl,
@@ -341,7 +340,7 @@ fn ipv4(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
             NO_RULE
         }
     };
-    tcp(ctx, pkt, &at, &key, banned)
+    tcp(ctx, pkt, &at, key, banned)
 }
 
 #[inline(always)]
@@ -370,7 +369,7 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
         0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => return pkt.verdict(R_IPV6_EXT),
         _ => return pkt.verdict(R_NON_TCP),
     }
-    let key = source_key_v6(ip.src_addr, pkt.cfg.v6_mask, pkt.cfg.ipv6_prefix);
+    let key = || source_key_v6(ip.src_addr, pkt.cfg.v6_mask, pkt.cfg.ipv6_prefix);
     let at = Offsets {
         l3: off,
         l4: off + Ipv6Hdr::LEN,
@@ -378,23 +377,15 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
         simple: true,
     };
     let banned = || {
-        // The address is read from the packet again here (see above).
-        match ptr_at::<Ipv6Hdr>(ctx, off) {
-            // SAFETY: bounds checked.
-            Some(ip) => {
-                let ip = unsafe { &*ip };
-                if pkt.cfg.ipv6_prefix < hint::HINT_MIN_BAN_PREFIX_V6
-                    || hinted(&SG_BANS_HINT6, hint::v6_index(&ip.src_addr))
-                {
-                    rule_reason_v6(true, &ip.src_addr, pkt.now)
-                } else {
-                    NO_RULE
-                }
-            }
-            None => NO_RULE,
+        if pkt.cfg.ipv6_prefix < hint::HINT_MIN_BAN_PREFIX_V6
+            || hinted(&SG_BANS_HINT6, hint::v6_index(&ip.src_addr))
+        {
+            rule_reason_v6(true, &ip.src_addr, pkt.now)
+        } else {
+            NO_RULE
         }
     };
-    tcp(ctx, pkt, &at, &key, banned)
+    tcp(ctx, pkt, &at, key, banned)
 }
 
 /// Longest expired entries a lookup steps past before giving up (then the packet is
@@ -615,7 +606,7 @@ fn tcp(
     ctx: &XdpContext,
     pkt: &Packet,
     at: &Offsets,
-    key: &SourceKey,
+    key: impl Fn() -> SourceKey,
     banned: impl Fn() -> usize,
 ) -> u32 {
     let Some(th) = ptr_at::<TcpHdr>(ctx, at.l4) else {
@@ -623,19 +614,20 @@ fn tcp(
     };
     // SAFETY: bounds checked; the flags byte lies inside the 20-byte header.
     let flags = unsafe { *(th as *const u8).add(TCP_FLAGS_OFFSET) };
-    if flags & TCP_SYN == 0 {
-        // In attack mode, an ACK from an unverified source may complete a cookie
-        // handshake: if so, its source becomes verified. The ACK always goes on to the
-        // kernel, which accepts the cookie or resets.
-        if flags & TCP_ACK != 0 && flags & TCP_RST == 0 && pkt.cookies_active() {
-            check_ack(pkt, at, key);
+    // A plain SYN in one test (the flood's path); the rest sorted out after.
+    if flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) != TCP_SYN {
+        if flags & TCP_SYN == 0 {
+            // In attack mode, an ACK from an unverified source may complete a cookie
+            // handshake: if so, its source becomes verified. The ACK always goes on to
+            // the kernel, which accepts the cookie or resets.
+            if flags & TCP_ACK != 0 && flags & TCP_RST == 0 && pkt.cookies_active() {
+                check_ack(pkt, at, &key());
+            }
+            return pkt.verdict(R_TCP_OTHER);
         }
-        return pkt.verdict(R_TCP_OTHER);
-    }
-    if flags & (TCP_FIN | TCP_RST) != 0 {
-        return pkt.verdict(R_INVALID_FLAGS);
-    }
-    if flags & TCP_ACK != 0 {
+        if flags & (TCP_FIN | TCP_RST) != 0 {
+            return pkt.verdict(R_INVALID_FLAGS);
+        }
         return pkt.verdict(R_SYN_ACK);
     }
     // SAFETY: bounds checked.
@@ -651,6 +643,8 @@ fn tcp(
     if !protected {
         return pkt.verdict(R_SYN_UNPROTECTED);
     }
+    // Made only here: a banned source's SYNs and other packets never need it.
+    let key = &key();
     let metered = meter_syn(pkt, key, at.family, now);
     if metered == R_SYN_LIMITED {
         return pkt.verdict(R_SYN_LIMITED);
@@ -1316,10 +1310,21 @@ fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8, now: u64) -> usize {
         }
         None => {
             b.limited += 1;
+            // Whether it is proven: from the slot's mark while it holds (a source over its
+            // limit is not looked up for every SYN), else from `SG_VERIFIED`.
+            let proven = match sources::proof_from_mark(slot.proof_mark, now) {
+                Some(p) => p,
+                None => {
+                    let p = is_verified(key, now);
+                    slot.proof_mark = sources::proof_mark(now, p);
+                    p
+                }
+            };
+            let b = &slot.bucket;
             // Decided here, and the two outcomes in frames of their own: the verifier of
             // Linux 5.15 sums the stack of nested calls (rounded up to 32 bytes each)
             // against 512, and a ban's frames are deep.
-            if is_verified(key, now) {
+            if proven {
                 return challenge(pkt, key, family, b, now);
             }
             if cfg.ban_ns != 0 {
@@ -1418,6 +1423,7 @@ fn track_new(pkt: &Packet, key: &SourceKey, a: *mut Slot, b: *mut Slot, now: u64
         pkt.note(N_SOURCES_RECYCLED);
     }
     slot.key = *key;
+    slot.proof_mark = 0;
     slot.bucket = Bucket::first(now, pkt.cfg.syn_interval_ns);
     pkt.note(N_SOURCES_NEW);
     R_SYN_PASSED

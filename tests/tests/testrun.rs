@@ -660,7 +660,7 @@ fn occupy(p: &mut Prog, owner: &str, way: u32, key: &str, bucket: Bucket) {
     let set = sources::first_slot(&source_key(owner.parse().expect("address"), 32), &seed);
     let slot = sources::Slot {
         key: source_key(key.parse().expect("address"), 32),
-        _pad: 0,
+        proof_mark: 0,
         bucket,
     };
     p.loaded

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use aya::programs::links::{FdLink, PinnedLink};
 use serde::Serialize;
-use synguard_common::{RULE_ALLOW, RULE_BAN, RULE_BLOCK, capacity, stat};
+use synguard_common::{
+    PROOF_COOKIE, PROOF_FOREVER, PROOF_GATEWAY, PROOF_HANDSHAKE, PROOF_RESOLVER, PROOF_SOCKET,
+    RULE_ALLOW, RULE_BAN, RULE_BLOCK, capacity, stat,
+};
 
 use super::{State, print_json, table};
 use crate::{bpf::BUILD_ID, config::Settings, pins, rules};
@@ -60,6 +63,14 @@ struct StatusJson {
     sources_tracked: usize,
     sources_capacity: u32,
     verified_sources: usize,
+    /// Sources proven to own their addresses (see `synguard_common::Proof`), by how:
+    /// `cookie`, `handshake`, `connections`, and the protected `gateway` and `resolver`
+    /// (never banned). Expired proofs not counted.
+    proven: BTreeMap<&'static str, usize>,
+    /// The protected addresses (the gateways and resolvers `run` found).
+    protected: Vec<String>,
+    /// Whether `run` attached its sock_ops program (proofs of accepted connections).
+    handshake_proofs: bool,
     /// Per-second rate of every counter, over `rate_window_s`.
     rates: BTreeMap<&'static str, f64>,
     rate_window_s: f64,
@@ -128,7 +139,29 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
     let entries = rules::list(&state.maps)?;
     let count = |k| entries.iter().filter(|e| e.rule.kind == k).count();
     let sources = crate::sources::for_each(&state.maps, crate::clock::monotonic_ns(), |_, _| ())?;
-    let verified = crate::batch::for_each(&state.maps.verified, 512, |_, _| ())?;
+    let now = crate::clock::monotonic_ns();
+    let mut proven: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut protected = Vec::new();
+    let verified = crate::batch::for_each(&state.maps.verified, 512, |k, p| {
+        if p.until_ns <= now {
+            return;
+        }
+        let how = match p.how {
+            PROOF_COOKIE => "cookie",
+            PROOF_HANDSHAKE => "handshake",
+            PROOF_SOCKET => "connections",
+            PROOF_GATEWAY => "gateway",
+            PROOF_RESOLVER => "resolver",
+            _ => "other",
+        };
+        *proven.entry(how).or_default() += 1;
+        if p.until_ns == PROOF_FOREVER
+            && let Some(net) = crate::daemon::source_net(k)
+        {
+            protected.push(format!("{} ({how})", net.addr()));
+        }
+    })?;
+    protected.sort();
     let in_trie = |bans: bool, v4: bool| {
         entries
             .iter()
@@ -237,6 +270,9 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         sources_tracked: sources,
         sources_capacity: capacity::SOURCES,
         verified_sources: verified,
+        proven,
+        protected,
+        handshake_proofs: crate::proofs::link_path(&state.pin_dir).exists(),
         rates,
         rate_window_s: secs,
         tables,
@@ -320,6 +356,26 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         "packets:    {passed} passed, {dropped} dropped, {answered} SYNs answered with cookies; \
          {} sources verified",
         out.verified_sources
+    );
+    let total: usize = out.proven.values().sum();
+    println!(
+        "proofs:     {total} sources proven to own their addresses ({}), challenged rather \
+         than banned; never banned: {}{}",
+        out.proven
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if out.protected.is_empty() {
+            "-".to_string()
+        } else {
+            out.protected.join(", ")
+        },
+        if out.handshake_proofs {
+            ""
+        } else {
+            "; no sock_ops program: handshakes prove nothing until a cookie or run's look"
+        }
     );
     if let Some(v) = out.saved_tcp_syncookies {
         println!(

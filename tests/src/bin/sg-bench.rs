@@ -530,7 +530,7 @@ fn sources_case(entries: u32) -> anyhow::Result<SourcesCase> {
         if *way < sources::WAYS {
             let slot = sources::Slot {
                 key,
-                _pad: 0,
+                proof_mark: 0,
                 bucket,
             };
             prog.loaded
