@@ -672,8 +672,11 @@ pub const fn rate_span(b: &Bucket, now: u64) -> (u64, u64) {
 }
 
 pub const EVENT_BAN: u32 = 1;
-/// An interface entered attack mode; `rate` is the total SYN rate that triggered it.
+/// An interface entered attack mode; `rate` is the total SYN rate that triggered it, and
+/// `syns` is [`ATTACK_BY_CHALLENGE`] when a proven source over its limit started it.
 pub const EVENT_ATTACK_ON: u32 = 2;
+/// See [`EVENT_ATTACK_ON`].
+pub const ATTACK_BY_CHALLENGE: u64 = 1;
 /// An interface left attack mode; `rate` is the peak SYN rate of the attack, `syns`
 /// how long it lasted in milliseconds.
 pub const EVENT_ATTACK_OFF: u32 = 3;

@@ -59,12 +59,13 @@ use network_types::{
     vlan::VlanHdr,
 };
 use synguard_common::{
-    ACTION_DROP, ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_STALE_NS, ATTACK_WINDOW_NS, BanCache,
-    Bucket, COOKIES_ALWAYS, COOKIES_AUTO, Config, CpuRate, CpuRates, EVENT_ATTACK_OFF,
-    EVENT_ATTACK_ON, EVENT_BAN, EVENT_CHALLENGE, EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event,
-    FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR, PROOF_COOKIE, PROOF_HANDSHAKE, Proof, RULE_BAN,
-    Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, attack_challenge, attack_step, ban_cache,
-    capacity, clock, gcra, hint, rate_span, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
+    ACTION_DROP, ATTACK_BY_CHALLENGE, ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_STALE_NS,
+    ATTACK_WINDOW_NS, BanCache, Bucket, COOKIES_ALWAYS, COOKIES_AUTO, Config, CpuRate, CpuRates,
+    EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, EVENT_CHALLENGE, EVENT_INTERVAL_NS,
+    EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR, PROOF_COOKIE,
+    PROOF_HANDSHAKE, Proof, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats,
+    attack_challenge, attack_step, ban_cache, capacity, clock, gcra, hint, rate_span, rule_key_v4,
+    rule_key_v6, source_key_v4, source_key_v6,
     sources::{self, Slot},
     stat::{self, *},
 };
@@ -767,9 +768,10 @@ fn evaluate_attack(pkt: &Packet, rate: u64, now: u64) {
     }
 }
 
-/// Tell userspace attack mode started or ended (a handful of events per attack).
+/// Tell userspace attack mode started or ended (a handful of events per attack); `syns`
+/// as [`Event`] says for each.
 #[inline(never)]
-fn emit_attack(pkt: &Packet, kind: u32, rate: u64, lasted_ms: u64, now: u64) {
+fn emit_attack(pkt: &Packet, kind: u32, rate: u64, syns: u64, now: u64) {
     let Some(mut entry) = SG_EVENTS.reserve::<Event>(0) else {
         pkt.note(N_EVENTS_LOST);
         return;
@@ -783,7 +785,7 @@ fn emit_attack(pkt: &Packet, kind: u32, rate: u64, lasted_ms: u64, now: u64) {
         addr: [0; 16],
         time_ns: now,
         expires_ns: 0,
-        syns: lasted_ms,
+        syns,
         rate,
     });
     entry.submit(0);
@@ -1350,7 +1352,7 @@ fn challenge(pkt: &Packet, key: &SourceKey, family: u8, b: &Bucket, now: u64) ->
         let st = unsafe { &mut *st };
         if attack_challenge(st, now) {
             pkt.note(N_ATTACKS);
-            emit_attack(pkt, EVENT_ATTACK_ON, st.rate, 0, now);
+            emit_attack(pkt, EVENT_ATTACK_ON, st.rate, ATTACK_BY_CHALLENGE, now);
         }
     }
     if b.limited == 1 && pkt.event_allowed(now) {

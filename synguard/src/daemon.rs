@@ -302,8 +302,11 @@ impl Daemon {
 
     fn on_event(&mut self, e: &Event) {
         match e.kind {
-            EVENT_ATTACK_ON => return self.on_attack(e.ifindex, true, e.rate, 0),
-            EVENT_ATTACK_OFF => return self.on_attack(e.ifindex, false, e.rate, e.syns),
+            EVENT_ATTACK_ON => {
+                let challenged = e.syns == synguard_common::ATTACK_BY_CHALLENGE;
+                return self.on_attack(e.ifindex, true, e.rate, 0, challenged);
+            }
+            EVENT_ATTACK_OFF => return self.on_attack(e.ifindex, false, e.rate, e.syns, false),
             EVENT_BAN | EVENT_CHALLENGE => {}
             _ => return,
         }
@@ -406,7 +409,7 @@ impl Daemon {
 
     /// Attack mode started or ended on an interface (events from several CPUs can repeat
     /// a transition: only real changes are logged).
-    fn on_attack(&mut self, ifindex: u32, on: bool, rate: u64, lasted_ms: u64) {
+    fn on_attack(&mut self, ifindex: u32, on: bool, rate: u64, lasted_ms: u64, challenged: bool) {
         let was = self.attacks.contains(&ifindex);
         if on == was {
             return;
@@ -420,13 +423,21 @@ impl Daemon {
                 }
                 _ => "SYNs from unverified sources are answered with SYN cookies from XDP".into(),
             };
-            log::warn!(
-                "attack mode ON on {name}: {rate} SYN/s (attack-syn-rate {}); {what}",
-                self.settings.attack_syn_rate
-            );
+            if challenged {
+                log::warn!(
+                    "attack mode ON on {name}: a proven source is over its limit (the SYNs in \
+                     its name are most likely forged); {what}"
+                );
+            } else {
+                log::warn!(
+                    "attack mode ON on {name}: {rate} SYN/s (attack-syn-rate {}); {what}",
+                    self.settings.attack_syn_rate
+                );
+            }
             self.journal(journal::Event::AttackOn {
                 interface: name.clone(),
                 syn_rate: rate,
+                challenged,
             });
             self.manage_syncookies();
             // What reached the kernel before attack mode started is mostly the flood's
@@ -502,11 +513,11 @@ impl Daemon {
                 st.attack = 0;
                 st.calm_since_ns = 0;
                 if self.maps.ifstate.set(slot, st, 0).is_ok() {
-                    self.on_attack(ifindex, false, st.peak_rate, lasted);
+                    self.on_attack(ifindex, false, st.peak_rate, lasted, false);
                 }
             } else if st.attack != 0 && !self.attacks.contains(&ifindex) {
                 // Adopted, or its event was lost: pick it up.
-                self.on_attack(ifindex, true, st.rate, 0);
+                self.on_attack(ifindex, true, st.rate, 0, false);
             }
         }
     }

@@ -106,6 +106,9 @@ pub enum Event {
     AttackOn {
         interface: String,
         syn_rate: u64,
+        /// Started by a proven source over its limit, not by the total rate.
+        #[serde(default)]
+        challenged: bool,
     },
     AttackOff {
         interface: String,
@@ -306,6 +309,7 @@ mod tests {
             Event::AttackOn {
                 interface: "eth0".into(),
                 syn_rate: 5000,
+                challenged: false,
             },
         )
         .unwrap();

@@ -558,7 +558,16 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
             ),
             Event::AttackOn {
                 interface,
+                challenged: true,
+                ..
+            } => format!(
+                "{interface}: attack mode on: a proven source over its limit (its SYNs most \
+                 likely forged): SYNs answered with cookies in XDP"
+            ),
+            Event::AttackOn {
+                interface,
                 syn_rate,
+                ..
             } => format!(
                 "{interface}: attack mode on at {syn_rate} SYN/s: SYNs answered with cookies \
                  in XDP"
