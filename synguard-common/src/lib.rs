@@ -16,7 +16,7 @@ pub mod sources;
 
 /// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -38,8 +38,10 @@ pub mod map_names {
     pub const BAN_CACHE: &str = "SG_BAN_CACHE";
     pub const BANS_EPOCH: &str = "SG_BANS_EPOCH";
     pub const CPU_RATES: &str = "SG_CPU_RATES";
+    pub const LOCAL_V4: &str = "SG_LOCAL_V4";
+    pub const LOCAL_V6: &str = "SG_LOCAL_V6";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         CONFIG,
         STATS,
         RULES_V4,
@@ -57,6 +59,8 @@ pub mod map_names {
         BAN_CACHE,
         BANS_EPOCH,
         CPU_RATES,
+        LOCAL_V4,
+        LOCAL_V6,
     ];
 }
 
@@ -81,6 +85,9 @@ pub mod capacity {
     /// CPUs whose SYN rates the attack detector adds up (CPUs with higher ids still meter
     /// and ban; their SYNs are left out of the attack-mode rate).
     pub const MAX_CPUS: u32 = 128;
+    /// The machine's own addresses per family, for attack mode's locality check (see
+    /// [`crate::stat::R_SYN_NOT_LOCAL`]); `run` warns when it has more.
+    pub const LOCAL_ADDRS: u32 = 4096;
 }
 
 /// Verdict reasons. Each packet increments exactly one of the `R_*` counters (its
@@ -92,7 +99,9 @@ pub mod stat {
     pub const R_TRUNCATED: usize = 1;
     /// IPv4 with a header length below 20 bytes: passed, the kernel discards it.
     pub const R_MALFORMED: usize = 2;
-    /// IPv6 with extension headers before the transport header: passed unparsed.
+    /// IPv6 with extension headers the program does not walk (fragment, ESP, AH,
+    /// mobility, HIP, shim6, or more than [`crate::V6_EXT_MAX`] in a row) before the
+    /// transport header: passed unparsed.
     pub const R_IPV6_EXT: usize = 3;
     /// Source matched an allowlist entry: passed unlimited.
     pub const R_ALLOWED: usize = 4;
@@ -139,7 +148,9 @@ pub mod stat {
     /// Answered in XDP with a SYN cookie SYN-ACK (attack mode): the SYN never reaches the
     /// kernel's stack.
     pub const R_COOKIE_SENT: usize = 23;
-    /// Attack mode, and no socket listens on the SYN's destination: dropped.
+    /// Attack mode, and no socket of this namespace listens on the SYN's destination:
+    /// passed to the kernel, which resets it, or forwards it when a NAT rule sends it on
+    /// (a container's published port): never dropped for lack of a host listener.
     pub const R_COOKIE_NO_LISTENER: usize = 24;
     /// Attack mode, from a verified source: passed to the kernel with all its options.
     pub const R_SYN_VERIFIED: usize = 25;
@@ -162,18 +173,27 @@ pub mod stat {
     /// (see [`crate::Proof`]): challenged with a SYN cookie, never banned, since a flood
     /// carrying a proven address is most likely forged.
     pub const N_CHALLENGED: usize = 31;
+    /// Attack mode, and the SYN is not for one of this machine's addresses (bridged or
+    /// routed traffic, a VM's or a container's own address): passed to the kernel
+    /// untouched. A cookie made here would be for a host listener the SYN is not for.
+    pub const R_SYN_NOT_LOCAL: usize = 32;
+    /// Note: an IPv6 TCP segment behind extension headers (hop-by-hop, routing,
+    /// destination options; up to [`crate::V6_EXT_MAX`]) that were walked to its TCP
+    /// header: its verdict is the same as without them (a SYN is metered, banned or
+    /// answered by the kernel's own cookies in attack mode).
+    pub const N_V6_EXT_WALKED: usize = 33;
 
     /// Number of counter slots.
-    pub const COUNT: usize = 32;
+    pub const COUNT: usize = 34;
 
     /// Whether a counter is a verdict reason (each packet increments exactly one).
     pub const fn is_reason(i: usize) -> bool {
-        i < 16 || (i >= R_COOKIE_SENT && i <= R_COOKIE_FALLBACK)
+        i < 16 || (i >= R_COOKIE_SENT && i <= R_COOKIE_FALLBACK) || i == R_SYN_NOT_LOCAL
     }
 
     /// Every verdict reason.
-    pub const REASON_LIST: [usize; 20] = [
-        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 23, 24, 25, 26,
+    pub const REASON_LIST: [usize; 21] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 23, 24, 25, 26, 32,
     ];
 
     /// Stable names, used by `status`, `--json` and metrics.
@@ -210,16 +230,22 @@ pub mod stat {
         "attacks",
         "sources_recycled",
         "challenged",
+        "syn_not_local",
+        "v6_ext_walked",
     ];
 
     /// Whether a verdict reason is a drop (in `enforce` mode).
     pub const fn is_drop(reason: usize) -> bool {
         matches!(
             reason,
-            R_BLOCKED | R_BANNED | R_INVALID_FLAGS | R_SYN_LIMITED | R_COOKIE_NO_LISTENER
+            R_BLOCKED | R_BANNED | R_INVALID_FLAGS | R_SYN_LIMITED
         )
     }
 }
+
+/// IPv6 extension headers (hop-by-hop, routing, destination options) the program walks
+/// past to find the TCP header; a packet with more is passed as [`stat::R_IPV6_EXT`].
+pub const V6_EXT_MAX: usize = 4;
 
 pub const MODE_ENFORCE: u32 = 0;
 pub const MODE_MONITOR: u32 = 1;

@@ -48,7 +48,7 @@ use aya_ebpf::{
         bpf_skc_lookup_tcp, bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail,
     },
     macros::{map, sock_ops, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{SockOpsContext, XdpContext},
 };
 use aya_log_ebpf::warn;
@@ -63,7 +63,7 @@ use synguard_common::{
     ATTACK_WINDOW_NS, BanCache, Bucket, COOKIES_ALWAYS, COOKIES_AUTO, Config, CpuRate, CpuRates,
     EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, EVENT_CHALLENGE, EVENT_INTERVAL_NS,
     EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR, PROOF_COOKIE,
-    PROOF_HANDSHAKE, Proof, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats,
+    PROOF_HANDSHAKE, Proof, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, V6_EXT_MAX,
     attack_challenge, attack_step, ban_cache, capacity, clock, gcra, hint, rate_span, rule_key_v4,
     rule_key_v6, source_key_v4, source_key_v6,
     sources::{self, Slot},
@@ -106,6 +106,12 @@ static SG_VERIFIED: LruHashMap<SourceKey, Proof> =
     LruHashMap::with_max_entries(capacity::VERIFIED, 0);
 #[map]
 static SG_CPU_RATES: Array<CpuRates> = Array::with_max_entries(capacity::STATS_SLOTS, 0);
+/// This machine's IPv4 addresses (in the packet's byte order), kept by `run`.
+#[map]
+static SG_LOCAL_V4: HashMap<u32, u8> = HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
+/// This machine's IPv6 addresses, kept by `run`.
+#[map]
+static SG_LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
 
 /// Possible CPUs, set by the loader: the attack detector adds up every CPU's SYN rate.
 #[unsafe(no_mangle)]
@@ -362,20 +368,43 @@ fn ipv6(ctx: &XdpContext, pkt: &Packet, off: usize) -> u32 {
         }
     }
 
-    match ip.next_hdr {
+    // Hop-by-hop, routing and destination options headers are walked: a SYN behind them
+    // is metered and banned like any other (otherwise a flooder would add one to escape
+    // its limit). Each is (next header, length in 8-byte units after the first 8, ...).
+    let mut next = ip.next_hdr;
+    let mut l4 = off + Ipv6Hdr::LEN;
+    for _ in 0..V6_EXT_MAX {
+        if !matches!(next, 0 | 43 | 60) {
+            break;
+        }
+        let Some(h) = ptr_at::<[u8; 2]>(ctx, l4) else {
+            return pkt.verdict(R_TRUNCATED);
+        };
+        // SAFETY: bounds checked.
+        let h = unsafe { *h };
+        next = h[0];
+        l4 += (usize::from(h[1]) + 1) * 8;
+    }
+    match next {
         IPPROTO_TCP => {}
-        // Hop-by-hop, routing, fragment, ESP, AH, destination options, mobility, HIP,
-        // shim6: the TCP header, if any, is further on. Passed unparsed (see the failure
-        // policy): counted, never trusted.
+        // Fragment, ESP, AH, mobility, HIP, shim6, or more walkable headers than
+        // V6_EXT_MAX: the TCP header, if any, is out of reach. Passed unparsed (see the
+        // failure policy): counted, never trusted.
         0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => return pkt.verdict(R_IPV6_EXT),
         _ => return pkt.verdict(R_NON_TCP),
+    }
+    let simple = l4 == off + Ipv6Hdr::LEN;
+    if !simple {
+        pkt.note(N_V6_EXT_WALKED);
     }
     let key = || source_key_v6(ip.src_addr, pkt.cfg.v6_mask, pkt.cfg.ipv6_prefix);
     let at = Offsets {
         l3: off,
-        l4: off + Ipv6Hdr::LEN,
+        l4,
         family: FAMILY_V6,
-        simple: true,
+        // The cookie reply is built for a plain 40-byte IPv6 header: behind extension
+        // headers, the kernel answers (with its own cookies in attack mode).
+        simple,
     };
     let banned = || {
         if pkt.cfg.ipv6_prefix < hint::HINT_MIN_BAN_PREFIX_V6
@@ -663,6 +692,12 @@ fn tcp(
     if !challenged && is_verified(key, now) {
         return pkt.verdict(R_SYN_VERIFIED);
     }
+    // Only SYNs for this machine's own addresses are answered: a listener bound to a
+    // wildcard address would match a SYN for any address, a VM's or a container's
+    // behind a bridge among them, and the cookie would be made for the wrong socket.
+    if !to_local(ctx, at) {
+        return pkt.verdict(R_SYN_NOT_LOCAL);
+    }
     if pkt.cfg.mode == MODE_MONITOR {
         pkt.note(R_COOKIE_SENT);
         pkt.note(N_MONITOR_PASSED);
@@ -676,6 +711,28 @@ fn tcp(
         syn_cookie_v6(ctx, at)
     };
     pkt.verdict(reason)
+}
+
+/// Whether the packet's destination is one of this machine's addresses (`SG_LOCAL_*`).
+// The IPv6 key is handed to the lookup as a reference into the packet, not copied.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn to_local(ctx: &XdpContext, at: &Offsets) -> bool {
+    if at.family == FAMILY_V4 {
+        // The destination address: bytes 16..20 of the IPv4 header.
+        match ptr_at::<u32>(ctx, at.l3 + 16) {
+            // SAFETY: bounds checked; a copy is read.
+            Some(d) => SG_LOCAL_V4.get_ptr(unsafe { d.read_unaligned() }).is_some(),
+            None => false,
+        }
+    } else {
+        // Bytes 24..40 of the IPv6 header.
+        match ptr_at::<[u8; 16]>(ctx, at.l3 + 24) {
+            // SAFETY: bounds checked; the key is read in place by the helper.
+            Some(d) => SG_LOCAL_V6.get_ptr(unsafe { &*d }).is_some(),
+            None => false,
+        }
+    }
 }
 
 /// Whether a source proved it owns its address (see [`Proof`]) and the proof holds.

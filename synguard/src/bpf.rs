@@ -63,6 +63,9 @@ pub struct Maps {
     /// Changed after every change userspace makes to the bans tries (see
     /// [`Maps::new_bans_epoch`]).
     pub bans_epoch: Array<MapData, u64>,
+    /// This machine's addresses, for attack mode (see `crate::locals`).
+    pub local_v4: HashMap<MapData, u32, u8>,
+    pub local_v6: HashMap<MapData, [u8; 16], u8>,
 }
 
 /// Options for loading the program.
@@ -212,6 +215,8 @@ impl Maps {
             bans_hint6: take(ebpf, map_names::BANS_HINT6)?,
             ban_cache: take(ebpf, map_names::BAN_CACHE)?,
             bans_epoch: take(ebpf, map_names::BANS_EPOCH)?,
+            local_v4: take(ebpf, map_names::LOCAL_V4)?,
+            local_v6: take(ebpf, map_names::LOCAL_V6)?,
         })
     }
 
@@ -234,6 +239,8 @@ impl Maps {
             bans_hint6: open(pin_dir, map_names::BANS_HINT6)?,
             ban_cache: open(pin_dir, map_names::BAN_CACHE)?,
             bans_epoch: open(pin_dir, map_names::BANS_EPOCH)?,
+            local_v4: open(pin_dir, map_names::LOCAL_V4)?,
+            local_v6: open(pin_dir, map_names::LOCAL_V6)?,
         })
     }
 

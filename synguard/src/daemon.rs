@@ -284,6 +284,8 @@ struct Daemon {
     sampled_hits: HashMap<IpNet, u64>,
     /// The addresses the last proofs refresh protected (see `proofs::refresh`).
     protected: Vec<(std::net::IpAddr, u32)>,
+    /// The machine's addresses at the last refresh (see `locals`).
+    locals: std::collections::BTreeSet<std::net::IpAddr>,
 }
 
 impl Daemon {
@@ -367,8 +369,27 @@ impl Daemon {
     }
 
     /// The proofs `run` makes itself, and the bans of sources proven since (see
-    /// `proofs::refresh`). At start and every `proofs::REFRESH`.
+    /// `proofs::refresh`); and the machine's addresses, the only ones attack mode answers
+    /// SYNs for (see `locals`). At start and every `proofs::REFRESH`.
     fn refresh_proofs(&mut self) -> anyhow::Result<()> {
+        let addrs = crate::locals::addresses()?;
+        let synced = crate::locals::sync(&mut self.maps, &addrs)?;
+        if addrs != self.locals {
+            log::info!(
+                "attack mode answers SYNs for this machine's {} addresses; SYNs for any other \
+                 (bridged or routed to guests) are left to the kernel",
+                synced.kept
+            );
+            if synced.left_out > 0 {
+                log::warn!(
+                    "{} of the machine's addresses did not fit in attack mode's table of {} \
+                     per family: SYNs for them are left to the kernel",
+                    synced.left_out,
+                    synguard_common::capacity::LOCAL_ADDRS
+                );
+            }
+            self.locals = addrs;
+        }
         let r = crate::proofs::refresh(
             &mut self.maps,
             &self.settings,
@@ -905,6 +926,10 @@ fn start(
     if !adopting {
         loaded.maps.write_config(&kernel_cfg)?;
     }
+    // Before attaching: attack mode answers SYNs only for these (see `locals`); `run`
+    // keeps them current with the proofs.
+    let addrs = crate::locals::addresses()?;
+    crate::locals::sync(&mut loaded.maps, &addrs)?;
 
     let mut attachments: Vec<Attachment> = Vec::new();
     let undo = |attachments: &mut Vec<Attachment>| {
@@ -1077,7 +1102,8 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         settings
             .entries()
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            // As `status` says it: an empty port list is every port.
+            .map(|(k, v)| format!("{k}={}", if v.is_empty() { "all" } else { v }))
             .collect::<Vec<_>>()
             .join(" "),
         pin_dir.display()
@@ -1124,6 +1150,7 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         rule_hits: HashMap::new(),
         sampled_hits: HashMap::new(),
         protected: Vec::new(),
+        locals: Default::default(),
     };
     daemon.journal(journal::Event::Start {
         version: crate::version::LONG.to_string(),

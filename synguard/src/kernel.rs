@@ -72,6 +72,7 @@ pub const REQUIRED: &[Feature] = &[
         "4.1",
     ),
     map(MapType::Array, "array maps", "3.19"),
+    map(MapType::Hash, "hash maps", "3.19"),
     map(MapType::PerCpuArray, "per-CPU array maps", "4.6"),
     map(MapType::LruHash, "LRU hash maps", "4.10"),
     map(MapType::LpmTrie, "longest-prefix-match trie maps", "4.11"),

@@ -15,6 +15,7 @@ pub mod error;
 pub mod incident;
 pub mod journal;
 pub mod kernel;
+pub mod locals;
 pub mod metrics;
 pub mod net;
 pub mod pins;

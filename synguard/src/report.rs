@@ -79,7 +79,7 @@ impl Sample {
 }
 
 /// Drop reasons, and how each drop happens.
-const DROPS: [(&str, &str); 5] = [
+const DROPS: [(&str, &str); 4] = [
     (
         "banned",
         "dropped in XDP by an automatic ban (the source went over syn-rate and syn-burst)",
@@ -92,10 +92,6 @@ const DROPS: [(&str, &str); 5] = [
     (
         "invalid_flags",
         "SYN+FIN or SYN+RST: never valid, dropped in XDP",
-    ),
-    (
-        "cookie_no_listener",
-        "attack mode: a SYN to a port nothing listens on, dropped in XDP",
     ),
 ];
 

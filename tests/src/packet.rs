@@ -232,3 +232,36 @@ pub fn l3_offset(frame: &[u8]) -> usize {
         }
     }
 }
+
+/// `frame` (an untagged IPv6 frame without extension headers) with raw extension headers
+/// inserted before its transport header: each `(kind, units)` is a header of that type
+/// (0 hop-by-hop, 43 routing, 44 fragment, 60 destination options) of `8 * (units + 1)`
+/// bytes, padded with PadN (the routing header's fields are zero: segments left 0).
+pub fn with_v6_ext(frame: &[u8], headers: &[(u8, u8)]) -> Vec<u8> {
+    const L3: usize = 14;
+    assert_eq!(&frame[12..14], &[0x86, 0xdd], "an untagged IPv6 frame");
+    let transport = frame[L3 + 6];
+    let mut ext = Vec::new();
+    for (i, &(kind, units)) in headers.iter().enumerate() {
+        let next = headers.get(i + 1).map_or(transport, |h| h.0);
+        let len = 8 * (usize::from(units) + 1);
+        let mut h = vec![0u8; len];
+        h[0] = next;
+        h[1] = if kind == 44 { 0 } else { units };
+        if kind == 0 || kind == 60 {
+            // PadN over the rest.
+            h[2] = 1;
+            h[3] = (len - 4) as u8;
+        }
+        ext.extend_from_slice(&h);
+    }
+    let mut out = frame[..L3 + 40].to_vec();
+    if let Some(&(first, _)) = headers.first() {
+        out[L3 + 6] = first;
+    }
+    let payload = u16::from_be_bytes([out[L3 + 4], out[L3 + 5]]) as usize + ext.len();
+    out[L3 + 4..L3 + 6].copy_from_slice(&(payload as u16).to_be_bytes());
+    out.extend_from_slice(&ext);
+    out.extend_from_slice(&frame[L3 + 40..]);
+    out
+}

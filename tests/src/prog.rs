@@ -68,7 +68,15 @@ impl Prog {
             generation: 0,
         };
         p.apply();
+        p.sync_locals();
         p
+    }
+
+    /// Tell the program this namespace's addresses, as `run` does (attack mode answers
+    /// SYNs only for them): called on load, and again after addresses change.
+    pub fn sync_locals(&mut self) {
+        let addrs = synguard::locals::addresses().expect("list the namespace's addresses");
+        synguard::locals::sync(&mut self.loaded.maps, &addrs).expect("write SG_LOCAL_*");
     }
 
     /// Write the current settings into the config map.

@@ -260,18 +260,27 @@ fn a_valid_cookie_ack_verifies_the_source_and_its_syns_then_pass() {
 }
 
 #[test]
-fn no_listener_means_drop_and_no_cookie_means_fallback_to_the_kernel() {
+fn no_listener_and_no_cookie_mean_the_kernel_decides() {
     in_server_ns("2", || {
         let p = always();
+        // No host listener: the kernel resets it, or a NAT rule sends it on to the
+        // container that does listen (a published port). Never dropped here.
+        for syn in [
+            Tcp::syn("198.51.100.10", SERVER).dport(81).build(),
+            Tcp::syn("2001:db8:5::10", SERVER6).dport(81).build(),
+        ] {
+            assert_eq!(p.run_out(&syn), (XDP_PASS, syn.clone()), "untouched");
+        }
+        assert_eq!(p.counter(R_COOKIE_NO_LISTENER), 2);
+        // Behind IPv6 extension headers: metered, then the kernel answers it (the reply
+        // is built for a plain IPv6 header).
         p.expect(
-            &Tcp::syn("198.51.100.10", SERVER).dport(81).build(),
-            XDP_DROP,
-            &[N_SYNS, N_SOURCES_NEW, R_COOKIE_NO_LISTENER],
-        );
-        p.expect(
-            &Tcp::syn("2001:db8:5::10", SERVER6).dport(81).build(),
-            XDP_DROP,
-            &[N_SYNS, N_SOURCES_NEW, R_COOKIE_NO_LISTENER],
+            &synguard_tests::packet::with_v6_ext(
+                &Tcp::syn("2001:db8:6::11", SERVER6).build(),
+                &[(0, 0), (60, 1)],
+            ),
+            XDP_PASS,
+            &[N_V6_EXT_WALKED, N_SYNS, N_SOURCES_NEW, R_COOKIE_FALLBACK],
         );
         // IPv4 options: no cookie reply is built; the kernel gets the SYN.
         p.expect(
@@ -551,11 +560,68 @@ fn attack_mode_lasts_a_calm_period_after_the_last_challenge() {
     });
 }
 
+/// A listener bound to a wildcard address matches a SYN for any address: attack mode
+/// must not answer SYNs for addresses that are not the machine's (a VM's or a
+/// container's behind a bridge), or their clients would get cookies of the host's
+/// listener and never reach the guest.
 #[test]
-fn outside_the_listeners_namespace_the_same_syn_finds_no_listener() {
-    // A check of the harness itself: the lookup really is per namespace.
+fn syns_for_addresses_not_the_machines_are_left_to_the_kernel() {
     require_root();
-    let p = always();
-    assert_eq!(p.run(&Tcp::syn("198.51.100.10", SERVER).build()), XDP_DROP);
-    assert_eq!(p.counter(R_COOKIE_NO_LISTENER), 1);
+    let ns = Netns::new("cklocal");
+    ns.sysctl("net.ipv4.tcp_syncookies", "2");
+    ns.ip(&["link", "set", "lo", "up"]);
+    let result = ns
+        .spawn(move || {
+            pin_to_cpu(0);
+            // Both families, as a web server's `listen [::]:80` is.
+            let _l = TcpListener::bind("[::]:80").expect("listen");
+            let mut p = always();
+            let guest = [
+                Tcp::syn("198.51.100.10", "192.0.2.99").build(),
+                Tcp::syn("2001:db8:5::10", "2001:db8:2::99").build(),
+            ];
+            for syn in &guest {
+                p.expect(syn, XDP_PASS, &[N_SYNS, N_SOURCES_NEW, R_SYN_NOT_LOCAL]);
+                assert_eq!(p.run_out(syn), (XDP_PASS, syn.clone()), "untouched");
+            }
+            // Once the addresses are the machine's (and `run` has looked), they are
+            // answered.
+            // (`ip` run from this thread runs in its namespace.)
+            for args in [
+                &["addr", "add", "192.0.2.99/32", "dev", "lo"][..],
+                &["addr", "add", "2001:db8:2::99/128", "dev", "lo", "nodad"],
+            ] {
+                let st = std::process::Command::new("ip")
+                    .args(args)
+                    .status()
+                    .expect("run ip");
+                assert!(st.success(), "ip {args:?}");
+            }
+            p.sync_locals();
+            for syn in &guest {
+                let (action, out) = p.run_out(syn);
+                assert_eq!(action, XDP_TX);
+                check_synack(syn, &out);
+            }
+            assert_eq!(p.counter(R_COOKIE_SENT), 2);
+            // And no longer once they are gone.
+            for args in [
+                &["addr", "del", "192.0.2.99/32", "dev", "lo"][..],
+                &["addr", "del", "2001:db8:2::99/128", "dev", "lo"],
+            ] {
+                let st = std::process::Command::new("ip")
+                    .args(args)
+                    .status()
+                    .expect("run ip");
+                assert!(st.success(), "ip {args:?}");
+            }
+            p.sync_locals();
+            for syn in &guest {
+                p.expect(syn, XDP_PASS, &[N_SYNS, R_SYN_NOT_LOCAL]);
+            }
+        })
+        .join();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -244,19 +244,72 @@ fn ipv6_prefix_setting_changes_aggregation() {
     assert!(p.rule("203.0.113.0/24").is_some());
 }
 
+/// A SYN behind hop-by-hop, routing or destination options headers is metered and
+/// banned like any other: a flooder cannot escape its limit by adding one.
 #[test]
-fn ipv6_extension_headers_pass_unparsed_but_blocks_still_apply() {
-    let mut p = limited("1", "1");
-    let frame = Tcp::syn("2001:db8:5::1", SERVER6).hop_by_hop().build();
-    for _ in 0..3 {
+fn ipv6_syns_behind_extension_headers_are_metered_like_any_other() {
+    let p = limited("1", "1");
+    let syn = Tcp::syn("2001:db8:5::1", SERVER6).build();
+    for chain in [
+        &[(0u8, 0u8)][..],
+        &[(60, 1)],
+        &[(43, 0)],
+        &[(0, 0), (60, 2), (43, 1), (60, 0)],
+    ] {
+        let src = format!(
+            "2001:db8:5:{}::1",
+            chain.len() * 100 + usize::from(chain[0].0)
+        );
+        let frame =
+            |sport: u16| packet::with_v6_ext(&Tcp::syn(&src, SERVER6).sport(sport).build(), chain);
+        p.expect(
+            &frame(1),
+            XDP_PASS,
+            &[N_V6_EXT_WALKED, N_SYNS, N_SOURCES_NEW, R_SYN_PASSED],
+        );
+        p.expect(
+            &frame(2),
+            XDP_DROP,
+            &[N_V6_EXT_WALKED, N_SYNS, R_SYN_LIMITED, N_BANS],
+        );
+        p.expect(&frame(3), XDP_DROP, &[N_V6_EXT_WALKED, R_BANNED]);
+        // The same source without extension headers is the same source.
+        p.expect(
+            &Tcp::syn(&src, SERVER6).sport(4).build(),
+            XDP_DROP,
+            &[R_BANNED],
+        );
+    }
+    assert_eq!(p.buckets().len(), 4);
+    // Out of reach: a fragment header, ESP, or more headers than the program walks.
+    for (what, frame) in [
+        ("fragment", packet::with_v6_ext(&syn, &[(44, 0)])),
+        (
+            "hop-by-hop, then fragment",
+            packet::with_v6_ext(&syn, &[(0, 0), (44, 0)]),
+        ),
+        (
+            "one header too many",
+            packet::with_v6_ext(&syn, &[(60, 0); synguard_common::V6_EXT_MAX + 1]),
+        ),
+    ] {
+        eprintln!("{what}");
         p.expect(&frame, XDP_PASS, &[R_IPV6_EXT]);
     }
-    assert!(
-        p.buckets().is_empty(),
-        "never metered, never trusted as a SYN"
+    // Cut short, in an extension header or after it: the kernel discards it.
+    let cut = packet::with_v6_ext(&syn, &[(0, 3)]);
+    p.expect(&cut[..14 + 40 + 1], XDP_PASS, &[R_TRUNCATED]);
+    p.expect(
+        &cut[..14 + 40 + 32 + 10],
+        XDP_PASS,
+        &[N_V6_EXT_WALKED, R_TRUNCATED],
     );
+    // Blocks still apply to whatever is behind the headers.
+    let mut p = limited("1", "1");
+    let unreachable = packet::with_v6_ext(&syn, &[(44, 0)]);
+    p.expect(&unreachable, XDP_PASS, &[R_IPV6_EXT]);
     p.put_rule("2001:db8:5::/48", &manual(RULE_BLOCK));
-    p.expect(&frame, XDP_DROP, &[R_BLOCKED]);
+    p.expect(&unreachable, XDP_DROP, &[R_BLOCKED]);
 }
 
 #[test]

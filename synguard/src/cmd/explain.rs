@@ -65,6 +65,9 @@ struct ExplainJson {
     proof: ProofJson,
     mode: Mode,
     port_note: Option<String>,
+    /// What attack mode does with this source's SYNs, by destination (see
+    /// `synguard::locals`).
+    attack_note: String,
 }
 
 fn entry_json(e: &RuleEntry, now: u64) -> EntryJson {
@@ -240,6 +243,13 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
             settings.ports
         )
     });
+    let locals = crate::locals::list(&state.maps)?;
+    let attack_note = format!(
+        "in attack mode its SYNs to this machine's {} addresses are answered with SYN cookies \
+         when a host socket listens on the port; its SYNs to any other address (guests \
+         behind a bridge or a route) or to a port only a DNAT rule serves go to the kernel",
+        locals.len(),
+    );
     let out = ExplainJson {
         address: addr.to_string(),
         verdict,
@@ -250,6 +260,7 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
         proof,
         mode: settings.mode,
         port_note,
+        attack_note,
     };
     if json {
         return print_json(&out);
@@ -296,6 +307,7 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
             paren(&e.comment())
         );
     }
+    println!("  {}", out.attack_note);
     if let Some(n) = &out.port_note {
         println!("  {n}");
     }

@@ -71,6 +71,11 @@ struct StatusJson {
     protected: Vec<String>,
     /// Whether `run` attached its sock_ops program (proofs of accepted connections).
     handshake_proofs: bool,
+    /// The machine's addresses: the only destinations attack mode answers SYNs for. SYNs
+    /// for any other address (bridged or routed to guests) and SYNs for ports no host
+    /// socket listens on (a container's port published by DNAT among them) are left to
+    /// the kernel (see `synguard::locals`).
+    answers_for: Vec<String>,
     /// Per-second rate of every counter, over `rate_window_s`.
     rates: BTreeMap<&'static str, f64>,
     rate_window_s: f64,
@@ -273,6 +278,10 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         proven,
         protected,
         handshake_proofs: crate::proofs::link_path(&state.pin_dir).exists(),
+        answers_for: crate::locals::list(&state.maps)?
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
         rates,
         rate_window_s: secs,
         tables,
@@ -377,6 +386,13 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
             "; no sock_ops program: handshakes prove nothing until a cookie or run's look"
         }
     );
+    println!(
+        "cookies:    answered in attack mode for SYNs to this machine's {} addresses ({}) \
+         with a listener on the port; others (for guests behind a bridge or a route, or a \
+         port only a DNAT rule serves) go to the kernel",
+        out.answers_for.len(),
+        shorten(&out.answers_for, 6)
+    );
     if let Some(v) = out.saved_tcp_syncookies {
         println!(
             "sysctl:     net.ipv4.tcp_syncookies = 2 during attack mode (was {v}; restored after)"
@@ -433,4 +449,13 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first `n` items, and how many more.
+fn shorten(items: &[String], n: usize) -> String {
+    match items.len() {
+        0 => "none yet".to_string(),
+        len if len <= n => items.join(", "),
+        len => format!("{}, and {} more", items[..n].join(", "), len - n),
+    }
 }
