@@ -373,8 +373,8 @@ impl Daemon {
     /// SYNs for (see `locals`). At start and every `proofs::REFRESH`.
     fn refresh_proofs(&mut self) -> anyhow::Result<()> {
         let addrs = crate::locals::addresses()?;
-        let synced = crate::locals::sync(&mut self.maps, &addrs)?;
         if addrs != self.locals {
+            let synced = crate::locals::sync(&mut self.maps, &addrs)?;
             log::info!(
                 "attack mode answers SYNs for this machine's {} addresses; SYNs for any other \
                  (bridged or routed to guests) are left to the kernel",

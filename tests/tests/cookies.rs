@@ -560,6 +560,16 @@ fn attack_mode_lasts_a_calm_period_after_the_last_challenge() {
     });
 }
 
+/// Run `ip ARGS` in the calling thread's network namespace (a child process starts in
+/// the namespace of the thread that forks it).
+fn ip_here(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip");
+    assert!(st.success(), "ip {args:?}");
+}
+
 /// A listener bound to a wildcard address matches a SYN for any address: attack mode
 /// must not answer SYNs for addresses that are not the machine's (a VM's or a
 /// container's behind a bridge), or their clients would get cookies of the host's
@@ -586,17 +596,8 @@ fn syns_for_addresses_not_the_machines_are_left_to_the_kernel() {
             }
             // Once the addresses are the machine's (and `run` has looked), they are
             // answered.
-            // (`ip` run from this thread runs in its namespace.)
-            for args in [
-                &["addr", "add", "192.0.2.99/32", "dev", "lo"][..],
-                &["addr", "add", "2001:db8:2::99/128", "dev", "lo", "nodad"],
-            ] {
-                let st = std::process::Command::new("ip")
-                    .args(args)
-                    .status()
-                    .expect("run ip");
-                assert!(st.success(), "ip {args:?}");
-            }
+            ip_here(&["addr", "add", "192.0.2.99/32", "dev", "lo"]);
+            ip_here(&["addr", "add", "2001:db8:2::99/128", "dev", "lo", "nodad"]);
             p.sync_locals();
             for syn in &guest {
                 let (action, out) = p.run_out(syn);
@@ -605,16 +606,8 @@ fn syns_for_addresses_not_the_machines_are_left_to_the_kernel() {
             }
             assert_eq!(p.counter(R_COOKIE_SENT), 2);
             // And no longer once they are gone.
-            for args in [
-                &["addr", "del", "192.0.2.99/32", "dev", "lo"][..],
-                &["addr", "del", "2001:db8:2::99/128", "dev", "lo"],
-            ] {
-                let st = std::process::Command::new("ip")
-                    .args(args)
-                    .status()
-                    .expect("run ip");
-                assert!(st.success(), "ip {args:?}");
-            }
+            ip_here(&["addr", "del", "192.0.2.99/32", "dev", "lo"]);
+            ip_here(&["addr", "del", "2001:db8:2::99/128", "dev", "lo"]);
             p.sync_locals();
             for syn in &guest {
                 p.expect(syn, XDP_PASS, &[N_SYNS, R_SYN_NOT_LOCAL]);
