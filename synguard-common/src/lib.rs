@@ -16,7 +16,7 @@ pub mod sources;
 
 /// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 10;
+pub const ABI_VERSION: u32 = 11;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -40,8 +40,9 @@ pub mod map_names {
     pub const CPU_RATES: &str = "SG_CPU_RATES";
     pub const LOCAL_V4: &str = "SG_LOCAL_V4";
     pub const LOCAL_V6: &str = "SG_LOCAL_V6";
+    pub const NAT_PORTS: &str = "SG_NAT_PORTS";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         CONFIG,
         STATS,
         RULES_V4,
@@ -61,6 +62,7 @@ pub mod map_names {
         CPU_RATES,
         LOCAL_V4,
         LOCAL_V6,
+        NAT_PORTS,
     ];
 }
 
@@ -182,18 +184,27 @@ pub mod stat {
     /// header: its verdict is the same as without them (a SYN is metered, banned or
     /// answered by the kernel's own cookies in attack mode).
     pub const N_V6_EXT_WALKED: usize = 33;
+    /// Attack mode, and a NAT rule of this machine rewrites the SYN's destination port
+    /// (`SG_NAT_PORTS`: a Docker published port, a `redirect`, a NodePort): passed to the
+    /// kernel untouched. The listener the XDP program can look up is not the socket the
+    /// SYN reaches after NAT, so a cookie made here would be reset there; the kernel's own
+    /// cookies, made after NAT, protect it.
+    pub const R_SYN_NAT: usize = 34;
 
     /// Number of counter slots.
-    pub const COUNT: usize = 34;
+    pub const COUNT: usize = 35;
 
     /// Whether a counter is a verdict reason (each packet increments exactly one).
     pub const fn is_reason(i: usize) -> bool {
-        i < 16 || (i >= R_COOKIE_SENT && i <= R_COOKIE_FALLBACK) || i == R_SYN_NOT_LOCAL
+        i < 16
+            || (i >= R_COOKIE_SENT && i <= R_COOKIE_FALLBACK)
+            || i == R_SYN_NOT_LOCAL
+            || i == R_SYN_NAT
     }
 
     /// Every verdict reason.
-    pub const REASON_LIST: [usize; 21] = [
-        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 23, 24, 25, 26, 32,
+    pub const REASON_LIST: [usize; 22] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 23, 24, 25, 26, 32, 34,
     ];
 
     /// Stable names, used by `status`, `--json` and metrics.
@@ -232,6 +243,7 @@ pub mod stat {
         "challenged",
         "syn_not_local",
         "v6_ext_walked",
+        "syn_nat",
     ];
 
     /// Whether a verdict reason is a drop (in `enforce` mode).

@@ -62,10 +62,10 @@ use synguard_common::{
     ACTION_DROP, ATTACK_BY_CHALLENGE, ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_STALE_NS,
     ATTACK_WINDOW_NS, BanCache, Bucket, COOKIES_ALWAYS, COOKIES_AUTO, Config, CpuRate, CpuRates,
     EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, EVENT_CHALLENGE, EVENT_INTERVAL_NS,
-    EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR, PROOF_COOKIE,
-    PROOF_HANDSHAKE, Proof, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, V6_EXT_MAX,
-    attack_challenge, attack_step, ban_cache, capacity, clock, gcra, hint, rate_span, rule_key_v4,
-    rule_key_v6, source_key_v4, source_key_v6,
+    EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR, PORT_WORDS,
+    PROOF_COOKIE, PROOF_HANDSHAKE, Proof, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats,
+    V6_EXT_MAX, attack_challenge, attack_step, ban_cache, capacity, clock, gcra, hint, rate_span,
+    rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     sources::{self, Slot},
     stat::{self, *},
 };
@@ -112,6 +112,10 @@ static SG_LOCAL_V4: HashMap<u32, u8> = HashMap::with_max_entries(capacity::LOCAL
 /// This machine's IPv6 addresses, kept by `run`.
 #[map]
 static SG_LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
+/// The destination ports this machine's NAT rules rewrite (bit `p % 64` of word `p / 64`),
+/// kept by `run`: attack mode leaves SYNs for them to the kernel.
+#[map]
+static SG_NAT_PORTS: Array<[u64; PORT_WORDS]> = Array::with_max_entries(1, 0);
 
 /// Possible CPUs, set by the loader: the attack detector adds up every CPU's SYN rate.
 #[unsafe(no_mangle)]
@@ -698,6 +702,11 @@ fn tcp(
     if !to_local(ctx, at) {
         return pkt.verdict(R_SYN_NOT_LOCAL);
     }
+    // Nor SYNs whose destination a NAT rule rewrites (a container's published port):
+    // the listener found here is not the socket the SYN reaches after NAT.
+    if nat_port(dport) {
+        return pkt.verdict(R_SYN_NAT);
+    }
     if pkt.cfg.mode == MODE_MONITOR {
         pkt.note(R_COOKIE_SENT);
         pkt.note(N_MONITOR_PASSED);
@@ -711,6 +720,17 @@ fn tcp(
         syn_cookie_v6(ctx, at)
     };
     pkt.verdict(reason)
+}
+
+/// Whether a NAT rule of this machine rewrites SYNs for this destination port
+/// (`SG_NAT_PORTS`, kept by `run`).
+#[inline(always)]
+fn nat_port(port: u16) -> bool {
+    match SG_NAT_PORTS.get(0) {
+        Some(words) => words[(port >> 6) as usize] & (1u64 << (port & 63)) != 0,
+        // An array always has its entry; were it missing, the kernel decides.
+        None => true,
+    }
 }
 
 /// Whether the packet's destination is one of this machine's addresses (`SG_LOCAL_*`).

@@ -66,6 +66,8 @@ pub struct Maps {
     /// This machine's addresses, for attack mode (see `crate::locals`).
     pub local_v4: HashMap<MapData, u32, u8>,
     pub local_v6: HashMap<MapData, [u8; 16], u8>,
+    /// The destination ports the machine's NAT rules rewrite (see `crate::nat`).
+    pub nat_ports: Array<MapData, [u64; synguard_common::PORT_WORDS]>,
 }
 
 /// Options for loading the program.
@@ -217,6 +219,7 @@ impl Maps {
             bans_epoch: take(ebpf, map_names::BANS_EPOCH)?,
             local_v4: take(ebpf, map_names::LOCAL_V4)?,
             local_v6: take(ebpf, map_names::LOCAL_V6)?,
+            nat_ports: take(ebpf, map_names::NAT_PORTS)?,
         })
     }
 
@@ -241,6 +244,7 @@ impl Maps {
             bans_epoch: open(pin_dir, map_names::BANS_EPOCH)?,
             local_v4: open(pin_dir, map_names::LOCAL_V4)?,
             local_v6: open(pin_dir, map_names::LOCAL_V6)?,
+            nat_ports: open(pin_dir, map_names::NAT_PORTS)?,
         })
     }
 

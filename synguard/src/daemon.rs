@@ -286,6 +286,8 @@ struct Daemon {
     protected: Vec<(std::net::IpAddr, u32)>,
     /// The machine's addresses at the last refresh (see `locals`).
     locals: std::collections::BTreeSet<std::net::IpAddr>,
+    /// What the last reading of the NAT rules found (see `nat`); `None` before the first.
+    nat: Option<crate::nat::Reading>,
 }
 
 impl Daemon {
@@ -389,6 +391,22 @@ impl Daemon {
                 );
             }
             self.locals = addrs;
+        }
+        let nat = crate::nat::read();
+        if self.nat.as_ref() != Some(&nat) {
+            crate::nat::sync(&mut self.maps, &nat.ports)?;
+            match &nat.warning {
+                Some(w) => log::warn!("{w}"),
+                None if nat.ports.is_empty() => {
+                    log::info!("no NAT rule rewrites a destination port here")
+                }
+                None => log::info!(
+                    "attack mode leaves SYNs for ports {} to the kernel: NAT rules send them \
+                     to other sockets (a container's published port, a redirect)",
+                    nat.ports.describe()
+                ),
+            }
+            self.nat = Some(nat);
         }
         let r = crate::proofs::refresh(
             &mut self.maps,
@@ -930,6 +948,8 @@ fn start(
     // keeps them current with the proofs.
     let addrs = crate::locals::addresses()?;
     crate::locals::sync(&mut loaded.maps, &addrs)?;
+    // Nor for ports a NAT rule rewrites (see `nat`).
+    crate::nat::sync(&mut loaded.maps, &crate::nat::read().ports)?;
 
     let mut attachments: Vec<Attachment> = Vec::new();
     let undo = |attachments: &mut Vec<Attachment>| {
@@ -1151,6 +1171,7 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         sampled_hits: HashMap::new(),
         protected: Vec::new(),
         locals: Default::default(),
+        nat: None,
     };
     daemon.journal(journal::Event::Start {
         version: crate::version::LONG.to_string(),

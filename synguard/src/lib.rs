@@ -17,6 +17,7 @@ pub mod journal;
 pub mod kernel;
 pub mod locals;
 pub mod metrics;
+pub mod nat;
 pub mod net;
 pub mod pins;
 pub mod privs;

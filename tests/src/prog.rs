@@ -79,6 +79,12 @@ impl Prog {
         synguard::locals::sync(&mut self.loaded.maps, &addrs).expect("write SG_LOCAL_*");
     }
 
+    /// Tell the program which destination ports NAT rules rewrite, as `run` does after
+    /// reading them (attack mode leaves SYNs for them to the kernel).
+    pub fn set_nat(&mut self, ports: &synguard::nat::NatPorts) {
+        synguard::nat::sync(&mut self.loaded.maps, ports).expect("write SG_NAT_PORTS");
+    }
+
     /// Write the current settings into the config map.
     pub fn apply(&mut self) {
         self.generation += 1;

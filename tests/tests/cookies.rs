@@ -12,7 +12,7 @@ use std::{
 };
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use synguard::config::Settings;
+use synguard::{config::Settings, nat::NatPorts};
 use synguard_common::{
     EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_CHALLENGE, Event, PROOF_HANDSHAKE, PROOF_SOCKET,
     RULE_ALLOW, stat::*,
@@ -568,6 +568,40 @@ fn ip_here(args: &[&str]) {
         .status()
         .expect("run ip");
     assert!(st.success(), "ip {args:?}");
+}
+
+/// The program looks the listener up with the SYN's tuple before NAT: for a port a NAT
+/// rule rewrites (a container's published port, with docker-proxy listening on the same
+/// port of the host) it would find the host's listener, not the socket the SYN reaches,
+/// and the client's ACK would be reset in the container. So attack mode leaves SYNs for
+/// those ports to the kernel untouched, and answers them again once the rule is gone.
+#[test]
+fn syns_for_ports_a_nat_rule_rewrites_are_left_to_the_kernel() {
+    in_server_ns("2", || {
+        let mut p = always();
+        let syns = [
+            Tcp::syn("198.51.100.10", SERVER).build(),
+            Tcp::syn("2001:db8:5::10", SERVER6).build(),
+        ];
+        p.set_nat(&NatPorts::range(80, 80));
+        for syn in &syns {
+            p.expect(syn, XDP_PASS, &[N_SYNS, N_SOURCES_NEW, R_SYN_NAT]);
+            assert_eq!(p.run_out(syn), (XDP_PASS, syn.clone()), "untouched");
+        }
+        // Every other port rewritten: port 80's SYNs are answered.
+        p.set_nat(&NatPorts::range(0, 79).union(&NatPorts::range(81, u16::MAX)));
+        for syn in &syns {
+            let (action, out) = p.run_out(syn);
+            assert_eq!(action, XDP_TX);
+            check_synack(syn, &out);
+        }
+        assert_eq!(p.counter(R_COOKIE_SENT), 2);
+        // Rules that could not be read count as every port.
+        p.set_nat(&NatPorts::all());
+        for syn in &syns {
+            p.expect(syn, XDP_PASS, &[N_SYNS, R_SYN_NAT]);
+        }
+    });
 }
 
 /// A listener bound to a wildcard address matches a SYN for any address: attack mode

@@ -244,11 +244,20 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
         )
     });
     let locals = crate::locals::list(&state.maps)?;
+    let nat = crate::nat::current(&state.maps)?;
     let attack_note = format!(
         "in attack mode its SYNs to this machine's {} addresses are answered with SYN cookies \
          when a host socket listens on the port; its SYNs to any other address (guests \
-         behind a bridge or a route) or to a port only a DNAT rule serves go to the kernel",
+         behind a bridge or a route) or to a port only a DNAT rule serves go to the kernel{}",
         locals.len(),
+        if nat.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", and so do its SYNs to ports NAT rules rewrite ({})",
+                nat.describe()
+            )
+        }
     );
     let out = ExplainJson {
         address: addr.to_string(),

@@ -76,6 +76,10 @@ struct StatusJson {
     /// socket listens on (a container's port published by DNAT among them) are left to
     /// the kernel (see `synguard::locals`).
     answers_for: Vec<String>,
+    /// The destination ports the machine's NAT rules rewrite, whose SYNs attack mode
+    /// leaves to the kernel (see `synguard::nat`): ranges (`80,8000-8010`), "none" or
+    /// "every port" (also when `run` could not read the rules: its log says why).
+    nat_ports: String,
     /// Per-second rate of every counter, over `rate_window_s`.
     rates: BTreeMap<&'static str, f64>,
     rate_window_s: f64,
@@ -282,6 +286,7 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|a| a.to_string())
             .collect(),
+        nat_ports: crate::nat::current(&state.maps)?.describe(),
         rates,
         rate_window_s: secs,
         tables,
@@ -393,6 +398,16 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         out.answers_for.len(),
         shorten(&out.answers_for, 6)
     );
+    match out.nat_ports.as_str() {
+        "none" => {}
+        "every port" => println!(
+            "            NAT rules: every port is left to the kernel (the rules may rewrite \
+             any port, or `run` could not read them: see its log)"
+        ),
+        ports => println!(
+            "            NAT rules rewrite ports {ports}: their SYNs are left to the kernel"
+        ),
+    }
     if let Some(v) = out.saved_tcp_syncookies {
         println!(
             "sysctl:     net.ipv4.tcp_syncookies = 2 during attack mode (was {v}; restored after)"
