@@ -8,6 +8,11 @@
 //!                                                          2001:db8:8000::/33)
 //! ```
 //!
+//! The `container` profiles put the web server in a container namespace behind the
+//! server, `192.0.2.194` and `2001:db8:3::2`, reached through a DNAT of the server's port
+//! 80 (nftables, as Docker publishes a port); `container` also keeps a listener on the
+//! server's port 80, as docker-proxy does.
+//!
 //! Every run builds its own namespaces (nothing is linked to the host's) and removes them
 //! when it ends, however it ends. Numbers are measured in the run; nothing is assumed.
 
@@ -83,6 +88,12 @@ pub enum Profile {
     /// As on the server in the founding incident: SYN cookies off, backlog 128, and no
     /// remembered "proven" peers (tcp_no_metrics_save=1).
     Legacy,
+    /// The web server in a container as Docker runs it: nginx in its own namespace
+    /// (192.0.2.194, 2001:db8:3::2) behind a DNAT of the server's port 80, and a host
+    /// listener on port 80 too (docker-proxy's); the kernel's own settings.
+    Container,
+    /// The same without the host listener (Docker's `userland-proxy: false`).
+    ContainerNoProxy,
 }
 
 impl Profile {
@@ -90,6 +101,8 @@ impl Profile {
         match self {
             Self::Defaults => "defaults",
             Self::Legacy => "legacy",
+            Self::Container => "container",
+            Self::ContainerNoProxy => "container-no-proxy",
         }
     }
 }
@@ -186,6 +199,9 @@ pub const THINK: Duration = Duration::from_millis(100);
 
 pub const SERVER4: &str = "192.0.2.1";
 pub const SERVER6: &str = "2001:db8:2::1";
+/// The `container` profiles' web server.
+pub const CONTAINER4: &str = "192.0.2.194";
+pub const CONTAINER6: &str = "2001:db8:3::2";
 const PAGE: &str = "<!doctype html><title>Sunny Travel</title><h1>Sunny Travel</h1>\
 <p>Book your summer trip today: flights, hotels, packages.</p>\n";
 
@@ -199,6 +215,9 @@ pub struct LabNet {
     pub bpffs: Bpffs,
     dir: PathBuf,
     nginx: Option<ChildGuard>,
+    /// The `container` profiles' container and its nginx.
+    pub container: Option<Netns>,
+    container_nginx: Option<ChildGuard>,
     pub synguard: Option<ChildGuard>,
     /// A no-op XDP program on the router's end of the server's link: on veth, frames a
     /// program sends back with XDP_TX (synguard's cookie SYN-ACKs) are only delivered if
@@ -223,8 +242,43 @@ impl Drop for LabNet {
             }
         }
         self.nginx.take();
+        self.container_nginx.take();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Start nginx in `ns`, serving `www` (the page) on port 80 of `v4` and `v6`, with its
+/// configuration, pid file and logs in `dir`.
+fn start_nginx(
+    ns: &Netns,
+    dir: &std::path::Path,
+    www: &std::path::Path,
+    v4: &str,
+    v6: &str,
+) -> anyhow::Result<ChildGuard> {
+    let d = dir.display();
+    let w = www.display();
+    fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n \
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n \
+             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n \
+             server {{\n  listen {v4}:80 backlog=511;\n  listen [{v6}]:80 backlog=511;\n  \
+             root {w}/www;\n  index index.html;\n }}\n}}\n"
+        ),
+    )?;
+    let mut cmd = ns.command("nginx");
+    cmd.args([
+        "-e",
+        &format!("{d}/error.log"),
+        "-c",
+        &format!("{d}/nginx.conf"),
+    ])
+    .args(["-g", "daemon off;"]);
+    Ok(ChildGuard::spawn_logged(cmd, dir.join("nginx.out")))
 }
 
 /// The MAC address of an interface in a namespace.
@@ -344,7 +398,7 @@ impl LabNet {
         batch(&sink, &["addr add 2001:db8:f::2/64 dev eth0 nodad".into()]);
 
         match profile {
-            Profile::Defaults => {}
+            Profile::Defaults | Profile::Container | Profile::ContainerNoProxy => {}
             Profile::Legacy => {
                 for (k, v) in [
                     ("net.ipv4.tcp_syncookies", "0"),
@@ -364,28 +418,56 @@ impl LabNet {
         for d in [&dir, &dir.join("www")] {
             fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
         }
-        let d = dir.display();
-        fs::write(
-            dir.join("nginx.conf"),
-            format!(
-                "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-                 events {{ worker_connections 512; }}\n\
-                 http {{\n access_log off;\n client_body_temp_path {d}/body;\n \
-                 proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n \
-                 uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n \
-                 server {{\n  listen {SERVER4}:80 backlog=511;\n  listen [{SERVER6}]:80 backlog=511;\n  \
-                 root {d}/www;\n  index index.html;\n }}\n}}\n"
-            ),
-        )?;
-        let mut cmd = server.command("nginx");
-        cmd.args([
-            "-e",
-            &format!("{d}/error.log"),
-            "-c",
-            &format!("{d}/nginx.conf"),
-        ])
-        .args(["-g", "daemon off;"]);
-        let nginx = ChildGuard::spawn_logged(cmd, dir.join("nginx.out"));
+        let container = matches!(profile, Profile::Container | Profile::ContainerNoProxy)
+            .then(|| Netns::new("lab-ctr"));
+        let mut container_nginx = None;
+        if let Some(ctr) = &container {
+            veth(
+                &server,
+                "ctr0",
+                "192.0.2.193/30",
+                ctr,
+                "eth0",
+                &format!("{CONTAINER4}/30"),
+            );
+            batch(
+                &server,
+                &["addr add 2001:db8:3::1/64 dev ctr0 nodad".into()],
+            );
+            batch(
+                ctr,
+                &[
+                    format!("addr add {CONTAINER6}/64 dev eth0 nodad"),
+                    "route add default via 192.0.2.193".into(),
+                    "route add default via 2001:db8:3::1".into(),
+                ],
+            );
+            for (k, v) in [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
+            ] {
+                server.sysctl(k, v);
+            }
+            // As Docker publishes a port: the server's port 80 rewritten to the
+            // container's, before routing.
+            server.exec(&[
+                "nft",
+                &format!(
+                    "add table inet sgnat; add chain inet sgnat pre {{ type nat hook prerouting \
+                     priority -100; }}; add rule inet sgnat pre ip daddr {SERVER4} tcp dport 80 \
+                     dnat ip to {CONTAINER4}; add rule inet sgnat pre ip6 daddr {SERVER6} tcp \
+                     dport 80 dnat ip6 to {CONTAINER6}"
+                ),
+            ]);
+            let cdir = dir.join("container");
+            fs::create_dir_all(&cdir)?;
+            container_nginx = Some(start_nginx(ctr, &cdir, &dir, CONTAINER4, CONTAINER6)?);
+        }
+        // The server's own nginx; with a container, the listener docker-proxy keeps on the
+        // published port (it serves the same page, so a client it answered still counts).
+        let nginx = (profile != Profile::ContainerNoProxy)
+            .then(|| start_nginx(&server, &dir, &dir, SERVER4, SERVER6))
+            .transpose()?;
         let peer_xdp = router
             .spawn(|| {
                 let mut noop = crate::baseline::Noop::load(crate::baseline::XDP_PASS)?;
@@ -402,7 +484,9 @@ impl LabNet {
             sink,
             bpffs: Bpffs::new(),
             dir,
-            nginx: Some(nginx),
+            nginx,
+            container,
+            container_nginx,
             synguard: None,
             _peer_xdp: peer_xdp,
         };

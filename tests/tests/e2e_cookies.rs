@@ -1,6 +1,7 @@
 //! Attack mode end to end, in the lab's namespaces: real clients completing connections
 //! through SYN cookies answered in XDP, forged floods on a server without cookies of its
-//! own, and `net.ipv4.tcp_syncookies` put back afterwards, even after a SIGKILL.
+//! own, `net.ipv4.tcp_syncookies` put back afterwards, even after a SIGKILL, and a
+//! container's port published by DNAT left to the kernel.
 
 use std::{
     net::SocketAddr,
@@ -14,6 +15,7 @@ use synguard_tests::{
     flood::{self, FloodSpec, Source},
     lab::{self, LabNet, Profile, RunSpec, Scenario, mac_of, request},
     prog::require_root,
+    synguard_bin,
 };
 
 fn syncookies(net: &LabNet) -> String {
@@ -224,4 +226,54 @@ fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
         syncookies(&net) == "1"
     });
     assert_eq!(maps.read_config().expect("config").saved_syncookies, -1);
+}
+
+/// A web server in a container behind a DNAT of the server's port 80, with docker-proxy's
+/// listener on the same port of the host: attack mode must leave SYNs for that port to
+/// the kernel, since a cookie made for the host's listener would have the client's ACK
+/// reset in the container. `run` finds the port in the real nftables rules.
+#[test]
+fn a_port_published_by_dnat_keeps_working_in_attack_mode() {
+    require_root();
+    let mut net = LabNet::new(Profile::Container).expect("lab");
+    net.start_synguard(&["--syn-cookies".into(), "always".into()])
+        .expect("synguard");
+    let status = net.server.exec(&[
+        synguard_bin().to_str().expect("utf-8"),
+        "--pin-dir",
+        net.bpffs.pin_dir().to_str().expect("utf-8"),
+        "status",
+        "--json",
+    ]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["nat_ports"], "80", "{status}");
+
+    // Addresses that have not connected yet, so their SYNs meet attack mode.
+    for (from, to) in [
+        ("198.51.100.22", "192.0.2.1:80"),
+        ("2001:db8:5::22", "[2001:db8:2::1]:80"),
+    ] {
+        let before = net.counters().expect("counters");
+        fetch(&net, from, to).unwrap_or_else(|e| panic!("{from} through the DNAT: {e}"));
+        let after = net.counters().expect("counters");
+        assert_eq!(
+            after[R_SYN_NAT] - before[R_SYN_NAT],
+            1,
+            "left to the kernel"
+        );
+        assert_eq!(after[R_COOKIE_SENT], before[R_COOKIE_SENT], "no cookie");
+    }
+
+    // Why: with the port taken out of the map, XDP answers with a cookie for the host's
+    // listener, and the client's ACK, sent on to the container, is reset there.
+    let mut maps = synguard::bpf::Maps::from_pins(&net.bpffs.pin_dir()).expect("pinned maps");
+    let held = synguard::nat::current(&maps).expect("read SG_NAT_PORTS");
+    synguard::nat::sync(&mut maps, &synguard::nat::NatPorts::none()).expect("clear");
+    let before = net.counters().expect("counters");
+    let broken = fetch(&net, "198.51.100.23", "192.0.2.1:80");
+    let after = net.counters().expect("counters");
+    synguard::nat::sync(&mut maps, &held).expect("restore");
+    assert_eq!(after[R_COOKIE_SENT] - before[R_COOKIE_SENT], 1);
+    assert!(broken.is_err(), "the container reset the cookie's ACK");
+    fetch(&net, "198.51.100.24", "192.0.2.1:80").expect("fine again");
 }

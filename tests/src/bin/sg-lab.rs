@@ -1,5 +1,7 @@
 //! `cargo xtask lab`: replay the founding incident in network namespaces, every scenario
-//! with and without synguard on both server profiles, and print what was measured.
+//! with and without synguard on the server profiles (defaults, legacy, and container: the
+//! web server behind a DNAT with docker-proxy's listener on the host), and print what was
+//! measured.
 
 use std::{
     process::ExitCode,
@@ -31,7 +33,7 @@ struct Args {
     /// Scenarios to run (repeat); default: all.
     #[arg(long = "scenario", value_enum)]
     scenarios: Vec<Scenario>,
-    /// Server profiles (repeat); default: both.
+    /// Server profiles (repeat); default: defaults, legacy and container.
     #[arg(long = "profile", value_enum)]
     profiles: Vec<Profile>,
     /// Seconds each attack lasts (1-600).
@@ -87,7 +89,7 @@ fn main() -> ExitCode {
         args.scenarios.clone()
     };
     let profiles = if args.profiles.is_empty() {
-        vec![Profile::Defaults, Profile::Legacy]
+        vec![Profile::Defaults, Profile::Legacy, Profile::Container]
     } else {
         args.profiles.clone()
     };
