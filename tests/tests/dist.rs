@@ -225,6 +225,8 @@ fn control_data_conffiles_and_checksums() {
         "{}",
         field("Depends")
     );
+    // `run` reads the NAT rules with `nft` (attack mode and published ports).
+    assert_eq!(field("Recommends"), "nftables");
     assert!(field("Maintainer").contains('@'));
     assert!(
         field("Installed-Size").parse::<u64>().expect("number") > 1000,

@@ -273,7 +273,7 @@ pub fn dist(bin: &Path) -> anyhow::Result<PathBuf> {
     let control = format!(
         "Package: {PACKAGE}\nVersion: {}\nArchitecture: amd64\nMaintainer: synguard \
          developers <synguard@example.invalid>\nInstalled-Size: {size}\nDepends: libc6 (>= \
-         {})\nSuggests: prometheus\nSection: net\nPriority: optional\n{}{DESCRIPTION}\n",
+         {})\nRecommends: nftables\nSuggests: prometheus\nSection: net\nPriority: optional\n{}{DESCRIPTION}\n",
         version(),
         glibc_needed(&sbin)?,
         optional_field("Homepage", env!("CARGO_PKG_HOMEPAGE")),

@@ -66,8 +66,10 @@ pub const PACKAGES: &[(&str, &[Cmd])] = &[
     ("iputils-ping", NETWORK),
     // `hping3`: the SYN floods of the lab, the e2e and the cli tests.
     ("hping3", NETWORK),
-    // `nft`: the attacker drops its own RSTs; the survival floors' rules (bench).
-    ("nftables", NETWORK),
+    // `nft`: `synguard run` reads the NAT rules with it (attack mode leaves SYNs for ports
+    // they rewrite to the kernel); the lab's container DNAT; the attacker drops its own
+    // RSTs; the survival floors' rules (bench).
+    ("nftables", &[Run, Lab, Test, Bench]),
     // `nginx`: the lab's web server.
     ("nginx", NETWORK),
     // `sysctl`: every namespace's settings (tests/src/netns.rs).
