@@ -20,8 +20,10 @@
 //!   could only narrow the rule); a negated or unreadable `dport` match, a named set, a
 //!   chain reached only through a map: every port.
 //! - A rule that matches only UDP, SCTP or DCCP counts for no TCP port.
-//! - `nft` missing or failing, or NAT tables of the legacy iptables (which `nft` cannot
-//!   show): every port, with a warning in the log and in `status`.
+//! - `nft` failing, `nft` missing while connection tracking (which NAT needs) is loaded,
+//!   or NAT tables of the legacy iptables (which `nft` cannot show): every port, with a
+//!   warning in the log, and `status` says every port is left to the kernel. Without
+//!   `nft` and without connection tracking there can be no NAT: no port.
 
 use std::collections::HashMap;
 
@@ -167,10 +169,7 @@ pub fn read() -> Reading {
     {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return unreadable(
-                "`nft` is not installed, so synguard cannot read the NAT rules (apt install \
-                 nftables)",
-            );
+            return without_nft(conntrack_loaded());
         }
         Err(e) => return unreadable(&format!("running `nft -j list ruleset`: {e}")),
     };
@@ -196,6 +195,33 @@ pub fn read() -> Reading {
             warning: None,
         },
         Err(e) => unreadable(&format!("reading `nft -j list ruleset`: {e}")),
+    }
+}
+
+/// Whether connection tracking, which every NAT rule needs, is loaded: it registers its
+/// `nf_conntrack_*` settings in every namespace.
+fn conntrack_loaded() -> bool {
+    std::fs::read_dir("/proc/sys/net/netfilter")
+        .map(|dir| {
+            dir.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("nf_conntrack"))
+        })
+        .unwrap_or(false)
+}
+
+/// Without `nft`: no NAT can exist without connection tracking; with it, the rules
+/// cannot be read.
+fn without_nft(conntrack: bool) -> Reading {
+    if conntrack {
+        unreadable(
+            "`nft` is not installed, so synguard cannot read the NAT rules (apt install \
+             nftables)",
+        )
+    } else {
+        Reading {
+            ports: NatPorts::none(),
+            warning: None,
+        }
     }
 }
 
@@ -610,6 +636,19 @@ mod tests {
         ]);
         assert_eq!(found, "none");
         assert_eq!(ports(vec![]), "none");
+    }
+
+    #[test]
+    fn without_nft_only_a_machine_without_conntrack_has_no_nat() {
+        assert_eq!(without_nft(false).ports.describe(), "none");
+        assert_eq!(without_nft(false).warning, None);
+        let r = without_nft(true);
+        assert!(r.ports.is_all());
+        assert!(
+            r.warning
+                .expect("a warning")
+                .contains("apt install nftables")
+        );
     }
 
     #[test]
