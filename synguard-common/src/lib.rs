@@ -16,7 +16,7 @@ pub mod sources;
 
 /// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 11;
+pub const ABI_VERSION: u32 = 12;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -163,8 +163,9 @@ pub mod stat {
     /// Note: an ACK carried a valid cookie (or belonged to an established connection):
     /// its source is now verified.
     pub const N_VERIFIED: usize = 27;
-    /// Note: an ACK from an unverified source carried no valid cookie (passed; the kernel
-    /// answers it with a reset).
+    /// Note: an ACK from an unverified source carried no valid cookie, and a listener but no
+    /// connection has its tuple (dropped as [`R_ACK_NO_FLOW`] when it is for one of the
+    /// machine's addresses, else passed: the kernel answers it with a reset).
     pub const N_COOKIE_ACK_INVALID: usize = 28;
     /// Note: an interface entered attack mode.
     pub const N_ATTACKS: usize = 29;
@@ -190,21 +191,27 @@ pub mod stat {
     /// SYN reaches after NAT, so a cookie made here would be reset there; the kernel's own
     /// cookies, made after NAT, protect it.
     pub const R_SYN_NAT: usize = 34;
+    /// Attack mode: an ACK from an unverified source for one of the machine's addresses
+    /// (on a port no NAT rule rewrites) that belongs to no connection and carries no valid
+    /// cookie: an ACK flood's, which the kernel would answer with a reset. Dropped.
+    pub const R_ACK_NO_FLOW: usize = 35;
+    /// Attack mode: the same for an RST (which the kernel would ignore). Dropped.
+    pub const R_RST_NO_FLOW: usize = 36;
 
     /// Number of counter slots.
-    pub const COUNT: usize = 35;
+    pub const COUNT: usize = 37;
 
     /// Whether a counter is a verdict reason (each packet increments exactly one).
     pub const fn is_reason(i: usize) -> bool {
         i < 16
             || (i >= R_COOKIE_SENT && i <= R_COOKIE_FALLBACK)
             || i == R_SYN_NOT_LOCAL
-            || i == R_SYN_NAT
+            || i >= R_SYN_NAT
     }
 
     /// Every verdict reason.
-    pub const REASON_LIST: [usize; 22] = [
-        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 23, 24, 25, 26, 32, 34,
+    pub const REASON_LIST: [usize; 24] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 23, 24, 25, 26, 32, 34, 35, 36,
     ];
 
     /// Stable names, used by `status`, `--json` and metrics.
@@ -244,13 +251,15 @@ pub mod stat {
         "syn_not_local",
         "v6_ext_walked",
         "syn_nat",
+        "ack_no_flow",
+        "rst_no_flow",
     ];
 
     /// Whether a verdict reason is a drop (in `enforce` mode).
     pub const fn is_drop(reason: usize) -> bool {
         matches!(
             reason,
-            R_BLOCKED | R_BANNED | R_INVALID_FLAGS | R_SYN_LIMITED
+            R_BLOCKED | R_BANNED | R_INVALID_FLAGS | R_SYN_LIMITED | R_ACK_NO_FLOW | R_RST_NO_FLOW
         )
     }
 }

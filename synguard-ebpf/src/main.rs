@@ -652,10 +652,14 @@ fn tcp(
     if flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) != TCP_SYN {
         if flags & TCP_SYN == 0 {
             // In attack mode, an ACK from an unverified source may complete a cookie
-            // handshake: if so, its source becomes verified. The ACK always goes on to
-            // the kernel, which accepts the cookie or resets.
-            if flags & TCP_ACK != 0 && flags & TCP_RST == 0 && pkt.cookies_active() {
-                check_ack(pkt, at, &key());
+            // handshake: if so, its source becomes verified, and the ACK goes on to the
+            // kernel, which accepts the cookie. An ACK or RST that belongs to no
+            // connection and carries no valid cookie is an ACK or RST flood's: dropped
+            // (see `check_ack`).
+            if flags & (TCP_ACK | TCP_RST) != 0 && pkt.cookies_active() {
+                // SAFETY: bounds checked.
+                let dport = u16::from_be_bytes(unsafe { (*th).dest });
+                return pkt.verdict(check_ack(pkt, at, dport, &key(), flags & TCP_RST != 0));
             }
             return pkt.verdict(R_TCP_OTHER);
         }
@@ -1249,35 +1253,63 @@ fn prove_peer(ctx: &SockOpsContext) {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum AckCheck {
-    /// The ACK carried a valid cookie, or belongs to a connection the kernel knows.
+    /// The ACK carried a valid cookie, or the segment belongs to a connection the kernel
+    /// knows (established, queued, or in TIME_WAIT).
     Proven,
+    /// A listener, but no connection, and (for an ACK) no valid cookie.
     Invalid,
-    /// Nothing to learn (no listener, or the check could not run).
+    /// No socket at all for the segment's tuple.
+    NoSocket,
+    /// The check could not run (headers not readable).
     Unknown,
 }
 
-/// An ACK from an unverified source while cookies are on: does it prove the source?
+/// An ACK or RST from an unverified source while cookies are on: does it prove the
+/// source (an ACK with a valid cookie), and is it to be dropped? Its verdict:
+/// `R_TCP_OTHER`, `R_ACK_NO_FLOW` or `R_RST_NO_FLOW`. (One register for the answer: a
+/// BPF function takes at most five arguments, an `Option` would be a sixth.)
+///
+/// Dropped only when nothing could want it: no connection of this namespace has its
+/// tuple, it carries no valid cookie (the kernel would answer an ACK with a reset and
+/// ignore an RST), and the lookup speaks for the socket it would reach: the destination
+/// is one of the machine's addresses (`to_local`) and no NAT rule rewrites its port
+/// (`nat_port`; a container's connections live in its own namespace). Verified sources,
+/// segments behind IP options or IPv6 extension headers, and anything the check cannot
+/// read go on to the kernel.
 #[inline(never)]
-fn check_ack(pkt: &Packet, at: &Offsets, key: &SourceKey) {
+fn check_ack(pkt: &Packet, at: &Offsets, dport: u16, key: &SourceKey, rst: bool) -> usize {
     let now = pkt.now;
     if is_verified(key, now) || !at.simple {
-        return;
+        return R_TCP_OTHER;
     }
     let result = if at.family == FAMILY_V4 {
-        ack_v4(pkt.ctx, at)
+        ack_v4(pkt.ctx, at, rst)
     } else {
-        ack_v6(pkt.ctx, at)
+        ack_v6(pkt.ctx, at, rst)
     };
     match result {
         AckCheck::Proven => {
             // Only a correct cookie (or a real connection) gets here: forged sources never
-            // see their SYN-ACK, so they can never insert themselves.
-            if prove(key, now, pkt.cfg.verified_ns, PROOF_COOKIE) {
+            // see their SYN-ACK, so they can never insert themselves. An RST proves
+            // nothing (it only had to name a connection).
+            if !rst && prove(key, now, pkt.cfg.verified_ns, PROOF_COOKIE) {
                 pkt.note(N_VERIFIED);
             }
+            R_TCP_OTHER
         }
-        AckCheck::Invalid => pkt.note(N_COOKIE_ACK_INVALID),
-        AckCheck::Unknown => {}
+        AckCheck::Unknown => R_TCP_OTHER,
+        AckCheck::Invalid | AckCheck::NoSocket => {
+            if !rst && result == AckCheck::Invalid {
+                pkt.note(N_COOKIE_ACK_INVALID);
+            }
+            if !to_local(pkt.ctx, at) || nat_port(dport) {
+                R_TCP_OTHER
+            } else if rst {
+                R_RST_NO_FLOW
+            } else {
+                R_ACK_NO_FLOW
+            }
+        }
     }
 }
 
@@ -1288,9 +1320,10 @@ fn ack_check(
     ip: *mut c_void,
     ip_len: u32,
     l4: usize,
+    rst: bool,
 ) -> AckCheck {
     if sk.is_null() {
-        return AckCheck::Unknown;
+        return AckCheck::NoSocket;
     }
     // SAFETY: `sk` is a referenced socket from the lookup, released on every path.
     unsafe {
@@ -1299,6 +1332,11 @@ fn ack_check(
             // completed a real handshake.
             bpf_sk_release(sk as *mut c_void);
             return AckCheck::Proven;
+        }
+        if rst {
+            // An RST for no connection: a cookie means nothing to it.
+            bpf_sk_release(sk as *mut c_void);
+            return AckCheck::Invalid;
         }
         // `th` is bounds-checked for `len` bytes, the header's length.
         let r = in_place(ctx, l4, |th, len| {
@@ -1314,7 +1352,7 @@ fn ack_check(
 }
 
 #[inline(never)]
-fn ack_v4(ctx: &XdpContext, at: &Offsets) -> AckCheck {
+fn ack_v4(ctx: &XdpContext, at: &Offsets, rst: bool) -> AckCheck {
     let (Some(ip), Some(th)) = (ptr_at::<Ipv4Hdr>(ctx, at.l3), ptr_at::<[u8; 4]>(ctx, at.l4))
     else {
         return AckCheck::Unknown;
@@ -1331,11 +1369,11 @@ fn ack_v4(ctx: &XdpContext, at: &Offsets) -> AckCheck {
         &mut tuple,
         mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
     );
-    ack_check(ctx, sk, ip as *mut c_void, Ipv4Hdr::LEN as u32, at.l4)
+    ack_check(ctx, sk, ip as *mut c_void, Ipv4Hdr::LEN as u32, at.l4, rst)
 }
 
 #[inline(never)]
-fn ack_v6(ctx: &XdpContext, at: &Offsets) -> AckCheck {
+fn ack_v6(ctx: &XdpContext, at: &Offsets, rst: bool) -> AckCheck {
     let (Some(ip), Some(th)) = (ptr_at::<Ipv6Hdr>(ctx, at.l3), ptr_at::<[u8; 4]>(ctx, at.l4))
     else {
         return AckCheck::Unknown;
@@ -1352,7 +1390,7 @@ fn ack_v6(ctx: &XdpContext, at: &Offsets) -> AckCheck {
         &mut tuple,
         mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
     );
-    ack_check(ctx, sk, ip as *mut c_void, Ipv6Hdr::LEN as u32, at.l4)
+    ack_check(ctx, sk, ip as *mut c_void, Ipv6Hdr::LEN as u32, at.l4, rst)
 }
 
 /// The per-source token bucket: `R_SYN_PASSED`, `R_SYN_LIMITED` (banning the source),

@@ -79,7 +79,7 @@ impl Sample {
 }
 
 /// Drop reasons, and how each drop happens.
-const DROPS: [(&str, &str); 4] = [
+const DROPS: [(&str, &str); 6] = [
     (
         "banned",
         "dropped in XDP by an automatic ban (the source went over syn-rate and syn-burst)",
@@ -92,6 +92,15 @@ const DROPS: [(&str, &str); 4] = [
     (
         "invalid_flags",
         "SYN+FIN or SYN+RST: never valid, dropped in XDP",
+    ),
+    (
+        "ack_no_flow",
+        "in attack mode, ACKs for no connection and with no valid cookie (an ACK flood), \
+         dropped in XDP",
+    ),
+    (
+        "rst_no_flow",
+        "in attack mode, RSTs for no connection (an RST flood), dropped in XDP",
     ),
 ];
 

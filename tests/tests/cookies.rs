@@ -19,7 +19,7 @@ use synguard_common::{
 };
 use synguard_tests::{
     netns::Netns,
-    packet::{ACK, Tcp},
+    packet::{ACK, RST, Tcp},
     prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, pin_to_cpu, require_root, source_key},
 };
 
@@ -224,7 +224,8 @@ fn a_valid_cookie_ack_verifies_the_source_and_its_syns_then_pass() {
                 .seq(1001)
                 .ack_number(cookie ^ 0x5a5a_5a5a)
                 .build();
-            p.expect(&wrong, XDP_PASS, &[R_TCP_OTHER, N_COOKIE_ACK_INVALID]);
+            // It belongs to no connection either: an ACK flood's, dropped.
+            p.expect(&wrong, XDP_DROP, &[R_ACK_NO_FLOW, N_COOKIE_ACK_INVALID]);
             let key = source_key(
                 client.parse::<IpAddr>().unwrap(),
                 if client.contains(':') { 64 } else { 32 },
@@ -568,6 +569,65 @@ fn ip_here(args: &[&str]) {
         .status()
         .expect("run ip");
     assert!(st.success(), "ip {args:?}");
+}
+
+/// In attack mode an ACK or RST flood from forged sources dies in XDP: a segment for one
+/// of the machine's addresses that belongs to no connection and carries no valid cookie
+/// (the kernel would answer the ACKs with resets). Whatever a socket may want goes on: a
+/// real connection's segments, segments for another address or for a port a NAT rule
+/// rewrites; monitor mode only counts; outside attack mode nothing is looked at.
+#[test]
+fn ack_and_rst_floods_are_dropped_in_attack_mode() {
+    in_server_ns("2", || {
+        let mut p = always();
+        for (client, server) in [("198.18.0.7", SERVER), ("2001:db8:8000::7", SERVER6)] {
+            let ack = Tcp::syn(client, server)
+                .flags(ACK)
+                .seq(7)
+                .ack_number(0x1234_5678)
+                .build();
+            p.expect(&ack, XDP_DROP, &[R_ACK_NO_FLOW, N_COOKIE_ACK_INVALID]);
+            // To a port nothing listens on.
+            let ack = Tcp::syn(client, server).flags(ACK).dport(81).build();
+            p.expect(&ack, XDP_DROP, &[R_ACK_NO_FLOW]);
+            for f in [RST, RST | ACK] {
+                let rst = Tcp::syn(client, server).flags(f).build();
+                p.expect(&rst, XDP_DROP, &[R_RST_NO_FLOW]);
+            }
+        }
+        // A real connection (from this namespace to its own listener): its RST and ACK go
+        // on, and the ACK proves its source, the RST does not.
+        let conn = std::net::TcpStream::connect((SERVER, 80)).expect("connect");
+        let port = conn.local_addr().expect("local address").port();
+        let rst = Tcp::syn(SERVER, SERVER).sport(port).flags(RST).build();
+        p.expect(&rst, XDP_PASS, &[R_TCP_OTHER]);
+        let ack = Tcp::syn(SERVER, SERVER).sport(port).flags(ACK).build();
+        p.expect(&ack, XDP_PASS, &[R_TCP_OTHER, N_VERIFIED]);
+        drop(conn);
+        // Another address (a guest's), or a port a NAT rule sends to a container: the
+        // connection may live elsewhere.
+        let guest = Tcp::syn("198.18.0.8", "192.0.2.99").flags(ACK).build();
+        p.expect(&guest, XDP_PASS, &[R_TCP_OTHER]);
+        p.set_nat(&NatPorts::range(80, 80));
+        let ack = Tcp::syn("198.18.0.8", SERVER).flags(ACK).build();
+        p.expect(&ack, XDP_PASS, &[R_TCP_OTHER, N_COOKIE_ACK_INVALID]);
+        p.set_nat(&NatPorts::none());
+        // Monitor mode counts the drop and passes.
+        p.set("mode", "monitor");
+        p.expect(
+            &ack,
+            XDP_PASS,
+            &[R_ACK_NO_FLOW, N_COOKIE_ACK_INVALID, N_MONITOR_PASSED],
+        );
+        // Outside attack mode, no lookup: every ACK goes on.
+        let calm = Prog::new(settings(&[("syn-cookies", "off")]));
+        calm.expect(&ack, XDP_PASS, &[R_TCP_OTHER]);
+        calm.expect(
+            &Tcp::syn("198.18.0.8", SERVER).flags(RST).build(),
+            XDP_PASS,
+            &[R_TCP_OTHER],
+        );
+    });
 }
 
 /// The program looks the listener up with the SYN's tuple before NAT: for a port a NAT
