@@ -38,6 +38,9 @@ pub struct FloodSpec {
     pub dport: u16,
     /// SYNs per second in all; `None` is flat out.
     pub rate: Option<u64>,
+    /// The TCP flags of every segment: `packet::SYN` for a SYN flood; `packet::ACK` or
+    /// `packet::RST` for ACK and RST floods.
+    pub flags: u8,
     pub duration: Duration,
     pub threads: usize,
     /// Frames per `sendmmsg`.
@@ -156,7 +159,7 @@ impl Frame {
         let tcp = &mut buf[ETH + ip_len..];
         tcp[2..4].copy_from_slice(&spec.dport.to_be_bytes());
         tcp[12] = ((TCP_LEN / 4) as u8) << 4;
-        tcp[13] = 0x02; // SYN
+        tcp[13] = spec.flags;
         tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
         tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
         Self { buf, v6 }
@@ -348,6 +351,7 @@ mod tests {
             dst: dst.parse().unwrap(),
             dport: 80,
             rate: None,
+            flags: crate::packet::SYN,
             duration: Duration::from_secs(1),
             threads: 1,
             batch: 1,

@@ -595,6 +595,7 @@ pub fn run(
             dst: SERVER4.parse()?,
             dport: 80,
             rate,
+            flags: crate::packet::SYN,
             duration,
             threads: if rate.is_some() { 2 } else { 1 },
             batch: 64,

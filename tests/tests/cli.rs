@@ -711,6 +711,7 @@ fn suppressed_ban_events_are_found_by_the_sweep() {
         dst: "192.0.2.1".parse().unwrap(),
         dport: 80,
         rate: None,
+        flags: synguard_tests::packet::SYN,
         duration: Duration::from_millis(300),
         threads: 1,
         batch: 64,

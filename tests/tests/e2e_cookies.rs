@@ -14,6 +14,7 @@ use synguard_common::stat::*;
 use synguard_tests::{
     flood::{self, FloodSpec, Source},
     lab::{self, LabNet, Profile, RunSpec, Scenario, mac_of, request},
+    packet::{ACK, RST, SYN},
     prog::require_root,
     synguard_bin,
 };
@@ -144,6 +145,12 @@ fn forged_ipv6_flood_on_a_server_without_cookies() {
 }
 
 fn flood(net: &LabNet, seconds: f64) -> u64 {
+    flood_of(net, SYN, seconds)
+}
+
+/// Segments with these TCP flags from random sources in 198.18.0.0/15 to the server's
+/// port 80, 20,000 a second: how many were sent.
+fn flood_of(net: &LabNet, flags: u8, seconds: f64) -> u64 {
     let spec = FloodSpec {
         ifindex: net.attacker.ifindex("eth0"),
         src_mac: mac_of(&net.attacker, "eth0").expect("mac"),
@@ -152,6 +159,7 @@ fn flood(net: &LabNet, seconds: f64) -> u64 {
         dst: "192.0.2.1".parse().expect("addr"),
         dport: 80,
         rate: Some(20_000),
+        flags,
         duration: Duration::from_secs_f64(seconds),
         threads: 1,
         batch: 32,
@@ -276,4 +284,46 @@ fn a_port_published_by_dnat_keeps_working_in_attack_mode() {
     assert_eq!(after[R_COOKIE_SENT] - before[R_COOKIE_SENT], 1);
     assert!(broken.is_err(), "the container reset the cookie's ACK");
     fetch(&net, "198.51.100.24", "192.0.2.1:80").expect("fine again");
+}
+
+/// ACK and RST floods from forged sources while attack mode is on die in XDP, counted
+/// under their own names (which `status` shows); employees keep working.
+#[test]
+fn ack_and_rst_floods_die_in_xdp_in_attack_mode() {
+    require_root();
+    let mut net = LabNet::new(Profile::Defaults).expect("lab");
+    net.start_synguard(&["--syn-cookies".into(), "always".into()])
+        .expect("synguard");
+    for (flags, reason, employee) in [
+        (ACK, R_ACK_NO_FLOW, "198.51.100.25"),
+        (RST, R_RST_NO_FLOW, "198.51.100.26"),
+    ] {
+        let before = net.counters().expect("counters");
+        let sent = flood_of(&net, flags, 1.0);
+        let after = net.counters().expect("counters");
+        assert!(sent > 10_000, "a flood: {sent}");
+        let dropped = after[reason] - before[reason];
+        assert!(
+            dropped as f64 >= 0.99 * sent as f64 && dropped <= sent,
+            "{} dropped {dropped} of {sent}",
+            NAMES[reason]
+        );
+        fetch(&net, employee, "192.0.2.1:80")
+            .unwrap_or_else(|e| panic!("an employee during attack mode: {e}"));
+    }
+    let status = net.server.exec(&[
+        synguard_bin().to_str().expect("utf-8"),
+        "--pin-dir",
+        net.bpffs.pin_dir().to_str().expect("utf-8"),
+        "status",
+        "--json",
+    ]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    for name in ["ack_no_flow", "rst_no_flow"] {
+        assert!(
+            status["counters"][name].as_u64().unwrap_or(0) > 10_000,
+            "{name} in {}",
+            status["counters"]
+        );
+    }
 }

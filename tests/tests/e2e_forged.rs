@@ -42,6 +42,7 @@ fn flood(lab: &Lab, from: &str, rate: u64, duration: Duration) -> thread::JoinHa
         dst: "192.0.2.1".parse().expect("addr"),
         dport: 80,
         rate: Some(rate),
+        flags: synguard_tests::packet::SYN,
         duration,
         threads: 1,
         batch: 16,

@@ -81,6 +81,7 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
         dst: "192.0.2.1".parse().expect("addr"),
         dport: 80,
         rate: Some(20_000),
+        flags: synguard_tests::packet::SYN,
         duration: Duration::from_millis(300),
         threads: 1,
         batch: 16,

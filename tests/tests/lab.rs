@@ -133,6 +133,7 @@ fn flood_generator_reports_what_it_sent() {
             dst: dst.parse().unwrap(),
             dport: 80,
             rate: Some(50_000),
+            flags: synguard_tests::packet::SYN,
             duration: Duration::from_millis(500),
             threads: 2,
             batch: 32,

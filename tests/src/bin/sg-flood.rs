@@ -82,6 +82,7 @@ fn main() -> ExitCode {
         dst: a.dst,
         dport: a.dport,
         rate: (a.rate > 0).then_some(a.rate),
+        flags: synguard_tests::packet::SYN,
         duration: Duration::from_secs_f64(a.seconds.clamp(0.01, 3600.0)),
         threads: a.threads.clamp(1, 64),
         batch: a.batch.clamp(1, 1024),
