@@ -15,6 +15,16 @@ use crate::{
 };
 
 pub const TARGET: &str = "192.0.2.1:80";
+
+/// Fetch the page at [`TARGET`] from inside `ns`, from a chosen address of it or the
+/// one routing picks.
+pub fn fetch_in(ns: &Netns, local: Option<&str>, timeout: Duration) -> Result<Duration, String> {
+    let target: std::net::SocketAddr = TARGET.parse().expect("addr");
+    let local = local.map(|a| a.parse().expect("addr"));
+    ns.spawn(move || crate::traffic::fetch_as(local, target, timeout))
+        .join()
+        .expect("client thread")
+}
 pub const CLIENT: &str = "198.51.100.10";
 pub const ATTACKER: &str = "203.0.113.66";
 

@@ -26,6 +26,18 @@ fn syncookies(net: &LabNet) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `synguard status --json` on the server.
+fn status_json(net: &LabNet) -> serde_json::Value {
+    let out = net.server.exec(&[
+        synguard_bin().to_str().expect("utf-8"),
+        "--pin-dir",
+        net.bpffs.pin_dir().to_str().expect("utf-8"),
+        "status",
+        "--json",
+    ]);
+    serde_json::from_slice(&out.stdout).expect("status json")
+}
+
 fn fetch(net: &LabNet, from: &str, to: &str) -> Result<Duration, String> {
     let local = from.parse().expect("addr");
     let target: SocketAddr = to.parse().expect("addr");
@@ -246,14 +258,7 @@ fn a_port_published_by_dnat_keeps_working_in_attack_mode() {
     let mut net = LabNet::new(Profile::Container).expect("lab");
     net.start_synguard(&["--syn-cookies".into(), "always".into()])
         .expect("synguard");
-    let status = net.server.exec(&[
-        synguard_bin().to_str().expect("utf-8"),
-        "--pin-dir",
-        net.bpffs.pin_dir().to_str().expect("utf-8"),
-        "status",
-        "--json",
-    ]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let status = status_json(&net);
     assert_eq!(status["nat_ports"], "80", "{status}");
 
     // Addresses that have not connected yet, so their SYNs meet attack mode.
@@ -311,14 +316,7 @@ fn ack_and_rst_floods_die_in_xdp_in_attack_mode() {
         fetch(&net, employee, "192.0.2.1:80")
             .unwrap_or_else(|e| panic!("an employee during attack mode: {e}"));
     }
-    let status = net.server.exec(&[
-        synguard_bin().to_str().expect("utf-8"),
-        "--pin-dir",
-        net.bpffs.pin_dir().to_str().expect("utf-8"),
-        "status",
-        "--json",
-    ]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let status = status_json(&net);
     for name in ["ack_no_flow", "rst_no_flow"] {
         assert!(
             status["counters"][name].as_u64().unwrap_or(0) > 10_000,

@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{TcpListener, TcpStream},
     sync::{Arc, atomic::AtomicBool},
     thread,
     time::Duration,
@@ -19,18 +19,10 @@ use synguard_tests::{
     baseline::{Noop, XDP_PASS},
     flood::{self, FloodSpec, Source},
     lab::mac_of,
-    netns::Netns,
     prog::require_root,
-    topo::{ATTACKER, CLIENT, Lab, TARGET},
-    traffic::{Server, fetch},
+    topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
+    traffic::Server,
 };
-
-fn fetch_from(ns: &Netns, timeout: Duration) -> Result<Duration, String> {
-    let target: SocketAddr = TARGET.parse().expect("addr");
-    ns.spawn(move || fetch(target, timeout))
-        .join()
-        .expect("client thread")
-}
 
 /// SYNs at `rate` a second for `duration` from the attacker's link, with source `from`.
 fn flood(lab: &Lab, from: &str, rate: u64, duration: Duration) -> thread::JoinHandle<u64> {
@@ -97,7 +89,7 @@ fn forged_syns_never_cut_off_their_victim_and_a_real_flooder_is_still_banned() {
     let maps = Maps::from_pins(&lab.pin_dir()).expect("open the pinned maps");
 
     // The employee works, which proves it owns its address.
-    fetch_from(&lab.client, Duration::from_secs(5)).expect("the employee before the flood");
+    fetch_in(&lab.client, None, Duration::from_secs(5)).expect("the employee before the flood");
     assert_eq!(lab.json(&["explain", CLIENT])["proof"]["proven"], true);
     let conn = lab
         .client
@@ -129,7 +121,7 @@ fn forged_syns_never_cut_off_their_victim_and_a_real_flooder_is_still_banned() {
     let mut fetched = 0;
     for n in 1..=10u32 {
         echo_once(n);
-        fetch_from(&lab.client, Duration::from_secs(3))
+        fetch_in(&lab.client, None, Duration::from_secs(3))
             .unwrap_or_else(|e| panic!("the employee's new connection {n} during the flood: {e}"));
         fetched += 1;
         thread::sleep(Duration::from_millis(100));
@@ -165,7 +157,7 @@ fn forged_syns_never_cut_off_their_victim_and_a_real_flooder_is_still_banned() {
     );
     // After the flood: its connections, old and new, as before.
     echo_once(99);
-    fetch_from(&lab.client, Duration::from_secs(3)).expect("the employee after the flood");
+    fetch_in(&lab.client, None, Duration::from_secs(3)).expect("the employee after the flood");
     drop(reader);
     drop(conn);
     let _ = echo.join();

@@ -6,7 +6,6 @@
 //! `sysctl` besides synguard itself, so it runs in the matrix's minimal guests.
 
 use std::{
-    net::SocketAddr,
     sync::{Arc, atomic::AtomicBool},
     thread,
     time::{Duration, Instant},
@@ -18,25 +17,10 @@ use synguard_tests::{
     baseline::{Noop, XDP_PASS},
     flood::{self, FloodSpec, Source},
     lab::mac_of,
-    netns::Netns,
     prog::require_root,
-    topo::{ATTACKER, CLIENT, Lab, TARGET},
-    traffic::{Server, fetch_as},
+    topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
+    traffic::Server,
 };
-
-/// Fetch the page from inside `ns`.
-fn fetch_from(ns: &Netns, timeout: Duration) -> Result<Duration, String> {
-    fetch_from_as(ns, None, timeout)
-}
-
-/// The same from a chosen address of the namespace.
-fn fetch_from_as(ns: &Netns, local: Option<&str>, timeout: Duration) -> Result<Duration, String> {
-    let target: SocketAddr = TARGET.parse().expect("addr");
-    let local = local.map(|a| a.parse().expect("addr"));
-    ns.spawn(move || fetch_as(local, target, timeout))
-        .join()
-        .expect("client thread")
-}
 
 /// A second address of the employee's host, which connects only once cookies are on.
 const NEWCOMER: &str = "198.51.100.11";
@@ -62,7 +46,7 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
     let mut daemon = lab.daemon(&["run", "--iface", "sgc", "--iface", "sga"]);
     let maps = Maps::from_pins(&lab.pin_dir()).expect("open the pinned maps");
 
-    fetch_from(employee, Duration::from_secs(5)).expect("the employee before any flood");
+    fetch_in(employee, None, Duration::from_secs(5)).expect("the employee before any flood");
     // The handshake it completed proves it owns its address (the sock_ops program).
     let proof = &lab.json(&["explain", CLIENT])["proof"];
     assert_eq!(proof["proven"], true, "{proof}");
@@ -121,10 +105,10 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
     assert!(c[R_SYN_LIMITED] >= 1, "{c:?}");
     // Its own next connection is dropped; the employee's are not.
     assert!(
-        fetch_from(flooder, Duration::from_secs(1)).is_err(),
+        fetch_in(flooder, None, Duration::from_secs(1)).is_err(),
         "the banned flooder connected"
     );
-    fetch_from(employee, Duration::from_secs(5)).expect("the employee during the ban");
+    fetch_in(employee, None, Duration::from_secs(5)).expect("the employee during the ban");
 
     // Cookies for every unverified SYN: the handshake of a client that has not proven
     // itself yet (another address of the employee's host) is answered in XDP and
@@ -148,7 +132,7 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
     }
     let slot = server.ifindex("sgc");
     let before = maps.counters(slot).expect("counters");
-    fetch_from_as(employee, Some(NEWCOMER), Duration::from_secs(5))
+    fetch_in(employee, Some(NEWCOMER), Duration::from_secs(5))
         .expect("a newcomer through a cookie");
     let after = maps.counters(slot).expect("counters");
     assert_eq!(
@@ -162,7 +146,7 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
         "the cookie ACK verified the employee"
     );
     // Verified: its next SYN goes straight to the kernel.
-    fetch_from_as(employee, Some(NEWCOMER), Duration::from_secs(5)).expect("the verified newcomer");
+    fetch_in(employee, Some(NEWCOMER), Duration::from_secs(5)).expect("the verified newcomer");
     let last = maps.counters(slot).expect("counters");
     assert_eq!(last[R_SYN_VERIFIED] - after[R_SYN_VERIFIED], 1);
     assert_eq!(last[R_COOKIE_SENT], after[R_COOKIE_SENT]);
