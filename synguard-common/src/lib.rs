@@ -13,10 +13,11 @@
 pub mod clock;
 pub mod gcra;
 pub mod sources;
+pub mod synack;
 
 /// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 12;
+pub const ABI_VERSION: u32 = 13;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -386,6 +387,12 @@ pub struct Config {
     /// How long the SYN rate must stay below half of `attack_syn_rate` before attack mode
     /// ends ([`ATTACK_CALM_NS`]; tests shorten it).
     pub attack_calm_ns: u64,
+    /// The value of `net.ipv4.tcp_timestamps` before attack mode set it to 2, or -1 (see
+    /// [`synack`]); kept here for the same reason as `saved_syncookies`.
+    pub saved_timestamps: i32,
+    /// What a cookie SYN-ACK may offer besides the MSS: a [`synack::cookie_opts`] word
+    /// `run` derives from the kernel's settings and keeps current (0: the MSS only).
+    pub cookie_opts: u32,
     /// Protected destination ports, bit `p % 64` of word `p / 64` (host order port).
     pub ports: [u64; PORT_WORDS],
     /// Secret key of the sources table's hash ([`sources::set_of`]), drawn once when the
@@ -956,7 +963,7 @@ const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 7));
 const _: () = assert!(core::mem::size_of::<CpuRates>() == 16 * capacity::MAX_CPUS as usize);
 const _: () = assert!(core::mem::size_of::<Proof>() == 24);
 const _: () = assert!(core::mem::size_of::<IfState>() == 56);
-const _: () = assert!(core::mem::size_of::<Config>() == 152 + 8 * PORT_WORDS);
+const _: () = assert!(core::mem::size_of::<Config>() == 160 + 8 * PORT_WORDS);
 const _: () = assert!(stat::NAMES.len() == stat::COUNT);
 
 #[cfg(test)]

@@ -44,8 +44,9 @@ use aya_ebpf::{
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, tcphdr, xdp_action,
     },
     helpers::generated::{
-        bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_sk_release,
-        bpf_skc_lookup_tcp, bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail,
+        bpf_check_mtu, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns,
+        bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie, bpf_tcp_gen_syncookie,
+        bpf_xdp_adjust_tail,
     },
     macros::{map, sock_ops, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -68,6 +69,7 @@ use synguard_common::{
     rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     sources::{self, Slot},
     stat::{self, *},
+    synack::{self, SynOptions, SynackOptions},
 };
 
 #[map]
@@ -719,9 +721,9 @@ fn tcp(
     let reason = if !at.simple {
         R_COOKIE_FALLBACK
     } else if at.family == FAMILY_V4 {
-        syn_cookie_v4(ctx, at)
+        syn_cookie_v4(ctx, at, pkt.cfg.cookie_opts)
     } else {
-        syn_cookie_v6(ctx, at)
+        syn_cookie_v6(ctx, at, pkt.cfg.cookie_opts)
     };
     pkt.verdict(reason)
 }
@@ -873,8 +875,10 @@ fn emit_attack(pkt: &Packet, kind: u32, rate: u64, syns: u64, now: u64) {
 }
 
 const TCP_LISTEN: u32 = 10;
-/// The TCP header of a cookie SYN-ACK: 20 bytes and the MSS option.
-const SYNACK_TCP_LEN: usize = 24;
+/// The TCP header of a cookie SYN-ACK: 20 bytes and the options (see [`synack`]).
+const SYNACK_TCP_LEN: usize = 20 + synack::OPTIONS_LEN;
+const TCP_ECE: u8 = 0x40;
+const TCP_CWR: u8 = 0x80;
 
 /// Call `f` on the TCP header at `l4` in the packet, with its length (`doff * 4`, which
 /// the cookie helpers require), or -1 for a header that is not there or shorter than 20
@@ -970,11 +974,12 @@ struct SynackFrame {
     tcp: *mut u8,
 }
 
-/// Resize the frame to end right after a 24-byte TCP header at `l4`, with an `IP`-byte IP
-/// header at `l3`, and return its headers. Each is bounds-checked through [`ptr_at`]
-/// itself, for a constant size from its own offset: verifiers before 6.x (6.1 among them)
-/// only credit a bounds check to the pointer it was made on, so a check of `l4 + 24` on
-/// the frame's start would not cover the accesses at `l3`.
+/// Resize the frame to end right after a [`SYNACK_TCP_LEN`]-byte TCP header at `l4`,
+/// with an `IP`-byte IP header at `l3`, and return its headers. Each is bounds-checked
+/// through [`ptr_at`] itself, for a constant size from its own offset: verifiers before
+/// 6.x (6.1 among them) only credit a bounds check to the pointer it was made on, so a
+/// check of the TCP header's end on the frame's start would not cover the accesses at
+/// `l3`.
 #[inline(always)]
 fn resize_for_synack<const IP: usize>(
     ctx: &XdpContext,
@@ -1029,14 +1034,14 @@ unsafe fn swap_bytes<const N: usize>(a: *mut u8, b: *mut u8) {
     }
 }
 
-/// Turn the SYN's TCP header at `tcp` into the cookie SYN-ACK's (24 bytes, in place) and
-/// checksum it, given the pseudo-header sum.
+/// Turn the SYN's TCP header at `tcp` into the cookie SYN-ACK's ([`SYNACK_TCP_LEN`]
+/// bytes, in place) with the options `o`, and checksum it, given the pseudo-header sum.
 ///
 /// # Safety
-/// `tcp` valid for 24 bytes.
+/// `tcp` valid for [`SYNACK_TCP_LEN`] bytes.
 #[inline(always)]
-unsafe fn write_synack_tcp(tcp: *mut u8, cookie: u32, mss: u16, pseudo: u32) {
-    // SAFETY: within the 24 bytes the caller vouches for.
+unsafe fn write_synack_tcp(tcp: *mut u8, cookie: u32, o: &SynackOptions, pseudo: u32) {
+    // SAFETY: within the bytes the caller vouches for.
     unsafe {
         swap_bytes::<2>(tcp, tcp.add(2));
         let client_seq = (tcp.add(4) as *const u32).read_unaligned();
@@ -1044,19 +1049,97 @@ unsafe fn write_synack_tcp(tcp: *mut u8, cookie: u32, mss: u16, pseudo: u32) {
         (tcp.add(4) as *mut u32).write_unaligned(cookie.to_be());
         (tcp.add(8) as *mut u32).write_unaligned(ack.to_be());
         *tcp.add(12) = ((SYNACK_TCP_LEN / 4) as u8) << 4;
-        *tcp.add(13) = TCP_SYN | TCP_ACK;
+        *tcp.add(13) = if o.ecn {
+            TCP_SYN | TCP_ACK | TCP_ECE
+        } else {
+            TCP_SYN | TCP_ACK
+        };
         (tcp.add(14) as *mut u16).write_unaligned(65535u16.to_be());
         (tcp.add(16) as *mut u32).write_unaligned(0); // checksum and urgent pointer
-        (tcp.add(20) as *mut u32)
-            .write_unaligned(u32::from_be_bytes([2, 4, (mss >> 8) as u8, mss as u8]).to_be());
+        let words = synack::option_words(o);
+        let mut i = 0;
+        while i < words.len() {
+            (tcp.add(20 + 4 * i) as *mut u32).write_unaligned(words[i].to_be());
+            i += 1;
+        }
         let sum =
             sum16::<SYNACK_TCP_LEN>(tcp, pseudo + SYNACK_TCP_LEN as u32 + u32::from(IPPROTO_TCP));
         (tcp.add(16) as *mut u16).write_unaligned(fold(sum).to_be());
     }
 }
 
-/// Ask the kernel for a cookie for this SYN from its listener: (cookie, MSS), or `None`
-/// (and why, as a verdict reason).
+/// What the SYN at `l4` offers in its options (see [`synack::syn_options`]): the first
+/// six words of its options, read from a header bounds-checked for a constant length
+/// (one branch per length that matters), zero past its end.
+#[inline(always)]
+fn syn_options(ctx: &XdpContext, l4: usize) -> SynOptions {
+    let Some(th) = ptr_at::<[u8; 20]>(ctx, l4) else {
+        return SynOptions::NONE;
+    };
+    // SAFETY: bounds checked; byte 12 holds the data offset.
+    let doff = unsafe { *(th as *const u8).add(12) } >> 4;
+    let mut w = [0u32; 6];
+    macro_rules! read {
+        ($len:literal, $words:literal) => {
+            if let Some(p) = ptr_at::<[u8; $len]>(ctx, l4) {
+                let mut i = 0;
+                while i < $words {
+                    // SAFETY: `20 + 4 * i + 4 <= $len`, within the checked header.
+                    w[i] = u32::from_be(unsafe {
+                        ((p as *const u8).add(20 + 4 * i) as *const u32).read_unaligned()
+                    });
+                    i += 1;
+                }
+            }
+        };
+    }
+    match doff {
+        9 => read!(36, 4),
+        10 => read!(40, 5),
+        11 => read!(44, 6),
+        6..=15 => read!(24, 1),
+        _ => {}
+    }
+    synack::syn_options(u32::from(doff), &w)
+}
+
+/// The options of the cookie SYN-ACK answering the SYN at `l4` (read before the frame is
+/// rewritten): what the SYN offered, what the kernel's settings allow (`cookie_opts`,
+/// from the config), the time, and the interface's MSS (`ip_overhead`: the IP and TCP
+/// headers' 40 or 60 bytes under the MTU). `ecn_capable` says the SYN's IP header is
+/// ECN-capable, which the kernel takes as a middlebox's doing: no ECN then.
+#[inline(always)]
+fn synack_options_for(
+    ctx: &XdpContext,
+    l4: usize,
+    cookie_opts: u32,
+    ecn_capable: bool,
+    ip_overhead: u32,
+) -> SynackOptions {
+    let mut syn = syn_options(ctx, l4);
+    if let Some(th) = ptr_at::<[u8; 20]>(ctx, l4) {
+        // SAFETY: bounds checked.
+        let flags = unsafe { (*th)[TCP_FLAGS_OFFSET] };
+        syn.ecn = flags & (TCP_ECE | TCP_CWR) == TCP_ECE | TCP_CWR && !ecn_capable;
+    }
+    let mut mtu: u32 = 0;
+    // SAFETY: `mtu` is a valid u32; ifindex 0 is the receiving device (the SYN-ACK leaves
+    // through it). The helper stores the MTU whatever it returns.
+    unsafe { bpf_check_mtu(ctx.ctx as *mut c_void, 0, &mut mtu, 0, 0) };
+    let route_mss = if mtu > ip_overhead + 536 {
+        mtu - ip_overhead
+    } else {
+        536
+    };
+    // SAFETY: a helper without arguments. The coarse clock lags the one the server's
+    // later timestamps come from, never leads it (see `synack_options`).
+    let now_ms = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000) as u32;
+    synack::synack_options(&syn, cookie_opts, now_ms, route_mss)
+}
+
+/// Ask the kernel for a cookie for this SYN from its listener, or why not (a verdict
+/// reason). The MSS the cookie encodes (the client's, rounded down to the kernel's table)
+/// is what the server sends with; the SYN-ACK advertises its own (`synack_options_for`).
 #[inline(always)]
 fn gen_cookie(
     ctx: &XdpContext,
@@ -1065,7 +1148,7 @@ fn gen_cookie(
     ip: *mut c_void,
     ip_len: u32,
     l4: usize,
-) -> Result<(u32, u16), usize> {
+) -> Result<u32, usize> {
     let sk = lookup_sock(ctx, tuple, tuple_size);
     if sk.is_null() {
         return Err(R_COOKIE_NO_LISTENER);
@@ -1086,13 +1169,13 @@ fn gen_cookie(
     if value < 0 {
         return Err(R_COOKIE_FALLBACK);
     }
-    Ok((value as u32, (value >> 32) as u16))
+    Ok(value as u32)
 }
 
 /// Answer an IPv4 SYN with a cookie SYN-ACK made by the kernel for its listener, built
 /// in place and sent back with XDP_TX.
 #[inline(never)]
-fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets) -> usize {
+fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
     let (l3, l4) = (at.l3, at.l4);
     let (Some(ip), Some(th)) = (ptr_at::<Ipv4Hdr>(ctx, l3), ptr_at::<[u8; 4]>(ctx, l4)) else {
         return R_COOKIE_FALLBACK;
@@ -1106,7 +1189,7 @@ fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets) -> usize {
         core::ptr::copy_nonoverlapping((ip as *const u8).add(12), t, 8);
         core::ptr::copy_nonoverlapping(th as *const u8, t.add(8), 4);
     }
-    let (cookie, mss) = match gen_cookie(
+    let cookie = match gen_cookie(
         ctx,
         &mut tuple,
         mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
@@ -1117,6 +1200,9 @@ fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets) -> usize {
         Ok(c) => c,
         Err(reason) => return reason,
     };
+    // SAFETY: bounds checked; the ECN field is the low two bits of the TOS byte.
+    let ecn_capable = unsafe { *(ip as *const u8).add(1) } & 3 != 0;
+    let o = synack_options_for(ctx, l4, cookie_opts, ecn_capable, 40);
     let Some(f) = resize_for_synack::<{ Ipv4Hdr::LEN }>(ctx, l3, l4) else {
         return R_COOKIE_FALLBACK;
     };
@@ -1134,14 +1220,14 @@ fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets) -> usize {
         swap_bytes::<4>(ip.add(12), ip.add(16));
         (ip.add(10) as *mut u16).write_unaligned(fold(sum16::<20>(ip, 0)).to_be());
         let pseudo = sum16::<8>(ip.add(12), 0);
-        write_synack_tcp(f.tcp, cookie, mss, pseudo);
+        write_synack_tcp(f.tcp, cookie, &o, pseudo);
     }
     R_COOKIE_SENT
 }
 
 /// Answer an IPv6 SYN the same way.
 #[inline(never)]
-fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets) -> usize {
+fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
     let (l3, l4) = (at.l3, at.l4);
     let (Some(ip), Some(th)) = (ptr_at::<Ipv6Hdr>(ctx, l3), ptr_at::<[u8; 4]>(ctx, l4)) else {
         return R_COOKIE_FALLBACK;
@@ -1155,7 +1241,7 @@ fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets) -> usize {
         core::ptr::copy_nonoverlapping((ip as *const u8).add(8), t, 32);
         core::ptr::copy_nonoverlapping(th as *const u8, t.add(32), 4);
     }
-    let (cookie, mss) = match gen_cookie(
+    let cookie = match gen_cookie(
         ctx,
         &mut tuple,
         mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
@@ -1166,6 +1252,10 @@ fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets) -> usize {
         Ok(c) => c,
         Err(reason) => return reason,
     };
+    // SAFETY: bounds checked; the ECN field is the low two bits of the traffic class,
+    // bits 4-5 of the second byte.
+    let ecn_capable = (unsafe { *(ip as *const u8).add(1) } >> 4) & 3 != 0;
+    let o = synack_options_for(ctx, l4, cookie_opts, ecn_capable, 60);
     let Some(f) = resize_for_synack::<{ Ipv6Hdr::LEN }>(ctx, l3, l4) else {
         return R_COOKIE_FALLBACK;
     };
@@ -1179,7 +1269,7 @@ fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets) -> usize {
         *ip.add(7) = 64;
         swap_bytes::<16>(ip.add(8), ip.add(24));
         let pseudo = sum16::<32>(ip.add(8), 0);
-        write_synack_tcp(f.tcp, cookie, mss, pseudo);
+        write_synack_tcp(f.tcp, cookie, &o, pseudo);
     }
     R_COOKIE_SENT
 }

@@ -564,6 +564,8 @@ impl Settings {
             daemon_pid: 0,
             saved_syncookies: -1,
             attack_calm_ns: synguard_common::ATTACK_CALM_NS,
+            saved_timestamps: -1,
+            cookie_opts: 0,
             ports: self.ports.bitmap(),
             // Drawn by `Maps::write_config` when the maps are new, kept after that.
             source_seed: [0; synguard_common::sources::SEED_WORDS],
@@ -577,6 +579,8 @@ impl Settings {
         c.build_id = current.build_id;
         c.daemon_pid = current.daemon_pid;
         c.saved_syncookies = current.saved_syncookies;
+        c.saved_timestamps = current.saved_timestamps;
+        c.cookie_opts = current.cookie_opts;
         c.attack_calm_ns = current.attack_calm_ns;
         c.source_seed = current.source_seed;
         c

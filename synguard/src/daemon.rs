@@ -288,6 +288,8 @@ struct Daemon {
     locals: std::collections::BTreeSet<std::net::IpAddr>,
     /// What the last reading of the NAT rules found (see `nat`); `None` before the first.
     nat: Option<crate::nat::Reading>,
+    /// When cookies were last answered from XDP (see `manage_syncookies`).
+    cookies_wanted: Option<Instant>,
 }
 
 impl Daemon {
@@ -515,18 +517,31 @@ impl Daemon {
         self.manage_syncookies();
     }
 
-    /// Keep `net.ipv4.tcp_syncookies` at 2 while cookies are answered from XDP (the
-    /// kernel's helper issues cookies only then), and put the previous value back
-    /// afterwards. The previous value is kept in the pinned config, so a `run` after a
-    /// crash restores it.
+    /// Keep the kernel settings cookies answered from XDP need while they are (see
+    /// `sysctls`), and put the previous values back afterwards: `tcp_syncookies` at once,
+    /// `tcp_timestamps` six calm periods later (a minute by default), so the ACKs of the
+    /// last cookies are still read without timestamp offsets. Every second: this also
+    /// keeps the cookie SYN-ACK's options in step with the kernel's settings.
     fn manage_syncookies(&mut self) {
         let want = match self.settings.syn_cookies {
             crate::config::Cookies::Always => true,
             crate::config::Cookies::Auto => !self.attacks.is_empty(),
             crate::config::Cookies::Off => false,
         };
-        if let Err(e) = sync_syncookies(&self.pin_dir, &mut self.maps, want) {
+        if want {
+            self.cookies_wanted = Some(Instant::now());
+        }
+        let calm = self
+            .maps
+            .read_config()
+            .map_or(synguard_common::ATTACK_CALM_NS, |c| c.attack_calm_ns);
+        let linger = Duration::from_nanos(calm.saturating_mul(6));
+        let want_ts = want || self.cookies_wanted.is_some_and(|t| t.elapsed() < linger);
+        if let Err(e) = crate::sysctls::sync_syncookies(&self.pin_dir, &mut self.maps, want) {
             log::error!("managing net.ipv4.tcp_syncookies: {e:#}");
+        }
+        if let Err(e) = crate::sysctls::sync_timestamps(&self.pin_dir, &mut self.maps, want_ts) {
+            log::error!("managing net.ipv4.tcp_timestamps: {e:#}");
         }
     }
 
@@ -937,6 +952,7 @@ fn start(
     if let Some(prev) = previous {
         // What a previous run changed and must be able to restore, and internal tuning.
         kernel_cfg.saved_syncookies = prev.saved_syncookies;
+        kernel_cfg.saved_timestamps = prev.saved_timestamps;
         if prev.attack_calm_ns != 0 {
             kernel_cfg.attack_calm_ns = prev.attack_calm_ns;
         }
@@ -1172,6 +1188,7 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         protected: Vec::new(),
         locals: Default::default(),
         nat: None,
+        cookies_wanted: None,
     };
     daemon.journal(journal::Event::Start {
         version: crate::version::LONG.to_string(),
@@ -1259,10 +1276,8 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         log::warn!("the last rate sample: {e:#}");
     }
 
-    if (!args.keep || daemon.attacks.is_empty())
-        && let Err(e) = sync_syncookies(&pin_dir, &mut daemon.maps, false)
-    {
-        log::error!("restoring net.ipv4.tcp_syncookies: {e:#}");
+    if !args.keep || daemon.attacks.is_empty() {
+        crate::sysctls::sync_all(&pin_dir, &mut daemon.maps, false);
     }
     daemon.journal(journal::Event::Stop {
         reason: why.to_string(),
@@ -1287,49 +1302,6 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
     remove_pins(&pin_dir)?;
     pins::unprepare(&pin_dir, &prepared);
     log::info!("removed the pinned state in {}", pin_dir.display());
-    Ok(())
-}
-
-const SYNCOOKIES: &str = "/proc/sys/net/ipv4/tcp_syncookies";
-
-fn read_syncookies() -> anyhow::Result<i32> {
-    let text = fs::read_to_string(SYNCOOKIES).with_context(|| format!("reading {SYNCOOKIES}"))?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("{SYNCOOKIES} holds {text:?}"))
-}
-
-fn write_syncookies(v: i32) -> anyhow::Result<()> {
-    fs::write(SYNCOOKIES, format!("{v}\n")).with_context(|| format!("writing {v} to {SYNCOOKIES}"))
-}
-
-/// Set `net.ipv4.tcp_syncookies` to 2 (`want`) or back to the value saved in the pinned
-/// config, saying what it does.
-pub fn sync_syncookies(pin_dir: &Path, maps: &mut Maps, want: bool) -> anyhow::Result<()> {
-    let current = read_syncookies()?;
-    let _lock = pins::lock_writers(pin_dir)?;
-    let mut cfg = maps.read_config()?;
-    if want {
-        if current != 2 {
-            if cfg.saved_syncookies < 0 {
-                cfg.saved_syncookies = current;
-                maps.write_config(&cfg)?;
-            }
-            write_syncookies(2)?;
-            log::info!(
-                "set net.ipv4.tcp_syncookies = 2 (was {current}) while SYN cookies are answered \
-                 from XDP"
-            );
-        }
-    } else if cfg.saved_syncookies >= 0 {
-        let saved = cfg.saved_syncookies;
-        if current == 2 && saved != 2 {
-            write_syncookies(saved)?;
-            log::info!("restored net.ipv4.tcp_syncookies = {saved}");
-        }
-        cfg.saved_syncookies = -1;
-        maps.write_config(&cfg)?;
-    }
     Ok(())
 }
 
@@ -1379,9 +1351,7 @@ pub fn detach(pin_dir: &Path) -> anyhow::Result<()> {
         ))
     })?;
     let mut maps = Maps::from_pins(pin_dir)?;
-    if let Err(e) = sync_syncookies(pin_dir, &mut maps, false) {
-        log::warn!("restoring net.ipv4.tcp_syncookies: {e:#}");
-    }
+    crate::sysctls::sync_all(pin_dir, &mut maps, false);
     drop(maps);
     for (_, name, path) in pins::pinned_links(pin_dir) {
         // The pin holds the link's last reference: removing it detaches the program.

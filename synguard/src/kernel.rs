@@ -132,6 +132,11 @@ pub const REQUIRED: &[Feature] = &[
         "the helper bpf_ktime_get_coarse_ns",
         "5.11",
     ),
+    helper(
+        BpfHelper::BPF_FUNC_check_mtu,
+        "the helper bpf_check_mtu",
+        "5.12",
+    ),
     Feature {
         need: Need::AtomicFetch,
         name: "atomic fetch-and-add instructions",

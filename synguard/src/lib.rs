@@ -26,4 +26,5 @@ pub mod report;
 pub mod rules;
 pub mod sockdiag;
 pub mod sources;
+pub mod sysctls;
 pub mod version;

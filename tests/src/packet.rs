@@ -16,6 +16,8 @@ pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
 pub const PSH: u8 = 0x08;
 pub const ACK: u8 = 0x10;
+pub const ECE: u8 = 0x40;
+pub const CWR: u8 = 0x80;
 
 /// A TCP segment in an Ethernet frame, with optional VLAN tags, IPv4 options or an IPv6
 /// hop-by-hop header, and TCP options.
@@ -35,6 +37,8 @@ pub struct Tcp {
     pub syn_options: bool,
     /// Raw TCP options, in place of the above (a multiple of 4 bytes, at most 40).
     pub tcp_options: Option<Vec<u8>>,
+    /// The IP header's ECN field (0: not ECN-capable).
+    pub ip_ecn: u8,
 }
 
 impl Tcp {
@@ -53,7 +57,14 @@ impl Tcp {
             ipv6_hop_by_hop: false,
             syn_options: false,
             tcp_options: None,
+            ip_ecn: 0,
         }
+    }
+
+    /// The IP header's ECN field (2 bits).
+    pub fn ip_ecn(mut self, ecn: u8) -> Self {
+        self.ip_ecn = ecn & 3;
+        self
     }
 
     pub fn flags(mut self, flags: u8) -> Self {
@@ -113,6 +124,8 @@ impl Tcp {
         tcp.rst = self.flags & RST != 0;
         tcp.psh = self.flags & PSH != 0;
         tcp.ack = self.flags & ACK != 0;
+        tcp.ece = self.flags & ECE != 0;
+        tcp.cwr = self.flags & CWR != 0;
         tcp.acknowledgment_number = self.ack;
         if self.syn_options {
             // MSS 1460, SACK permitted, timestamps, NOP, window scale 7.
@@ -130,13 +143,14 @@ impl Tcp {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let mut h =
                     Ipv4Header::new(0, 64, IpNumber::TCP, s.octets(), d.octets()).expect("header");
+                h.ecn = etherparse::IpEcn::try_new(self.ip_ecn).expect("2 bits");
                 h.options = Ipv4Options::try_from(self.ipv4_options.as_slice())
                     .expect("IPv4 options: up to 40 bytes, a multiple of 4");
                 IpHeaders::Ipv4(h, Ipv4Extensions::default())
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let h = Ipv6Header {
-                    traffic_class: 0,
+                    traffic_class: self.ip_ecn,
                     flow_label: Default::default(),
                     payload_length: 0,
                     next_header: IpNumber::TCP,

@@ -52,6 +52,9 @@ pub struct Prog {
     pub loaded: Loaded,
     pub settings: Settings,
     generation: u64,
+    /// The config's `cookie_opts`, which `run` derives from the kernel's settings (0: a
+    /// cookie SYN-ACK offers the MSS only).
+    cookie_opts: u32,
 }
 
 impl Prog {
@@ -66,6 +69,7 @@ impl Prog {
             loaded,
             settings,
             generation: 0,
+            cookie_opts: 0,
         };
         p.apply();
         p.sync_locals();
@@ -88,8 +92,17 @@ impl Prog {
     /// Write the current settings into the config map.
     pub fn apply(&mut self) {
         self.generation += 1;
-        let cfg = self.settings.to_kernel(self.generation);
+        let mut cfg = self.settings.to_kernel(self.generation);
+        cfg.cookie_opts = self.cookie_opts;
         self.loaded.maps.write_config(&cfg).expect("write config");
+    }
+
+    /// What a cookie SYN-ACK may offer besides the MSS (a
+    /// `synguard_common::synack::cookie_opts` word), as `run` sets it from the kernel's
+    /// settings.
+    pub fn set_cookie_opts(&mut self, opts: u32) {
+        self.cookie_opts = opts;
+        self.apply();
     }
 
     pub fn set(&mut self, key: &str, value: &str) {
@@ -104,7 +117,19 @@ impl Prog {
 
     /// Run once and return the action and the frame as the program left it.
     pub fn run_out(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_out_on(frame, None)
+    }
+
+    /// [`Self::run_out`] as if the frame came in on device `ifindex` (of the calling
+    /// thread's namespace; its first receive queue) rather than the loopback device.
+    pub fn run_out_on(&self, frame: &[u8], ifindex: Option<u32>) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; frame.len() + 256];
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let md: Vec<u8> = [0, frame.len() as u32, 0, ifindex.unwrap_or(0), 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
         let res = self
             .loaded
             .program()
@@ -112,6 +137,7 @@ impl Prog {
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: ifindex.map(|_| md.as_slice()),
                 repeat: 1,
                 ..Default::default()
             })

@@ -26,9 +26,25 @@ use synguard_tests::{
 const SERVER: &str = "192.0.2.1";
 const SERVER6: &str = "2001:db8:2::1";
 
+/// Tests of this file hold it shared; a test that measures rates over real time holds it
+/// alone, so the others' work (on the two CPUs of the kernel matrix's emulated machines)
+/// does not stretch its windows.
+static TIMING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// Run `test` on a thread inside a fresh namespace that has listeners on port 80 of
 /// 192.0.2.1 and 2001:db8:2::1, with `net.ipv4.tcp_syncookies` set to `syncookies`.
 fn in_server_ns(syncookies: &str, test: impl FnOnce() + Send + 'static) {
+    let _shared = TIMING.read().unwrap_or_else(|e| e.into_inner());
+    in_server_ns_now(syncookies, test);
+}
+
+/// [`in_server_ns`] with no other test of this file running meanwhile.
+fn in_server_ns_alone(syncookies: &str, test: impl FnOnce() + Send + 'static) {
+    let _alone = TIMING.write().unwrap_or_else(|e| e.into_inner());
+    in_server_ns_now(syncookies, test);
+}
+
+fn in_server_ns_now(syncookies: &str, test: impl FnOnce() + Send + 'static) {
     require_root();
     let ns = Netns::new("cookie");
     ns.ip(&["addr", "add", "192.0.2.1/32", "dev", "lo"]);
@@ -60,8 +76,21 @@ fn always() -> Prog {
     Prog::new(settings(&[("syn-cookies", "always")]))
 }
 
-/// Check that `out` is the SYN-ACK answering `syn`, and return (cookie, MSS).
-fn check_synack(syn: &[u8], out: &[u8]) -> (u32, u16) {
+/// What a cookie SYN-ACK offers.
+#[derive(Debug)]
+struct Synack {
+    cookie: u32,
+    mss: u16,
+    /// (TSval, TSecr).
+    ts: Option<(u32, u32)>,
+    sack_perm: bool,
+    wscale: Option<u8>,
+    ece: bool,
+}
+
+/// Check that `out` is the SYN-ACK answering `syn`, with its options in the kernel's
+/// layout and NOPs for the ones it leaves out, and return what it offers.
+fn check_synack(syn: &[u8], out: &[u8]) -> Synack {
     let inp = SlicedPacket::from_ethernet(syn).expect("input parses");
     let rep = SlicedPacket::from_ethernet(out).expect("reply parses");
     let (Some(li), Some(lo)) = (inp.link.as_ref(), rep.link.as_ref()) else {
@@ -81,7 +110,7 @@ fn check_synack(syn: &[u8], out: &[u8]) -> (u32, u16) {
         panic!("not TCP");
     };
     assert!(
-        to.syn() && to.ack() && !to.rst() && !to.fin(),
+        to.syn() && to.ack() && !to.rst() && !to.fin() && !to.cwr(),
         "SYN-ACK flags"
     );
     assert_eq!(
@@ -93,17 +122,45 @@ fn check_synack(syn: &[u8], out: &[u8]) -> (u32, u16) {
         ti.sequence_number().wrapping_add(1),
         "ACK = ISN + 1"
     );
-    assert_eq!(to.options().len(), 4, "MSS only");
-    assert_eq!(&to.options()[..2], &[2, 4]);
-    let mss = u16::from_be_bytes([to.options()[2], to.options()[3]]);
+    let o = to.options();
+    assert_eq!(o.len(), 20, "one length for every SYN-ACK");
+    assert_eq!(&o[..2], &[2, 4], "the MSS first");
+    let mss = u16::from_be_bytes([o[2], o[3]]);
     assert!(mss >= 536, "MSS {mss}");
+    let sack_perm = match &o[4..6] {
+        [4, 2] => true,
+        [1, 1] => false,
+        other => panic!("SACK permitted or NOPs: {other:?}"),
+    };
+    let ts = match &o[6..8] {
+        [8, 10] => Some((
+            u32::from_be_bytes(o[8..12].try_into().expect("4 bytes")),
+            u32::from_be_bytes(o[12..16].try_into().expect("4 bytes")),
+        )),
+        [1, 1] => {
+            assert_eq!(&o[8..16], &[1; 8], "NOPs");
+            None
+        }
+        other => panic!("timestamps or NOPs: {other:?}"),
+    };
+    let wscale = match &o[16..20] {
+        [1, 3, 3, s] => Some(*s),
+        [1, 1, 1, 1] => None,
+        other => panic!("window scale or NOPs: {other:?}"),
+    };
+    if ts.is_none() {
+        assert!(
+            !sack_perm && wscale.is_none() && !to.ece(),
+            "without timestamps nothing but the MSS can be carried"
+        );
+    }
     let tcp_ok = match (inp.net.expect("ip in"), rep.net.expect("ip out")) {
         (NetSlice::Ipv4(a), NetSlice::Ipv4(b)) => {
             assert_eq!(b.header().source_addr(), a.header().destination_addr());
             assert_eq!(b.header().destination_addr(), a.header().source_addr());
             let h = b.header().to_header();
             assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
-            assert_eq!(h.total_len, 44);
+            assert_eq!(h.total_len, 60);
             to.to_header()
                 .calc_checksum_ipv4(&h, to.payload())
                 .expect("sum")
@@ -113,7 +170,7 @@ fn check_synack(syn: &[u8], out: &[u8]) -> (u32, u16) {
             assert_eq!(b.header().source_addr(), a.header().destination_addr());
             assert_eq!(b.header().destination_addr(), a.header().source_addr());
             let h = b.header().to_header();
-            assert_eq!(h.payload_length, 24);
+            assert_eq!(h.payload_length, 40);
             to.to_header()
                 .calc_checksum_ipv6(&h, to.payload())
                 .expect("sum")
@@ -123,7 +180,14 @@ fn check_synack(syn: &[u8], out: &[u8]) -> (u32, u16) {
     };
     assert!(tcp_ok, "TCP checksum");
     assert!(to.payload().is_empty());
-    (to.sequence_number(), mss)
+    Synack {
+        cookie: to.sequence_number(),
+        mss,
+        ts,
+        sack_perm,
+        wscale,
+        ece: to.ece(),
+    }
 }
 
 #[test]
@@ -168,37 +232,49 @@ fn syns_are_answered_with_valid_cookie_syn_acks() {
 fn cookies_are_made_and_checked_on_the_tcp_header_in_place_at_every_length() {
     // The helpers are handed the header in the packet, one branch per length (20 to 60
     // bytes): each must give the kernel the right bytes and the right length, or there is
-    // no cookie (the SYN would go to the kernel), the MSS is not the client's, or the ACK
-    // does not verify its source.
+    // no cookie (the SYN would go to the kernel) or the ACK does not verify its source.
+    // (The MSS the cookie encodes is checked end to end, on the server's socket, by
+    // e2e_cookies.)
     in_server_ns("2", || {
         let p = always();
         for (i, words) in (0..=10usize).enumerate() {
-            // MSS 1400, then NOPs; none at 20 bytes. The cookie's MSS table gives 1300 for
-            // it over IPv4 (536 without the option), 1220 over IPv6 (either way).
+            // MSS 1400, then NOPs; none at 20 bytes. The SYN-ACK advertises the client's,
+            // or without one the receiving device's (loopback under TestRun: 65536 bytes
+            // less the headers).
             let mut opts = vec![1u8; words * 4];
             if words > 0 {
                 opts[..4].copy_from_slice(&[2, 4, 0x05, 0x78]);
             }
             let v4 = format!("198.51.100.{}", 20 + i);
             let v6 = format!("2001:db8:5:{i}::10");
-            let v4_mss = if words > 0 { 1300 } else { 536 };
-            for (client, server, want_mss) in
-                [(v4.as_str(), SERVER, v4_mss), (v6.as_str(), SERVER6, 1220)]
-            {
+            let (v4_mss, v6_mss): (u32, u32) = if words > 0 {
+                (1400, 1400)
+            } else {
+                (65_536 - 40, 65_536 - 60)
+            };
+            for (client, server, want_mss) in [
+                (v4.as_str(), SERVER, v4_mss),
+                (v6.as_str(), SERVER6, v6_mss),
+            ] {
                 let syn = Tcp::syn(client, server)
                     .tcp_options(&opts)
                     .seq(5000)
                     .build();
                 let (action, out) = p.run_out(&syn);
                 assert_eq!(action, XDP_TX, "{} bytes of TCP header", 20 + opts.len());
-                let (cookie, mss) = check_synack(&syn, &out);
-                assert_eq!(mss, want_mss, "{} bytes of TCP header", 20 + opts.len());
+                let a = check_synack(&syn, &out);
+                assert_eq!(
+                    u32::from(a.mss),
+                    want_mss,
+                    "{} bytes of TCP header",
+                    20 + opts.len()
+                );
                 // And the kernel's check accepts it, from an ACK with a header as long.
                 let ack = Tcp::syn(client, server)
                     .flags(ACK)
                     .tcp_options(&opts)
                     .seq(5001)
-                    .ack_number(cookie.wrapping_add(1))
+                    .ack_number(a.cookie.wrapping_add(1))
                     .build();
                 p.expect(&ack, XDP_PASS, &[R_TCP_OTHER, N_VERIFIED]);
             }
@@ -215,7 +291,7 @@ fn a_valid_cookie_ack_verifies_the_source_and_its_syns_then_pass() {
             let syn = Tcp::syn(client, server).seq(1000).build();
             let (action, out) = p.run_out(&syn);
             assert_eq!(action, XDP_TX);
-            let (cookie, _) = check_synack(&syn, &out);
+            let cookie = check_synack(&syn, &out).cookie;
 
             // A forged ACK proves nothing. (A forger does not know the cookie; a value one
             // or two off would decode as another MSS index, which the kernel accepts.)
@@ -347,7 +423,7 @@ fn drain(p: &mut Prog) -> Vec<Event> {
 
 #[test]
 fn attack_mode_starts_at_the_threshold_and_ends_after_a_calm_period() {
-    in_server_ns("2", || {
+    in_server_ns_alone("2", || {
         let mut p = Prog::new(settings(&[
             ("syn-cookies", "auto"),
             ("attack-syn-rate", "1000"),
@@ -418,7 +494,7 @@ fn the_attack_detector_adds_up_every_cpus_rate() {
         eprintln!("skipped: needs two CPUs, this machine has {cpus}");
         return;
     }
-    in_server_ns("2", || {
+    in_server_ns_alone("2", || {
         let p = Prog::new(settings(&[
             ("syn-cookies", "auto"),
             ("attack-syn-rate", "1000"),
@@ -530,7 +606,7 @@ fn a_proven_source_over_its_limit_is_challenged_never_banned() {
 
 #[test]
 fn attack_mode_lasts_a_calm_period_after_the_last_challenge() {
-    in_server_ns("2", || {
+    in_server_ns_alone("2", || {
         let mut p = Prog::new(settings(&[
             ("syn-rate", "1"),
             ("syn-burst", "1"),
@@ -711,4 +787,175 @@ fn syns_for_addresses_not_the_machines_are_left_to_the_kernel() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The clock the kernel's TCP timestamps count (`CLOCK_MONOTONIC`), in ms.
+fn tcp_clock_ms() -> u32 {
+    (synguard::clock::monotonic_ns() / 1_000_000) as u32
+}
+
+/// A cookie SYN-ACK keeps what the client asked for, as the kernel's own cookies do:
+/// window scaling, SACK and ECN travel in the low bits of its timestamp (the kernel reads
+/// them back from the client's echo), the server's own window scale is advertised, and
+/// the MSS is the smaller of the client's and the interface's. Nothing is offered that
+/// the client did not ask for, that the kernel's settings refuse, or that cannot be
+/// carried (no timestamps: the MSS only).
+#[test]
+fn cookie_syn_acks_keep_window_scaling_sack_and_ecn_in_the_timestamp() {
+    use synguard_common::synack::{self, cookie_opts, decode_tsecr};
+    use synguard_tests::packet::{CWR, ECE, SYN};
+    in_server_ns("2", || {
+        let mut p = always();
+        let all = cookie_opts(true, true, true, true, 9);
+        p.set_cookie_opts(all);
+        let mut port = 41000;
+        let mut answer = |syn: Tcp| {
+            port += 1;
+            let syn = syn.sport(port).seq(77).build();
+            let (action, out) = p.run_out(&syn);
+            assert_eq!(action, XDP_TX);
+            check_synack(&syn, &out)
+        };
+        let linux = [
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        for (client, server) in [("198.51.100.30", SERVER), ("2001:db8:5::30", SERVER6)] {
+            let before = tcp_clock_ms();
+            let a = answer(Tcp::syn(client, server).tcp_options(&linux));
+            let after = tcp_clock_ms();
+            let (tsval, tsecr) = a.ts.expect("timestamps");
+            assert_eq!(tsecr, 12345, "the client's TSval echoed");
+            assert_eq!(decode_tsecr(tsval), (Some(7), true, false), "{client}");
+            // Never ahead of the clock the server's later timestamps come from (the
+            // client would drop the server's segments), and close behind it.
+            assert!(tsval <= after, "{tsval} <= {after}");
+            assert!(before.saturating_sub(tsval) < 64 + 20, "{tsval} ~ {before}");
+            assert!(a.sack_perm);
+            assert_eq!(a.wscale, Some(9), "the server's own window scale");
+            assert_eq!(a.mss, 1460);
+            assert!(!a.ece);
+        }
+
+        // macOS's layout: MSS, NOP, WS 6, NOP, NOP, timestamps, SACK permitted, EOL.
+        let macos = [
+            2, 4, 0x05, 0xb4, 1, 3, 3, 6, 1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0, 4, 2, 0, 0,
+        ];
+        let a = answer(Tcp::syn("198.51.100.31", SERVER).tcp_options(&macos));
+        assert_eq!(
+            a.ts.map(|t| (decode_tsecr(t.0), t.1)),
+            Some(((Some(6), true, false), 9))
+        );
+        // Windows's: MSS, NOP, WS 8, NOP, NOP, SACK permitted; no timestamps, so nothing
+        // else can be carried: the MSS only (what the kernel's own cookies do).
+        let windows = [2, 4, 0x05, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2];
+        let a = answer(Tcp::syn("198.51.100.32", SERVER).tcp_options(&windows));
+        assert_eq!(
+            (a.ts, a.sack_perm, a.wscale, a.mss),
+            (None, false, None, 1460)
+        );
+        // Linux without window scale: timestamps and SACK.
+        let a = answer(Tcp::syn("198.51.100.33", SERVER).tcp_options(&linux[..16]));
+        let (tsval, tsecr) = a.ts.expect("timestamps");
+        assert_eq!((decode_tsecr(tsval), tsecr), ((None, true, false), 12345));
+        assert_eq!((a.sack_perm, a.wscale), (true, None));
+        // A layout none of the stacks that send timestamps use: the MSS only.
+        let odd = [1, 1, 8, 10, 0, 0, 0, 5, 0, 0, 0, 0, 2, 4, 5, 180];
+        let a = answer(Tcp::syn("198.51.100.40", SERVER).tcp_options(&odd));
+        assert_eq!((a.ts, a.sack_perm, a.wscale), (None, false, None));
+        // A shift over 14 is taken as 14, as the kernel does.
+        let mut big = linux;
+        big[19] = 15;
+        let a = answer(Tcp::syn("198.51.100.34", SERVER).tcp_options(&big));
+        assert_eq!(decode_tsecr(a.ts.unwrap().0).0, Some(14));
+        // A malformed option (length 0) after the MSS: the MSS only.
+        let bad = [2, 4, 0x05, 0x78, 3, 0, 8, 10, 0, 0, 0, 5, 0, 0, 0, 0];
+        let a = answer(Tcp::syn("198.51.100.35", SERVER).tcp_options(&bad));
+        assert_eq!((a.mss, a.ts), (1400, None));
+        // An option running past the header's end: the MSS only.
+        let past = [2, 4, 0x05, 0x78, 1, 1, 8, 12];
+        let a = answer(Tcp::syn("198.51.100.36", SERVER).tcp_options(&past));
+        assert_eq!((a.mss, a.ts), (1400, None));
+
+        // ECN: a SYN asking for it (ECE and CWR) gets ECE and the ECN bit, unless its IP
+        // header is ECN-capable (a middlebox's doing, to the kernel: no ECN then).
+        for (client, server) in [("198.51.100.37", SERVER), ("2001:db8:5::37", SERVER6)] {
+            let a = answer(
+                Tcp::syn(client, server)
+                    .flags(SYN | ECE | CWR)
+                    .tcp_options(&linux),
+            );
+            assert!(a.ece, "{client}");
+            assert_eq!(decode_tsecr(a.ts.unwrap().0), (Some(7), true, true));
+            let a = answer(
+                Tcp::syn(client, server)
+                    .flags(SYN | ECE | CWR)
+                    .ip_ecn(2)
+                    .tcp_options(&linux),
+            );
+            assert!(!a.ece, "{client}: ECT(0) on the SYN");
+            assert!(!decode_tsecr(a.ts.unwrap().0).2);
+        }
+
+        // What the kernel's settings refuse is not offered.
+        for (off, what) in [
+            (synack::SACK, "SACK"),
+            (synack::WSCALE, "window scaling"),
+            (synack::ECN, "ECN"),
+            (synack::TIMESTAMPS, "timestamps not 2"),
+        ] {
+            p.set_cookie_opts(all & !off);
+            let syn = Tcp::syn("198.51.100.38", SERVER)
+                .flags(SYN | ECE | CWR)
+                .tcp_options(&linux)
+                .sport(port + 1)
+                .build();
+            port += 1;
+            let (action, out) = p.run_out(&syn);
+            assert_eq!(action, XDP_TX);
+            let a = check_synack(&syn, &out);
+            let got = a.ts.map(|t| decode_tsecr(t.0));
+            match off {
+                synack::SACK => {
+                    assert!(!a.sack_perm, "{what}");
+                    assert_eq!(got, Some((Some(7), false, true)));
+                }
+                synack::WSCALE => {
+                    assert_eq!(a.wscale, None, "{what}");
+                    assert_eq!(got, Some((None, true, true)));
+                }
+                synack::ECN => {
+                    assert!(!a.ece, "{what}");
+                    assert_eq!(got, Some((Some(7), true, false)));
+                }
+                _ => assert_eq!(got, None, "{what}: the MSS only"),
+            }
+        }
+
+        // The MSS: at most the receiving interface's (its MTU less the headers).
+        p.set_cookie_opts(all);
+        let ns_ip = |args: &[&str]| ip_here(args);
+        ns_ip(&[
+            "link", "add", "sgmtu0", "mtu", "1400", "type", "veth", "peer", "name", "sgmtu1",
+        ]);
+        ns_ip(&["link", "set", "sgmtu0", "up"]);
+        let ifindex = nix_ifindex("sgmtu0");
+        for (client, server, want) in [
+            ("198.51.100.39", SERVER, 1360),
+            ("2001:db8:5::39", SERVER6, 1340),
+        ] {
+            let syn = Tcp::syn(client, server).tcp_options(&linux).build();
+            let (action, out) = p.run_out_on(&syn, Some(ifindex));
+            assert_eq!(action, XDP_TX);
+            assert_eq!(check_synack(&syn, &out).mss, want, "{client}");
+        }
+    });
+}
+
+/// The index of a device in the calling thread's namespace.
+fn nix_ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("name");
+    // SAFETY: a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(i > 0, "{name} exists");
+    i
 }

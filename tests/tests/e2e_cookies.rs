@@ -19,11 +19,19 @@ use synguard_tests::{
     synguard_bin,
 };
 
-fn syncookies(net: &LabNet) -> String {
+fn sysctl(net: &LabNet, name: &str) -> String {
     let out = net
         .server
-        .exec(&["cat", "/proc/sys/net/ipv4/tcp_syncookies"]);
+        .exec(&["cat", &format!("/proc/sys/net/ipv4/{name}")]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn syncookies(net: &LabNet) -> String {
+    sysctl(net, "tcp_syncookies")
+}
+
+fn timestamps(net: &LabNet) -> String {
+    sysctl(net, "tcp_timestamps")
 }
 
 /// `synguard status --json` on the server.
@@ -106,6 +114,14 @@ fn clients_complete_connections_through_xdp_cookies_v4_and_v6() {
         d.log_text()
     );
     assert_eq!(syncookies(&net), "0");
+    // And timestamps, at once on the way out.
+    assert!(
+        d.log_text()
+            .contains("restored net.ipv4.tcp_timestamps = 1"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(timestamps(&net), "1");
 }
 
 fn forged(scenario: Scenario, named: &str) {
@@ -192,11 +208,15 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `tcp_syncookies` and `tcp_timestamps`, set to 2 while cookies are answered from XDP,
+/// are put back after attack mode (timestamps six calm periods later, so the last
+/// cookies' ACKs are still read right), and by the next run after a SIGKILL.
 #[test]
 fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
     require_root();
     let mut net = LabNet::new(Profile::Defaults).expect("lab");
     assert_eq!(syncookies(&net), "1");
+    assert_eq!(timestamps(&net), "1");
     net.start_synguard(&[]).expect("synguard");
     // A short calm period for the test (an internal setting, not a config key).
     let pin = net.bpffs.pin_dir();
@@ -215,6 +235,17 @@ fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
         log.contains("set net.ipv4.tcp_syncookies = 2 (was 1)"),
         "{log}"
     );
+    assert!(
+        log.contains("set net.ipv4.tcp_timestamps = 2 (was 1)"),
+        "{log}"
+    );
+    assert_eq!(timestamps(&net), "2");
+    let st = status_json(&net);
+    assert_eq!(st["saved_tcp_timestamps"], 1, "{st}");
+    let offered = st["cookie_options"].to_string();
+    for o in ["timestamps", "window scale", "sack"] {
+        assert!(offered.contains(o), "cookie SYN-ACKs offer {o}: {offered}");
+    }
     wait_for("attack mode over", Duration::from_secs(5), || {
         syncookies(&net) == "1"
     });
@@ -224,6 +255,17 @@ fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
         log.contains("restored net.ipv4.tcp_syncookies = 1"),
         "{log}"
     );
+    assert_eq!(timestamps(&net), "2", "kept for the last cookies' ACKs");
+    wait_for("timestamps restored", Duration::from_secs(10), || {
+        timestamps(&net) == "1"
+    });
+    assert!(
+        net.synguard_log()
+            .contains("restored net.ipv4.tcp_timestamps = 1"),
+        "{}",
+        net.synguard_log()
+    );
+    assert_eq!(status_json(&net)["cookie_options"], serde_json::json!([]));
 
     // Again, and this time the daemon dies during the attack.
     flood(&net, 1.0);
@@ -235,17 +277,20 @@ fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
     d.wait(Duration::from_secs(5));
     thread::sleep(Duration::from_millis(1500));
     assert_eq!(syncookies(&net), "2", "nobody restored it");
+    assert_eq!(timestamps(&net), "2", "nobody restored it");
+    let cfg = maps.read_config().expect("config");
     assert_eq!(
-        maps.read_config().expect("config").saved_syncookies,
-        1,
-        "but it is remembered"
+        (cfg.saved_syncookies, cfg.saved_timestamps),
+        (1, 1),
+        "but they are remembered"
     );
-    // The next run finds the attack long over and puts the value back.
+    // The next run finds the attack long over and puts the values back.
     net.start_synguard(&[]).expect("synguard again");
     wait_for("restored by the next run", Duration::from_secs(3), || {
-        syncookies(&net) == "1"
+        syncookies(&net) == "1" && timestamps(&net) == "1"
     });
-    assert_eq!(maps.read_config().expect("config").saved_syncookies, -1);
+    let cfg = maps.read_config().expect("config");
+    assert_eq!((cfg.saved_syncookies, cfg.saved_timestamps), (-1, -1));
 }
 
 /// A web server in a container behind a DNAT of the server's port 80, with docker-proxy's

@@ -89,6 +89,11 @@ struct StatusJson {
     unhealthy: Vec<String>,
     /// `net.ipv4.tcp_syncookies` as synguard found it before attack mode set it to 2.
     saved_tcp_syncookies: Option<i32>,
+    /// `net.ipv4.tcp_timestamps` as synguard found it before attack mode set it to 2.
+    saved_tcp_timestamps: Option<i32>,
+    /// What a cookie SYN-ACK offers now besides the MSS, when the client asks for it
+    /// (`timestamps`, `window scale N`, `sack`, `ecn`); empty: the MSS only.
+    cookie_options: Vec<String>,
 }
 
 fn named(c: &[u64; stat::COUNT]) -> BTreeMap<&'static str, u64> {
@@ -292,6 +297,8 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         tables,
         unhealthy,
         saved_tcp_syncookies: (cfg.saved_syncookies >= 0).then_some(cfg.saved_syncookies),
+        saved_tcp_timestamps: (cfg.saved_timestamps >= 0).then_some(cfg.saved_timestamps),
+        cookie_options: crate::sysctls::describe(cfg.cookie_opts),
     };
     if json {
         return print_json(&out);
@@ -408,9 +415,27 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
             "            NAT rules rewrite ports {ports}: their SYNs are left to the kernel"
         ),
     }
+    if out.cookie_options.is_empty() {
+        println!(
+            "            cookie SYN-ACKs carry the MSS only: window scaling and SACK travel in \
+             the timestamp, which needs net.ipv4.tcp_timestamps = 2 (attack mode sets it \
+             from 1; 0 is left alone)"
+        );
+    } else {
+        println!(
+            "            cookie SYN-ACKs keep what the client asks for: MSS, {}",
+            out.cookie_options.join(", ")
+        );
+    }
     if let Some(v) = out.saved_tcp_syncookies {
         println!(
             "sysctl:     net.ipv4.tcp_syncookies = 2 during attack mode (was {v}; restored after)"
+        );
+    }
+    if let Some(v) = out.saved_tcp_timestamps {
+        println!(
+            "sysctl:     net.ipv4.tcp_timestamps = 2 during attack mode (was {v}; restored a \
+             minute after)"
         );
     }
     let rows: Vec<Vec<String>> = stat::NAMES
