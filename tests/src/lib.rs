@@ -1,6 +1,7 @@
 //! Test and lab support for synguard: crafted packets, the real program under `TestRun`,
 //! network namespaces with RAII guards, real TCP traffic, and the `synguard` binary.
 pub mod baseline;
+pub mod delay;
 pub mod flood;
 pub mod lab;
 pub mod netns;
