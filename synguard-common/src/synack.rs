@@ -267,10 +267,13 @@ pub const fn decode_tsecr(tsecr: u32) -> (Option<u32>, bool, bool) {
     )
 }
 
-/// Bytes of TCP options in every cookie SYN-ACK: MSS (4), SACK permitted or two NOPs (2),
-/// timestamps or ten NOPs (10), NOP and window scale or four NOPs (4): the kernel's own
-/// order, one fixed length so the program has one frame size to check.
+/// Bytes of TCP options in a cookie SYN-ACK with timestamps: MSS (4), SACK permitted or
+/// two NOPs (2), timestamps (10), NOP and window scale or four NOPs (4): the kernel's own
+/// order, one length so the program has few frame sizes to check.
 pub const OPTIONS_LEN: usize = 20;
+/// Without timestamps nothing but the MSS can be kept: its 4 bytes alone (the first of
+/// [`option_words`]).
+pub const SHORT_OPTIONS_LEN: usize = 4;
 
 /// The option bytes of a cookie SYN-ACK, as five big-endian words.
 #[inline(always)]

@@ -875,8 +875,13 @@ fn emit_attack(pkt: &Packet, kind: u32, rate: u64, syns: u64, now: u64) {
 }
 
 const TCP_LISTEN: u32 = 10;
-/// The TCP header of a cookie SYN-ACK: 20 bytes and the options (see [`synack`]).
+/// The TCP header of a cookie SYN-ACK with timestamps: 20 bytes and the options (see
+/// [`synack`]).
 const SYNACK_TCP_LEN: usize = 20 + synack::OPTIONS_LEN;
+/// Without: 20 bytes and the MSS. A SYN without timestamps (a flood's, often with no
+/// options at all) gets this one: it needs 4 bytes more at most, where the 40 bytes
+/// would need 20, more than some drivers leave after a small frame (veth among them).
+const SHORT_SYNACK_TCP_LEN: usize = 20 + synack::SHORT_OPTIONS_LEN;
 const TCP_ECE: u8 = 0x40;
 const TCP_CWR: u8 = 0x80;
 
@@ -970,24 +975,23 @@ struct SynackFrame {
     eth: *mut u8,
     /// The IP header (`IP` bytes).
     ip: *mut u8,
-    /// The TCP header ([`SYNACK_TCP_LEN`] bytes).
+    /// The TCP header (`TCP` bytes).
     tcp: *mut u8,
 }
 
-/// Resize the frame to end right after a [`SYNACK_TCP_LEN`]-byte TCP header at `l4`,
-/// with an `IP`-byte IP header at `l3`, and return its headers. Each is bounds-checked
-/// through [`ptr_at`] itself, for a constant size from its own offset: verifiers before
-/// 6.x (6.1 among them) only credit a bounds check to the pointer it was made on, so a
-/// check of the TCP header's end on the frame's start would not cover the accesses at
-/// `l3`.
+/// Resize the frame to end right after a `TCP`-byte TCP header at `l4`, with an
+/// `IP`-byte IP header at `l3`, and return its headers. Each is bounds-checked through
+/// [`ptr_at`] itself, for a constant size from its own offset: verifiers before 6.x (6.1
+/// among them) only credit a bounds check to the pointer it was made on, so a check of
+/// the TCP header's end on the frame's start would not cover the accesses at `l3`.
 #[inline(always)]
-fn resize_for_synack<const IP: usize>(
+fn resize_for_synack<const IP: usize, const TCP: usize>(
     ctx: &XdpContext,
     l3: usize,
     l4: usize,
 ) -> Option<SynackFrame> {
     let cur = ctx.data_end() - ctx.data();
-    let want = l4 + SYNACK_TCP_LEN;
+    let want = l4 + TCP;
     if want != cur {
         // SAFETY: the helper checks the new size against the frame.
         let rc = unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - cur as i32) };
@@ -999,7 +1003,7 @@ fn resize_for_synack<const IP: usize>(
     Some(SynackFrame {
         eth: ptr_at::<[u8; 12]>(ctx, 0)? as *mut u8,
         ip: ptr_at::<[u8; IP]>(ctx, l3)? as *mut u8,
-        tcp: ptr_at::<[u8; SYNACK_TCP_LEN]>(ctx, l4)? as *mut u8,
+        tcp: ptr_at::<[u8; TCP]>(ctx, l4)? as *mut u8,
     })
 }
 
@@ -1034,13 +1038,19 @@ unsafe fn swap_bytes<const N: usize>(a: *mut u8, b: *mut u8) {
     }
 }
 
-/// Turn the SYN's TCP header at `tcp` into the cookie SYN-ACK's ([`SYNACK_TCP_LEN`]
-/// bytes, in place) with the options `o`, and checksum it, given the pseudo-header sum.
+/// Turn the SYN's TCP header at `tcp` into the cookie SYN-ACK's (`TCP` bytes, in place:
+/// [`SYNACK_TCP_LEN`], or [`SHORT_SYNACK_TCP_LEN`] for the MSS alone) with the options
+/// `o`, and checksum it, given the pseudo-header sum.
 ///
 /// # Safety
-/// `tcp` valid for [`SYNACK_TCP_LEN`] bytes.
+/// `tcp` valid for `TCP` bytes.
 #[inline(always)]
-unsafe fn write_synack_tcp(tcp: *mut u8, cookie: u32, o: &SynackOptions, pseudo: u32) {
+unsafe fn write_synack_tcp<const TCP: usize>(
+    tcp: *mut u8,
+    cookie: u32,
+    o: &SynackOptions,
+    pseudo: u32,
+) {
     // SAFETY: within the bytes the caller vouches for.
     unsafe {
         swap_bytes::<2>(tcp, tcp.add(2));
@@ -1048,7 +1058,7 @@ unsafe fn write_synack_tcp(tcp: *mut u8, cookie: u32, o: &SynackOptions, pseudo:
         let ack = u32::from_be(client_seq).wrapping_add(1);
         (tcp.add(4) as *mut u32).write_unaligned(cookie.to_be());
         (tcp.add(8) as *mut u32).write_unaligned(ack.to_be());
-        *tcp.add(12) = ((SYNACK_TCP_LEN / 4) as u8) << 4;
+        *tcp.add(12) = ((TCP / 4) as u8) << 4;
         *tcp.add(13) = if o.ecn {
             TCP_SYN | TCP_ACK | TCP_ECE
         } else {
@@ -1058,12 +1068,11 @@ unsafe fn write_synack_tcp(tcp: *mut u8, cookie: u32, o: &SynackOptions, pseudo:
         (tcp.add(16) as *mut u32).write_unaligned(0); // checksum and urgent pointer
         let words = synack::option_words(o);
         let mut i = 0;
-        while i < words.len() {
+        while i < (TCP - 20) / 4 {
             (tcp.add(20 + 4 * i) as *mut u32).write_unaligned(words[i].to_be());
             i += 1;
         }
-        let sum =
-            sum16::<SYNACK_TCP_LEN>(tcp, pseudo + SYNACK_TCP_LEN as u32 + u32::from(IPPROTO_TCP));
+        let sum = sum16::<TCP>(tcp, pseudo + TCP as u32 + u32::from(IPPROTO_TCP));
         (tcp.add(16) as *mut u16).write_unaligned(fold(sum).to_be());
     }
 }
@@ -1203,7 +1212,23 @@ fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
     // SAFETY: bounds checked; the ECN field is the low two bits of the TOS byte.
     let ecn_capable = unsafe { *(ip as *const u8).add(1) } & 3 != 0;
     let o = synack_options_for(ctx, l4, cookie_opts, ecn_capable, 40);
-    let Some(f) = resize_for_synack::<{ Ipv4Hdr::LEN }>(ctx, l3, l4) else {
+    if o.ts.is_some() {
+        synack_v4::<SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
+    } else {
+        synack_v4::<SHORT_SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
+    }
+}
+
+/// Turn the IPv4 SYN into the cookie SYN-ACK, with a `TCP`-byte TCP header.
+#[inline(always)]
+fn synack_v4<const TCP: usize>(
+    ctx: &XdpContext,
+    l3: usize,
+    l4: usize,
+    cookie: u32,
+    o: &SynackOptions,
+) -> usize {
+    let Some(f) = resize_for_synack::<{ Ipv4Hdr::LEN }, TCP>(ctx, l3, l4) else {
         return R_COOKIE_FALLBACK;
     };
     // SAFETY: `resize_for_synack` checked each header's bounds.
@@ -1212,7 +1237,7 @@ fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
         let ip = f.ip;
         *ip = 0x45;
         *ip.add(1) = 0;
-        (ip.add(2) as *mut u16).write_unaligned(((Ipv4Hdr::LEN + SYNACK_TCP_LEN) as u16).to_be());
+        (ip.add(2) as *mut u16).write_unaligned(((Ipv4Hdr::LEN + TCP) as u16).to_be());
         (ip.add(4) as *mut u32).write_unaligned(0x4000u32.to_be()); // id 0, don't fragment
         *ip.add(8) = 64;
         *ip.add(9) = IPPROTO_TCP;
@@ -1220,7 +1245,7 @@ fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
         swap_bytes::<4>(ip.add(12), ip.add(16));
         (ip.add(10) as *mut u16).write_unaligned(fold(sum16::<20>(ip, 0)).to_be());
         let pseudo = sum16::<8>(ip.add(12), 0);
-        write_synack_tcp(f.tcp, cookie, &o, pseudo);
+        write_synack_tcp::<TCP>(f.tcp, cookie, o, pseudo);
     }
     R_COOKIE_SENT
 }
@@ -1256,7 +1281,23 @@ fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
     // bits 4-5 of the second byte.
     let ecn_capable = (unsafe { *(ip as *const u8).add(1) } >> 4) & 3 != 0;
     let o = synack_options_for(ctx, l4, cookie_opts, ecn_capable, 60);
-    let Some(f) = resize_for_synack::<{ Ipv6Hdr::LEN }>(ctx, l3, l4) else {
+    if o.ts.is_some() {
+        synack_v6::<SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
+    } else {
+        synack_v6::<SHORT_SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
+    }
+}
+
+/// Turn the IPv6 SYN into the cookie SYN-ACK, with a `TCP`-byte TCP header.
+#[inline(always)]
+fn synack_v6<const TCP: usize>(
+    ctx: &XdpContext,
+    l3: usize,
+    l4: usize,
+    cookie: u32,
+    o: &SynackOptions,
+) -> usize {
+    let Some(f) = resize_for_synack::<{ Ipv6Hdr::LEN }, TCP>(ctx, l3, l4) else {
         return R_COOKIE_FALLBACK;
     };
     // SAFETY: `resize_for_synack` checked each header's bounds.
@@ -1264,12 +1305,12 @@ fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
         swap_bytes::<6>(f.eth, f.eth.add(6));
         let ip = f.ip;
         (ip as *mut u32).write_unaligned(0x6000_0000u32.to_be());
-        (ip.add(4) as *mut u16).write_unaligned((SYNACK_TCP_LEN as u16).to_be());
+        (ip.add(4) as *mut u16).write_unaligned((TCP as u16).to_be());
         *ip.add(6) = IPPROTO_TCP;
         *ip.add(7) = 64;
         swap_bytes::<16>(ip.add(8), ip.add(24));
         let pseudo = sum16::<32>(ip.add(8), 0);
-        write_synack_tcp(f.tcp, cookie, &o, pseudo);
+        write_synack_tcp::<TCP>(f.tcp, cookie, o, pseudo);
     }
     R_COOKIE_SENT
 }

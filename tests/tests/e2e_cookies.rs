@@ -284,9 +284,10 @@ fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
         (1, 1),
         "but they are remembered"
     );
-    // The next run finds the attack long over and puts the values back.
+    // The next run finds the attack over and puts the values back (timestamps six calm
+    // periods after the attack state it adopted ends).
     net.start_synguard(&[]).expect("synguard again");
-    wait_for("restored by the next run", Duration::from_secs(3), || {
+    wait_for("restored by the next run", Duration::from_secs(12), || {
         syncookies(&net) == "1" && timestamps(&net) == "1"
     });
     let cfg = maps.read_config().expect("config");
