@@ -336,6 +336,10 @@ fn test() -> anyhow::Result<()> {
             "attack mode end to end: cookies, forged floods, tcp_syncookies",
             "e2e_cookies",
         ),
+        (
+            "a cookie connection's TCP options and speed over a 50 ms round trip",
+            "e2e_options",
+        ),
         ("a short lab run: the founding incident, replayed", "lab"),
     ] {
         step(
@@ -438,5 +442,33 @@ fn main() -> anyhow::Result<()> {
             eprintln!("xtask: == benchmark");
             run_guarded(&mut c)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every integration test file of the tests crate is run by `cargo xtask test` (a file
+    /// left out of its list would pass CI without ever running).
+    #[test]
+    fn the_test_command_runs_every_test_file() {
+        let source = include_str!("main.rs");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tests");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("tests/tests") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let stem = path
+                    .file_stem()
+                    .expect("stem")
+                    .to_string_lossy()
+                    .into_owned();
+                assert!(
+                    source.contains(&format!("\"{stem}\"")),
+                    "tests/tests/{stem}.rs is not run by `cargo xtask test`"
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 10, "{seen} test files");
     }
 }
