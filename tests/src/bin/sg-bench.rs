@@ -364,6 +364,17 @@ const VERSUS: &[(&str, &str)] = &[
 
 /// The attack-mode cases: they need a listening socket in the namespace of the caller,
 /// so they run on a thread inside a namespace of their own.
+/// `prog_with`, offering in its cookie SYN-ACKs what `run` offers in attack mode on a
+/// server with the kernel's default settings (timestamps, SACK, window scaling, ECN):
+/// the SYNs below carry Linux's options, so the answer is the full 40-byte header.
+fn cookie_prog(pairs: &[(&str, &str)]) -> anyhow::Result<Runner> {
+    let mut p = Prog::new(settings(pairs)?);
+    p.set_cookie_opts(synguard_common::synack::cookie_opts(
+        true, true, true, true, 7,
+    ));
+    Ok(Runner::Prog(Box::new(p)))
+}
+
 fn cookie_cases() -> anyhow::Result<Vec<Case>> {
     let tx = |name, frame, runner, proof| Case {
         name,
@@ -393,13 +404,13 @@ fn cookie_cases() -> anyhow::Result<Vec<Case>> {
         tx(
             "attack mode: SYN answered with a cookie",
             syn,
-            prog_with(always, None)?,
+            cookie_prog(always)?,
             Some(stat::R_COOKIE_SENT),
         ),
         tx(
             "attack mode: IPv6 SYN answered with a cookie",
             syn6,
-            prog_with(always, None)?,
+            cookie_prog(always)?,
             Some(stat::R_COOKIE_SENT),
         ),
     ])
