@@ -275,7 +275,8 @@ pub enum ConfigCmd {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum XdpModeArg {
-    /// Native (driver) mode if the driver supports it, else generic mode (said in the log).
+    /// Native (driver) mode if the driver supports it, else generic mode (said in the log);
+    /// generic on a veth, whose frames are socket buffers already.
     Auto,
     /// Driver mode only; fail if the driver lacks it.
     Native,

@@ -125,6 +125,59 @@ pub fn covers(outer: &IpNet, inner: &IpNet) -> bool {
     outer.prefix_len() <= inner.prefix_len() && outer.contains(&inner.network())
 }
 
+/// The driver behind a network interface of the current namespace (`ethtool -i`'s
+/// "driver": `veth`, `mlx5_core`, ...), or `None` if the kernel does not say.
+pub fn driver(ifname: &str) -> Option<String> {
+    // `struct ethtool_drvinfo` (linux/ethtool.h): the command, then the driver's name
+    // in 32 bytes, and more the ioctl fills that is not read here.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    let name = ifname.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    // SAFETY: an all-zero `ifreq` is valid; the name is NUL-terminated (checked length).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: a plain socket call; the descriptor is closed by `OwnedFd`.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a socket we own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: `req` names the interface and points at `info`, which is large enough for
+    // the kernel's `ethtool_drvinfo` and outlives the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCETHTOOL,
+            &raw mut req,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    std::str::from_utf8(&info.driver[..end])
+        .ok()
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

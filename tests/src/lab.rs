@@ -220,8 +220,10 @@ pub struct LabNet {
     container_nginx: Option<ChildGuard>,
     pub synguard: Option<ChildGuard>,
     /// A no-op XDP program on the router's end of the server's link: on veth, frames a
-    /// program sends back with XDP_TX (synguard's cookie SYN-ACKs) are only delivered if
-    /// the peer runs an XDP program too. Attached in every run, so rows compare.
+    /// native program sends back with XDP_TX (the survival bench's synguard and floors)
+    /// are only delivered if the peer runs an XDP program too. (`run`'s `auto` attaches
+    /// to a veth in generic mode, which needs none.) Attached in every run, so rows
+    /// compare.
     _peer_xdp: crate::baseline::Noop,
 }
 
@@ -951,6 +953,9 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
             stat::R_COOKIE_FALLBACK,
             stat::R_SYN_UNTRACKED,
             stat::R_SYN_UNPROTECTED,
+            stat::R_COOKIE_NO_LISTENER,
+            stat::R_SYN_NOT_LOCAL,
+            stat::R_SYN_NAT,
         ]
         .iter()
         .map(|&r| c[r])

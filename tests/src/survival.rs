@@ -157,6 +157,9 @@ pub struct Survival {
     /// a server could not keep up with, answers and employees' frames a full ring turned
     /// away. Losses of the lab, not verdicts of a defence; `None` without ethtool.
     pub path_drops: Option<u64>,
+    /// synguard's verdict counters over the whole run (non-zero ones), for the synguard
+    /// rows: where the flood went (answered, dropped, or left to the kernel).
+    pub verdicts: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// Frames lost on the lab's links on the attacker's, the server's and the employees'
@@ -281,7 +284,9 @@ fn install(
             Guard::Xdp(Box::new(f))
         }
         Defence::Synguard => {
-            net.start_synguard(&[])?;
+            // Native, as the floors: the router's fast path hands the server raw frames,
+            // as a NIC does (on a veth, `auto` would pick generic mode).
+            net.start_synguard(&["--xdp-mode".into(), "native".into()])?;
             Guard::None
         }
         Defence::NoopDrop | Defence::ReadingDrop | Defence::SourceDrop | Defence::SourceAnswer => {
@@ -639,6 +644,17 @@ pub fn run(
     let path_drops = path_drops(&net)
         .zip(drops_before)
         .map(|(a, b)| a.saturating_sub(b));
+    let verdicts = (defence == Defence::Synguard)
+        .then(|| net.counters().ok())
+        .flatten()
+        .map(|c| {
+            synguard_common::stat::NAMES
+                .iter()
+                .zip(c)
+                .filter(|(_, n)| *n > 0)
+                .map(|(name, n)| (*name, n))
+                .collect()
+        });
     let mut attempts = Vec::new();
     for h in staff {
         attempts.extend(h.join().map_err(|_| anyhow::anyhow!("employee panicked"))?);
@@ -693,5 +709,6 @@ pub fn run(
         server_frames_per_s: frames.map(|n| n / span.max(1e-9)),
         server_ns_per_packet,
         path_drops,
+        verdicts,
     })
 }
