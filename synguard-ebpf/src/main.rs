@@ -1140,9 +1140,15 @@ fn synack_options_for(
     } else {
         536
     };
-    // SAFETY: a helper without arguments. The coarse clock lags the one the server's
-    // later timestamps come from, never leads it (see `synack_options`).
-    let now_ms = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000) as u32;
+    // Read only for an answer with timestamps (a flood's bare SYNs have none), whose
+    // TSval it gives.
+    let now_ms = if syn.tsval.is_some() && cookie_opts & synack::TIMESTAMPS != 0 {
+        // SAFETY: a helper without arguments. The coarse clock lags the one the server's
+        // later timestamps come from, never leads it (see `synack_options`).
+        (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000) as u32
+    } else {
+        0
+    };
     synack::synack_options(&syn, cookie_opts, now_ms, route_mss)
 }
 
