@@ -17,7 +17,7 @@ pub mod synack;
 
 /// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 13;
+pub const ABI_VERSION: u32 = 14;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -42,8 +42,9 @@ pub mod map_names {
     pub const LOCAL_V4: &str = "SG_LOCAL_V4";
     pub const LOCAL_V6: &str = "SG_LOCAL_V6";
     pub const NAT_PORTS: &str = "SG_NAT_PORTS";
+    pub const SYN_SKETCH: &str = "SG_SYN_SKETCH";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         CONFIG,
         STATS,
         RULES_V4,
@@ -64,6 +65,7 @@ pub mod map_names {
         LOCAL_V4,
         LOCAL_V6,
         NAT_PORTS,
+        SYN_SKETCH,
     ];
 }
 

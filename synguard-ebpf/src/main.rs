@@ -108,6 +108,10 @@ static SG_VERIFIED: LruHashMap<SourceKey, Proof> =
     LruHashMap::with_max_entries(capacity::VERIFIED, 0);
 #[map]
 static SG_CPU_RATES: Array<CpuRates> = Array::with_max_entries(capacity::STATS_SLOTS, 0);
+/// Attack mode's SYN counts per source set (see [`sources::sketch_count`]).
+#[map]
+static SG_SYN_SKETCH: Array<[u16; sources::SKETCH_COLS]> =
+    Array::with_max_entries(sources::SKETCH_ROWS, 0);
 /// This machine's IPv4 addresses (in the packet's byte order), kept by `run`.
 #[map]
 static SG_LOCAL_V4: HashMap<u32, u8> = HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
@@ -685,7 +689,12 @@ fn tcp(
     }
     // Made only here: a banned source's SYNs and other packets never need it.
     let key = &key();
-    let metered = meter_syn(pkt, key, at.family, now);
+    // In attack mode a quiet source's SYN skips its bucket (see `sources::sketch_count`).
+    let metered = if pkt.cookies_active() && quiet_source(pkt, key, now) {
+        R_SYN_PASSED
+    } else {
+        meter_syn(pkt, key, at.family, now)
+    };
     if metered == R_SYN_LIMITED {
         return pkt.verdict(R_SYN_LIMITED);
     }
@@ -726,6 +735,22 @@ fn tcp(
         syn_cookie_v6(ctx, at, pkt.cfg.cookie_opts)
     };
     pkt.verdict(reason)
+}
+
+/// Count an attack-mode SYN in `SG_SYN_SKETCH`; whether its source is quiet enough to
+/// skip its bucket.
+#[inline(always)]
+fn quiet_source(pkt: &Packet, key: &SourceKey, now: u64) -> bool {
+    let (row, col) = sources::sketch_cell(sources::set_of(key, &pkt.cfg.source_seed));
+    let Some(cells) = SG_SYN_SKETCH.get_ptr_mut(row) else {
+        return false;
+    };
+    // SAFETY: a live map value shared by CPUs; a racing update loses one count at most.
+    // `col` is masked below the row's length.
+    let c = unsafe { &mut (*cells)[col & (sources::SKETCH_COLS - 1)] };
+    let (next, quiet) = sources::sketch_count(*c, now, pkt.cfg.syn_interval_ns);
+    *c = next;
+    quiet
 }
 
 /// Whether a NAT rule of this machine rewrites SYNs for this destination port

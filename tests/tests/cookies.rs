@@ -354,15 +354,16 @@ fn no_listener_and_no_cookie_mean_the_kernel_decides() {
             assert_eq!(p.run_out(&syn), (XDP_PASS, syn.clone()), "untouched");
         }
         assert_eq!(p.counter(R_COOKIE_NO_LISTENER), 2);
-        // Behind IPv6 extension headers: metered, then the kernel answers it (the reply
-        // is built for a plain IPv6 header).
+        // Behind IPv6 extension headers: counted (a quiet source's first SYN in attack
+        // mode needs no bucket: see the sketch test), then the kernel answers it (the
+        // reply is built for a plain IPv6 header).
         p.expect(
             &synguard_tests::packet::with_v6_ext(
                 &Tcp::syn("2001:db8:6::11", SERVER6).build(),
                 &[(0, 0), (60, 1)],
             ),
             XDP_PASS,
-            &[N_V6_EXT_WALKED, N_SYNS, N_SOURCES_NEW, R_COOKIE_FALLBACK],
+            &[N_V6_EXT_WALKED, N_SYNS, R_COOKIE_FALLBACK],
         );
         // IPv4 options: no cookie reply is built; the kernel gets the SYN.
         p.expect(
@@ -370,7 +371,7 @@ fn no_listener_and_no_cookie_mean_the_kernel_decides() {
                 .ipv4_options(&[1, 1, 1, 0])
                 .build(),
             XDP_PASS,
-            &[N_SYNS, N_SOURCES_NEW, R_COOKIE_FALLBACK],
+            &[N_SYNS, R_COOKIE_FALLBACK],
         );
     });
     // With tcp_syncookies = 1 and an empty queue the kernel will not issue a cookie: the
@@ -380,8 +381,68 @@ fn no_listener_and_no_cookie_mean_the_kernel_decides() {
         p.expect(
             &Tcp::syn("198.51.100.10", SERVER).build(),
             XDP_PASS,
-            &[N_SYNS, N_SOURCES_NEW, R_COOKIE_FALLBACK],
+            &[N_SYNS, R_COOKIE_FALLBACK],
         );
+    });
+}
+
+/// In attack mode a SYN is first counted in the sketch: a flood of forged sources, a SYN
+/// or two each, never touches the sources table (its random slot was the program's
+/// dearest access), while a source sending more than a quarter of its limit is metered in
+/// full within the window and banned as before. Outside attack mode every SYN is metered.
+#[test]
+fn attack_mode_meters_only_sources_the_sketch_finds_loud() {
+    in_server_ns("2", || {
+        // syn-rate 200/s: the sketch lets 6 SYNs a window (134 ms) skip the bucket.
+        let mut p = Prog::new(settings(&[
+            ("syn-cookies", "always"),
+            ("syn-rate", "200"),
+            ("syn-burst", "3"),
+        ]));
+        assert_eq!(synguard_common::sources::sketch_quiet_limit(5_000_000), 6);
+        // 1,000 forged sources, one SYN each: every one answered, none in the table.
+        for i in 0..1000u32 {
+            let src = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+            let (action, _) = p.run_out(&Tcp::syn(&src, SERVER).build());
+            assert_eq!(action, XDP_TX, "{src}");
+        }
+        let c = p.counters();
+        assert_eq!(c[R_COOKIE_SENT], 1000);
+        assert_eq!(
+            c[N_SOURCES_NEW] + c[N_SOURCES_RECYCLED],
+            0,
+            "no bucket made"
+        );
+
+        // One flooder: its first SYNs skip the bucket, then it is metered, limited after
+        // its burst of 3, and banned. Six quiet SYNs a window, and the test may straddle
+        // a window's end: between 6 and 12 SYNs answered before the bucket exists.
+        let flooder = "203.0.113.66";
+        let mut sent = 0;
+        while p.rules().is_empty() && sent < 40 {
+            let (action, _) = p.run_out(&Tcp::syn(flooder, SERVER).sport(1000 + sent).build());
+            assert_ne!(action, XDP_PASS);
+            sent += 1;
+        }
+        let c = p.counters();
+        assert_eq!(c[N_BANS], 1, "banned after {sent} SYNs");
+        assert_eq!(c[N_SOURCES_NEW], 1, "one bucket, the flooder's");
+        assert!(
+            (6 + 3 + 1..=12 + 3 + 1).contains(&sent),
+            "banned after {sent} SYNs"
+        );
+        let (action, _) = p.run_out(&Tcp::syn(flooder, SERVER).build());
+        assert_eq!(action, XDP_DROP);
+
+        // Without cookies (here attack mode is on after that flood, so `off`) the first
+        // SYN of a source makes its bucket.
+        p.set("syn-cookies", "off");
+        let before = p.counters();
+        let (action, _) = p.run_out(&Tcp::syn("198.51.100.40", SERVER).build());
+        let after = p.counters();
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(after[N_SOURCES_NEW] - before[N_SOURCES_NEW], 1, "a bucket");
+        assert_eq!(after[R_SYN_PASSED] - before[R_SYN_PASSED], 1);
     });
 }
 
@@ -726,7 +787,7 @@ fn syns_for_ports_a_nat_rule_rewrites_are_left_to_the_kernel() {
         ];
         p.set_nat(&NatPorts::range(80, 80));
         for syn in &syns {
-            p.expect(syn, XDP_PASS, &[N_SYNS, N_SOURCES_NEW, R_SYN_NAT]);
+            p.expect(syn, XDP_PASS, &[N_SYNS, R_SYN_NAT]);
             assert_eq!(p.run_out(syn), (XDP_PASS, syn.clone()), "untouched");
         }
         // Every other port rewritten: port 80's SYNs are answered.
@@ -766,7 +827,7 @@ fn syns_for_addresses_not_the_machines_are_left_to_the_kernel() {
                 Tcp::syn("2001:db8:5::10", "2001:db8:2::99").build(),
             ];
             for syn in &guest {
-                p.expect(syn, XDP_PASS, &[N_SYNS, N_SOURCES_NEW, R_SYN_NOT_LOCAL]);
+                p.expect(syn, XDP_PASS, &[N_SYNS, R_SYN_NOT_LOCAL]);
                 assert_eq!(p.run_out(syn), (XDP_PASS, syn.clone()), "untouched");
             }
             // Once the addresses are the machine's (and `run` has looked), they are
