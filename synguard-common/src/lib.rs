@@ -395,6 +395,10 @@ pub struct Config {
     /// What a cookie SYN-ACK may offer besides the MSS: a [`synack::cookie_opts`] word
     /// `run` derives from the kernel's settings and keeps current (0: the MSS only).
     pub cookie_opts: u32,
+    /// Derived: [`sources::sketch_quiet_limit`] of `syn_interval_ns`, the SYNs per window
+    /// a source may send in attack mode before it is metered in its bucket.
+    pub syn_quiet: u32,
+    pub _reserved: u32,
     /// Protected destination ports, bit `p % 64` of word `p / 64` (host order port).
     pub ports: [u64; PORT_WORDS],
     /// Secret key of the sources table's hash ([`sources::set_of`]), drawn once when the
@@ -965,7 +969,7 @@ const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 7));
 const _: () = assert!(core::mem::size_of::<CpuRates>() == 16 * capacity::MAX_CPUS as usize);
 const _: () = assert!(core::mem::size_of::<Proof>() == 24);
 const _: () = assert!(core::mem::size_of::<IfState>() == 56);
-const _: () = assert!(core::mem::size_of::<Config>() == 160 + 8 * PORT_WORDS);
+const _: () = assert!(core::mem::size_of::<Config>() == 168 + 8 * PORT_WORDS);
 const _: () = assert!(stat::NAMES.len() == stat::COUNT);
 
 #[cfg(test)]

@@ -217,21 +217,22 @@ pub const fn sketch_cell(set: u32) -> (u32, usize) {
 /// of what `syn-rate` (one SYN per `interval_ns`) allows in a window, at most 254. Below
 /// 30 SYN/s that is 0: every SYN is metered.
 #[inline(always)]
-pub const fn sketch_quiet_limit(interval_ns: u64) -> u16 {
+pub const fn sketch_quiet_limit(interval_ns: u64) -> u32 {
     let per_window = (1u64 << SKETCH_WINDOW_SHIFT) / if interval_ns == 0 { 1 } else { interval_ns };
     let q = per_window / 4;
     if q >= SKETCH_MAX as u64 {
-        SKETCH_MAX - 1
+        SKETCH_MAX as u32 - 1
     } else {
-        q as u16
+        q as u32
     }
 }
 
 /// Count a SYN in `counter` (the low 8 bits of its window's number in the high byte, the
 /// count in the low byte; a window 256 windows old only adds to the count) at `now`;
-/// returns the new counter and whether the source may skip its bucket.
+/// returns the new counter and whether the source may skip its bucket, given the
+/// [`sketch_quiet_limit`] (`Config::syn_quiet`: no division per packet).
 #[inline(always)]
-pub const fn sketch_count(counter: u16, now: u64, interval_ns: u64) -> (u16, bool) {
+pub const fn sketch_count(counter: u16, now: u64, quiet: u32) -> (u16, bool) {
     let window = ((now >> SKETCH_WINDOW_SHIFT) & 0xff) as u16;
     let count = if counter >> 8 == window {
         let c = counter & SKETCH_MAX;
@@ -239,10 +240,7 @@ pub const fn sketch_count(counter: u16, now: u64, interval_ns: u64) -> (u16, boo
     } else {
         1
     };
-    (
-        window << 8 | count,
-        count <= sketch_quiet_limit(interval_ns),
-    )
+    (window << 8 | count, count as u32 <= quiet)
 }
 
 #[cfg(test)]
@@ -274,7 +272,7 @@ mod tests {
             0,
             "1/s: every SYN metered"
         );
-        assert!(!sketch_count(0, 5 << 40, 1_000_000_000).1);
+        assert!(!sketch_count(0, 5 << 40, sketch_quiet_limit(1_000_000_000)).1);
         assert_eq!(
             sketch_quiet_limit(100),
             254,
@@ -284,7 +282,7 @@ mod tests {
         let mut c = 0;
         let mut quiet = 0;
         for i in 0..10 {
-            let (next, q) = sketch_count(c, t + i, interval);
+            let (next, q) = sketch_count(c, t + i, sketch_quiet_limit(interval));
             c = next;
             quiet += u32::from(q);
         }
@@ -294,13 +292,16 @@ mod tests {
         );
         assert_eq!(c & 0xff, 10);
         // The next window starts again.
-        let (next, q) = sketch_count(c, t + (1 << SKETCH_WINDOW_SHIFT), interval);
+        let (next, q) = sketch_count(c, t + (1 << SKETCH_WINDOW_SHIFT), 6);
         assert!(q);
         assert_eq!(next & 0xff, 1);
         // A counter saturates rather than spilling into the window's bits, and a full
         // one is never quiet, whatever the rate.
         let full = (((t >> SKETCH_WINDOW_SHIFT) & 0xff) as u16) << 8 | 0xff;
-        assert_eq!(sketch_count(full, t, 100), (full, false));
+        assert_eq!(
+            sketch_count(full, t, sketch_quiet_limit(100)),
+            (full, false)
+        );
         // Cells cover the low 16 bits of a set.
         assert_eq!(sketch_cell(0x7_ffff), (7, 8191));
         assert_eq!(sketch_cell(0x2000), (1, 0));

@@ -690,16 +690,20 @@ fn tcp(
     // Made only here: a banned source's SYNs and other packets never need it.
     let key = &key();
     // In attack mode a quiet source's SYN skips its bucket (see `sources::sketch_count`).
-    let metered = if pkt.cookies_active() && quiet_source(pkt, key, now) {
+    let active = pkt.cookies_active();
+    // The source's set in the table, also its cell in the sketch.
+    let set = sources::set_of(key, &pkt.cfg.source_seed);
+    let metered = if active && quiet_source(pkt, set, now) {
         R_SYN_PASSED
     } else {
-        meter_syn(pkt, key, at.family, now)
+        meter_syn(pkt, key, set, at.family, now)
     };
     if metered == R_SYN_LIMITED {
         return pkt.verdict(R_SYN_LIMITED);
     }
     let challenged = metered == CHALLENGED;
-    if !pkt.cookies_active() {
+    // A challenge may just have started attack mode: asked again then.
+    if !(active || challenged && pkt.cookies_active()) {
         // Only `syn-cookies = off` gets here with a challenge (it starts attack mode
         // otherwise): without cookies, a proven source's SYNs over its limit are
         // dropped, but it is not banned.
@@ -740,15 +744,15 @@ fn tcp(
 /// Count an attack-mode SYN in `SG_SYN_SKETCH`; whether its source is quiet enough to
 /// skip its bucket.
 #[inline(always)]
-fn quiet_source(pkt: &Packet, key: &SourceKey, now: u64) -> bool {
-    let (row, col) = sources::sketch_cell(sources::set_of(key, &pkt.cfg.source_seed));
+fn quiet_source(pkt: &Packet, set: u32, now: u64) -> bool {
+    let (row, col) = sources::sketch_cell(set);
     let Some(cells) = SG_SYN_SKETCH.get_ptr_mut(row) else {
         return false;
     };
     // SAFETY: a live map value shared by CPUs; a racing update loses one count at most.
     // `col` is masked below the row's length.
     let c = unsafe { &mut (*cells)[col & (sources::SKETCH_COLS - 1)] };
-    let (next, quiet) = sources::sketch_count(*c, now, pkt.cfg.syn_interval_ns);
+    let (next, quiet) = sources::sketch_count(*c, now, pkt.cfg.syn_quiet);
     *c = next;
     quiet
 }
@@ -1559,9 +1563,9 @@ fn ack_v6(ctx: &XdpContext, at: &Offsets, rst: bool) -> AckCheck {
 /// [`CHALLENGED`] (a proven source over its limit) or `R_SYN_UNTRACKED`, not yet counted. The bucket lives in one of the two slots of the
 /// source's set (see [`sources`]); both lookups are inlined array reads.
 #[inline(always)]
-fn meter_syn(pkt: &Packet, key: &SourceKey, family: u8, now: u64) -> usize {
+fn meter_syn(pkt: &Packet, key: &SourceKey, set: u32, family: u8, now: u64) -> usize {
     let cfg = pkt.cfg;
-    let first = sources::first_slot(key, &cfg.source_seed);
+    let first = set * sources::WAYS;
     let (Some(a), Some(b)) = (
         SG_SOURCES.get_ptr_mut(first),
         SG_SOURCES.get_ptr_mut(first + 1),

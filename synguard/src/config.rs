@@ -566,6 +566,8 @@ impl Settings {
             attack_calm_ns: synguard_common::ATTACK_CALM_NS,
             saved_timestamps: -1,
             cookie_opts: 0,
+            syn_quiet: synguard_common::sources::sketch_quiet_limit(interval),
+            _reserved: 0,
             ports: self.ports.bitmap(),
             // Drawn by `Maps::write_config` when the maps are new, kept after that.
             source_seed: [0; synguard_common::sources::SEED_WORDS],
@@ -736,6 +738,8 @@ mod tests {
         s.set("ports", "80,443").unwrap();
         let c = s.to_kernel(1);
         assert_eq!(c.syn_interval_ns, 10_000_000);
+        // 100/s: 13 SYNs per 134 ms sketch window, a quarter of it.
+        assert_eq!(c.syn_quiet, 3);
         assert_eq!(c.syn_tolerance_ns, 90_000_000);
         assert_eq!(c.v4_mask, [255, 255, 255, 0]);
         assert_eq!(c.all_ports, 0);
