@@ -200,16 +200,23 @@ pub mod stat {
     pub const R_ACK_NO_FLOW: usize = 35;
     /// Attack mode: the same for an RST (which the kernel would ignore). Dropped.
     pub const R_RST_NO_FLOW: usize = 36;
+    /// Note: attack mode, a SYN that was the first of its sketch counter in the counter's
+    /// window (see [`crate::sources::sketch_count`]): about one per distinct source per
+    /// 134 ms, where the sources table no longer sees the quiet ones. `report` counts a
+    /// forged flood's sources with it.
+    pub const N_SKETCH_NEW: usize = 37;
+    /// Note: the same, for IPv6 sources.
+    pub const N_SKETCH_NEW_V6: usize = 38;
 
     /// Number of counter slots.
-    pub const COUNT: usize = 37;
+    pub const COUNT: usize = 39;
 
     /// Whether a counter is a verdict reason (each packet increments exactly one).
     pub const fn is_reason(i: usize) -> bool {
         i < 16
             || (i >= R_COOKIE_SENT && i <= R_COOKIE_FALLBACK)
             || i == R_SYN_NOT_LOCAL
-            || i >= R_SYN_NAT
+            || (i >= R_SYN_NAT && i <= R_RST_NO_FLOW)
     }
 
     /// Every verdict reason.
@@ -256,6 +263,8 @@ pub mod stat {
         "syn_nat",
         "ack_no_flow",
         "rst_no_flow",
+        "sketch_new",
+        "sketch_new_v6",
     ];
 
     /// Whether a verdict reason is a drop (in `enforce` mode).

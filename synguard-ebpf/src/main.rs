@@ -693,7 +693,7 @@ fn tcp(
     let active = pkt.cookies_active();
     // The source's set in the table, also its cell in the sketch.
     let set = sources::set_of(key, &pkt.cfg.source_seed);
-    let metered = if active && quiet_source(pkt, set, now) {
+    let metered = if active && quiet_source(pkt, set, at.family, now) {
         R_SYN_PASSED
     } else {
         meter_syn(pkt, key, set, at.family, now)
@@ -744,7 +744,7 @@ fn tcp(
 /// Count an attack-mode SYN in `SG_SYN_SKETCH`; whether its source is quiet enough to
 /// skip its bucket.
 #[inline(always)]
-fn quiet_source(pkt: &Packet, set: u32, now: u64) -> bool {
+fn quiet_source(pkt: &Packet, set: u32, family: u8, now: u64) -> bool {
     let (row, col) = sources::sketch_cell(set);
     let Some(cells) = SG_SYN_SKETCH.get_ptr_mut(row) else {
         return false;
@@ -754,6 +754,13 @@ fn quiet_source(pkt: &Packet, set: u32, now: u64) -> bool {
     let c = unsafe { &mut (*cells)[col & (sources::SKETCH_COLS - 1)] };
     let (next, quiet) = sources::sketch_count(*c, now, pkt.cfg.syn_quiet);
     *c = next;
+    if next & 0xff == 1 {
+        // The counter's first SYN in its window: a source not seen for a while.
+        pkt.note(N_SKETCH_NEW);
+        if family == FAMILY_V6 {
+            pkt.note(N_SKETCH_NEW_V6);
+        }
+    }
     quiet
 }
 

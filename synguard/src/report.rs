@@ -347,7 +347,12 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         let start = eps[0].start();
         let end = eps[eps.len() - 1].t;
         let syns: u64 = eps.iter().map(Sample::offered).sum();
-        let new_sources: u64 = eps.iter().map(|s| s.get("sources_new")).sum();
+        // In attack mode quiet sources never reach the table: the sketch counts them
+        // instead, about once per source per 134 ms (a source active across windows
+        // counts again, which only lowers its SYNs per source).
+        let sketch_new: u64 = eps.iter().map(|s| s.get("sketch_new")).sum();
+        let sketch_new_v6: u64 = eps.iter().map(|s| s.get("sketch_new_v6")).sum();
+        let new_sources: u64 = eps.iter().map(|s| s.get("sources_new")).sum::<u64>() + sketch_new;
         let peak_sources = eps.iter().map(|s| s.sources).max().unwrap_or(0);
         // Sources in this episode, with estimated SYNs.
         let mut mine: HashMap<&str, PerSource> = HashMap::new();
@@ -374,11 +379,14 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         let sources = new_sources
             .max(mine.len() as u64)
             .max(peak_sources.min(new_sources.max(1)));
-        let v6_share = eps
-            .iter()
-            .max_by_key(|s| s.sources)
-            .filter(|s| s.sources > 0)
-            .map_or(0.0, |s| s.sources_v6 as f64 / s.sources as f64);
+        let v6_share = if sketch_new > 0 {
+            sketch_new_v6 as f64 / sketch_new as f64
+        } else {
+            eps.iter()
+                .max_by_key(|s| s.sources)
+                .filter(|s| s.sources > 0)
+                .map_or(0.0, |s| s.sources_v6 as f64 / s.sources as f64)
+        };
         let attack_mode = eps.iter().any(|s| s.attack);
         let completed = attack_mode.then(|| {
             eps.iter()
@@ -1093,6 +1101,38 @@ mod tests {
         let md = r.to_markdown(Some("x.svg"));
         assert!(md.contains("**single source**"), "{md}");
         assert!(md.contains("![SYN rate"), "{md}");
+    }
+
+    /// In attack mode a forged flood's sources skip the sources table (the sketch, see
+    /// `sources::sketch_count`): the report counts them from `sketch_new`, and tells IPv6
+    /// rotation from `sketch_new_v6`.
+    #[test]
+    fn forged_sources_counted_by_the_sketch() {
+        for (v6, kind) in [
+            (0, AttackKind::ForgedSources),
+            (350_000, AttackKind::Ipv6Rotation),
+        ] {
+            let mut recs = Vec::new();
+            recs.push(sample(5, &[("syns", 100), ("syn_passed", 100)], false));
+            for i in 0..4 {
+                recs.push(sample(
+                    10 + 5 * i,
+                    &[
+                        ("syns", 500_000),
+                        ("sources_new", 12),
+                        ("sketch_new", 400_000),
+                        ("sketch_new_v6", v6),
+                        ("cookie_sent", 499_000),
+                        ("syn_verified", 300),
+                    ],
+                    true,
+                ));
+            }
+            recs.push(sample(30, &[("syns", 100), ("syn_passed", 100)], false));
+            let r = build(&recs, 0, "x");
+            assert_eq!(r.attacks.len(), 1);
+            assert_eq!(r.attacks[0].kind, kind, "{:?}", r.attacks);
+        }
     }
 
     #[test]

@@ -188,6 +188,12 @@ impl Prog {
         let after = self.counters();
         assert_eq!(got, action, "action (1 drop, 2 pass, 3 tx)");
         for i in 0..stat::COUNT {
+            // Whether a SYN is its sketch counter's first depends on the 134 ms window it
+            // falls in, not on the verdict: checked on their own where they matter
+            // (`cookies::attack_mode_meters_only_sources_the_sketch_finds_loud`).
+            if i == stat::N_SKETCH_NEW || i == stat::N_SKETCH_NEW_V6 {
+                continue;
+            }
             let want = moved.iter().filter(|m| **m == i).count() as u64;
             assert_eq!(
                 after[i] - before[i],

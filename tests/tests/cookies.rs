@@ -413,6 +413,16 @@ fn attack_mode_meters_only_sources_the_sketch_finds_loud() {
             0,
             "no bucket made"
         );
+        // Counted as new sources by the sketch instead (a few share a counter).
+        assert!(
+            (980..=1000).contains(&c[N_SKETCH_NEW]),
+            "sketch_new {}",
+            c[N_SKETCH_NEW]
+        );
+        assert_eq!(c[N_SKETCH_NEW_V6], 0);
+        let (action, _) = p.run_out(&Tcp::syn("2001:db8:9::1", SERVER6).build());
+        assert_eq!(action, XDP_TX);
+        assert_eq!(p.counter(N_SKETCH_NEW_V6), 1, "an IPv6 source");
 
         // One flooder: its first SYNs skip the bucket, then it is metered, limited after
         // its burst of 3, and banned. Six quiet SYNs a window, and the test may straddle
