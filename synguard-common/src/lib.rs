@@ -17,7 +17,7 @@ pub mod synack;
 
 /// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 14;
+pub const ABI_VERSION: u32 = 15;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -43,8 +43,9 @@ pub mod map_names {
     pub const LOCAL_V6: &str = "SG_LOCAL_V6";
     pub const NAT_PORTS: &str = "SG_NAT_PORTS";
     pub const SYN_SKETCH: &str = "SG_SYN_SKETCH";
+    pub const PROOF_FILTER: &str = "SG_PROOF_FILTER";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         CONFIG,
         STATS,
         RULES_V4,
@@ -66,6 +67,7 @@ pub mod map_names {
         LOCAL_V6,
         NAT_PORTS,
         SYN_SKETCH,
+        PROOF_FILTER,
     ];
 }
 

@@ -243,6 +243,36 @@ pub const fn sketch_count(counter: u16, now: u64, quiet: u32) -> (u16, bool) {
     (window << 8 | count, count as u32 <= quiet)
 }
 
+/// Attack mode's filter in front of `SG_VERIFIED` (`SG_PROOF_FILTER`): one bit per source
+/// set ([`set_of`]), set by every writer of a proof (the kernel's cookie check and
+/// `sock_ops` program, and `run`'s own proofs) before or as it writes the proof. An
+/// unverified SYN in attack mode looks its source up in `SG_VERIFIED` only when its bit
+/// is set: a forged flood's random sources almost never are, and the hash lookup they
+/// spare is a miss in a 4 MiB bucket array (about 5 % of the server's CPU per forged
+/// frame). 64 KiB, small enough to stay in cache.
+///
+/// A bit says "maybe": sources sharing a set share it, and a proof that ends leaves it set
+/// until `run` clears the bits no proof holds (every `proofs::REFRESH`). A missing bit
+/// would cost a proven source only its shortcut: its SYNs are answered with cookies, as an
+/// unproven source's are, and its next accepted connection sets the bit again. That can
+/// happen only when two writers set bits of one word at the same instant (the kernel's
+/// writes are not atomic: a lost bit is harmless) or `run` clears a word as the kernel
+/// sets a bit in it (see `proofs::sync_filter`).
+pub const PROOF_FILTER_ROWS: u32 = 8;
+/// Words of 64 bits per row (one map entry).
+pub const PROOF_FILTER_WORDS: usize = 1024;
+const _: () = assert!(PROOF_FILTER_ROWS as u64 * PROOF_FILTER_WORDS as u64 * 64 == SETS as u64);
+
+/// The row, word and bit of a source set in the proof filter.
+#[inline(always)]
+pub const fn proof_filter_bit(set: u32) -> (u32, usize, u64) {
+    (
+        (set >> 16) & (PROOF_FILTER_ROWS - 1),
+        (set >> 6) as usize & (PROOF_FILTER_WORDS - 1),
+        1u64 << (set & 63),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -260,6 +290,18 @@ mod tests {
 
     fn v4(i: u32) -> SourceKey {
         source_key_v4(i.to_be_bytes(), prefix_mask::<4>(32), 32)
+    }
+
+    #[test]
+    fn every_set_has_its_own_bit_in_the_proof_filter() {
+        for set in 0..SETS {
+            let (row, word, bit) = proof_filter_bit(set);
+            assert!(row < PROOF_FILTER_ROWS && word < PROOF_FILTER_WORDS);
+            assert_eq!(bit.count_ones(), 1);
+            let at =
+                (row as usize * PROOF_FILTER_WORDS + word) * 64 + bit.trailing_zeros() as usize;
+            assert_eq!(at, set as usize);
+        }
     }
 
     #[test]

@@ -112,6 +112,10 @@ static SG_CPU_RATES: Array<CpuRates> = Array::with_max_entries(capacity::STATS_S
 #[map]
 static SG_SYN_SKETCH: Array<[u16; sources::SKETCH_COLS]> =
     Array::with_max_entries(sources::SKETCH_ROWS, 0);
+/// Which source sets may hold a proof (see [`sources::proof_filter_bit`]).
+#[map]
+static SG_PROOF_FILTER: Array<[u64; sources::PROOF_FILTER_WORDS]> =
+    Array::with_max_entries(sources::PROOF_FILTER_ROWS, 0);
 /// This machine's IPv4 addresses (in the packet's byte order), kept by `run`.
 #[map]
 static SG_LOCAL_V4: HashMap<u32, u8> = HashMap::with_max_entries(capacity::LOCAL_ADDRS, 0);
@@ -712,7 +716,8 @@ fn tcp(
     // Attack mode: verified sources within their limit go straight to the kernel; the
     // others (and proven sources over their limit) are answered here with a SYN cookie
     // and never reach the server's SYN queue.
-    if !challenged && is_verified(key, now) {
+    // (The filter first: a forged flood's sources are almost never in it.)
+    if !challenged && maybe_proven(set) && is_verified(key, now) {
         return pkt.verdict(R_SYN_VERIFIED);
     }
     // Only SYNs for this machine's own addresses are answered: a listener bound to a
@@ -793,6 +798,33 @@ fn to_local(ctx: &XdpContext, at: &Offsets) -> bool {
             // SAFETY: bounds checked; the key is read in place by the helper.
             Some(d) => SG_LOCAL_V6.get_ptr(unsafe { &*d }).is_some(),
             None => false,
+        }
+    }
+}
+
+/// Whether a source of this set may hold a proof (`SG_PROOF_FILTER`): if not, it holds
+/// none.
+#[inline(always)]
+fn maybe_proven(set: u32) -> bool {
+    let (row, word, bit) = sources::proof_filter_bit(set);
+    match SG_PROOF_FILTER.get(row) {
+        Some(words) => words[word & (sources::PROOF_FILTER_WORDS - 1)] & bit != 0,
+        // An array always has its entries; were one missing, the proofs decide.
+        None => true,
+    }
+}
+
+/// Set a source set's bit in `SG_PROOF_FILTER` (before its proof is written).
+#[inline(always)]
+fn mark_proven(set: u32) {
+    let (row, word, bit) = sources::proof_filter_bit(set);
+    if let Some(words) = SG_PROOF_FILTER.get_ptr_mut(row) {
+        // SAFETY: a live map value shared by CPUs, `word` masked below its length. Not
+        // atomic: a bit set by another CPU in the same word at the same instant can be
+        // lost, which costs its source only the shortcut (see `proof_filter_bit`).
+        let w = unsafe { &mut (*words)[word & (sources::PROOF_FILTER_WORDS - 1)] };
+        if *w & bit == 0 {
+            *w |= bit;
         }
     }
 }
@@ -1360,9 +1392,11 @@ fn synack_v6<const TCP: usize>(
 /// Record that a source proved it owns its address (`how`, a `PROOF_*`), for
 /// `verified_ns` from `now`. A proof that still holds is extended (keeping how and since
 /// when it was first made), never shortened (a protected address stays protected).
+/// The source's bit in `SG_PROOF_FILTER` is set first, whatever the outcome.
 #[inline(never)]
-fn prove(key: &SourceKey, now: u64, verified_ns: u64, how: u32) -> bool {
-    let until_ns = now.saturating_add(verified_ns);
+fn prove(key: &SourceKey, cfg: &Config, now: u64, how: u32) -> bool {
+    mark_proven(sources::set_of(key, &cfg.source_seed));
+    let until_ns = now.saturating_add(cfg.verified_ns);
     let (since_ns, how) = match SG_VERIFIED.get_ptr(key) {
         // SAFETY: a copy of the value is read at once (see `is_verified`).
         Some(p) => match unsafe { *p } {
@@ -1421,7 +1455,7 @@ fn prove_peer(ctx: &SockOpsContext) {
     // SAFETY: a helper without arguments; the same clock as the XDP program's (see
     // [`clock`]), at tick resolution.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    prove(&key, now, cfg.verified_ns, PROOF_HANDSHAKE);
+    prove(&key, cfg, now, PROOF_HANDSHAKE);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1465,7 +1499,7 @@ fn check_ack(pkt: &Packet, at: &Offsets, dport: u16, key: &SourceKey, rst: bool)
             // Only a correct cookie (or a real connection) gets here: forged sources never
             // see their SYN-ACK, so they can never insert themselves. An RST proves
             // nothing (it only had to name a connection).
-            if !rst && prove(key, now, pkt.cfg.verified_ns, PROOF_COOKIE) {
+            if !rst && prove(key, pkt.cfg, now, PROOF_COOKIE) {
                 pkt.note(N_VERIFIED);
             }
             R_TCP_OTHER

@@ -68,6 +68,9 @@ pub struct Maps {
     pub local_v6: HashMap<MapData, [u8; 16], u8>,
     /// The destination ports the machine's NAT rules rewrite (see `crate::nat`).
     pub nat_ports: Array<MapData, [u64; synguard_common::PORT_WORDS]>,
+    /// Which source sets may hold a proof (see `synguard_common::sources::proof_filter_bit`;
+    /// kept by `proofs`).
+    pub proof_filter: Array<MapData, [u64; synguard_common::sources::PROOF_FILTER_WORDS]>,
 }
 
 /// Options for loading the program.
@@ -220,6 +223,7 @@ impl Maps {
             local_v4: take(ebpf, map_names::LOCAL_V4)?,
             local_v6: take(ebpf, map_names::LOCAL_V6)?,
             nat_ports: take(ebpf, map_names::NAT_PORTS)?,
+            proof_filter: take(ebpf, map_names::PROOF_FILTER)?,
         })
     }
 
@@ -245,6 +249,7 @@ impl Maps {
             local_v4: open(pin_dir, map_names::LOCAL_V4)?,
             local_v6: open(pin_dir, map_names::LOCAL_V6)?,
             nat_ports: open(pin_dir, map_names::NAT_PORTS)?,
+            proof_filter: open(pin_dir, map_names::PROOF_FILTER)?,
         })
     }
 

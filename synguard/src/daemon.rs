@@ -433,6 +433,13 @@ impl Daemon {
             clock::monotonic_ns(),
             &self.protected,
         )?;
+        if r.filter.cleared > 0 {
+            log::debug!(
+                "proof filter: {} sets may hold a proof, {} cleared (their proofs ended)",
+                r.filter.set,
+                r.filter.cleared
+            );
+        }
         if r.protected != self.protected {
             let list: Vec<String> = r
                 .protected

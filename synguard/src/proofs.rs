@@ -31,6 +31,7 @@ use ipnet::IpNet;
 use synguard_common::{
     PROOF_COOKIE, PROOF_FOREVER, PROOF_GATEWAY, PROOF_HANDSHAKE, PROOF_RESOLVER, PROOF_SOCKET,
     Proof, RULE_BAN, SourceKey,
+    sources::{PROOF_FILTER_ROWS, PROOF_FILTER_WORDS, proof_filter_bit, set_of},
 };
 
 use crate::{bpf::Maps, config::Settings, net::source_key, rules};
@@ -72,6 +73,7 @@ pub fn record(
     until_ns: u64,
     now: u64,
 ) -> anyhow::Result<()> {
+    mark(maps, key)?;
     let (since_ns, how) = match get(maps, key, now)? {
         Some(old) if old.until_ns >= until_ns => return Ok(()),
         Some(old) if until_ns != PROOF_FOREVER => (old.since_ns, old.how),
@@ -87,6 +89,77 @@ pub fn record(
     maps.verified
         .insert(key, proof, 0)
         .context("recording a proof")
+}
+
+/// Set a source's bit in the proof filter (`SG_PROOF_FILTER`, see
+/// `synguard_common::sources::proof_filter_bit`): without it attack mode never looks its
+/// proof up.
+fn mark(maps: &mut Maps, key: &SourceKey) -> anyhow::Result<()> {
+    let (row, word, bit) = proof_filter_bit(set_of(key, &crate::sources::seed(maps)?));
+    let mut words = maps
+        .proof_filter
+        .get(&row, 0)
+        .context("reading the proof filter")?;
+    if words[word] & bit == 0 {
+        words[word] |= bit;
+        maps.proof_filter
+            .set(row, words, 0)
+            .context("writing the proof filter")?;
+    }
+    Ok(())
+}
+
+/// What [`sync_filter`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FilterSync {
+    /// Bits set now, of the filter's.
+    pub set: u64,
+    /// Bits cleared: their sets hold no proof any more.
+    pub cleared: u64,
+}
+
+/// Make the proof filter say what `SG_VERIFIED` holds at `now`: the bits of the sets with
+/// a proof that holds, and none of the others (proofs that ended, or were forgotten by
+/// the LRU). A bit the kernel sets while this runs is kept: the filter is read before the
+/// proofs, and a bit found set in a row's second read but not its first stays. Only a bit
+/// set between the second read of its row and the write is lost (microseconds; see
+/// `proof_filter_bit` for what that costs). At start and every [`REFRESH`].
+pub fn sync_filter(maps: &mut Maps, now: u64) -> anyhow::Result<FilterSync> {
+    let seed = crate::sources::seed(maps)?;
+    let before = (0..PROOF_FILTER_ROWS)
+        .map(|r| maps.proof_filter.get(&r, 0))
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the proof filter")?;
+    let mut want = vec![[0u64; PROOF_FILTER_WORDS]; PROOF_FILTER_ROWS as usize];
+    crate::batch::for_each(&maps.verified, 512, |key, proof| {
+        if proof.until_ns > now {
+            let (row, word, bit) = proof_filter_bit(set_of(key, &seed));
+            want[row as usize][word] |= bit;
+        }
+    })?;
+    let mut out = FilterSync::default();
+    for (row, (want, before)) in (0..PROOF_FILTER_ROWS).zip(want.iter_mut().zip(&before)) {
+        let now_words = maps
+            .proof_filter
+            .get(&row, 0)
+            .context("reading the proof filter")?;
+        for ((w, had), got) in want.iter_mut().zip(before).zip(&now_words) {
+            // Set since the first read: a proof being written now.
+            *w |= got & !had;
+        }
+        out.set += want.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+        out.cleared += now_words
+            .iter()
+            .zip(want.iter())
+            .map(|(got, w)| u64::from((got & !w).count_ones()))
+            .sum::<u64>();
+        if now_words != *want {
+            maps.proof_filter
+                .set(row, *want, 0)
+                .context("writing the proof filter")?;
+        }
+    }
+    Ok(out)
 }
 
 /// The machine's default gateways, IPv4 and IPv6 (`/proc/net/route`, `ipv6_route`).
@@ -163,6 +236,8 @@ pub struct Refresh {
     pub peers: usize,
     /// Bans lifted because their source is proven now.
     pub lifted: Vec<IpNet>,
+    /// The proof filter brought up to date.
+    pub filter: FilterSync,
 }
 
 /// Make the proofs `run` makes itself (see the module's documentation), and lift the
@@ -213,6 +288,7 @@ pub fn refresh(
             out.lifted.push(e.net);
         }
     }
+    out.filter = sync_filter(maps, now)?;
     Ok(out)
 }
 

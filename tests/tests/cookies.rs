@@ -15,7 +15,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use synguard::{config::Settings, nat::NatPorts};
 use synguard_common::{
     EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_CHALLENGE, Event, PROOF_HANDSHAKE, PROOF_SOCKET,
-    RULE_ALLOW, stat::*,
+    Proof, RULE_ALLOW, stat::*,
 };
 use synguard_tests::{
     netns::Netns,
@@ -338,6 +338,76 @@ fn a_valid_cookie_ack_verifies_the_source_and_its_syns_then_pass() {
             assert_eq!(out, again, "untouched");
         }
         assert_eq!(p.counter(R_SYN_VERIFIED), 2);
+    });
+}
+
+/// In attack mode an unverified SYN's proof is looked up only where the proof filter says
+/// its source's set may hold one (`SG_PROOF_FILTER`): a proof written behind the filter's
+/// back is not seen (its SYNs get cookies, as before it was proven); `run`'s sync of the
+/// filter gives it its bit, and takes the bit of a proof that ended; `run`'s own proofs
+/// set their bits as they are made (the kernel's cookie check: see
+/// `a_valid_cookie_ack_verifies_the_source_and_its_syns_then_pass`).
+#[test]
+fn attack_mode_looks_proofs_up_only_where_the_filter_says() {
+    in_server_ns("2", || {
+        let mut p = always();
+        let clock = synguard::clock::monotonic_ns;
+        for (i, client) in ["198.51.100.20", "2001:db8:5::20"].into_iter().enumerate() {
+            let key = source_key(
+                client.parse::<IpAddr>().unwrap(),
+                if client.contains(':') { 64 } else { 32 },
+            );
+            let proof = |until_ns| Proof {
+                until_ns,
+                since_ns: clock(),
+                how: PROOF_SOCKET,
+                _pad: 0,
+            };
+            p.loaded
+                .maps
+                .verified
+                .insert(key, proof(clock() + 3_600_000_000_000), 0)
+                .expect("write a proof");
+            let syn = |port: u16| {
+                Tcp::syn(client, if i == 0 { SERVER } else { SERVER6 })
+                    .sport(port)
+                    .build()
+            };
+            p.expect(&syn(1), XDP_TX, &[N_SYNS, R_COOKIE_SENT]);
+            let sync = synguard::proofs::sync_filter(&mut p.loaded.maps, clock()).expect("sync");
+            assert_eq!((sync.set, sync.cleared), (1, 0), "{sync:?}");
+            p.expect(&syn(2), XDP_PASS, &[N_SYNS, R_SYN_VERIFIED]);
+
+            // The proof ends: its bit goes (and its SYNs get cookies again).
+            p.loaded
+                .maps
+                .verified
+                .insert(key, proof(clock() - 1), 0)
+                .expect("end the proof");
+            let sync = synguard::proofs::sync_filter(&mut p.loaded.maps, clock()).expect("sync");
+            assert_eq!((sync.set, sync.cleared), (0, 1), "{sync:?}");
+            p.expect(&syn(3), XDP_TX, &[N_SYNS, R_COOKIE_SENT]);
+            p.loaded
+                .maps
+                .verified
+                .remove(&key)
+                .expect("forget the proof");
+
+            // `run`'s proofs mark the filter themselves.
+            p.prove(
+                client,
+                if i == 0 { 32 } else { 64 },
+                PROOF_SOCKET,
+                3_600_000_000_000,
+            );
+            p.expect(&syn(4), XDP_PASS, &[N_SYNS, R_SYN_VERIFIED]);
+            p.loaded
+                .maps
+                .verified
+                .remove(&key)
+                .expect("forget the proof");
+            synguard::proofs::sync_filter(&mut p.loaded.maps, clock()).expect("sync");
+        }
     });
 }
 

@@ -141,6 +141,16 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
     let last = maps.counters(slot).expect("counters");
     assert_eq!(last[R_SYN_VERIFIED] - after[R_SYN_VERIFIED], 1);
     assert_eq!(last[R_COOKIE_SENT], after[R_COOKIE_SENT]);
+    // So do the SYNs of the employee proven before by its handshake (the `sock_ops`
+    // program's proof, found through the proof filter).
+    fetch_in(employee, None, Duration::from_secs(5)).expect("the proven employee");
+    let proven = maps.counters(slot).expect("counters");
+    assert_eq!(
+        proven[R_SYN_VERIFIED] - last[R_SYN_VERIFIED],
+        1,
+        "{proven:?}"
+    );
+    assert_eq!(proven[R_COOKIE_SENT], after[R_COOKIE_SENT]);
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait(Duration::from_secs(20)), Some(0), "clean exit");
 }
