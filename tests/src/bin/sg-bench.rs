@@ -52,6 +52,8 @@ enum Part {
     Scale,
     /// Employees and CPU under floods in the lab.
     Survival,
+    /// The cookie answer against its floor, run in turn (also part of `survival`).
+    Answer,
 }
 
 #[derive(Serialize)]
@@ -95,6 +97,20 @@ struct Target {
     met: bool,
 }
 
+/// The cookie answer against its floor: synguard and "answer the known attack sources"
+/// run in turn on the same forged flood, several times (see [`answer_pairs`]).
+#[derive(Serialize)]
+struct AnswerPairs {
+    /// Asked rate; `None` is flat out.
+    target_pps: Option<u64>,
+    /// Server CPU ns per frame, in the order measured.
+    synguard_ns: Vec<f64>,
+    floor_ns: Vec<f64>,
+    /// synguard / floor of each pair, and their median.
+    ratios: Vec<f64>,
+    median: f64,
+}
+
 #[derive(Serialize)]
 struct Report {
     quick: bool,
@@ -107,6 +123,7 @@ struct Report {
     scale: Vec<ScaleRow>,
     survival: Vec<Survival>,
     survival_note: String,
+    answer_pairs: Vec<AnswerPairs>,
     /// CPU ms/s of the server with only the employees at work, per kind of link.
     idle: Vec<survival::Idle>,
     targets: Vec<Target>,
@@ -466,6 +483,17 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     s[s.len() / 2]
+}
+
+/// The median of an even count too (the mean of the middle two).
+fn middle(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
 }
 
 /// The kernel's accounting of a map's memory: `memlock` in the fdinfo of a descriptor.
@@ -928,6 +956,73 @@ fn survival_runs(
     Ok((out, idles, note))
 }
 
+/// How many times each of synguard and its floor runs in [`answer_pairs`].
+const PAIRS: usize = 4;
+
+/// The cookie answer's target, measured so that it means something on a shared VM: one
+/// survival run is 4 s, and the same floor moved by half between two runs of the bench.
+/// So synguard and "answer the known attack sources" run in turn, A B B A A B B A (a
+/// drift in the machine's speed weighs on both alike), at 200k SYN/s and flat out, and the
+/// target is the median of the pairs' ratios.
+fn answer_pairs(
+    idle: Option<&survival::Idle>,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Vec<AnswerPairs>> {
+    let duration = Duration::from_secs(4);
+    if let Err(e) = synguard_tests::lab::check_tools() {
+        eprintln!("sg-bench: answer pairs skipped: {e}");
+        return Ok(Vec::new());
+    }
+    let idle = match idle {
+        Some(i) => *i,
+        None => survival::idle(Link::Coalesced, duration, stop)?,
+    };
+    let mut out = Vec::new();
+    for rate in [Some(200_000), None] {
+        let (mut sg, mut floor) = (Vec::new(), Vec::new());
+        for i in 0..PAIRS * 2 {
+            // A B B A A B B A
+            let d = if matches!(i % 4, 0 | 3) {
+                Defence::Synguard
+            } else {
+                Defence::SourceAnswer
+            };
+            eprintln!(
+                "sg-bench: survival: answer pairs, {} ({}/{})",
+                d.name(),
+                i + 1,
+                PAIRS * 2
+            );
+            let r = survival::run(
+                Attack::Forged,
+                d,
+                Link::Coalesced,
+                rate,
+                duration,
+                Some(idle),
+                stop,
+            )?;
+            let ns = r
+                .server_ns_per_packet
+                .context("answer pairs: no server CPU per frame")?;
+            if d == Defence::Synguard {
+                sg.push(ns);
+            } else {
+                floor.push(ns);
+            }
+        }
+        let ratios: Vec<f64> = sg.iter().zip(&floor).map(|(a, b)| a / b).collect();
+        out.push(AnswerPairs {
+            target_pps: rate,
+            median: middle(&ratios),
+            synguard_ns: sg,
+            floor_ns: floor,
+            ratios,
+        });
+    }
+    Ok(out)
+}
+
 /// Per-packet cost per verdict, synguard's next to the no-op programs' and xdp-filter's:
 /// the rows, the pairs, and the no-op XDP_PASS and XDP_DROP medians.
 type Verdicts = (Vec<Row>, Vec<Versus>, Option<f64>, Option<f64>);
@@ -1051,6 +1146,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         (Vec::new(), Vec::new(), "not run (--only)".to_string())
     };
+    let answer_pairs = if (want(Part::Survival) || want(Part::Answer)) && !args.quick {
+        answer_pairs(idle.first(), &stop)?
+    } else {
+        Vec::new()
+    };
     let mut report = Report {
         quick: args.quick,
         rounds,
@@ -1062,6 +1162,7 @@ fn main() -> anyhow::Result<()> {
         scale,
         survival,
         survival_note,
+        answer_pairs,
         idle,
         targets: Vec::new(),
         seconds: 0.0,
@@ -1169,6 +1270,27 @@ fn targets(r: &Report) -> Vec<Target> {
                 met: worst.ratio <= 1.2,
             });
         }
+    }
+    for p in &r.answer_pairs {
+        t.push(Target {
+            target: format!(
+                "forged, {}: the cookie answer's server CPU per frame <= 1.5x answering the \
+                 known attack sources (median of {} runs in turn)",
+                p.target_pps
+                    .map_or("flat out".into(), |v| format!("{}k SYN/s", v / 1000)),
+                p.ratios.len()
+            ),
+            measured: format!(
+                "{:.2}x (pairs {})",
+                p.median,
+                p.ratios
+                    .iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            met: p.median <= 1.5,
+        });
     }
     // Survival: the largest flood of each attack.
     for attack in [Attack::SingleSource, Attack::Forged] {
@@ -1380,6 +1502,33 @@ fn markdown(r: &Report) -> String {
                 x.server_ns_per_packet
                     .map_or("-".into(), |v| format!("{v:.0}")),
                 x.path_drops.map_or("-".into(), |v| v.to_string()),
+            );
+        }
+    }
+    if !r.answer_pairs.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### The cookie answer against its floor, run in turn\n\n\
+             synguard and \"answer the known attack sources\" on the same forged flood, \
+             {PAIRS} runs each in the order A B B A A B B A; server CPU ns per frame:\n\n\
+             | asked SYN/s | synguard | floor | ratios | median |\n|---:|---|---|---|---:|"
+        );
+        let list = |v: &[f64], digits: usize| {
+            v.iter()
+                .map(|x| format!("{x:.digits$}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for p in &r.answer_pairs {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.2}x |",
+                p.target_pps
+                    .map_or("flat out".into(), |v| format!("{}k", v / 1000)),
+                list(&p.synguard_ns, 0),
+                list(&p.floor_ns, 0),
+                list(&p.ratios, 2),
+                p.median
             );
         }
     }
