@@ -625,6 +625,11 @@ pub const fn rule_key_v6(addr: [u8; 16], kind: u8) -> RuleKeyV6 {
 pub const RULE_ALLOW: u8 = 1;
 pub const RULE_BLOCK: u8 = 2;
 pub const RULE_BAN: u8 = 3;
+/// A ban decision pulled from CrowdSec's Local API (`run --crowdsec-url`): kept in the
+/// operator's trie, where the kernel treats it as a block (every packet of the source is
+/// dropped, as CrowdSec's other bouncers do), and the allowlist still wins. Its comment
+/// holds the decision's origin and scenario, separated by a tab.
+pub const RULE_CROWDSEC: u8 = 4;
 pub const ACTION_PASS: u8 = 0;
 pub const ACTION_DROP: u8 = 1;
 

@@ -309,6 +309,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub keys: KeyArgs,
+
+    #[command(flatten)]
+    pub crowdsec: crate::crowdsec::Args,
 }
 
 /// Every config key as `--KEY VALUE`, generated from [`KEYS`] so the names can never

@@ -310,6 +310,16 @@ pub fn example_file() -> String {
         };
         out.push_str(&format!("#{} = {value}\n", k.name));
     }
+    out.push_str(
+        "\n# A fleet: share bans through CrowdSec's Local API (see the README's fleet\n\
+         # section). Keys of `run` itself (also `synguard run --KEY VALUE`), read at start:\n\
+         # restart synguard to change them.\n\
+         #crowdsec-url = \"http://10.0.0.5:8080\"\n\
+         #crowdsec-key-file = \"/etc/synguard/crowdsec.key\"\n\
+         #crowdsec-credentials = \"/etc/synguard/crowdsec-machine.yaml\"\n\
+         #crowdsec-share = \"proven\"\n\
+         #crowdsec-interval = \"10s\"\n",
+    );
     out
 }
 
@@ -452,6 +462,15 @@ impl Settings {
                 })?
             }
             _ => {
+                if let Some(k) = crate::crowdsec::KEYS.iter().find(|k| **k == key) {
+                    return Err(ConfigError::Invalid {
+                        key: k,
+                        value: value.into(),
+                        reason: "a key of `run` itself, not a live one: set it as `synguard \
+                                 run --KEY VALUE` or in its --config file, then restart it"
+                            .into(),
+                    });
+                }
                 return Err(ConfigError::UnknownKey {
                     key: key.to_string(),
                 });
@@ -501,6 +520,10 @@ impl Settings {
             .map_err(|e: toml::de::Error| ConfigError::File(e.to_string()))?;
         let mut next = self.clone();
         for (key, value) in &table {
+            if crate::crowdsec::KEYS.contains(&key.as_str()) {
+                // `run`'s own keys (see `crowdsec::Settings::apply_toml`).
+                continue;
+            }
             let text = match value {
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Integer(i) => i.to_string(),
@@ -844,9 +867,19 @@ mod tests {
             .filter(|l| l.contains(" = ") && !l.starts_with(' '))
             .map(|l| format!("{l}\n"))
             .collect();
-        assert_eq!(uncommented.lines().count(), KEYS.len(), "{uncommented}");
+        assert_eq!(
+            uncommented.lines().count(),
+            KEYS.len() + crate::crowdsec::KEYS.len(),
+            "{uncommented}"
+        );
         let mut s = Settings::default();
         s.apply_toml(&uncommented).unwrap();
         assert_eq!(s, Settings::default());
+        // The CrowdSec example is a whole link, at its defaults but for the URL and files.
+        let mut c = crate::crowdsec::Settings::default();
+        c.apply_toml(&uncommented).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.share, crate::crowdsec::Share::Proven);
+        assert_eq!(c.interval, Duration::from_secs(10));
     }
 }

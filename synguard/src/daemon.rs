@@ -307,6 +307,12 @@ struct Daemon {
     nat: Option<crate::nat::Reading>,
     /// When cookies were last answered from XDP (see `manage_syncookies`).
     cookies_wanted: Option<Instant>,
+    /// The link to CrowdSec's Local API (`crowdsec-url`), if any.
+    crowdsec: Option<crate::crowdsec::enforce::Crowdsec>,
+    /// Its keys as `run` started with them, and their flags (a reload only says when the
+    /// file changes them: they take effect at the next start).
+    crowdsec_settings: crate::crowdsec::Settings,
+    crowdsec_args: crate::crowdsec::Args,
 }
 
 impl Daemon {
@@ -361,6 +367,25 @@ impl Daemon {
             until,
         });
         self.purge(&net);
+        self.share_ban(net, e.syns, e.rate, e.expires_ns);
+    }
+
+    /// Hand a new ban to the CrowdSec link, with its source's proof (see
+    /// `crowdsec::enforce::Crowdsec::share_ban`).
+    fn share_ban(&mut self, net: IpNet, syns: u64, rate: u64, expires_ns: u64) {
+        let Some(cs) = self.crowdsec.as_mut() else {
+            return;
+        };
+        let key = crate::net::source_key(
+            net.network(),
+            self.settings.ipv4_prefix,
+            self.settings.ipv6_prefix,
+        );
+        let proof = crate::proofs::get(&self.maps, &key, clock::monotonic_ns())
+            .ok()
+            .flatten()
+            .map(|p| p.how);
+        cs.share_ban(net, syns, rate, expires_ns, proof);
     }
 
     /// A proven source went over its limit: say so once, with how it had proven itself.
@@ -667,7 +692,13 @@ impl Daemon {
                     gone.rule.hits
                 );
             }
-            let entries = rules::list(&self.maps)?;
+            let mut entries = rules::list(&self.maps)?;
+            let keep = keep_reachable(&self.protected, &self.locals);
+            if let Some(cs) = self.crowdsec.as_mut()
+                && cs.restore(&mut self.maps, &entries, &keep)? > 0
+            {
+                entries = rules::list(&self.maps)?;
+            }
             self.rules_len = entries.len();
             self.rule_hits = entries
                 .iter()
@@ -691,6 +722,7 @@ impl Daemon {
                         syn_rate: e.rule.rate,
                         until,
                     });
+                    self.share_ban(e.net, e.rule.syns, e.rule.rate, e.rule.expires_ns);
                 }
             }
             let lifted: Vec<IpNet> = self
@@ -757,7 +789,7 @@ impl Daemon {
     fn journal_list_changes(&mut self, entries: &[rules::RuleEntry]) {
         let now: HashMap<IpNet, (u8, String)> = entries
             .iter()
-            .filter(|e| e.rule.kind != RULE_BAN)
+            .filter(|e| !matches!(e.rule.kind, RULE_BAN | synguard_common::RULE_CROWDSEC))
             .map(|e| (e.net, (e.rule.kind, e.comment())))
             .collect();
         let list = |kind: u8| if kind == RULE_ALLOW { "allow" } else { "block" };
@@ -920,6 +952,19 @@ impl Daemon {
                         }
                         self.settings = s;
                         log::info!("reloaded {}", path.display());
+                        match crate::crowdsec::load(Some(&path), &self.crowdsec_args) {
+                            Ok(c) if c != self.crowdsec_settings => log::warn!(
+                                "{}: the crowdsec-* keys changed; they are `run`'s own and take \
+                                 effect when synguard restarts",
+                                path.display()
+                            ),
+                            Ok(_) => {}
+                            Err(e) => log::warn!(
+                                "{}: crowdsec-* keys: {e:#} (the link keeps its settings; \
+                                 the next start would refuse them)",
+                                path.display()
+                            ),
+                        }
                     }
                     Err(e) => log::error!("reloading {}: {e:#}", path.display()),
                 }
@@ -1054,6 +1099,18 @@ fn start(
 pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     privs::require_for_run()?;
     let settings = load_settings(args.config.as_deref(), &args.keys)?;
+    let crowdsec = crate::crowdsec::load(args.config.as_deref(), &args.crowdsec)?;
+    // Read now, so a missing or empty file stops `run` before it attaches anything.
+    let crowdsec_key = match &crowdsec.key_file {
+        Some(p) if crowdsec.enabled() => Some(crate::crowdsec::read_key(p)?),
+        _ => None,
+    };
+    let crowdsec_creds = match &crowdsec.credentials {
+        Some(p) if crowdsec.enabled() && crowdsec.share != crate::crowdsec::Share::Off => {
+            Some(crate::crowdsec::read_credentials(p)?)
+        }
+        _ => None,
+    };
     let ifaces = resolve_ifaces(&args.ifaces)?;
     let kernel = crate::kernel::probe();
     if let Some(refusal) = kernel.refusal() {
@@ -1213,6 +1270,9 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         locals: Default::default(),
         nat: None,
         cookies_wanted: None,
+        crowdsec: None,
+        crowdsec_settings: crowdsec.clone(),
+        crowdsec_args: args.crowdsec.clone(),
     };
     daemon.journal(journal::Event::Start {
         version: crate::version::LONG.to_string(),
@@ -1261,6 +1321,7 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         tokio::spawn(crate::metrics::serve(
             listener,
             pin_dir.clone(),
+            state_dir.clone(),
             daemon.rates.clone(),
         ))
     });
@@ -1271,6 +1332,34 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
     if let Err(e) = pins::lock_writers(&pin_dir).and_then(|_lock| daemon.refresh_proofs()) {
         log::warn!("proofs: {e:#}");
     }
+
+    // The CrowdSec link: its task talks HTTP; this loop alone writes the tables.
+    let (cs_tx, mut cs_rx) = tokio::sync::mpsc::channel(16);
+    let mut cs_open = crowdsec.enabled();
+    let _crowdsec_task = if crowdsec.enabled() {
+        log::info!("crowdsec: linked to {}", crowdsec.describe());
+        let (push_tx, push_rx) = tokio::sync::mpsc::channel(4096);
+        let push = crowdsec_creds.is_some().then_some(push_tx);
+        let cs = crate::crowdsec::enforce::Crowdsec::new(
+            crowdsec.clone(),
+            pin_dir.clone(),
+            state_dir.clone(),
+            push,
+        );
+        cs.write_link();
+        daemon.crowdsec = Some(cs);
+        Some(tokio::spawn(crate::crowdsec::task::run(
+            crowdsec,
+            crowdsec_key,
+            crowdsec_creds,
+            cs_tx,
+            push_rx,
+        )))
+    } else {
+        drop(cs_tx);
+        let _ = fs::remove_file(crate::crowdsec::link_path(&state_dir));
+        None
+    };
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -1289,6 +1378,13 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
                     log::error!("housekeeping: {e:#}");
                 }
             }
+            msg = cs_rx.recv(), if cs_open => match (msg, daemon.crowdsec.as_mut()) {
+                (Some(m), Some(cs)) => {
+                    let keep = keep_reachable(&daemon.protected, &daemon.locals);
+                    cs.on_msg(m, &mut daemon.maps, &keep)
+                }
+                _ => cs_open = false,
+            },
             _ = sighup.recv() => daemon.reload(),
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
@@ -1398,6 +1494,19 @@ pub fn detach(pin_dir: &Path) -> anyhow::Result<()> {
     let _ = fs::remove_dir(pin_dir);
     log::info!("removed the pinned state in {}", pin_dir.display());
     Ok(())
+}
+
+/// The addresses no CrowdSec decision may cut off: the machine's own, its gateways and
+/// resolvers.
+fn keep_reachable(
+    protected: &[(std::net::IpAddr, u32)],
+    locals: &std::collections::BTreeSet<std::net::IpAddr>,
+) -> Vec<std::net::IpAddr> {
+    protected
+        .iter()
+        .map(|(a, _)| *a)
+        .chain(locals.iter().copied())
+        .collect()
 }
 
 fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod cmd;
 pub mod config;
+pub mod crowdsec;
 pub mod daemon;
 pub mod docs;
 pub mod error;

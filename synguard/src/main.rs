@@ -37,7 +37,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let pin = cli.pin_dir.as_path();
     match cli.command {
         Command::Run(args) => synguard::daemon::run(cli.pin_dir, cli.state_dir, args).await,
-        Command::Status(a) => status::status(&State::open(pin)?, a.json),
+        Command::Status(a) => status::status(&State::open(pin)?, a.json, &cli.state_dir),
         Command::Block(BlockCmd::List(a)) => block::block_list(&State::open(pin)?, a.json),
         Command::Block(BlockCmd::Add {
             cidr,

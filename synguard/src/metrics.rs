@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use synguard_common::{RULE_ALLOW, RULE_BAN, RULE_BLOCK, capacity, stat};
+use synguard_common::{RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_CROWDSEC, capacity, stat};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
@@ -61,7 +61,7 @@ impl Out {
 }
 
 /// The exposition text for the state pinned under `pin_dir`.
-pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
+pub fn render(pin_dir: &Path, state_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
     let maps = Maps::from_pins(pin_dir)?;
     let ifaces = pins::pinned_links(pin_dir);
     let mut o = Out(String::new());
@@ -167,7 +167,7 @@ pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
         }
     }
 
-    let (mut allow, mut block, mut ban) = (0u64, 0u64, 0u64);
+    let (mut allow, mut block, mut ban, mut crowdsec) = (0u64, 0u64, 0u64, 0u64);
     // Entries per trie: [rules_v4, rules_v6, bans_v4, bans_v6].
     let mut count = [0u64; 4];
     for (i, trie) in [&maps.rules_v4, &maps.bans_v4].into_iter().enumerate() {
@@ -177,6 +177,7 @@ pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
                 RULE_ALLOW => allow += 1,
                 RULE_BLOCK => block += 1,
                 RULE_BAN => ban += 1,
+                RULE_CROWDSEC => crowdsec += 1,
                 _ => {}
             }
         }
@@ -188,6 +189,7 @@ pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
                 RULE_ALLOW => allow += 1,
                 RULE_BLOCK => block += 1,
                 RULE_BAN => ban += 1,
+                RULE_CROWDSEC => crowdsec += 1,
                 _ => {}
             }
         }
@@ -195,9 +197,15 @@ pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
     o.family(
         "synguard_rules",
         "gauge",
-        "Entries in the allow and block lists, by kind (ban: automatic, block: manual).",
+        "Entries in the allow and block lists, by kind (ban: automatic, block: manual, \
+         crowdsec: decisions pulled from CrowdSec's Local API).",
     );
-    for (kind, n) in [("allow", allow), ("block", block), ("ban", ban)] {
+    for (kind, n) in [
+        ("allow", allow),
+        ("block", block),
+        ("ban", ban),
+        ("crowdsec", crowdsec),
+    ] {
         o.sample("synguard_rules", &[("kind", kind)], n as f64);
     }
     let sources = crate::sources::for_each(&maps, crate::clock::monotonic_ns(), |_, _| ())? as f64;
@@ -231,6 +239,44 @@ pub fn render(pin_dir: &Path, rates: &Rates) -> anyhow::Result<String> {
         ("verified", capacity::VERIFIED),
     ] {
         o.sample("synguard_map_capacity", &[("map", map)], f64::from(cap));
+    }
+    if let Some(l) = crate::crowdsec::read_link(state_dir) {
+        let gauges: [(&str, &str, f64); 6] = [
+            (
+                "synguard_crowdsec_reachable",
+                "Whether the last pull from CrowdSec's Local API succeeded (1) or not (0).",
+                if l.reachable { 1.0 } else { 0.0 },
+            ),
+            (
+                "synguard_crowdsec_failures",
+                "Failed attempts in a row to reach CrowdSec's Local API.",
+                f64::from(l.failures),
+            ),
+            (
+                "synguard_crowdsec_last_pull_timestamp_seconds",
+                "When decisions were last pulled from CrowdSec's Local API (0: never).",
+                l.last_pull_unix.unwrap_or(0) as f64,
+            ),
+            (
+                "synguard_crowdsec_decisions",
+                "CrowdSec decisions held (and enforced unless synguard has its own entry).",
+                l.decisions as f64,
+            ),
+            (
+                "synguard_crowdsec_pushed",
+                "synguard's bans pushed to CrowdSec's Local API since run started.",
+                l.pushed as f64,
+            ),
+            (
+                "synguard_crowdsec_kept_back",
+                "synguard's bans crowdsec-share kept from CrowdSec since run started.",
+                l.kept_back as f64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            o.family(name, "gauge", help);
+            o.sample(name, &[], v);
+        }
     }
     o.family(
         "synguard_info",
@@ -267,12 +313,13 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serve `/metrics` until the task is dropped.
-pub async fn serve(listener: TcpListener, pin_dir: PathBuf, rates: Rates) {
+pub async fn serve(listener: TcpListener, pin_dir: PathBuf, state_dir: PathBuf, rates: Rates) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
         let pin_dir = pin_dir.clone();
+        let state_dir = state_dir.clone();
         let rates = rates.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
@@ -305,8 +352,9 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf, rates: Rates) {
                 )
             } else if path == "/metrics" || path.starts_with("/metrics?") {
                 let p = pin_dir.clone();
+                let s = state_dir.clone();
                 let r = rates.clone();
-                match tokio::task::spawn_blocking(move || render(&p, &r)).await {
+                match tokio::task::spawn_blocking(move || render(&p, &s, &r)).await {
                     Ok(Ok(text)) => ("200 OK", text, "text/plain; version=0.0.4; charset=utf-8"),
                     Ok(Err(e)) => (
                         "500 Internal Server Error",

@@ -20,8 +20,8 @@ use aya::maps::MapError;
 use ipnet::IpNet;
 use serde::Serialize;
 use synguard_common::{
-    ACTION_DROP, ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, Rule, hint,
-    rule_key_v4, rule_key_v6,
+    ACTION_DROP, ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, RULE_CROWDSEC,
+    Rule, hint, rule_key_v4, rule_key_v6,
 };
 
 use crate::{
@@ -45,6 +45,8 @@ pub enum Kind {
     Manual,
     /// An automatic ban by the rate limiter.
     Auto,
+    /// A ban decision pulled from CrowdSec's Local API.
+    Crowdsec,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
         match rule.kind {
             RULE_ALLOW => Self::Allow,
             RULE_BAN => Self::Auto,
+            RULE_CROWDSEC => Self::Crowdsec,
             _ => Self::Manual,
         }
     }
@@ -68,7 +71,17 @@ impl RuleEntry {
     }
 
     pub fn is_block(&self) -> bool {
-        matches!(self.rule.kind, RULE_BLOCK | RULE_BAN)
+        matches!(self.rule.kind, RULE_BLOCK | RULE_BAN | RULE_CROWDSEC)
+    }
+
+    /// A CrowdSec decision's origin and scenario (kept in its comment).
+    pub fn crowdsec(&self) -> Option<(String, String)> {
+        if self.rule.kind != RULE_CROWDSEC {
+            return None;
+        }
+        let c = self.comment();
+        let (origin, scenario) = c.split_once('\t').unwrap_or((c.as_str(), ""));
+        Some((origin.to_string(), scenario.to_string()))
     }
 }
 

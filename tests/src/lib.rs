@@ -4,6 +4,7 @@ pub mod baseline;
 pub mod delay;
 pub mod flood;
 pub mod lab;
+pub mod lapi;
 pub mod netns;
 pub mod packet;
 pub mod prog;

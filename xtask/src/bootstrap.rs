@@ -165,11 +165,36 @@ pub fn packages(pkgs: &[&str]) -> anyhow::Result<()> {
         "installing Debian packages: {}",
         missing.join(" ")
     ));
+    if missing.contains(&"crowdsec") {
+        decline_central_api()?;
+    }
     run(Command::new("apt-get").arg("update").arg("-q"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The `crowdsec` package registers the machine with CrowdSec's Central API when it is
+/// installed, unless `/etc/crowdsec/online_api_credentials.yaml` exists beforehand (its
+/// README.Debian): the tests run the Local API offline, so the file is made first, with a
+/// comment saying why. An existing file is left as it is.
+fn decline_central_api() -> anyhow::Result<()> {
+    let path = std::path::Path::new("/etc/crowdsec/online_api_credentials.yaml");
+    if path.exists() {
+        return Ok(());
+    }
+    say(&format!(
+        "declining crowdsec's registration to its Central API ({})",
+        path.display()
+    ));
+    std::fs::create_dir_all("/etc/crowdsec")?;
+    std::fs::write(
+        path,
+        "# No Central API: synguard's tests run CrowdSec's Local API offline \
+         (see README.Debian).\n",
+    )?;
+    Ok(())
 }
 
 pub fn is_root() -> bool {

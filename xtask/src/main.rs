@@ -340,6 +340,10 @@ fn test() -> anyhow::Result<()> {
             "a cookie connection's TCP options and speed over a 50 ms round trip",
             "e2e_options",
         ),
+        (
+            "a fleet through CrowdSec's Local API: decisions pulled, bans pushed",
+            "crowdsec",
+        ),
         ("a short lab run: the founding incident, replayed", "lab"),
     ] {
         step(

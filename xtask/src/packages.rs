@@ -82,6 +82,11 @@ pub const PACKAGES: &[(&str, &[Cmd])] = &[
     // xdp-filter itself, the yardstick (the bench loads its objects from libxdp1; the
     // tool is there to compare by hand).
     ("xdp-tools", &[Test, Bench]),
+    // `crowdsec` and `cscli`: the real Local API the fleet tests and the bench run, offline,
+    // in a namespace of their own with their own config and database under target/
+    // (tests/src/lapi.rs). Installed with its registration to the Central API declined
+    // first (`bootstrap::packages`, as its README.Debian says).
+    ("crowdsec", &[Test, Bench]),
     // `promtool`: checks `synguard metrics` output (tests/tests/cli.rs).
     ("prometheus", &[Test]),
     // `lintian`: the package has no error and no warning (tests/tests/dist.rs).

@@ -4,7 +4,9 @@ use std::{net::IpAddr, time::Duration};
 
 use ipnet::IpNet;
 use serde::Serialize;
-use synguard_common::{ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX};
+use synguard_common::{
+    ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_COMMENT_MAX, RULE_CROWDSEC,
+};
 
 use super::{State, print_json, table, time_human, time_json};
 use crate::{
@@ -35,6 +37,12 @@ struct BlockJson {
     /// a ban is only ever made for an unproven source, and `run` lifts it once the source
     /// proves itself). What a ban drops: its SYNs to protected ports, nothing else.
     proof: Option<&'static str>,
+    /// For a CrowdSec decision (`reason` `crowdsec`): who made it (`cscli`, `crowdsec`,
+    /// `CAPI`, `synguard`, ...) and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scenario: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -70,6 +78,7 @@ pub fn block_list(state: &State, json: bool) -> anyhow::Result<()> {
         .map(|e| {
             let auto = e.rule.kind == RULE_BAN;
             let allowed_by = rules::shadowing_allow(&all, &e.net).map(|a| a.net.to_string());
+            let crowdsec = e.crowdsec();
             BlockJson {
                 prefix: e.net.to_string(),
                 reason: e.kind(),
@@ -80,10 +89,16 @@ pub fn block_list(state: &State, json: bool) -> anyhow::Result<()> {
                 expires_in_s: (e.rule.expires_ns != 0)
                     .then(|| e.rule.expires_ns.saturating_sub(now) / 1_000_000_000),
                 hits: e.rule.hits,
-                comment: e.comment(),
+                comment: if e.rule.kind == RULE_CROWDSEC {
+                    String::new()
+                } else {
+                    e.comment()
+                },
                 effective: if allowed_by.is_some() { "pass" } else { "drop" },
                 allowed_by,
                 proof: auto.then(|| if proven(&e.net) { "proven" } else { "unproven" }),
+                origin: crowdsec.as_ref().map(|c| c.0.clone()),
+                scenario: crowdsec.map(|c| c.1),
             }
         })
         .collect();
@@ -100,6 +115,9 @@ pub fn block_list(state: &State, json: bool) -> anyhow::Result<()> {
         .zip(&rows)
         .map(|(e, j)| {
             let mut comment = j.comment.clone();
+            if let (Some(o), Some(sc)) = (&j.origin, &j.scenario) {
+                comment = format!("{o}: {sc}");
+            }
             if let Some(a) = &j.allowed_by {
                 comment = format!("[not applied: inside allowlisted {a}] {comment}");
             }
@@ -107,6 +125,7 @@ pub fn block_list(state: &State, json: bool) -> anyhow::Result<()> {
                 j.prefix.clone(),
                 match j.reason {
                     Kind::Auto => "auto".into(),
+                    Kind::Crowdsec => "crowdsec".into(),
                     _ => "manual".into(),
                 },
                 j.proof.unwrap_or("-").into(),
@@ -332,6 +351,7 @@ pub fn block_add(state: &mut State, a: &BlockAdd<'_>) -> anyhow::Result<()> {
     let verb = match previous.map(|p| p.kind) {
         Some(RULE_BLOCK) => "updated the block on",
         Some(RULE_BAN) => "turned the automatic ban into a manual block on",
+        Some(RULE_CROWDSEC) => "turned the CrowdSec decision into a manual block on",
         _ => "blocked",
     };
     println!(
@@ -362,6 +382,21 @@ pub fn block_del(state: &mut State, cidr: &str) -> anyhow::Result<()> {
         Some(r) if r.kind == RULE_ALLOW => Err(usage(format!(
             "{net} is an allow entry, not a block; use `synguard allow del {net}`"
         ))),
+        Some(r) if r.kind == RULE_CROWDSEC => Err(usage(format!(
+            "{net} is a CrowdSec decision, which `run` enforces for as long as CrowdSec holds \
+             it: delete it there to lift it on every server (`cscli decisions delete {} {}`), \
+             or `synguard allow add {net}` to let it through here",
+            if net.prefix_len() == net.max_prefix_len() {
+                "--ip"
+            } else {
+                "--range"
+            },
+            if net.prefix_len() == net.max_prefix_len() {
+                net.addr().to_string()
+            } else {
+                net.to_string()
+            }
+        ))),
         Some(r) => {
             // The count as removed: with the hits the CPUs' ban caches still held.
             let r = rules::delete(&mut state.maps, &net)?.unwrap_or(r);
@@ -372,7 +407,11 @@ pub fn block_del(state: &mut State, cidr: &str) -> anyhow::Result<()> {
             }
             println!(
                 "removed the {} on {net} ({} packets dropped while it lasted)",
-                if r.kind == RULE_BAN { "ban" } else { "block" },
+                match r.kind {
+                    RULE_BAN => "ban",
+                    RULE_CROWDSEC => "CrowdSec decision",
+                    _ => "block",
+                },
                 r.hits
             );
             state.note_no_daemon();
@@ -431,6 +470,10 @@ pub fn allow_add(state: &mut State, cidr: &str, comment: &str) -> anyhow::Result
     match previous.map(|p| p.kind) {
         Some(RULE_ALLOW) => println!("updated the allow entry {net}{}", comment_suffix(comment)),
         Some(RULE_BAN) => println!("allowed {net}, replacing its automatic ban"),
+        Some(RULE_CROWDSEC) => println!(
+            "allowed {net}, over its CrowdSec decision (which applies here again if the allow \
+             entry is removed while CrowdSec still holds it)"
+        ),
         Some(_) => println!("allowed {net}, replacing the block on it"),
         None => println!("allowed {net}{}", comment_suffix(comment)),
     }

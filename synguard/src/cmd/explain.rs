@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use serde::Serialize;
-use synguard_common::{ACTION_PASS, RULE_ALLOW, RULE_BAN, gcra};
+use synguard_common::{ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_CROWDSEC, gcra};
 
 use super::{State, print_json, time_human, time_json};
 use crate::{
@@ -175,6 +175,23 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
             ),
             Some(*e),
         ),
+        Some(e) if e.rule.kind == RULE_CROWDSEC => {
+            let (origin, scenario) = e.crowdsec().unwrap_or_default();
+            (
+                "blocked",
+                format!(
+                    "BLOCKED by a CrowdSec decision on {} (origin {origin}, scenario \
+                     {scenario:?}), pulled from its Local API; since {}, until {}; {} \
+                     packets dropped (every packet of the source, as CrowdSec's bouncers \
+                     do)",
+                    e.net,
+                    time_human(e.rule.created_ns, "-"),
+                    time_human(e.rule.expires_ns, "removed"),
+                    e.rule.hits
+                ),
+                Some(*e),
+            )
+        }
         Some(e) => (
             "blocked",
             format!(

@@ -6,7 +6,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use serde::Serialize;
 use synguard_common::{
     PROOF_COOKIE, PROOF_FOREVER, PROOF_GATEWAY, PROOF_HANDSHAKE, PROOF_RESOLVER, PROOF_SOCKET,
-    RULE_ALLOW, RULE_BAN, RULE_BLOCK, capacity, stat,
+    RULE_ALLOW, RULE_BAN, RULE_BLOCK, RULE_CROWDSEC, capacity, stat,
 };
 
 use super::{State, print_json, table};
@@ -44,6 +44,8 @@ struct EntriesJson {
     allow: usize,
     block: usize,
     ban: usize,
+    /// Decisions pulled from CrowdSec's Local API.
+    crowdsec: usize,
     capacity_per_family: u32,
 }
 
@@ -94,6 +96,10 @@ struct StatusJson {
     /// What a cookie SYN-ACK offers now besides the MSS, when the client asks for it
     /// (`timestamps`, `window scale N`, `sack`, `ecn`); empty: the MSS only.
     cookie_options: Vec<String>,
+    /// The link to CrowdSec's Local API, as `run` last saw it (`run --crowdsec-url`);
+    /// absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crowdsec: Option<crate::crowdsec::Link>,
 }
 
 fn named(c: &[u64; stat::COUNT]) -> BTreeMap<&'static str, u64> {
@@ -107,7 +113,7 @@ fn named(c: &[u64; stat::COUNT]) -> BTreeMap<&'static str, u64> {
 /// How long `status` watches the counters to report rates.
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 
-pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
+pub fn status(state: &State, json: bool, state_dir: &std::path::Path) -> anyhow::Result<()> {
     let cfg = state.maps.read_config()?;
     let settings = Settings::from_kernel(&cfg);
     let before = state.maps.total_counters()?;
@@ -254,6 +260,23 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
             cfg.build_id
         ));
     }
+    let crowdsec = if state.daemon {
+        crate::crowdsec::read_link(state_dir)
+    } else {
+        None
+    };
+    if let Some(l) = &crowdsec
+        && let Some(e) = &l.error
+    {
+        unhealthy.push(format!(
+            "CrowdSec's Local API ({}): {e}; the {} decisions pulled before stay until they \
+             expire{}",
+            l.url,
+            l.decisions,
+            l.retry_in_s
+                .map_or(String::new(), |s| format!("; next attempt within {s} s"))
+        ));
+    }
     let dropped: u64 = stat::REASON_LIST
         .iter()
         .copied()
@@ -279,6 +302,7 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
             allow: count(RULE_ALLOW),
             block: count(RULE_BLOCK),
             ban: count(RULE_BAN),
+            crowdsec: count(RULE_CROWDSEC),
             capacity_per_family: capacity::RULES,
         },
         sources_tracked: sources,
@@ -299,6 +323,7 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         saved_tcp_syncookies: (cfg.saved_syncookies >= 0).then_some(cfg.saved_syncookies),
         saved_tcp_timestamps: (cfg.saved_timestamps >= 0).then_some(cfg.saved_timestamps),
         cookie_options: crate::sysctls::describe(cfg.cookie_opts),
+        crowdsec,
     };
     if json {
         return print_json(&out);
@@ -481,6 +506,27 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(l) = &out.crowdsec {
+        println!(
+            "crowdsec:   {} {}; last pull {}; {} decisions held ({} prefixes, {} left to \
+             synguard's own entries); pushed {} bans, {} kept back (share {})",
+            l.url,
+            if !l.pull {
+                "(push only)"
+            } else if l.reachable {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            },
+            l.last_pull.as_deref().unwrap_or("never"),
+            l.decisions,
+            l.prefixes,
+            l.shadowed,
+            l.pushed,
+            l.kept_back,
+            l.share
+        );
+    }
     if out.unhealthy.is_empty() {
         println!("health:     ok");
     } else {

@@ -54,6 +54,8 @@ enum Part {
     Survival,
     /// The cookie answer against its floor, run in turn (also part of `survival`).
     Answer,
+    /// 100,000 decisions of a real CrowdSec Local API at `run`'s start.
+    Crowdsec,
 }
 
 #[derive(Serialize)]
@@ -97,6 +99,22 @@ struct Target {
     met: bool,
 }
 
+/// A startup pull of many CrowdSec decisions (see [`crowdsec_bench`]).
+#[derive(Serialize)]
+struct CrowdsecRow {
+    decisions: usize,
+    /// `cscli decisions import` into the LAPI (not synguard's).
+    import_s: f64,
+    /// `run`'s startup pull: the request and the parse (the LAPI's share: the floor).
+    pull_s: f64,
+    /// Applying it to the kernel's tables.
+    apply_s: f64,
+    /// From `run`'s start until `status` counts them all.
+    start_to_enforced_s: f64,
+    /// Entries `status` counted.
+    enforced: u64,
+}
+
 /// The cookie answer against its floor: synguard and "answer the known attack sources"
 /// run in turn on the same forged flood, several times (see [`answer_pairs`]).
 #[derive(Serialize)]
@@ -124,6 +142,7 @@ struct Report {
     survival: Vec<Survival>,
     survival_note: String,
     answer_pairs: Vec<AnswerPairs>,
+    crowdsec: Option<CrowdsecRow>,
     /// CPU ms/s of the server with only the employees at work, per kind of link.
     idle: Vec<survival::Idle>,
     targets: Vec<Target>,
@@ -956,6 +975,78 @@ fn survival_runs(
     Ok((out, idles, note))
 }
 
+/// `n` ban decisions (IPv4 from 198.18.0.0/15, a tenth IPv6 from 2001:db8::/32) imported
+/// into a real LAPI, then `run` started with a bouncer key: how long its startup pull and
+/// applying it take, and until `status` counts them all in the kernel's tables.
+fn crowdsec_bench(n: usize) -> anyhow::Result<Option<CrowdsecRow>> {
+    use synguard_tests::{lapi::Lapi, topo::Lab};
+    if let Some(why) = synguard_tests::lapi::missing() {
+        eprintln!("sg-bench: crowdsec skipped: {why}");
+        return Ok(None);
+    }
+    if !synguard_tests::synguard_bin_path().exists() {
+        eprintln!("sg-bench: crowdsec skipped: no synguard binary");
+        return Ok(None);
+    }
+    eprintln!("sg-bench: crowdsec: {n} decisions");
+    let mut lapi = Lapi::start();
+    let csv = lapi.dir.path.join("decisions.csv");
+    let mut text = String::from("duration,scope,value,reason\n");
+    let v6 = n / 10;
+    for i in 0..(n - v6) as u32 {
+        let a = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i);
+        text += &format!("4h,ip,{a},bench\n");
+    }
+    for i in 0..v6 as u128 {
+        let a = std::net::Ipv6Addr::from(
+            u128::from("2001:db8:ff::".parse::<std::net::Ipv6Addr>()?) + (i << 64),
+        );
+        text += &format!("4h,ip,{a},bench\n");
+    }
+    std::fs::write(&csv, text)?;
+    let t = Instant::now();
+    lapi.ok(&[
+        "decisions",
+        "import",
+        "-i",
+        csv.to_str().context("utf-8 path")?,
+    ]);
+    let import_s = t.elapsed().as_secs_f64();
+    let lab = Lab::minimal();
+    let url = lapi.link(&lab.server);
+    let key = lapi.bouncer("bench");
+    let t = Instant::now();
+    let _daemon = lab.daemon(&[
+        "run",
+        "--iface",
+        "sgc",
+        "--crowdsec-url",
+        &url,
+        "--crowdsec-key-file",
+        key.to_str().context("utf-8 path")?,
+    ]);
+    let (enforced, link) = loop {
+        let st = lab.json(&["status"]);
+        let enforced = st["entries"]["crowdsec"].as_u64().unwrap_or(0);
+        if enforced >= n as u64 {
+            break (enforced, st["crowdsec"].clone());
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            bail!("crowdsec: {enforced} of {n} decisions enforced after 2 min: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let start_to_enforced_s = t.elapsed().as_secs_f64();
+    Ok(Some(CrowdsecRow {
+        decisions: n,
+        import_s,
+        pull_s: link["last_pull_s"].as_f64().unwrap_or(f64::NAN),
+        apply_s: link["last_apply_s"].as_f64().unwrap_or(f64::NAN),
+        start_to_enforced_s,
+        enforced,
+    }))
+}
+
 /// How many times each of synguard and its floor runs in [`answer_pairs`].
 const PAIRS: usize = 4;
 
@@ -1146,6 +1237,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         (Vec::new(), Vec::new(), "not run (--only)".to_string())
     };
+    let crowdsec = if want(Part::Crowdsec) {
+        crowdsec_bench(if args.quick { 10_000 } else { 100_000 })?
+    } else {
+        None
+    };
     let answer_pairs = if (want(Part::Survival) || want(Part::Answer)) && !args.quick {
         answer_pairs(idle.first(), &stop)?
     } else {
@@ -1163,6 +1259,7 @@ fn main() -> anyhow::Result<()> {
         survival,
         survival_note,
         answer_pairs,
+        crowdsec,
         idle,
         targets: Vec::new(),
         seconds: 0.0,
@@ -1270,6 +1367,26 @@ fn targets(r: &Report) -> Vec<Target> {
                 met: worst.ratio <= 1.2,
             });
         }
+    }
+    if let Some(c) = &r.crowdsec {
+        t.push(Target {
+            target: format!(
+                "{} CrowdSec decisions at start: pulled and applied within 5 s",
+                c.decisions
+            ),
+            measured: format!(
+                "{:.2} s (the LAPI's answer and its parse {:.2} s, applying {:.2} s: {:.1} µs \
+                 a decision, {:.1}x the pull); from run's start until status counted them \
+                 {:.1} s",
+                c.pull_s + c.apply_s,
+                c.pull_s,
+                c.apply_s,
+                c.apply_s * 1e6 / c.decisions as f64,
+                c.apply_s / c.pull_s,
+                c.start_to_enforced_s
+            ),
+            met: c.pull_s + c.apply_s <= 5.0,
+        });
     }
     for p in &r.answer_pairs {
         t.push(Target {

@@ -1,0 +1,404 @@
+//! `run`'s side of the link: the decisions held, put into and lifted from the kernel's
+//! tables; which of `run`'s own bans are pushed; the link's state for `status`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use synguard_common::{
+    ACTION_DROP, ACTION_PASS, PROOF_COOKIE, PROOF_HANDSHAKE, PROOF_SOCKET, RULE_CROWDSEC, Rule,
+};
+use tokio::sync::mpsc;
+
+use super::{
+    Link, Settings, Share,
+    decisions::{Ban, Held, Skip, ban_of},
+    lapi::BanAlert,
+    task::Msg,
+};
+use crate::{bpf::Maps, clock, rules};
+
+pub struct Crowdsec {
+    pub settings: Settings,
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
+    held: Held,
+    /// Prefixes held but left to an entry of synguard's own.
+    shadowed: HashSet<IpNet>,
+    /// synguard's own bans pushed, until they end: coming back from the LAPI, they are
+    /// not enforced a second time.
+    pushed: HashMap<IpNet, u64>,
+    push: Option<mpsc::Sender<BanAlert>>,
+    pub link: Link,
+    /// Whether the current failure was logged (once per outage).
+    failure_logged: bool,
+    push_failure_logged: bool,
+}
+
+/// What a pull did, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub put: usize,
+    pub lifted: usize,
+    pub shadowed: usize,
+    pub skipped: usize,
+}
+
+fn skip_name(s: &Skip) -> &'static str {
+    match s {
+        Skip::NotBan => "not a ban",
+        Skip::Scope => "scope",
+        Skip::Expired => "expired",
+        Skip::Invalid(_) => "invalid",
+    }
+}
+
+impl Crowdsec {
+    pub fn new(
+        settings: Settings,
+        pin_dir: PathBuf,
+        state_dir: PathBuf,
+        push: Option<mpsc::Sender<BanAlert>>,
+    ) -> Self {
+        let link = Link {
+            url: settings.url.clone(),
+            pull: settings.key_file.is_some(),
+            push: push.is_some(),
+            share: settings.share.name().into(),
+            ..Link::default()
+        };
+        Self {
+            settings,
+            pin_dir,
+            state_dir,
+            held: Held::default(),
+            shadowed: HashSet::new(),
+            pushed: HashMap::new(),
+            push,
+            link,
+            failure_logged: false,
+            push_failure_logged: false,
+        }
+    }
+
+    pub fn write_link(&self) {
+        if let Err(e) = super::write_link(&self.state_dir, &self.link) {
+            log::warn!("crowdsec: {e:#}");
+        }
+    }
+
+    /// A message of the link's task. `maps` is written only for pulls. `keep`: the
+    /// machine's own addresses, its gateways and resolvers, which no decision may cut off
+    /// (a decision covering one is not enforced).
+    pub fn on_msg(&mut self, msg: Msg, maps: &mut Maps, keep: &[IpAddr]) {
+        match msg {
+            Msg::Pulled {
+                startup,
+                stream,
+                at_ns,
+                took,
+            } => {
+                let applying = std::time::Instant::now();
+                let new = stream.new.unwrap_or_default();
+                let deleted: Vec<i64> = stream
+                    .deleted
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|d| d.id)
+                    .collect();
+                let count = new.len();
+                match self.apply(startup, new, &deleted, at_ns, maps, keep) {
+                    Ok(a) => {
+                        let applied = applying.elapsed();
+                        self.link.last_pull_s = Some(took.as_secs_f64());
+                        self.link.last_apply_s = Some(applied.as_secs_f64());
+                        if self.failure_logged || startup {
+                            log::info!(
+                                "crowdsec: {} decisions pulled from {}{} in {:.2} s, applied in \
+                                 {:.2} s: {} prefixes enforced, {} lifted, {} left to \
+                                 synguard's own entries, {} not enforceable (not an IP or \
+                                 range ban); holding {} decisions",
+                                if startup { "all" } else { "new" },
+                                self.settings.url,
+                                if self.failure_logged {
+                                    " (reachable again)"
+                                } else {
+                                    ""
+                                },
+                                took.as_secs_f64(),
+                                applied.as_secs_f64(),
+                                a.put,
+                                a.lifted,
+                                a.shadowed,
+                                a.skipped,
+                                self.held.len()
+                            );
+                        } else if a.put + a.lifted > 0 {
+                            log::info!(
+                                "crowdsec: {} new decisions, {} deleted: {} prefixes enforced, \
+                                 {} lifted",
+                                count,
+                                deleted.len(),
+                                a.put,
+                                a.lifted
+                            );
+                        }
+                        self.failure_logged = false;
+                        self.link.reachable = true;
+                        self.link.error = None;
+                        self.link.failures = 0;
+                        self.link.retry_in_s = None;
+                        let wall = std::time::SystemTime::now();
+                        self.link.last_pull = Some(clock::rfc3339(wall));
+                        self.link.last_pull_unix = wall
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_secs());
+                    }
+                    Err(e) => {
+                        log::error!("crowdsec: enforcing the pulled decisions: {e:#}");
+                        self.link.error = Some(format!("enforcing: {e:#}"));
+                    }
+                }
+            }
+            Msg::PullFailed {
+                error,
+                failures,
+                retry_in,
+            } => {
+                if !self.failure_logged {
+                    log::warn!(
+                        "crowdsec: cannot pull decisions: {error}; keeping the {} decisions \
+                         held until they expire, retrying (every {} at first, up to every \
+                         {})",
+                        self.held.len(),
+                        crate::config::format_duration(self.settings.interval),
+                        crate::config::format_duration(super::MAX_BACKOFF)
+                    );
+                    self.failure_logged = true;
+                }
+                self.link.reachable = false;
+                self.link.error = Some(error);
+                self.link.failures = failures;
+                self.link.retry_in_s = (retry_in != Duration::MAX).then_some(retry_in.as_secs());
+            }
+            Msg::Pushed { n } => {
+                if self.push_failure_logged {
+                    log::info!("crowdsec: pushing bans works again");
+                    self.push_failure_logged = false;
+                }
+                log::info!("crowdsec: pushed {n} bans to {}", self.settings.url);
+                self.link.pushed += n as u64;
+                self.link.push_error = None;
+            }
+            Msg::PushFailed { error, pending } => {
+                if !self.push_failure_logged {
+                    log::warn!("crowdsec: cannot push bans ({pending} waiting): {error}; retrying");
+                    self.push_failure_logged = true;
+                }
+                self.link.push_error = Some(error);
+            }
+        }
+        self.link.decisions = self.held.len();
+        self.link.prefixes = self.held.nets();
+        self.link.shadowed = self.shadowed.len();
+        self.write_link();
+    }
+
+    /// Hold a pull's decisions and make the kernel's tables say the same.
+    pub fn apply(
+        &mut self,
+        startup: bool,
+        new: Vec<super::decisions::Decision>,
+        deleted: &[i64],
+        at_ns: u64,
+        maps: &mut Maps,
+        keep: &[IpAddr],
+    ) -> anyhow::Result<Applied> {
+        let mut out = Applied::default();
+        let mut bans: Vec<Ban> = Vec::with_capacity(new.len());
+        for d in &new {
+            match ban_of(d, at_ns) {
+                Ok(b) => bans.push(b),
+                Err(s) => {
+                    if let Skip::Invalid(why) = &s {
+                        log::debug!("crowdsec: decision {} skipped: {why}", d.id);
+                    }
+                    *self.link.skipped.entry(skip_name(&s).into()).or_default() += 1;
+                    out.skipped += 1;
+                }
+            }
+        }
+        let _lock = crate::pins::lock_writers(&self.pin_dir)?;
+        let entries = rules::list(maps)?;
+        let mut changes = if startup {
+            // Everything again: what is no longer in the LAPI goes, whoever put it there
+            // (an earlier run included).
+            let before = self.held.clear();
+            self.shadowed.clear();
+            let mut c = self.held.apply(bans, &[]);
+            c.lift.extend(
+                before
+                    .into_iter()
+                    .filter(|n| self.held.longest(n).is_none()),
+            );
+            c.lift.extend(
+                entries
+                    .iter()
+                    .filter(|e| e.rule.kind == RULE_CROWDSEC && self.held.longest(&e.net).is_none())
+                    .map(|e| e.net),
+            );
+            c.lift.sort();
+            c.lift.dedup();
+            c
+        } else {
+            self.held.apply(bans, deleted)
+        };
+        let by_net: HashMap<IpNet, &rules::RuleEntry> =
+            entries.iter().map(|e| (e.net, e)).collect();
+        let now = clock::monotonic_ns();
+        self.pushed.retain(|_, until| *until > now);
+        for b in changes.put.drain(..) {
+            if let Some(a) = keep.iter().find(|a| b.net.contains(*a)) {
+                // Enforcing it would cut this machine off its own network: a decision
+                // made elsewhere (by a flood forged with this address, say) never does.
+                log::warn!(
+                    "crowdsec: not enforcing decision {} on {} ({}, {}): it covers {a}, this \
+                     machine's own address, gateway or resolver",
+                    b.id,
+                    b.net,
+                    b.origin,
+                    b.scenario
+                );
+                *self.link.skipped.entry("protected".into()).or_default() += 1;
+                self.shadowed.insert(b.net);
+                out.skipped += 1;
+                if by_net
+                    .get(&b.net)
+                    .is_some_and(|e| e.rule.kind == RULE_CROWDSEC)
+                {
+                    changes.lift.push(b.net);
+                }
+                continue;
+            }
+            let ours = self.pushed.contains_key(&b.net);
+            let existing = by_net.get(&b.net);
+            if ours || existing.is_some_and(|e| e.rule.kind != RULE_CROWDSEC) {
+                self.shadowed.insert(b.net);
+                out.shadowed += 1;
+                continue;
+            }
+            let action = if rules::shadowing_allow(&entries, &b.net).is_some() {
+                ACTION_PASS
+            } else {
+                ACTION_DROP
+            };
+            let mut rule = Rule::new(RULE_CROWDSEC, action, now, b.until_ns.max(now + 1));
+            if let Some(e) = existing {
+                rule.hits = e.rule.hits;
+                rule.created_ns = e.rule.created_ns;
+            }
+            rules::set_comment(&mut rule, &format!("{}\t{}", b.origin, b.scenario));
+            rules::put(maps, &b.net, &rule)?;
+            self.shadowed.remove(&b.net);
+            out.put += 1;
+        }
+        for net in &changes.lift {
+            self.shadowed.remove(net);
+            if by_net
+                .get(net)
+                .is_some_and(|e| e.rule.kind == RULE_CROWDSEC)
+                && rules::delete(maps, net)?.is_some()
+            {
+                out.lifted += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Put back the decisions held whose prefix has no entry now: an allow or block entry
+    /// of the operator's replaced one and has been removed since. (While an entry of
+    /// synguard's own is there, it wins.) Returns how many were put back.
+    pub fn restore(
+        &mut self,
+        maps: &mut Maps,
+        entries: &[rules::RuleEntry],
+        keep: &[IpAddr],
+    ) -> anyhow::Result<usize> {
+        let taken: HashSet<IpNet> = entries.iter().map(|e| e.net).collect();
+        let now = clock::monotonic_ns();
+        let missing: Vec<Ban> = self
+            .held
+            .all()
+            .filter(|b| {
+                !taken.contains(&b.net)
+                    && !self.pushed.contains_key(&b.net)
+                    && b.until_ns > now
+                    && !keep.iter().any(|a| b.net.contains(a))
+            })
+            .cloned()
+            .collect();
+        for b in &missing {
+            let action = if rules::shadowing_allow(entries, &b.net).is_some() {
+                ACTION_PASS
+            } else {
+                ACTION_DROP
+            };
+            let mut rule = Rule::new(RULE_CROWDSEC, action, now, b.until_ns);
+            rules::set_comment(&mut rule, &format!("{}\t{}", b.origin, b.scenario));
+            rules::put(maps, &b.net, &rule)?;
+            self.shadowed.remove(&b.net);
+        }
+        Ok(missing.len())
+    }
+
+    /// One of `run`'s own bans: pushed if `crowdsec-share` allows (`proof`: the source's
+    /// live proof, if any).
+    pub fn share_ban(
+        &mut self,
+        net: IpNet,
+        syns: u64,
+        rate: u64,
+        expires_ns: u64,
+        proof: Option<u32>,
+    ) {
+        let Some(tx) = &self.push else { return };
+        let now = clock::monotonic_ns();
+        let why = match self.settings.share {
+            Share::Off => return,
+            Share::All => "crowdsec-share all".to_string(),
+            Share::Proven => match proof {
+                Some(how @ (PROOF_COOKIE | PROOF_HANDSHAKE | PROOF_SOCKET)) => {
+                    format!("its source {}", crate::proofs::how(how))
+                }
+                // A source that never proved its address may be a forger's choice.
+                _ => {
+                    self.link.kept_back += 1;
+                    self.write_link();
+                    return;
+                }
+            },
+        };
+        let duration = Duration::from_nanos(expires_ns.saturating_sub(now));
+        if duration.is_zero() {
+            return;
+        }
+        self.pushed.insert(net, expires_ns);
+        if tx
+            .try_send(BanAlert {
+                net,
+                syns,
+                rate,
+                duration,
+                why,
+            })
+            .is_err()
+        {
+            log::warn!("crowdsec: too many bans waiting to be pushed; {net} is not shared");
+        }
+    }
+}
