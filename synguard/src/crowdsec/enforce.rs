@@ -402,3 +402,56 @@ impl Crowdsec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use synguard_common::{PROOF_GATEWAY, PROOF_HANDSHAKE};
+
+    use super::*;
+
+    fn link(share: Share) -> (Crowdsec, mpsc::Receiver<BanAlert>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "sg-crowdsec-test-{}-{}",
+            std::process::id(),
+            share.name()
+        ));
+        let (tx, rx) = mpsc::channel(16);
+        let settings = Settings {
+            url: "http://192.0.2.5:8080".into(),
+            share,
+            ..Settings::default()
+        };
+        (
+            Crowdsec::new(settings, dir.clone(), dir.clone(), Some(tx)),
+            rx,
+            dir,
+        )
+    }
+
+    #[test]
+    fn only_what_crowdsec_share_allows_is_pushed() {
+        let net: IpNet = "198.18.0.7/32".parse().unwrap();
+        let later = clock::monotonic_ns() + 600_000_000_000;
+        for (share, proof, pushed) in [
+            (Share::Off, Some(PROOF_HANDSHAKE), false),
+            (Share::All, None, true),
+            (Share::Proven, None, false),
+            // A gateway's or resolver's proof says nothing about who sent the SYNs.
+            (Share::Proven, Some(PROOF_GATEWAY), false),
+            (Share::Proven, Some(PROOF_HANDSHAKE), true),
+        ] {
+            let (mut cs, mut rx, dir) = link(share);
+            cs.share_ban(net, 300, 3000, later, proof);
+            let got = rx.try_recv().ok();
+            assert_eq!(got.is_some(), pushed, "{share:?} {proof:?}");
+            if let Some(b) = got {
+                assert_eq!(b.net, net);
+                assert!(b.duration > Duration::from_secs(590));
+                assert!(cs.pushed.contains_key(&net), "not enforced again on return");
+            }
+            let kept = u64::from(share == Share::Proven && !pushed);
+            assert_eq!(cs.link.kept_back, kept, "{share:?} {proof:?}");
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
