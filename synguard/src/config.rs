@@ -323,6 +323,37 @@ pub fn example_file() -> String {
     out
 }
 
+/// A TOML value as the text a key's parser takes: a string or a number as it is, a list
+/// of them joined by commas. (The same for `config`'s keys and `run`'s own.)
+pub fn toml_text(key: &str, value: &toml::Value) -> Result<String, ConfigError> {
+    Ok(match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Array(items) => {
+            let mut parts = Vec::new();
+            for item in items {
+                match item {
+                    toml::Value::Integer(i) => parts.push(i.to_string()),
+                    toml::Value::String(s) => parts.push(s.clone()),
+                    other => {
+                        return Err(ConfigError::File(format!(
+                            "`{key}`: list items must be numbers or strings, not {}",
+                            other.type_str()
+                        )));
+                    }
+                }
+            }
+            parts.join(",")
+        }
+        other => {
+            return Err(ConfigError::File(format!(
+                "`{key}` must be a number or a string, not {}",
+                other.type_str()
+            )));
+        }
+    })
+}
+
 impl Default for Settings {
     fn default() -> Self {
         let mut s = Self {
@@ -524,32 +555,7 @@ impl Settings {
                 // `run`'s own keys (see `crowdsec::Settings::apply_toml`).
                 continue;
             }
-            let text = match value {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Array(items) => {
-                    let mut parts = Vec::new();
-                    for item in items {
-                        match item {
-                            toml::Value::Integer(i) => parts.push(i.to_string()),
-                            toml::Value::String(s) => parts.push(s.clone()),
-                            other => {
-                                return Err(ConfigError::File(format!(
-                                    "`{key}`: list items must be numbers or strings, not {}",
-                                    other.type_str()
-                                )));
-                            }
-                        }
-                    }
-                    parts.join(",")
-                }
-                other => {
-                    return Err(ConfigError::File(format!(
-                        "`{key}` must be a number or a string, not {}",
-                        other.type_str()
-                    )));
-                }
-            };
+            let text = toml_text(key, value)?;
             next.set(key, &text)?;
         }
         *self = next;

@@ -373,32 +373,32 @@ impl Daemon {
     /// Hand a new ban to the CrowdSec link, with its source's proof (see
     /// `crowdsec::enforce::Crowdsec::share_ban`).
     fn share_ban(&mut self, net: IpNet, syns: u64, rate: u64, expires_ns: u64) {
-        let Some(cs) = self.crowdsec.as_mut() else {
+        if self.crowdsec.is_none() {
             return;
-        };
+        }
+        let proof = self.proof_how(&net);
+        if let Some(cs) = self.crowdsec.as_mut() {
+            cs.share_ban(net, syns, rate, expires_ns, proof);
+        }
+    }
+
+    /// How the source of `net` proved it owns its address (a `PROOF_*`), if its proof
+    /// holds now.
+    fn proof_how(&self, net: &IpNet) -> Option<u32> {
         let key = crate::net::source_key(
             net.network(),
             self.settings.ipv4_prefix,
             self.settings.ipv6_prefix,
         );
-        let proof = crate::proofs::get(&self.maps, &key, clock::monotonic_ns())
+        crate::proofs::get(&self.maps, &key, clock::monotonic_ns())
             .ok()
             .flatten()
-            .map(|p| p.how);
-        cs.share_ban(net, syns, rate, expires_ns, proof);
+            .map(|p| p.how)
     }
 
     /// A proven source went over its limit: say so once, with how it had proven itself.
     fn on_challenge(&mut self, e: &Event, net: IpNet) {
-        let key = crate::net::source_key(
-            net.network(),
-            self.settings.ipv4_prefix,
-            self.settings.ipv6_prefix,
-        );
-        let proof = crate::proofs::get(&self.maps, &key, clock::monotonic_ns())
-            .ok()
-            .flatten()
-            .map_or("proven", |p| crate::proofs::how(p.how));
+        let proof = self.proof_how(&net).map_or("proven", crate::proofs::how);
         log::warn!(
             "{net} on {}: {}, but it {proof}: the SYNs carrying its address are most \
              likely forged; challenged with SYN cookies (attack mode), not banned",

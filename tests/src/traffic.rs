@@ -170,3 +170,45 @@ pub fn client_loop(
         st
     })
 }
+
+/// `GET /metrics` from `addr` (a `run --metrics` address) inside `ns`: the whole answer,
+/// status line and headers included.
+pub fn scrape(ns: &Netns, addr: &'static str) -> String {
+    ns.spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("answer");
+        out
+    })
+    .join()
+    .expect("scrape thread")
+}
+
+/// `promtool check metrics` accepts `body` (panics with what it said otherwise).
+#[track_caller]
+pub fn promtool_check(body: &str) {
+    use std::io::Write as _;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

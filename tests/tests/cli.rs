@@ -1009,20 +1009,7 @@ fn metrics_are_valid_prometheus_and_move_with_traffic() {
     require_root();
     let lab = Lab::new();
     let _daemon = lab.daemon(&["run", "--iface", "sga", "--metrics", "127.0.0.1:9477"]);
-    let scrape = |lab: &Lab| {
-        lab.server
-            .spawn(|| {
-                let mut s = std::net::TcpStream::connect("127.0.0.1:9477").expect("connect");
-                use std::io::{Read as _, Write as _};
-                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                    .unwrap();
-                let mut out = String::new();
-                s.read_to_string(&mut out).unwrap();
-                out
-            })
-            .join()
-            .unwrap()
-    };
+    let scrape = |lab: &Lab| synguard_tests::traffic::scrape(&lab.server, "127.0.0.1:9477");
     let value = |text: &str, series: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(series))
@@ -1033,27 +1020,7 @@ fn metrics_are_valid_prometheus_and_move_with_traffic() {
     let first = scrape(&lab);
     assert!(first.starts_with("HTTP/1.1 200 OK"), "{first}");
     let body = first.split("\r\n\r\n").nth(1).unwrap().to_string();
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    use std::io::Write as _;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synguard_tests::traffic::promtool_check(&body);
     let banned = "synguard_packets_total{interface=\"sga\",verdict=\"banned\",action=\"drop\"}";
     assert_eq!(value(&body, banned), 0.0);
     assert_eq!(value(&body, "synguard_rules{kind=\"ban\"}"), 0.0);

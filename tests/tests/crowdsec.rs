@@ -385,19 +385,7 @@ fn a_lapi_answering_garbage_is_survived_and_shown() {
         daemon.log_text()
     );
     // The metrics say so too, in a form promtool accepts.
-    let metrics = lab
-        .server
-        .spawn(|| {
-            use std::io::{Read as _, Write as _};
-            let mut s = std::net::TcpStream::connect("127.0.0.1:19478").expect("connect");
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .expect("request");
-            let mut out = String::new();
-            s.read_to_string(&mut out).expect("answer");
-            out
-        })
-        .join()
-        .expect("scrape");
+    let metrics = synguard_tests::traffic::scrape(&lab.server, "127.0.0.1:19478");
     let body = metrics.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     let value = |series: &str| -> f64 {
         body.lines()
@@ -409,29 +397,7 @@ fn a_lapi_answering_garbage_is_survived_and_shown() {
     assert_eq!(value("synguard_crowdsec_reachable"), 0.0);
     assert!(value("synguard_crowdsec_failures") >= 2.0);
     assert_eq!(value("synguard_crowdsec_last_pull_timestamp_seconds"), 0.0);
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    {
-        use std::io::Write as _;
-        promtool
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(body.as_bytes())
-            .expect("write");
-    }
-    let out = promtool.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synguard_tests::traffic::promtool_check(&body);
     // Still protecting: a flooder is banned, the employee served.
     lab.hping(1, &["-S", "-p", "80", "-i", "u100", "192.0.2.1"]);
     within(FIFTEEN, "the flooder banned", || {

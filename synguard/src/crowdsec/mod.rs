@@ -177,16 +177,7 @@ impl Settings {
             if key_name(key).is_none() {
                 continue;
             }
-            let text = match value {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                other => {
-                    return Err(ConfigError::File(format!(
-                        "`{key}` must be a string, not {}",
-                        other.type_str()
-                    )));
-                }
-            };
+            let text = crate::config::toml_text(key, value)?;
             next.set(key, &text)?;
         }
         *self = next;
