@@ -411,3 +411,51 @@ fn a_lapi_answering_garbage_is_survived_and_shown() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(garbage.join().expect("garbage server") >= 2);
 }
+
+/// Decisions outlive a restart of `run` with `--keep` (they are entries of the pinned
+/// tables), and the next start's full pull lifts those deleted in CrowdSec meanwhile.
+#[test]
+fn a_restart_keeps_decisions_and_lifts_those_deleted_meanwhile() {
+    let _one = need_lapi();
+    let mut lapi = Lapi::start();
+    let mut a = member(&mut lapi, "web-a", &["--keep"]);
+    lapi.ok(&["decisions", "add", "--ip", ATTACKER, "--duration", "1h"]);
+    lapi.ok(&["decisions", "add", "--ip", "198.18.0.9", "--duration", "1h"]);
+    let prefix = format!("{ATTACKER}/32");
+    within(FIFTEEN, "both enforced", || {
+        entry(&a, &prefix).is_some() && entry(&a, "198.18.0.9/32").is_some()
+    });
+    a.daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        a.daemon.wait(Duration::from_secs(20)),
+        Some(0),
+        "clean exit"
+    );
+    // Still enforced with no `run` at all.
+    assert!(entry(&a, &prefix).is_some());
+    assert!(
+        fetch_in(&a.lab.attacker, None, Duration::from_secs(1)).is_err(),
+        "dropped while run is down"
+    );
+    lapi.ok(&["decisions", "delete", "--ip", ATTACKER]);
+    let key = lapi.dir.path.join("web-a.key");
+    let url = format!("http://192.0.2.66:{}", lapi::PORT);
+    let _again = a.lab.daemon(&[
+        "run",
+        "--iface",
+        "sgc",
+        "--iface",
+        "sga",
+        "--crowdsec-url",
+        &url,
+        "--crowdsec-key-file",
+        key.to_str().expect("utf-8"),
+        "--crowdsec-interval",
+        "1s",
+    ]);
+    within(FIFTEEN, "the deleted decision lifted at start", || {
+        entry(&a, &prefix).is_none()
+    });
+    assert!(entry(&a, "198.18.0.9/32").is_some(), "the other one kept");
+    fetch_in(&a.lab.attacker, None, Duration::from_secs(5)).expect("the attacker again");
+}
