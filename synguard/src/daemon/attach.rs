@@ -1,0 +1,373 @@
+//! Attaching: the interfaces by name, the program attached fresh or swapped into
+//! pinned links, the state loaded or adopted (`start`), and `detach`.
+
+use super::*;
+
+/// A network interface by name and index.
+#[derive(Debug, Clone)]
+pub struct Iface {
+    pub name: String,
+    pub index: u32,
+}
+
+/// Resolve interface names, refusing unknown ones with the list of those that exist.
+pub fn resolve_ifaces(names: &[String]) -> anyhow::Result<Vec<Iface>> {
+    let mut out: Vec<Iface> = Vec::new();
+    for name in names {
+        let index = CString::new(name.as_str())
+            .ok()
+            // SAFETY: a valid NUL-terminated name.
+            .map(|c| unsafe { libc::if_nametoindex(c.as_ptr()) })
+            .unwrap_or(0);
+        if index == 0 {
+            let mut known: Vec<String> = fs::read_dir("/sys/class/net")
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            known.sort();
+            return Err(usage(format!(
+                "unknown interface {name:?}; interfaces in this network namespace: {}",
+                known.join(", ")
+            )));
+        }
+        if out.iter().any(|i| i.index == index) {
+            return Err(usage(format!("interface {name} given twice")));
+        }
+        out.push(Iface {
+            name: name.clone(),
+            index,
+        });
+    }
+    Ok(out)
+}
+
+/// One protected interface.
+pub(super) struct Attachment {
+    pub(super) iface: Iface,
+    pub(super) mode: &'static str,
+    /// Our descriptor of the pinned link; the pin keeps it attached without us.
+    pub(super) link: FdLink,
+}
+
+pub(super) fn is_errno(e: &ProgramError, codes: &[i32]) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error().is_some_and(|c| codes.contains(&c))
+        {
+            return true;
+        }
+        src = err.source();
+    }
+    false
+}
+
+pub(super) fn attach_fresh(
+    prog: &mut Xdp,
+    iface: &Iface,
+    mode: XdpModeArg,
+) -> anyhow::Result<(FdLink, &'static str)> {
+    let busy = |e: &ProgramError| {
+        if is_errno(e, &[libc::EBUSY, libc::EEXIST]) {
+            Some(anyhow!(
+                "{} already has another XDP program attached; detach it first (`ip link set \
+                 dev {} xdp off`, or stop the tool that attached it)",
+                iface.name,
+                iface.name
+            ))
+        } else {
+            None
+        }
+    };
+    let try_mode = |prog: &mut Xdp, m: XdpMode| prog.attach_to_if_index(iface.index, m);
+    let (id, used) = match mode {
+        XdpModeArg::Skb => match try_mode(prog, XdpMode::Skb) {
+            Ok(id) => (id, "generic (skb)"),
+            Err(e) => return Err(busy(&e).unwrap_or_else(|| anyhow!(e))),
+        },
+        XdpModeArg::Native => match try_mode(prog, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(e) => {
+                if let Some(b) = busy(&e) {
+                    return Err(b);
+                }
+                return Err(usage(format!(
+                    "{} does not support native XDP ({e}); use --xdp-mode auto to fall back \
+                     to generic mode, or --xdp-mode skb",
+                    iface.name
+                )));
+            }
+        },
+        XdpModeArg::Auto if crate::net::driver(&iface.name).as_deref() == Some("veth") => {
+            // A veth's frames are socket buffers already, which generic mode runs on as
+            // they are. Native XDP on a veth moves them onto a ring of 256 frames, copied
+            // into pages, that a flood the stack must handle itself (SYNs left to the
+            // kernel, a DNAT'd container's) overflows, taking the employees' frames with
+            // it; and its XDP_TX needs a program on the peer. Measured in the lab's
+            // `container` profile at 150k forged SYN/s: native 71 %, generic 100 %.
+            log::info!(
+                "{}: a veth, so generic (skb) mode, which handles its socket buffers as they \
+                 are (`--xdp-mode native` forces the driver's mode)",
+                iface.name
+            );
+            match try_mode(prog, XdpMode::Skb) {
+                Ok(id) => (id, "generic (skb)"),
+                Err(e) => return Err(busy(&e).unwrap_or_else(|| anyhow!(e))),
+            }
+        }
+        XdpModeArg::Auto => match try_mode(prog, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(e) => {
+                if let Some(b) = busy(&e) {
+                    return Err(b);
+                }
+                log::warn!(
+                    "{}: the driver has no native XDP ({e}); falling back to generic (skb) \
+                     mode, which works everywhere but costs more per packet",
+                    iface.name
+                );
+                match try_mode(prog, XdpMode::Skb) {
+                    Ok(id) => (id, "generic (skb)"),
+                    Err(e) => {
+                        return Err(busy(&e).unwrap_or_else(|| {
+                            usage(format!("{} cannot run XDP programs: {e}", iface.name))
+                        }));
+                    }
+                }
+            }
+        },
+    };
+    let link = prog.take_link(id)?;
+    let fd = FdLink::try_from(link).map_err(|_| {
+        anyhow!(
+            "the kernel attached {} through netlink rather than a BPF link, so protection \
+             could not outlive this process; this kernel is too old for synguard",
+            iface.name
+        )
+    })?;
+    Ok((fd, used))
+}
+
+/// Swap our program into an interface's pinned link (atomic: the pin stays in place the
+/// whole time, so the interface is never without a program).
+pub(super) fn adopt(prog: &mut Xdp, pin_dir: &Path, iface: &Iface) -> anyhow::Result<Attachment> {
+    let path = pins::link_path(pin_dir, iface.index, &iface.name);
+    let pinned = PinnedLink::from_pin(&path)?;
+    let link = XdpLink::try_from(FdLink::from(pinned))?;
+    let id = prog.attach_to_link(link)?;
+    let link = FdLink::try_from(prog.take_link(id)?)?;
+    Ok(Attachment {
+        iface: iface.clone(),
+        mode: "adopted",
+        link,
+    })
+}
+
+/// Attach to an interface and pin the link.
+pub(super) fn attach_new(
+    prog: &mut Xdp,
+    pin_dir: &Path,
+    iface: &Iface,
+    mode: XdpModeArg,
+) -> anyhow::Result<Attachment> {
+    let path = pins::link_path(pin_dir, iface.index, &iface.name);
+    let (link, used) = attach_fresh(prog, iface, mode)?;
+    let pinned = link
+        .pin(&path)
+        .with_context(|| format!("pinning the link of {} at {}", iface.name, path.display()))?;
+    Ok(Attachment {
+        iface: iface.clone(),
+        mode: used,
+        link: pinned.into(),
+    })
+}
+
+/// Links pinned by a previous run for interfaces this run does not protect (or that have
+/// been recreated since, with a new index).
+pub(super) fn stale_links(pin_dir: &Path, ifaces: &[Iface]) -> Vec<PathBuf> {
+    let keep: Vec<PathBuf> = ifaces
+        .iter()
+        .map(|i| pins::link_path(pin_dir, i.index, &i.name))
+        .collect();
+    fs::read_dir(pins::links_dir(pin_dir))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| !keep.contains(p))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Load, attach and configure, in the order that keeps a failure harmless:
+/// - fresh state gets its config before the program is attached anywhere;
+/// - interfaces without a pinned link are attached first, and detached again if any
+///   attach fails, before any adopted link is touched;
+/// - adopted links then get the new program (an atomic swap each), and only once every
+///   interface is protected is the adopted config replaced.
+pub(super) fn start(
+    pin_dir: &Path,
+    settings: &Settings,
+    ifaces: &[Iface],
+    mode: XdpModeArg,
+    adopting: bool,
+) -> anyhow::Result<(Loaded, Vec<Attachment>, u64)> {
+    crate::bpf::check_pinned_abi(pin_dir)?;
+    let mut loaded = Loaded::load(&LoadOptions {
+        pin_dir: Some(pin_dir.to_path_buf()),
+        ..Default::default()
+    })?;
+    let previous = if adopting {
+        loaded.maps.read_config().ok()
+    } else {
+        None
+    };
+    let generation = previous.map_or(0, |c| c.generation) + 1;
+    let mut kernel_cfg = settings.to_kernel(generation);
+    kernel_cfg.daemon_pid = std::process::id();
+    if let Some(prev) = previous {
+        // What a previous run changed and must be able to restore, and internal tuning.
+        kernel_cfg.saved_syncookies = prev.saved_syncookies;
+        kernel_cfg.saved_timestamps = prev.saved_timestamps;
+        if prev.attack_calm_ns != 0 {
+            kernel_cfg.attack_calm_ns = prev.attack_calm_ns;
+        }
+    }
+    if !adopting {
+        loaded.maps.write_config(&kernel_cfg)?;
+    }
+    // Before attaching: attack mode answers SYNs only for these (see `locals`); `run`
+    // keeps them current with the proofs.
+    let addrs = crate::locals::addresses()?;
+    crate::locals::sync(&mut loaded.maps, &addrs)?;
+    // Nor for ports a NAT rule rewrites (see `nat`).
+    crate::nat::sync(&mut loaded.maps, &crate::nat::read().ports)?;
+
+    let mut attachments: Vec<Attachment> = Vec::new();
+    let undo = |attachments: &mut Vec<Attachment>| {
+        for a in attachments.drain(..).filter(|a| a.mode != "adopted") {
+            let _ = fs::remove_file(pins::link_path(pin_dir, a.iface.index, &a.iface.name));
+        }
+    };
+    let (to_adopt, fresh): (Vec<&Iface>, Vec<&Iface>) = ifaces
+        .iter()
+        .partition(|i| pins::link_path(pin_dir, i.index, &i.name).exists());
+    for iface in fresh {
+        match loaded
+            .program_mut()
+            .and_then(|prog| attach_new(prog, pin_dir, iface, mode))
+        {
+            Ok(a) => attachments.push(a),
+            Err(e) => {
+                undo(&mut attachments);
+                return Err(e);
+            }
+        }
+    }
+    for iface in to_adopt {
+        let result = loaded.program_mut().and_then(|prog| {
+            adopt(prog, pin_dir, iface).or_else(|e| {
+                log::warn!(
+                    "{}: the pinned link from a previous run is unusable ({e:#}); attaching anew",
+                    iface.name
+                );
+                let _ = fs::remove_file(pins::link_path(pin_dir, iface.index, &iface.name));
+                attach_new(prog, pin_dir, iface, mode)
+            })
+        });
+        match result {
+            Ok(a) => attachments.push(a),
+            Err(e) => {
+                undo(&mut attachments);
+                return Err(e);
+            }
+        }
+    }
+
+    if let Some(prev) = previous
+        && prev.build_id != 0
+        && prev.build_id != kernel_cfg.build_id
+    {
+        log::info!(
+            "upgraded the program from build {:016x} to {}",
+            prev.build_id,
+            crate::bpf::BUILD_ID
+        );
+    }
+    if adopting {
+        loaded.maps.write_config(&kernel_cfg)?;
+    }
+    let _lock = pins::lock_writers(pin_dir)?;
+    rules::reconcile_actions(&mut loaded.maps)?;
+    Ok((loaded, attachments, generation))
+}
+
+/// `synguard detach`: take a kept program away (left by `run --keep`, the service, or a
+/// crash): put `net.ipv4.tcp_syncookies` back if attack mode changed it, detach from every
+/// interface, remove the pins. Refuses while a `run` is active.
+pub fn detach(pin_dir: &Path) -> anyhow::Result<()> {
+    crate::privs::require_for_run()?;
+    if !pins::has_state(pin_dir) {
+        return Err(crate::error::usage(format!(
+            "nothing to detach: no synguard state in {} (pass the --pin-dir `run` used)",
+            pin_dir.display()
+        )));
+    }
+    let _lock = pins::lock_daemon(pin_dir).map_err(|_| {
+        crate::error::usage(format!(
+            "`synguard run` is active on {}: stop it first (systemctl stop synguard); with \
+             --keep it leaves the program attached for this command to remove",
+            pin_dir.display()
+        ))
+    })?;
+    let mut maps = Maps::from_pins(pin_dir)?;
+    crate::sysctls::sync_all(pin_dir, &mut maps, false);
+    drop(maps);
+    for (_, name, path) in pins::pinned_links(pin_dir) {
+        // The pin holds the link's last reference: removing it detaches the program.
+        fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        log::info!("detached from {name}");
+    }
+    remove_pins(pin_dir)?;
+    for d in [crate::bpf::maps_dir(pin_dir), pins::links_dir(pin_dir)] {
+        let _ = fs::remove_dir(&d);
+    }
+    // A BPF filesystem `run` mounted on the pin directory itself goes too.
+    let parent_is_bpffs = pin_dir.parent().is_some_and(pins::is_bpffs);
+    if pins::is_bpffs(pin_dir)
+        && !parent_is_bpffs
+        && let Ok(c) = std::ffi::CString::new(pin_dir.as_os_str().as_encoded_bytes())
+    {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    let _ = fs::remove_dir(pin_dir);
+    log::info!("removed the pinned state in {}", pin_dir.display());
+    Ok(())
+}
+
+pub(super) fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
+    // The sock_ops program's link: its pin holds the last reference.
+    let proofs = crate::proofs::link_path(pin_dir);
+    if proofs.exists() {
+        fs::remove_file(&proofs).with_context(|| format!("unpinning {}", proofs.display()))?;
+    }
+    let dir = crate::bpf::maps_dir(pin_dir);
+    for name in map_names::ALL {
+        let p = dir.join(name);
+        if p.exists() {
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    if pins::links_dir(pin_dir).exists() && fs::read_dir(pins::links_dir(pin_dir))?.next().is_some()
+    {
+        bail!(
+            "links remain pinned in {}",
+            pins::links_dir(pin_dir).display()
+        );
+    }
+    Ok(())
+}
