@@ -13,7 +13,7 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use synguard_common::{
-    BanCache, Config, IfState, Proof, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity, hint,
+    BanCache, Config, IfState, Proof, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats, capacity,
     map_names,
     sources::{self, Slot},
     stat,
@@ -25,9 +25,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Name of the XDP program in the object.
 pub const PROGRAM: &str = "synguard";
 
-/// A short identifier of the embedded program (FNV-1a of the object, from `build.rs`),
-/// shown by `status` and `--version`.
-pub const BUILD_ID: &str = env!("SYNGUARD_EBPF_ID");
+pub use crate::version::BUILD_ID;
 
 pub type RulesV4 = LpmTrie<MapData, RuleKeyV4, Rule>;
 pub type RulesV6 = LpmTrie<MapData, RuleKeyV6, Rule>;
@@ -270,21 +268,10 @@ impl Maps {
         self.config.get(&0, 0).context("reading the config map")
     }
 
-    pub fn write_config(&mut self, cfg: &Config) -> anyhow::Result<()> {
-        // Under a short `ipv4-prefix` the kernel made bans without hint bits (it ignored
-        // the hint then); before it starts relying on the hint, every entry gets its bits.
-        let old = self.read_config()?;
-        let starts = |new: u32, old: u32, min: u32| new >= min && old < min;
-        if old.abi == 0
-            || starts(cfg.ipv4_prefix, old.ipv4_prefix, hint::HINT_MIN_BAN_PREFIX)
-            || starts(
-                cfg.ipv6_prefix,
-                old.ipv6_prefix,
-                hint::HINT_MIN_BAN_PREFIX_V6,
-            )
-        {
-            crate::rules::sync_hints(self)?;
-        }
+    /// Write the config over `old` (what the map held), keeping the sources table's seed.
+    /// Callers use `write_config` (in `rules`, which first gives the rules' hints their
+    /// bits when a new prefix length makes the kernel rely on them).
+    pub(crate) fn store_config(&mut self, cfg: &Config, old: &Config) -> anyhow::Result<()> {
         // The sources table's hash key is drawn once, with the maps, and kept: a new key
         // would strand every bucket in a slot no source looks in.
         let mut cfg = *cfg;

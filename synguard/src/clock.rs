@@ -34,10 +34,21 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// "in 9m59s" / "3m ago" relative to now, for human tables.
 pub fn relative(stamp_ns: u64) -> String {
     let now = monotonic_ns();
-    let fmt = |ns: u64| crate::config::format_duration(Duration::from_nanos(ns));
+    let fmt = |ns: u64| format_duration(Duration::from_nanos(ns));
     if stamp_ns >= now {
         format!("in {}", fmt(stamp_ns - now))
     } else {
         format!("{} ago", fmt(now - stamp_ns))
     }
+}
+
+/// A duration as the config keys write it (`10m`, `1h30m`, `2d`): whole seconds, no
+/// spaces; at least `1s` unless zero.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    humantime::format_duration(Duration::from_secs(d.as_secs()).max(Duration::from_secs(1)))
+        .to_string()
+        .replace(' ', "")
 }

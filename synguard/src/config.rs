@@ -589,7 +589,7 @@ impl Settings {
             all_ports: u32::from(self.ports.is_all()),
             v6_mask: prefix_mask::<16>(u32::from(self.ipv6_prefix)),
             generation,
-            build_id: u64::from_str_radix(crate::bpf::BUILD_ID, 16).unwrap_or(0),
+            build_id: u64::from_str_radix(crate::version::BUILD_ID, 16).unwrap_or(0),
             daemon_pid: 0,
             saved_syncookies: -1,
             attack_calm_ns: synguard_common::ATTACK_CALM_NS,
@@ -650,14 +650,7 @@ fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-pub fn format_duration(d: Duration) -> String {
-    if d.is_zero() {
-        return "0s".into();
-    }
-    humantime::format_duration(Duration::from_secs(d.as_secs()).max(Duration::from_secs(1)))
-        .to_string()
-        .replace(' ', "")
-}
+pub use crate::clock::format_duration;
 
 #[cfg(test)]
 mod tests {

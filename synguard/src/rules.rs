@@ -85,6 +85,28 @@ impl RuleEntry {
     }
 }
 
+impl Maps {
+    /// Write the kernel's config. (Here rather than in `bpf`, which knows nothing of the
+    /// rules: under a short `ipv4-prefix` the kernel made bans without hint bits, since it
+    /// ignored the hint then; before it starts relying on the hint, every entry gets its
+    /// bits.)
+    pub fn write_config(&mut self, cfg: &synguard_common::Config) -> anyhow::Result<()> {
+        let old = self.read_config()?;
+        let starts = |new: u32, old: u32, min: u32| new >= min && old < min;
+        if old.abi == 0
+            || starts(cfg.ipv4_prefix, old.ipv4_prefix, hint::HINT_MIN_BAN_PREFIX)
+            || starts(
+                cfg.ipv6_prefix,
+                old.ipv6_prefix,
+                hint::HINT_MIN_BAN_PREFIX_V6,
+            )
+        {
+            sync_hints(self)?;
+        }
+        self.store_config(cfg, &old)
+    }
+}
+
 /// Put a comment into a rule, cut at a character boundary to fit.
 pub fn set_comment(rule: &mut Rule, text: &str) {
     let mut end = text.len().min(RULE_COMMENT_MAX);

@@ -7,3 +7,7 @@ pub const LONG: &str = concat!(
     env!("SYNGUARD_EBPF_ID"),
     ")"
 );
+
+/// A short identifier of the embedded program (FNV-1a of the object, from `build.rs`),
+/// shown by `status` and `--version`.
+pub const BUILD_ID: &str = env!("SYNGUARD_EBPF_ID");
