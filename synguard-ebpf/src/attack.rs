@@ -1,0 +1,255 @@
+//! Attack mode: the SYN rate per CPU and window, attack mode starting and ending, and
+//! the ACK and RST floods dropped while it lasts.
+
+use crate::*;
+
+/// Count a SYN in this CPU's rate window; when a window closes, re-evaluate attack mode.
+#[inline(always)]
+pub(crate) fn track_rate(pkt: &Packet, now: u64) {
+    // SAFETY: this CPU's own slot (see `Packet::note`).
+    let st = unsafe { &mut *pkt.stats };
+    st.window_syns += 1;
+    let age = now.wrapping_sub(st.window_start_ns);
+    // Close the window at its end, or early once this CPU alone has seen more SYNs in it
+    // than the threshold allows for a whole window (and it is at least 10 ms old): attack
+    // mode then starts within 10 ms of a flood instead of up to a window later.
+    let early = age >= ATTACK_EARLY_NS
+        && st.window_syns * (1_000_000_000 / ATTACK_WINDOW_NS)
+            >= u64::from(pkt.cfg.attack_syn_rate)
+        && SG_IFSTATE.get(pkt.slot).is_some_and(|s| s.attack == 0);
+    if age >= ATTACK_WINDOW_NS || early {
+        let rate = if age > 10 * ATTACK_WINDOW_NS {
+            0
+        } else {
+            // A window shorter than a coarse-clock tick counts as one millisecond.
+            st.window_syns * 1_000_000_000 / age.max(1_000_000)
+        };
+        st.window_start_ns = now;
+        st.window_syns = 0;
+        evaluate_attack(pkt, rate, now);
+    }
+}
+
+/// Publish this CPU's SYN rate on the interface, add up every CPU's current rate and apply
+/// the hysteresis. Runs once per window per CPU, never per packet, and takes no lock: each
+/// CPU writes only its own rate, and concurrent evaluations can only repeat the same
+/// decision. The sum is a loop of loads from one map value (see [`CpuRates`]): no helper
+/// call inside it, so every verifier since 5.3 accepts its bounded back edge.
+#[inline(never)]
+pub(crate) fn evaluate_attack(pkt: &Packet, rate: u64, now: u64) {
+    let slot = pkt.slot;
+    let Some(rates) = SG_CPU_RATES.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a live map value shared by CPUs; each CPU writes only its own element, and a
+    // racing reader sees a rate at most one window old.
+    let rates = unsafe { &mut *rates };
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as usize;
+    if let Some(mine) = rates.cpus.get_mut(cpu) {
+        *mine = CpuRate { rate, at_ns: now };
+    }
+    let nr = NR_CPUS.load().min(capacity::MAX_CPUS) as usize;
+    let mut total = 0u64;
+    for (i, c) in rates.cpus.iter().enumerate() {
+        if i >= nr {
+            break;
+        }
+        if now.wrapping_sub(c.at_ns) <= ATTACK_STALE_NS {
+            total += c.rate;
+        }
+    }
+    let Some(state) = SG_IFSTATE.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a live map value shared by CPUs; see above.
+    let state = unsafe { &mut *state };
+    let calm = if pkt.cfg.attack_calm_ns == 0 {
+        ATTACK_CALM_NS
+    } else {
+        pkt.cfg.attack_calm_ns
+    };
+    let since = state.since_ns;
+    match attack_step(state, total, now, u64::from(pkt.cfg.attack_syn_rate), calm) {
+        Some(true) => {
+            pkt.note(N_ATTACKS);
+            emit_attack(pkt, EVENT_ATTACK_ON, total, 0, now);
+        }
+        Some(false) => {
+            let lasted_ms = now.saturating_sub(since) / 1_000_000;
+            emit_attack(pkt, EVENT_ATTACK_OFF, state.peak_rate, lasted_ms, now);
+        }
+        None => {}
+    }
+}
+
+/// Tell userspace attack mode started or ended (a handful of events per attack); `syns`
+/// as [`Event`] says for each.
+#[inline(never)]
+pub(crate) fn emit_attack(pkt: &Packet, kind: u32, rate: u64, syns: u64, now: u64) {
+    let Some(mut entry) = SG_EVENTS.reserve::<Event>(0) else {
+        pkt.note(N_EVENTS_LOST);
+        return;
+    };
+    entry.write(Event {
+        kind,
+        ifindex: pkt.ifindex,
+        family: 0,
+        prefix_len: 0,
+        _pad: [0; 6],
+        addr: [0; 16],
+        time_ns: now,
+        expires_ns: 0,
+        syns,
+        rate,
+    });
+    entry.submit(0);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckCheck {
+    /// The ACK carried a valid cookie, or the segment belongs to a connection the kernel
+    /// knows (established, queued, or in TIME_WAIT).
+    Proven,
+    /// A listener, but no connection, and (for an ACK) no valid cookie.
+    Invalid,
+    /// No socket at all for the segment's tuple.
+    NoSocket,
+    /// The check could not run (headers not readable).
+    Unknown,
+}
+
+/// An ACK or RST from an unverified source while cookies are on: does it prove the
+/// source (an ACK with a valid cookie), and is it to be dropped? Its verdict:
+/// `R_TCP_OTHER`, `R_ACK_NO_FLOW` or `R_RST_NO_FLOW`. (One register for the answer: a
+/// BPF function takes at most five arguments, an `Option` would be a sixth.)
+///
+/// Dropped only when nothing could want it: no connection of this namespace has its
+/// tuple, it carries no valid cookie (the kernel would answer an ACK with a reset and
+/// ignore an RST), and the lookup speaks for the socket it would reach: the destination
+/// is one of the machine's addresses (`to_local`) and no NAT rule rewrites its port
+/// (`nat_port`; a container's connections live in its own namespace). Verified sources,
+/// segments behind IP options or IPv6 extension headers, and anything the check cannot
+/// read go on to the kernel.
+#[inline(never)]
+pub(crate) fn check_ack(
+    pkt: &Packet,
+    at: &Offsets,
+    dport: u16,
+    key: &SourceKey,
+    rst: bool,
+) -> usize {
+    let now = pkt.now;
+    if is_verified(key, now) || !at.simple {
+        return R_TCP_OTHER;
+    }
+    let result = if at.family == FAMILY_V4 {
+        ack_v4(pkt.ctx, at, rst)
+    } else {
+        ack_v6(pkt.ctx, at, rst)
+    };
+    match result {
+        AckCheck::Proven => {
+            // Only a correct cookie (or a real connection) gets here: forged sources never
+            // see their SYN-ACK, so they can never insert themselves. An RST proves
+            // nothing (it only had to name a connection).
+            if !rst && prove(key, pkt.cfg, now, PROOF_COOKIE) {
+                pkt.note(N_VERIFIED);
+            }
+            R_TCP_OTHER
+        }
+        AckCheck::Unknown => R_TCP_OTHER,
+        AckCheck::Invalid | AckCheck::NoSocket => {
+            if !rst && result == AckCheck::Invalid {
+                pkt.note(N_COOKIE_ACK_INVALID);
+            }
+            if !to_local(pkt.ctx, at) || nat_port(dport) {
+                R_TCP_OTHER
+            } else if rst {
+                R_RST_NO_FLOW
+            } else {
+                R_ACK_NO_FLOW
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn ack_check(
+    ctx: &XdpContext,
+    sk: *mut bpf_sock,
+    ip: *mut c_void,
+    ip_len: u32,
+    l4: usize,
+    rst: bool,
+) -> AckCheck {
+    if sk.is_null() {
+        return AckCheck::NoSocket;
+    }
+    // SAFETY: `sk` is a referenced socket from the lookup, released on every path.
+    unsafe {
+        if (*sk).state != TCP_LISTEN {
+            // An established connection or a request the kernel queued itself: the source
+            // completed a real handshake.
+            bpf_sk_release(sk as *mut c_void);
+            return AckCheck::Proven;
+        }
+        if rst {
+            // An RST for no connection: a cookie means nothing to it.
+            bpf_sk_release(sk as *mut c_void);
+            return AckCheck::Invalid;
+        }
+        // `th` is bounds-checked for `len` bytes, the header's length.
+        let r = in_place(ctx, l4, |th, len| {
+            bpf_tcp_check_syncookie(sk as *mut c_void, ip, ip_len, th, len)
+        });
+        bpf_sk_release(sk as *mut c_void);
+        if r == 0 {
+            AckCheck::Proven
+        } else {
+            AckCheck::Invalid
+        }
+    }
+}
+
+#[inline(never)]
+pub(crate) fn ack_v4(ctx: &XdpContext, at: &Offsets, rst: bool) -> AckCheck {
+    let (Some(ip), Some(th)) = (ptr_at::<Ipv4Hdr>(ctx, at.l3), ptr_at::<[u8; 4]>(ctx, at.l4))
+    else {
+        return AckCheck::Unknown;
+    };
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
+    // SAFETY: bounds checked; see `syn_cookie_v4`.
+    unsafe {
+        let t = tuple.as_mut_ptr() as *mut u8;
+        core::ptr::copy_nonoverlapping((ip as *const u8).add(12), t, 8);
+        core::ptr::copy_nonoverlapping(th as *const u8, t.add(8), 4);
+    }
+    let sk = lookup_sock(
+        ctx,
+        &mut tuple,
+        mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
+    );
+    ack_check(ctx, sk, ip as *mut c_void, Ipv4Hdr::LEN as u32, at.l4, rst)
+}
+
+#[inline(never)]
+pub(crate) fn ack_v6(ctx: &XdpContext, at: &Offsets, rst: bool) -> AckCheck {
+    let (Some(ip), Some(th)) = (ptr_at::<Ipv6Hdr>(ctx, at.l3), ptr_at::<[u8; 4]>(ctx, at.l4))
+    else {
+        return AckCheck::Unknown;
+    };
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
+    // SAFETY: bounds checked; see `syn_cookie_v6`.
+    unsafe {
+        let t = tuple.as_mut_ptr() as *mut u8;
+        core::ptr::copy_nonoverlapping((ip as *const u8).add(8), t, 32);
+        core::ptr::copy_nonoverlapping(th as *const u8, t.add(32), 4);
+    }
+    let sk = lookup_sock(
+        ctx,
+        &mut tuple,
+        mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
+    );
+    ack_check(ctx, sk, ip as *mut c_void, Ipv6Hdr::LEN as u32, at.l4, rst)
+}
