@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use synguard::{
     cli::{AllowCmd, BlockCmd, Cli, Command, ConfigCmd},
-    cmd::{State, block, config, explain, status, top},
+    cmd::{State, allow, block, config, explain, status, top},
     config::Settings,
     error,
 };
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let pin = cli.pin_dir.as_path();
     match cli.command {
-        Command::Run(args) => synguard::daemon::run(cli.pin_dir, cli.state_dir, args).await,
+        Command::Run(args) => synguard::cmd::run::run(cli.pin_dir, cli.state_dir, args).await,
         Command::Status(a) => status::status(&State::open(pin)?, a.json, &cli.state_dir),
         Command::Block(BlockCmd::List(a)) => block::block_list(&State::open(pin)?, a.json),
         Command::Block(BlockCmd::Add {
@@ -62,14 +62,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             synguard::net::parse_cidr(&cidr)?;
             block::block_del(&mut State::open(pin)?, &cidr)
         }
-        Command::Allow(AllowCmd::List(a)) => block::allow_list(&State::open(pin)?, a.json),
+        Command::Allow(AllowCmd::List(a)) => allow::allow_list(&State::open(pin)?, a.json),
         Command::Allow(AllowCmd::Add { cidr, comment }) => {
             synguard::net::parse_cidr(&cidr)?;
-            block::allow_add(&mut State::open(pin)?, &cidr, &comment)
+            allow::allow_add(&mut State::open(pin)?, &cidr, &comment)
         }
         Command::Allow(AllowCmd::Del { cidr }) => {
             synguard::net::parse_cidr(&cidr)?;
-            block::allow_del(&mut State::open(pin)?, &cidr)
+            allow::allow_del(&mut State::open(pin)?, &cidr)
         }
         Command::Config(ConfigCmd::Show(a)) => config::show(&State::open(pin)?, a.json),
         Command::Config(ConfigCmd::Set { key, value }) => {
@@ -89,17 +89,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Report { since, out } => {
             let since = since.as_deref().map(crate_duration).transpose()?;
-            synguard::report::report(&cli.state_dir, since, out.format, out.output.as_deref())
+            synguard::cmd::report::report(&cli.state_dir, since, out.format, out.output.as_deref())
         }
-        Command::Detach => synguard::daemon::detach(pin),
-        Command::Completions { shell } => {
-            use std::io::Write as _;
-            std::io::stdout().write_all(&synguard::docs::completions(shell))?;
-            Ok(())
-        }
-        Command::Man { out_dir } => synguard::docs::write_man(out_dir.as_deref()),
+        Command::Detach => synguard::cmd::detach::detach(pin),
+        Command::Completions { shell } => synguard::cmd::completions::completions(shell),
+        Command::Man { out_dir } => synguard::cmd::completions::man(out_dir.as_deref()),
         Command::Analyze { file, out, keys } => {
-            synguard::analyze::analyze(&file, &keys.0, out.format, out.output.as_deref())
+            synguard::cmd::analyze::analyze(&file, &keys.0, out.format, out.output.as_deref())
         }
     }
 }

@@ -13,14 +13,12 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
-    path::Path,
     time::{Duration, SystemTime},
 };
 
 use ipnet::IpNet;
 
 use crate::{
-    cli::ReportFormat,
     clock::rfc3339,
     incident::{
         Attack, AttackKind, DropRow, ForgedRow, Peaks, Point, PrefixRow, Report, SourceRow,
@@ -33,18 +31,6 @@ use crate::{
 const HOT_DROPS_PER_SEC: f64 = 10.0;
 /// Bans listed one by one in the timeline per episode; the rest are summarised.
 const BANS_LISTED: usize = 5;
-
-pub fn report(
-    state_dir: &Path,
-    since: Option<Duration>,
-    format: ReportFormat,
-    output: Option<&Path>,
-) -> anyhow::Result<()> {
-    let since_t = since.map(|d| SystemTime::now() - d);
-    let (records, bad) = journal::read(state_dir, since_t)?;
-    let r = build(&records, bad, &state_dir.display().to_string());
-    r.emit(format, output)
-}
 
 /// A rate sample, summed over interfaces.
 struct Sample {

@@ -1,9 +1,16 @@
-//! The state commands: each works on the state a `synguard run` pinned, from any shell
-//! or network namespace, and changes nothing when its input is bad.
+//! One file per command (`completions.rs` has `man` too; `run`'s own code is
+//! `crate::daemon`). The state commands work on the state a `synguard run` pinned, from
+//! any shell or network namespace, and change nothing when their input is bad.
 
+pub mod allow;
+pub mod analyze;
 pub mod block;
+pub mod completions;
 pub mod config;
+pub mod detach;
 pub mod explain;
+pub mod report;
+pub mod run;
 pub mod status;
 pub mod top;
 

@@ -48,8 +48,9 @@ mod events;
 mod housekeeping;
 mod syncookies;
 
-pub use attach::{Iface, detach, resolve_ifaces};
-use attach::{remove_pins, stale_links, start};
+pub(crate) use attach::remove_pins;
+pub use attach::{Iface, resolve_ifaces};
+use attach::{stale_links, start};
 use events::{drain_ring, readable};
 
 /// Defaults, then the file, then command-line keys. Every error is a usage error and
