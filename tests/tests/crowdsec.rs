@@ -413,7 +413,8 @@ fn a_lapi_answering_garbage_is_survived_and_shown() {
 }
 
 /// Decisions outlive a restart of `run` with `--keep` (they are entries of the pinned
-/// tables), and the next start's full pull lifts those deleted in CrowdSec meanwhile.
+/// tables), and the next start's full pull lifts those deleted in CrowdSec meanwhile; a
+/// start without a link lifts them all.
 #[test]
 fn a_restart_keeps_decisions_and_lifts_those_deleted_meanwhile() {
     let _one = need_lapi();
@@ -440,8 +441,9 @@ fn a_restart_keeps_decisions_and_lifts_those_deleted_meanwhile() {
     lapi.ok(&["decisions", "delete", "--ip", ATTACKER]);
     let key = lapi.dir.path.join("web-a.key");
     let url = format!("http://192.0.2.66:{}", lapi::PORT);
-    let _again = a.lab.daemon(&[
+    let mut again = a.lab.daemon(&[
         "run",
+        "--keep",
         "--iface",
         "sgc",
         "--iface",
@@ -458,4 +460,13 @@ fn a_restart_keeps_decisions_and_lifts_those_deleted_meanwhile() {
     });
     assert!(entry(&a, "198.18.0.9/32").is_some(), "the other one kept");
     fetch_in(&a.lab.attacker, None, Duration::from_secs(5)).expect("the attacker again");
+    // A run without a link lifts what an earlier one pulled: nothing else ever would.
+    again.signal(libc::SIGTERM);
+    assert_eq!(again.wait(Duration::from_secs(20)), Some(0), "clean exit");
+    assert!(entry(&a, "198.18.0.9/32").is_some(), "kept by --keep");
+    let _unlinked = a.lab.daemon(&["run", "--iface", "sgc", "--iface", "sga"]);
+    within(FIFTEEN, "lifted at start", || {
+        entry(&a, "198.18.0.9/32").is_none()
+    });
+    assert_eq!(a.lab.json(&["status"])["entries"]["crowdsec"], 0);
 }

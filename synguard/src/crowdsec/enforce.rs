@@ -403,6 +403,22 @@ impl Crowdsec {
     }
 }
 
+/// Remove every CrowdSec entry (`run` without a link, after one that had one). Returns
+/// how many went.
+pub fn lift_all(maps: &mut Maps, pin_dir: &std::path::Path) -> anyhow::Result<usize> {
+    let _lock = crate::pins::lock_writers(pin_dir)?;
+    let mut n = 0;
+    for e in rules::list(maps)?
+        .iter()
+        .filter(|e| e.rule.kind == RULE_CROWDSEC)
+    {
+        if rules::delete(maps, &e.net)?.is_some() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use synguard_common::{PROOF_GATEWAY, PROOF_HANDSHAKE};

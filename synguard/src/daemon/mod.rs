@@ -404,6 +404,15 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
     } else {
         drop(cs_tx);
         let _ = fs::remove_file(crate::crowdsec::link_path(&state_dir));
+        // Decisions an earlier run pulled: with no link, nothing would ever lift them.
+        match crate::crowdsec::enforce::lift_all(&mut daemon.maps, &pin_dir) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "lifted the {n} CrowdSec decisions an earlier run had pulled: this run has no \
+                 crowdsec-url"
+            ),
+            Err(e) => log::warn!("crowdsec: lifting an earlier run's decisions: {e:#}"),
+        }
         None
     };
 
