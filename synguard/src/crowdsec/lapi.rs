@@ -1,25 +1,33 @@
 //! The HTTP side of the link: a bouncer's pull of the decisions stream, and a machine's
 //! login and push of alerts. Every answer is checked (status, then body) and every error
 //! says what to do about it; nothing here touches the kernel's tables.
+//!
+//! Blocking calls (`ureq`, rustls): the link's task runs them on tokio's blocking pool.
+//! ureq rather than reqwest for its size: 25 crates against 118 (both with rustls), which
+//! keeps the build and CI minutes down, for the one request every few seconds the link
+//! makes.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{Credentials, ORIGIN, SCENARIO, decisions::Stream};
 
 /// A request that takes longer than this has failed (a 100,000-decision startup pull is
-/// about 20 MB).
+/// about 14 MB).
 const TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer read: a million decisions are about 140 MB.
+const MAX_BODY: u64 = 256 << 20;
 /// A machine's token lasts an hour; renewed before.
 const TOKEN_LIFE: Duration = Duration::from_secs(50 * 60);
 
 pub struct Lapi {
-    http: reqwest::Client,
-    base: reqwest::Url,
+    http: ureq::Agent,
+    /// The base URL, without its trailing slash.
+    base: String,
     key: Option<String>,
     creds: Option<Credentials>,
     token: Option<(String, Instant)>,
@@ -43,69 +51,56 @@ fn excerpt(body: &[u8]) -> String {
 
 impl Lapi {
     pub fn new(url: &str, key: Option<String>, creds: Option<Credentials>) -> anyhow::Result<Self> {
-        let mut base = reqwest::Url::parse(url).context("crowdsec-url")?;
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
+        super::check_url(url).map_err(|why| anyhow!("crowdsec-url {url:?}: {why}"))?;
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .http_status_as_error(false)
             .user_agent(concat!("synguard/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("making the HTTP client")?;
+            .build();
         Ok(Self {
-            http,
-            base,
+            http: config.into(),
+            base: url.trim_end_matches('/').to_string(),
             key,
             creds,
             token: None,
         })
     }
 
-    fn url(&self, path: &str) -> anyhow::Result<reqwest::Url> {
-        self.base
-            .join(path)
-            .with_context(|| format!("joining {path} to {}", self.base))
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
     }
 
     /// Pull the decisions stream: all of them (`startup`), or the changes since the last
     /// pull with this key.
-    pub async fn pull(&self, startup: bool) -> anyhow::Result<Stream> {
+    pub fn pull(&self, startup: bool) -> anyhow::Result<Stream> {
         let key = self
             .key
             .as_deref()
             .ok_or_else(|| anyhow!("no bouncer key"))?;
-        let mut url = self.url("v1/decisions/stream")?;
-        url.query_pairs_mut()
-            .append_pair("startup", if startup { "true" } else { "false" });
-        let resp = self
-            .http
-            .get(url)
-            .header("X-Api-Key", key)
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| anyhow!("{}: {}", self.base, describe(&e)))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| anyhow!("{}: reading the answer: {}", self.base, describe(&e)))?;
-        if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::UNAUTHORIZED {
+        let url = self.url(&format!("v1/decisions/stream?startup={startup}"));
+        let (status, body) = read(
+            self.http
+                .get(&url)
+                .header("X-Api-Key", key)
+                .header("Accept", "application/json")
+                .call(),
+        )
+        .map_err(|e| anyhow!("{}: {e}", self.base))?;
+        if status == 403 || status == 401 {
             bail!(
                 "{}: the bouncer key was refused ({status}): make one with `cscli bouncers add \
                  synguard` and put it in crowdsec-key-file",
                 self.base
             );
         }
-        if !status.is_success() {
-            bail!("{}: {status}: {}", self.base, excerpt(&body));
+        if !(200..300).contains(&status) {
+            bail!("{}: HTTP {status}: {}", self.base, excerpt(&body));
         }
         super::decisions::parse_stream(&body)
     }
 
-    async fn login(&mut self) -> anyhow::Result<String> {
+    fn login(&mut self) -> anyhow::Result<String> {
         let creds = self
             .creds
             .as_ref()
@@ -115,17 +110,14 @@ impl Lapi {
             "password": creds.password,
             "scenarios": [SCENARIO],
         });
-        let resp = self
-            .http
-            .post(self.url("v1/watchers/login")?)
-            .header("Content-Type", "application/json")
-            .body(serde_json::to_vec(&body)?)
-            .send()
-            .await
-            .map_err(|e| anyhow!("{}: login: {}", self.base, describe(&e)))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.unwrap_or_default();
-        if !status.is_success() {
+        let (status, bytes) = read(
+            self.http
+                .post(&self.url("v1/watchers/login"))
+                .header("Content-Type", "application/json")
+                .send(&serde_json::to_vec(&body)?[..]),
+        )
+        .map_err(|e| anyhow!("{}: login: {e}", self.base))?;
+        if !(200..300).contains(&status) {
             bail!(
                 "{}: login as {:?} refused ({status}): {}; check crowdsec-credentials (and \
                  that the machine is validated: `cscli machines list`)",
@@ -149,37 +141,35 @@ impl Lapi {
         Ok(l.token)
     }
 
-    async fn token(&mut self) -> anyhow::Result<String> {
+    fn token(&mut self) -> anyhow::Result<String> {
         match &self.token {
             Some((t, at)) if at.elapsed() < TOKEN_LIFE => Ok(t.clone()),
-            _ => self.login().await,
+            _ => self.login(),
         }
     }
 
     /// Push bans as alerts, one decision each.
-    pub async fn push(&mut self, bans: &[BanAlert]) -> anyhow::Result<()> {
+    pub fn push(&mut self, bans: &[BanAlert]) -> anyhow::Result<()> {
         let body: Vec<serde_json::Value> = bans.iter().map(alert).collect();
+        let body = serde_json::to_vec(&body)?;
         for attempt in 0..2 {
-            let token = self.token().await?;
-            let resp = self
-                .http
-                .post(self.url("v1/alerts")?)
-                .bearer_auth(&token)
-                .header("Content-Type", "application/json")
-                .body(serde_json::to_vec(&body)?)
-                .send()
-                .await
-                .map_err(|e| anyhow!("{}: pushing alerts: {}", self.base, describe(&e)))?;
-            let status = resp.status();
-            if status == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+            let token = self.token()?;
+            let (status, bytes) = read(
+                self.http
+                    .post(&self.url("v1/alerts"))
+                    .header("Authorization", &format!("Bearer {token}"))
+                    .header("Content-Type", "application/json")
+                    .send(&body[..]),
+            )
+            .map_err(|e| anyhow!("{}: pushing alerts: {e}", self.base))?;
+            if status == 401 && attempt == 0 {
                 // The token expired early (the LAPI restarted): log in again, once.
                 self.token = None;
                 continue;
             }
-            let bytes = resp.bytes().await.unwrap_or_default();
-            if !status.is_success() {
+            if !(200..300).contains(&status) {
                 bail!(
-                    "{}: pushing alerts: {status}: {}",
+                    "{}: pushing alerts: HTTP {status}: {}",
                     self.base,
                     excerpt(&bytes)
                 );
@@ -190,15 +180,19 @@ impl Lapi {
     }
 }
 
-/// A reqwest error in words (its chain: "connection refused", "timed out").
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(x) = src {
-        s = format!("{s}: {x}");
-        src = x.source();
-    }
-    s
+/// A request's status and body (at most [`MAX_BODY`]), or what went wrong, in words.
+fn read(
+    r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut resp = r.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_vec()
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    Ok((status, body))
 }
 
 /// The alert for one ban (`models.Alert`; every field the LAPI requires).

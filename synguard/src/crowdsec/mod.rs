@@ -126,21 +126,7 @@ impl Settings {
         match key {
             "crowdsec-url" => {
                 if !v.is_empty() {
-                    let u = reqwest::Url::parse(v).map_err(|e| {
-                        invalid(
-                            key,
-                            value,
-                            format!("not a URL ({e}); e.g. http://10.0.0.5:8080"),
-                        )
-                    })?;
-                    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
-                        return Err(invalid(
-                            key,
-                            value,
-                            "the LAPI's base URL, http:// or https:// with a host, e.g. \
-                             http://10.0.0.5:8080",
-                        ));
-                    }
+                    check_url(v).map_err(|why| invalid(key, value, why))?;
                 }
                 self.url = v.to_string();
             }
@@ -228,6 +214,21 @@ impl Settings {
             crate::config::format_duration(self.interval),
         )
     }
+}
+
+/// Whether `url` is a LAPI base URL: `http://` or `https://`, a host, no query.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let hint = "the LAPI's base URL, http:// or https:// with a host, e.g. http://10.0.0.5:8080";
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); {hint}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https"))
+        || uri.host().is_none_or(str::is_empty)
+        || uri.query().is_some()
+    {
+        return Err(hint.into());
+    }
+    Ok(())
 }
 
 /// The `run` flags of the `crowdsec-*` keys.

@@ -47,6 +47,20 @@ pub fn backoff(interval: Duration, failures: u32) -> Duration {
         .min(MAX_BACKOFF.max(interval))
 }
 
+/// Run `f` on the link's client on tokio's blocking pool (its calls block); `None` if it
+/// panicked (the link is over then).
+async fn blocking<T: Send + 'static>(
+    mut lapi: Lapi,
+    f: impl FnOnce(&mut Lapi) -> T + Send + 'static,
+) -> Option<(Lapi, T)> {
+    tokio::task::spawn_blocking(move || {
+        let r = f(&mut lapi);
+        (lapi, r)
+    })
+    .await
+    .ok()
+}
+
 /// Bans waiting to be pushed while the LAPI fails, at most (the oldest go first).
 const MAX_PENDING: usize = 10_000;
 
@@ -82,7 +96,12 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep_until(next_pull), if pull => {
                 let started = std::time::Instant::now();
-                let msg = match lapi.pull(startup).await {
+                let (back, pulled) = match blocking(lapi, move |l| l.pull(startup)).await {
+                    Some(x) => x,
+                    None => return,
+                };
+                lapi = back;
+                let msg = match pulled {
                     Ok(stream) => {
                         let msg = Msg::Pulled {
                             startup,
@@ -123,7 +142,13 @@ pub async fn run(
                 None => bans_open = false,
             },
             _ = tokio::time::sleep_until(next_push), if !pending.is_empty() => {
-                let msg = match lapi.push(&pending).await {
+                let batch = pending.clone();
+                let (back, pushed) = match blocking(lapi, move |l| l.push(&batch)).await {
+                    Some(x) => x,
+                    None => return,
+                };
+                lapi = back;
+                let msg = match pushed {
                     Ok(()) => {
                         push_failures = 0;
                         let n = pending.len();
