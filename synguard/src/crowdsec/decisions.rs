@@ -214,6 +214,11 @@ impl Held {
         self.by_id.is_empty()
     }
 
+    /// Whether the decision `id` is held.
+    pub fn holds(&self, id: i64) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
     /// Prefixes held.
     pub fn nets(&self) -> usize {
         self.by_net.len()
