@@ -11,6 +11,7 @@
 #![no_std]
 
 pub mod clock;
+pub mod decide;
 pub mod gcra;
 pub mod sources;
 pub mod synack;
@@ -79,6 +80,12 @@ pub mod capacity {
     /// Per-CPU stats slots, indexed by the receiving interface's ifindex. Interfaces whose
     /// ifindex is at or above this share slot 0; `run` warns when it attaches to one.
     pub const STATS_SLOTS: u32 = 1024;
+
+    /// The stats slot (of `SG_STATS`, `SG_IFSTATE`, `SG_CPU_RATES`) of an interface.
+    #[inline(always)]
+    pub const fn stats_slot(ifindex: u32) -> u32 {
+        if ifindex < STATS_SLOTS { ifindex } else { 0 }
+    }
     /// Allow and block entries per address family, and (in their own tries) as many
     /// bans.
     pub const RULES: u32 = 262_144;

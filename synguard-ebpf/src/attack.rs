@@ -3,29 +3,20 @@
 
 use crate::*;
 
-/// Count a SYN in this CPU's rate window; when a window closes, re-evaluate attack mode.
+/// Count a SYN in this CPU's rate window; when a window closes (see
+/// [`decide::window_syn`]), re-evaluate attack mode.
 #[inline(always)]
 pub(crate) fn track_rate(pkt: &Packet, now: u64) {
     // SAFETY: this CPU's own slot (see `Packet::note`).
     let st = unsafe { &mut *pkt.stats };
-    st.window_syns += 1;
-    let age = now.wrapping_sub(st.window_start_ns);
-    // Close the window at its end, or early once this CPU alone has seen more SYNs in it
-    // than the threshold allows for a whole window (and it is at least 10 ms old): attack
-    // mode then starts within 10 ms of a flood instead of up to a window later.
-    let early = age >= ATTACK_EARLY_NS
-        && st.window_syns * (1_000_000_000 / ATTACK_WINDOW_NS)
-            >= u64::from(pkt.cfg.attack_syn_rate)
-        && SG_IFSTATE.get(pkt.slot).is_some_and(|s| s.attack == 0);
-    if age >= ATTACK_WINDOW_NS || early {
-        let rate = if age > 10 * ATTACK_WINDOW_NS {
-            0
-        } else {
-            // A window shorter than a coarse-clock tick counts as one millisecond.
-            st.window_syns * 1_000_000_000 / age.max(1_000_000)
-        };
-        st.window_start_ns = now;
-        st.window_syns = 0;
+    let closed = decide::window_syn(
+        &mut st.window_start_ns,
+        &mut st.window_syns,
+        now,
+        u64::from(pkt.cfg.attack_syn_rate),
+        || SG_IFSTATE.get(pkt.slot).is_some_and(|s| s.attack == 0),
+    );
+    if let Some(rate) = closed {
         evaluate_attack(pkt, rate, now);
     }
 }

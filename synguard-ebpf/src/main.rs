@@ -69,13 +69,13 @@ use network_types::{
     vlan::VlanHdr,
 };
 use synguard_common::{
-    ACTION_DROP, ATTACK_BY_CHALLENGE, ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_STALE_NS,
-    ATTACK_WINDOW_NS, BanCache, Bucket, COOKIES_ALWAYS, COOKIES_AUTO, Config, CpuRate, CpuRates,
-    EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, EVENT_CHALLENGE, EVENT_INTERVAL_NS,
-    EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR, PORT_WORDS,
-    PROOF_COOKIE, PROOF_HANDSHAKE, Proof, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6, SourceKey, Stats,
-    V6_EXT_MAX, attack_challenge, attack_step, ban_cache, capacity, clock, gcra, hint, rate_span,
-    rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
+    ACTION_DROP, ATTACK_BY_CHALLENGE, ATTACK_CALM_NS, ATTACK_STALE_NS, BanCache, Bucket, Config,
+    CpuRate, CpuRates, EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, EVENT_CHALLENGE,
+    EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR,
+    PORT_WORDS, PROOF_COOKIE, PROOF_HANDSHAKE, Proof, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6,
+    SourceKey, Stats, V6_EXT_MAX, attack_challenge, attack_step, ban_cache, capacity, clock,
+    decide::{self, CHALLENGED, OverLimit, Syn, SynRules},
+    gcra, hint, rate_span, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     sources::{self, Slot},
     stat::{self, *},
     synack::{self, SynOptions, SynackOptions},
@@ -217,11 +217,9 @@ impl Packet<'_> {
     /// Whether unverified SYNs are answered with cookies now.
     #[inline(always)]
     fn cookies_active(&self) -> bool {
-        match self.cfg.syn_cookies {
-            COOKIES_ALWAYS => true,
-            COOKIES_AUTO => SG_IFSTATE.get(self.slot).is_some_and(|s| s.attack != 0),
-            _ => false,
-        }
+        decide::cookies_active(self.cfg.syn_cookies, || {
+            SG_IFSTATE.get(self.slot).is_some_and(|s| s.attack != 0)
+        })
     }
 
     #[inline(always)]
@@ -299,11 +297,7 @@ fn resync_clock(stats: *mut Stats, jiffies: u64) -> u64 {
 fn try_synguard(ctx: &XdpContext) -> Result<u32, Error> {
     let cfg = SG_CONFIG.get(0).ok_or(Error::NoConfig)?;
     let ifindex = ctx.ingress_ifindex() as u32;
-    let slot = if ifindex < capacity::STATS_SLOTS {
-        ifindex
-    } else {
-        0
-    };
+    let slot = capacity::stats_slot(ifindex);
     let stats = SG_STATS.get_ptr_mut(slot).ok_or(Error::NoStats)?;
     let pkt = Packet {
         ctx,

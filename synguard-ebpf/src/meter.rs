@@ -3,9 +3,10 @@
 
 use crate::*;
 
-/// The per-source token bucket: `R_SYN_PASSED`, `R_SYN_LIMITED` (banning the source),
-/// [`CHALLENGED`] (a proven source over its limit) or `R_SYN_UNTRACKED`, not yet counted. The bucket lives in one of the two slots of the
-/// source's set (see [`sources`]); both lookups are inlined array reads.
+/// The per-source token bucket ([`decide::bucket_syn`], [`decide::over_limit`]):
+/// `R_SYN_PASSED`, `R_SYN_LIMITED` (banning the source), [`CHALLENGED`] (a proven source
+/// over its limit) or `R_SYN_UNTRACKED`, not yet counted. The bucket lives in one of the
+/// two slots of the source's set (see [`sources`]); both lookups are inlined array reads.
 #[inline(always)]
 pub(crate) fn meter_syn(pkt: &Packet, key: &SourceKey, set: u32, family: u8, now: u64) -> usize {
     let cfg = pkt.cfg;
@@ -28,42 +29,40 @@ pub(crate) fn meter_syn(pkt: &Packet, key: &SourceKey, set: u32, family: u8, now
             return track_new(pkt, key, a, b, now);
         }
     };
-    let b = &mut slot.bucket;
-    b.count_syn(now);
-    match gcra::conform(b.tat_ns, now, cfg.syn_interval_ns, cfg.syn_tolerance_ns) {
-        Some(tat) => {
-            b.tat_ns = tat;
-            R_SYN_PASSED
-        }
-        None => {
-            b.limited += 1;
-            // Whether it is proven: from the slot's mark while it holds (a source over its
-            // limit is not looked up for every SYN), else from `SG_VERIFIED`.
-            let proven = match sources::proof_from_mark(slot.proof_mark, now) {
-                Some(p) => p,
-                None => {
-                    let p = is_verified(key, now);
-                    slot.proof_mark = sources::proof_mark(now, p);
-                    p
-                }
-            };
-            let b = &slot.bucket;
-            // Decided here, and the two outcomes in frames of their own: the verifier of
-            // Linux 5.15 sums the stack of nested calls (rounded up to 32 bytes each)
-            // against 512, and a ban's frames are deep.
-            if proven {
-                return challenge(pkt, key, family, b, now);
+    if decide::bucket_syn(
+        &mut slot.bucket,
+        now,
+        cfg.syn_interval_ns,
+        cfg.syn_tolerance_ns,
+    ) {
+        return R_SYN_PASSED;
+    }
+    // Whether it is proven: from the slot's mark while it holds (a source over its limit
+    // is not looked up for every SYN), else from `SG_VERIFIED`.
+    let over = decide::over_limit(
+        || match sources::proof_from_mark(slot.proof_mark, now) {
+            Some(p) => p,
+            None => {
+                let p = is_verified(key, now);
+                slot.proof_mark = sources::proof_mark(now, p);
+                p
             }
-            if cfg.ban_ns != 0 {
-                on_limit(pkt, key, family, b, now);
-            }
+        },
+        cfg.ban_ns,
+    );
+    let b = &slot.bucket;
+    // Decided here, and the two outcomes in frames of their own: the verifier of Linux
+    // 5.15 sums the stack of nested calls (rounded up to 32 bytes each) against 512, and
+    // a ban's frames are deep.
+    match over {
+        OverLimit::Challenge => challenge(pkt, key, family, b, now),
+        OverLimit::Ban => {
+            on_limit(pkt, key, family, b, now);
             R_SYN_LIMITED
         }
+        OverLimit::Drop => R_SYN_LIMITED,
     }
 }
-
-/// Not a counter: a SYN over the limit of a proven source, to be challenged.
-pub(crate) const CHALLENGED: usize = usize::MAX - 1;
 
 /// A proven source went over its limit: a flood carrying its address is most likely
 /// forged, so it is challenged rather than banned: attack mode (cookies) at once if it was

@@ -59,32 +59,17 @@ pub(crate) fn tcp(
     }
     // Made only here: a banned source's SYNs and other packets never need it.
     let key = &key();
-    // In attack mode a quiet source's SYN skips its bucket (see `sources::sketch_count`).
-    let active = pkt.cookies_active();
-    // The source's set in the table, also its cell in the sketch.
+    // The source's set in the table, also its cell in the sketch and its proof filter bit.
     let set = sources::set_of(key, &pkt.cfg.source_seed);
-    let metered = if active && quiet_source(pkt, set, at.family, now) {
-        R_SYN_PASSED
-    } else {
-        meter_syn(pkt, key, set, at.family, now)
+    let mut rules = Maps {
+        pkt,
+        key,
+        set,
+        family: at.family,
+        now,
     };
-    if metered == R_SYN_LIMITED {
-        return pkt.verdict(R_SYN_LIMITED);
-    }
-    let challenged = metered == CHALLENGED;
-    // A challenge may just have started attack mode: asked again then.
-    if !(active || challenged && pkt.cookies_active()) {
-        // Only `syn-cookies = off` gets here with a challenge (it starts attack mode
-        // otherwise): without cookies, a proven source's SYNs over its limit are
-        // dropped, but it is not banned.
-        return pkt.verdict(if challenged { R_SYN_LIMITED } else { metered });
-    }
-    // Attack mode: verified sources within their limit go straight to the kernel; the
-    // others (and proven sources over their limit) are answered here with a SYN cookie
-    // and never reach the server's SYN queue.
-    // (The filter first: a forged flood's sources are almost never in it.)
-    if !challenged && maybe_proven(set) && is_verified(key, now) {
-        return pkt.verdict(R_SYN_VERIFIED);
+    if let Syn::Verdict(reason) = decide::decide_syn(&mut rules) {
+        return pkt.verdict(reason);
     }
     // Only SYNs for this machine's own addresses are answered: a listener bound to a
     // wildcard address would match a SYN for any address, a VM's or a container's
@@ -165,5 +150,38 @@ pub(crate) fn to_local(ctx: &XdpContext, at: &Offsets) -> bool {
             Some(d) => SG_LOCAL_V6.get_ptr(unsafe { &*d }).is_some(),
             None => false,
         }
+    }
+}
+
+/// The maps [`decide::decide_syn`] asks, for one SYN.
+struct Maps<'a> {
+    pkt: &'a Packet<'a>,
+    key: &'a SourceKey,
+    set: u32,
+    family: u8,
+    now: u64,
+}
+
+impl SynRules for Maps<'_> {
+    #[inline(always)]
+    fn cookies_active(&self) -> bool {
+        self.pkt.cookies_active()
+    }
+
+    /// In attack mode a quiet source's SYN skips its bucket (see `sources::sketch_count`).
+    #[inline(always)]
+    fn quiet_source(&mut self) -> bool {
+        quiet_source(self.pkt, self.set, self.family, self.now)
+    }
+
+    #[inline(always)]
+    fn meter(&mut self) -> usize {
+        meter_syn(self.pkt, self.key, self.set, self.family, self.now)
+    }
+
+    /// The filter first: a forged flood's sources are almost never in it.
+    #[inline(always)]
+    fn verified(&mut self) -> bool {
+        maybe_proven(self.set) && is_verified(self.key, self.now)
     }
 }

@@ -3,10 +3,12 @@
 //! Two things run side by side on every segment:
 //!
 //! - **The agent, replayed** with the capture's time stamps as its clock: the per-source
-//!   token bucket (the same [`gcra`] code the XDP program runs, on sources aggregated to
-//!   `ipv4-prefix` / `ipv6-prefix`), bans for `ban-for`, the attack detector (SYNs counted
-//!   over [`ATTACK_WINDOW_NS`] windows closed early as in the kernel, then the shared
-//!   [`attack_step`] hysteresis), SYN cookies in attack mode and the verified set. It
+//!   token bucket on sources aggregated to `ipv4-prefix` / `ipv6-prefix`, bans for
+//!   `ban-for`, the attack detector (SYNs counted over [`ATTACK_WINDOW_NS`] windows closed
+//!   early as in the kernel, then the [`attack_step`] hysteresis), SYN cookies in attack
+//!   mode and the verified set, decided by the code the XDP program runs
+//!   ([`decide`]: the bucket step, the detector's window and the order a SYN is decided
+//!   in; [`synguard_common::gcra`]). It
 //!   yields what the agent would have counted (the same counter names as `status`). The
 //!   replay is of one CPU: the kernel sums every CPU's window rates, which a single
 //!   stream of packets gives directly.
@@ -51,8 +53,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use cardinality_estimator::CardinalityEstimator;
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use synguard_common::{
-    ATTACK_CALM_NS, ATTACK_EARLY_NS, ATTACK_WINDOW_NS, Bucket, IfState, attack_challenge,
-    attack_step, capacity, gcra, rate_span, stat,
+    ATTACK_CALM_NS, ATTACK_WINDOW_NS, Bucket, IfState, attack_challenge, attack_step, capacity,
+    decide::{self, CHALLENGED, OverLimit, Syn, SynRules},
+    rate_span, stat,
 };
 
 use super::decode::{ACK, FIN, RST, SYN, Seg, http_status};
@@ -142,6 +145,8 @@ pub struct Params {
     v4_mask: u128,
     v6_mask: u128,
     pub enter: u64,
+    /// `syn-cookies` as the kernel reads it (`COOKIES_*`).
+    cookies: u32,
 }
 
 impl Params {
@@ -157,6 +162,7 @@ impl Params {
                 | u128::from(u32::from_be_bytes(k.v4_mask)),
             v6_mask: u128::from_be_bytes(k.v6_mask),
             enter: u64::from(k.attack_syn_rate),
+            cookies: k.syn_cookies,
         }
     }
 
@@ -652,11 +658,7 @@ impl Engine {
     }
 
     fn cookies_active(&self) -> bool {
-        match self.p.settings.syn_cookies {
-            Cookies::Auto => self.det.attack != 0,
-            Cookies::Always => true,
-            Cookies::Off => false,
-        }
+        decide::cookies_active(self.p.cookies, || self.det.attack != 0)
     }
 
     fn flow(&self, client: u128, server: u128, cport: u16, sport: u16) -> u64 {
@@ -844,73 +846,67 @@ impl Engine {
         self.maybe_close(now);
     }
 
-    /// The agent's decision on a SYN from a source that is not banned, and whether it was
-    /// a challenge (a proven source over its limit; see `on_limit` in the kernel).
+    /// The agent's decision on a SYN from a source that is not banned, in the kernel's
+    /// order ([`decide::decide_syn`]), and whether it was a challenge (a proven source
+    /// over its limit; see `on_limit` in the kernel).
     fn decide(&mut self, now: u64, s: &Seg<'_>, key: Key) -> (Verdict, bool) {
         if !self.p.settings.ports.contains(s.dport) {
             self.agent[stat::R_SYN_UNPROTECTED] += 1;
             return (Verdict::Passed, false);
         }
-        let proven = self.verified.get(&key).is_some_and(|&until| until > now);
-        let challenged = match self.meter(now, key, proven) {
-            Metered::Passed => false,
-            Metered::Challenged(started) => {
-                if started {
-                    self.challenge_starts_attack_mode(now, key);
-                }
-                true
-            }
-            Metered::Limited(ban) => {
-                self.agent[stat::R_SYN_LIMITED] += 1;
-                self.dropped(now);
-                return (Verdict::Limited(ban), false);
-            }
+        let mut r = Replay {
+            e: self,
+            now,
+            key,
+            ban: None,
+            challenged: false,
         };
-        if !self.cookies_active() {
-            if challenged {
-                // syn-cookies = off: the excess is dropped, no ban.
-                self.agent[stat::R_SYN_LIMITED] += 1;
-                self.dropped(now);
-                return (Verdict::Limited(None), true);
+        let syn = decide::decide_syn(&mut r);
+        let (ban, challenged) = (r.ban, r.challenged);
+        match syn {
+            Syn::Verdict(reason) => {
+                self.agent[reason] += 1;
+                if reason == stat::R_SYN_LIMITED {
+                    self.dropped(now);
+                    return (Verdict::Limited(ban), challenged);
+                }
+                (Verdict::Passed, false)
             }
-            return (Verdict::Passed, false);
+            Syn::Answer => {
+                self.agent[stat::R_COOKIE_SENT] += 1;
+                if self.p.settings.mode == Mode::Monitor {
+                    self.agent[stat::N_MONITOR_PASSED] += 1;
+                }
+                (Verdict::Cookie, challenged)
+            }
         }
-        if !challenged && proven {
-            self.agent[stat::R_SYN_VERIFIED] += 1;
-            return (Verdict::Passed, false);
-        }
-        self.agent[stat::R_COOKIE_SENT] += 1;
-        if self.p.settings.mode == Mode::Monitor {
-            self.agent[stat::N_MONITOR_PASSED] += 1;
-        }
-        (Verdict::Cookie, challenged)
     }
 
-    /// The token bucket, as `meter_syn`, `on_limit` and `track_new` in the kernel: the SYN
-    /// conforms (counted here), or it is over the limit: a proven source is challenged
-    /// (attack mode starts; no ban), any other is limited, with the (SYNs, span) of the
-    /// ban it starts (`None` when `ban-for` is 0 and the excess is only dropped).
-    fn meter(&mut self, now: u64, key: Key, proven: bool) -> Metered {
+    /// Whether `key` holds a proof at `now`.
+    fn verified(&self, now: u64, key: Key) -> bool {
+        self.verified.get(&key).is_some_and(|&until| until > now)
+    }
+
+    /// The token bucket, as `meter_syn`, `on_limit` and `track_new` in the kernel (the
+    /// shared [`decide::bucket_syn`] and [`decide::over_limit`]): the SYN conforms, or it
+    /// is over the limit: a proven source is challenged (attack mode starts; no ban), any
+    /// other is limited, with the (SYNs, span) of the ban it starts (`None` when
+    /// `ban-for` is 0 and the excess is only dropped).
+    fn meter(&mut self, now: u64, key: Key) -> Metered {
+        let proven = self.verified(now, key);
         let p = &self.p;
         if let Some(m) = self.meters.get_mut(&key) {
             let b = &mut m.b;
-            b.count_syn(now);
-            return match gcra::conform(b.tat_ns, now, p.interval, p.tolerance) {
-                Some(tat) => {
-                    b.tat_ns = tat;
-                    self.agent[stat::R_SYN_PASSED] += 1;
-                    Metered::Passed
-                }
-                None if proven => {
-                    b.limited += 1;
+            if decide::bucket_syn(b, now, p.interval, p.tolerance) {
+                return Metered::Passed;
+            }
+            return match decide::over_limit(|| proven, p.ban_ns) {
+                OverLimit::Challenge => {
                     self.agent[stat::N_CHALLENGED] += 1;
                     Metered::Challenged(attack_challenge(&mut self.det, now))
                 }
-                None => {
-                    b.limited += 1;
-                    if p.ban_ns == 0 {
-                        return Metered::Limited(None);
-                    }
+                OverLimit::Drop => Metered::Limited(None),
+                OverLimit::Ban => {
                     m.banned_until = now.saturating_add(p.ban_ns);
                     self.agent[stat::N_BANS] += 1;
                     Metered::Limited(Some(rate_span(b, now)))
@@ -937,8 +933,7 @@ impl Engine {
             if self.table_full.is_none() {
                 self.table_full = Some((now, self.meters.len() as u64));
             }
-            self.agent[stat::R_SYN_UNTRACKED] += 1;
-            return Metered::Passed;
+            return Metered::Untracked;
         }
         self.meters.insert(
             key,
@@ -948,7 +943,6 @@ impl Engine {
             },
         );
         self.agent[stat::N_SOURCES_NEW] += 1;
-        self.agent[stat::R_SYN_PASSED] += 1;
         Metered::Passed
     }
 
@@ -973,23 +967,19 @@ impl Engine {
         ));
     }
 
-    /// The attack detector's window, as `track_rate` in the kernel (one CPU).
+    /// The attack detector's window, as `track_rate` in the kernel (one CPU; the shared
+    /// [`decide::window_syn`]).
     fn detect(&mut self, now: u64) {
-        self.det_syns += 1;
-        let age = now.saturating_sub(self.det_start);
-        let early = age >= ATTACK_EARLY_NS
-            && self.det_syns * (SEC / ATTACK_WINDOW_NS) >= self.p.enter
-            && self.det.attack == 0;
-        if age < ATTACK_WINDOW_NS && !early {
+        let attack_off = self.det.attack == 0;
+        let Some(rate) = decide::window_syn(
+            &mut self.det_start,
+            &mut self.det_syns,
+            now,
+            self.p.enter,
+            || attack_off,
+        ) else {
             return;
-        }
-        let rate = if age > 10 * ATTACK_WINDOW_NS {
-            0
-        } else {
-            self.det_syns * SEC / age.max(1_000_000)
         };
-        self.det_start = now;
-        self.det_syns = 0;
         match attack_step(&mut self.det, rate, now, self.p.enter, ATTACK_CALM_NS) {
             Some(true) => {
                 self.agent[stat::N_ATTACKS] += 1;
@@ -1441,6 +1431,8 @@ impl Engine {
 /// What the token bucket says of a SYN (see `Engine::meter`).
 enum Metered {
     Passed,
+    /// No room in the sources table: passed unmetered.
+    Untracked,
     /// A proven source over its limit; `true` when that started attack mode.
     Challenged(bool),
     /// Over the bucket; with the (SYNs, span) of the ban it starts, if any.
@@ -1453,6 +1445,53 @@ enum Verdict {
     /// Over the bucket; with the (SYNs, span) of the ban it starts, if any.
     Limited(Option<(u64, u64)>),
     Banned,
+}
+
+/// The engine as [`decide::decide_syn`] asks it, for one SYN; what the meter said
+/// beyond its reason is kept for the caller.
+struct Replay<'a> {
+    e: &'a mut Engine,
+    now: u64,
+    key: Key,
+    /// The (SYNs, span) of the ban the SYN started.
+    ban: Option<(u64, u64)>,
+    challenged: bool,
+}
+
+impl SynRules for Replay<'_> {
+    fn cookies_active(&self) -> bool {
+        self.e.cookies_active()
+    }
+
+    /// Not modelled: the kernel's sketch is keyed by a secret hash, so which sources
+    /// share its counters cannot be replayed; every SYN is metered here. (In attack mode
+    /// a source's first SYNs each window skip its bucket in the kernel, which bans a
+    /// flooder a few SYNs later than predicted.)
+    fn quiet_source(&mut self) -> bool {
+        false
+    }
+
+    fn meter(&mut self) -> usize {
+        match self.e.meter(self.now, self.key) {
+            Metered::Passed => stat::R_SYN_PASSED,
+            Metered::Untracked => stat::R_SYN_UNTRACKED,
+            Metered::Limited(ban) => {
+                self.ban = ban;
+                stat::R_SYN_LIMITED
+            }
+            Metered::Challenged(started) => {
+                if started {
+                    self.e.challenge_starts_attack_mode(self.now, self.key);
+                }
+                self.challenged = true;
+                CHALLENGED
+            }
+        }
+    }
+
+    fn verified(&mut self) -> bool {
+        self.e.verified(self.now, self.key)
+    }
 }
 
 /// Count one more for `k`, if it is there or there is room for it (`false`: no room).
