@@ -28,4 +28,5 @@ pub mod rules;
 pub mod sockdiag;
 pub mod sources;
 pub mod sysctls;
+pub mod verdict;
 pub mod version;

@@ -65,13 +65,7 @@ pub fn render(pin_dir: &Path, state_dir: &Path, rates: &Rates) -> anyhow::Result
     let maps = Maps::from_pins(pin_dir)?;
     let ifaces = pins::pinned_links(pin_dir);
     let mut o = Out(String::new());
-    let slot = |ifindex: u32| {
-        if ifindex < capacity::STATS_SLOTS {
-            ifindex
-        } else {
-            0
-        }
-    };
+    let slot = capacity::stats_slot;
     let per_iface: Vec<(String, [u64; stat::COUNT], synguard_common::IfState)> = ifaces
         .iter()
         .map(|(idx, name, _)| {

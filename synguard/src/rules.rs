@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// One entry and the prefix it is stored under.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleEntry {
     pub net: IpNet,
     pub rule: Rule,

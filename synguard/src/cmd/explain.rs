@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use serde::Serialize;
-use synguard_common::{ACTION_PASS, RULE_ALLOW, RULE_BAN, RULE_CROWDSEC, gcra};
+use synguard_common::{RULE_BAN, RULE_CROWDSEC, gcra};
 
 use super::{State, print_json, time_human, time_json};
 use crate::{
@@ -12,6 +12,7 @@ use crate::{
     config::{Mode, Settings},
     net::{aggregate, parse_addr, source_key},
     rules::{self, Kind, RuleEntry},
+    verdict::{self, Verdict},
 };
 
 #[derive(Serialize)]
@@ -118,11 +119,12 @@ fn bucket(state: &State, addr: IpAddr, s: &Settings, now: u64) -> anyhow::Result
 
 pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
     let addr = parse_addr(text)?;
-    let settings = Settings::from_kernel(&state.maps.read_config()?);
+    let cfg = state.maps.read_config()?;
+    let settings = Settings::from_kernel(&cfg);
+    let attack_on = state.attack_on()?;
     let now = clock::monotonic_ns();
     let all = rules::list(&state.maps)?;
     let matches = rules::matching(&all, addr);
-    let live: Vec<&RuleEntry> = matches.iter().filter(|e| !e.rule.expired(now)).collect();
     let b = bucket(state, addr, &settings, now)?;
     let key = source_key(addr, settings.ipv4_prefix, settings.ipv6_prefix);
     let proof = crate::proofs::get(&state.maps, &key, now)?;
@@ -135,125 +137,25 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
             .and_then(|p| time_json(p.until_ns)),
     };
 
-    let (verdict, summary, entry) = match live.first() {
-        Some(e) if e.rule.kind == RULE_ALLOW => (
-            "allowed",
-            format!(
-                "ALLOWED by the allowlist entry {}{}: never limited or blocked",
-                e.net,
-                paren(&e.comment())
-            ),
-            Some(*e),
-        ),
-        Some(e) if e.rule.action == ACTION_PASS => {
-            let by = rules::shadowing_allow(&all, &e.net)
-                .map(|a| a.net.to_string())
-                .unwrap_or_else(|| "an allow entry".into());
-            (
-                "allowed",
-                format!(
-                    "ALLOWED: it is inside the blocked {}, but that block lies inside the \
-                     allowlisted {by}, and the allowlist always wins",
-                    e.net
-                ),
-                Some(*e),
-            )
-        }
-        Some(e) if e.rule.kind == RULE_BAN => (
-            "banned",
-            format!(
-                "BANNED automatically as {}: it sent {}, over syn-rate {}/s with \
-                 syn-burst {}; since {}, until {}; {} SYNs dropped since (its connections \
-                 and other traffic pass)",
-                e.net,
-                crate::daemon::describe_rate(e.rule.syns, e.rule.rate),
-                settings.syn_rate,
-                settings.syn_burst,
-                time_human(e.rule.created_ns, "-"),
-                time_human(e.rule.expires_ns, "removed"),
-                e.rule.hits
-            ),
-            Some(*e),
-        ),
-        Some(e) if e.rule.kind == RULE_CROWDSEC => {
-            let (origin, scenario) = e.crowdsec().unwrap_or_default();
-            (
-                "blocked",
-                format!(
-                    "BLOCKED by a CrowdSec decision on {} (origin {origin}, scenario \
-                     {scenario:?}), pulled from its Local API; since {}, until {}; {} \
-                     packets dropped (every packet of the source, as CrowdSec's bouncers \
-                     do)",
-                    e.net,
-                    time_human(e.rule.created_ns, "-"),
-                    time_human(e.rule.expires_ns, "removed"),
-                    e.rule.hits
-                ),
-                Some(*e),
-            )
-        }
-        Some(e) => (
-            "blocked",
-            format!(
-                "BLOCKED by the manual entry {}{}; since {}, until {}; {} packets dropped",
-                e.net,
-                paren(&e.comment()),
-                time_human(e.rule.created_ns, "-"),
-                time_human(e.rule.expires_ns, "removed"),
-                e.rule.hits
-            ),
-            Some(*e),
-        ),
-        None if b.tracked && b.tokens == 0 && proof.proven => (
-            "challenged",
-            format!(
-                "CHALLENGED: its source {} has used up its bucket ({} SYN/s, burst {}), but it \
-                 {}: a flood carrying its address is most likely forged, so its SYNs are \
-                 answered with SYN cookies (only its owner completes them) and it is never \
-                 banned",
-                b.source,
-                settings.syn_rate,
-                settings.syn_burst,
-                proof.how.unwrap_or("proved it owns its address"),
-            ),
-            None,
-        ),
-        None if b.tracked && b.tokens == 0 => (
-            "limited",
-            format!(
-                "LIMITED: its source {} has used up its bucket ({} SYN/s, burst {}); its next \
-                 SYN is dropped{} (the bucket is full again in {} ms if it stops)",
-                b.source,
-                settings.syn_rate,
-                settings.syn_burst,
-                if settings.ban_for.is_zero() {
-                    String::new()
-                } else {
-                    " and the source banned".to_string()
-                },
-                b.full_in_ms
-            ),
-            None,
-        ),
-        None if b.tracked => (
-            "metered",
-            format!(
-                "PASSED, metered: its source {} may open {} more SYNs at once ({} of {}), \
-                 then {} a second",
-                b.source, b.tokens, b.tokens, b.burst, b.rate
-            ),
-            None,
-        ),
-        None => (
-            "new",
-            format!(
-                "PASSED: no state for its source {} yet; its first {} SYNs pass at once, \
-                 then {} a second",
-                b.source, settings.syn_burst, settings.syn_rate
-            ),
-            None,
-        ),
+    let src = verdict::Source {
+        tracked: b.tracked,
+        empty: b.tracked && b.tokens == 0,
+        proven: proof.proven,
     };
+    let cookies = verdict::cookies_active(
+        cfg.mode == synguard_common::MODE_MONITOR,
+        cfg.syn_cookies,
+        || attack_on,
+    );
+    let decided = verdict::of(&all, addr, now, src, cookies);
+    let entry = match &decided {
+        Verdict::Allowed(e)
+        | Verdict::AllowedInside { block: e, .. }
+        | Verdict::Banned(e)
+        | Verdict::Blocked(e) => Some(e),
+        _ => None,
+    };
+    let (word, summary) = render(&decided, &b, &proof, &settings);
     let port_note = (!settings.ports.is_all()).then(|| {
         format!(
             "only SYNs to ports {} are metered; other ports pass unmetered",
@@ -278,7 +180,7 @@ pub fn explain(state: &State, text: &str, json: bool) -> anyhow::Result<()> {
     );
     let out = ExplainJson {
         address: addr.to_string(),
-        verdict,
+        verdict: word,
         summary: summary.clone(),
         entry: entry.map(|e| entry_json(e, now)),
         matches: matches.iter().map(|e| entry_json(e, now)).collect(),
@@ -348,5 +250,138 @@ fn paren(c: &str) -> String {
         String::new()
     } else {
         format!(" ({c})")
+    }
+}
+
+/// The verdict's word (the JSON `verdict`) and its sentence.
+fn render(
+    v: &Verdict,
+    b: &BucketJson,
+    proof: &ProofJson,
+    settings: &Settings,
+) -> (&'static str, String) {
+    match v {
+        Verdict::Allowed(e) => (
+            "allowed",
+            format!(
+                "ALLOWED by the allowlist entry {}{}: never limited or blocked",
+                e.net,
+                paren(&e.comment())
+            ),
+        ),
+        Verdict::AllowedInside { block, allow } => (
+            "allowed",
+            format!(
+                "ALLOWED: it is inside the blocked {}, but that block lies inside the \
+                 allowlisted {}, and the allowlist always wins",
+                block.net,
+                allow
+                    .as_ref()
+                    .map_or_else(|| "an allow entry".into(), |a| a.net.to_string())
+            ),
+        ),
+        Verdict::Banned(e) => (
+            "banned",
+            format!(
+                "BANNED automatically as {}: it sent {}, over syn-rate {}/s with \
+                 syn-burst {}; since {}, until {}; {} SYNs dropped since (its connections \
+                 and other traffic pass)",
+                e.net,
+                crate::daemon::describe_rate(e.rule.syns, e.rule.rate),
+                settings.syn_rate,
+                settings.syn_burst,
+                time_human(e.rule.created_ns, "-"),
+                time_human(e.rule.expires_ns, "removed"),
+                e.rule.hits
+            ),
+        ),
+        Verdict::Blocked(e) if e.rule.kind == RULE_CROWDSEC => {
+            let (origin, scenario) = e.crowdsec().unwrap_or_default();
+            (
+                "blocked",
+                format!(
+                    "BLOCKED by a CrowdSec decision on {} (origin {origin}, scenario \
+                     {scenario:?}), pulled from its Local API; since {}, until {}; {} \
+                     packets dropped (every packet of the source, as CrowdSec's bouncers \
+                     do)",
+                    e.net,
+                    time_human(e.rule.created_ns, "-"),
+                    time_human(e.rule.expires_ns, "removed"),
+                    e.rule.hits
+                ),
+            )
+        }
+        Verdict::Blocked(e) => (
+            "blocked",
+            format!(
+                "BLOCKED by the manual entry {}{}; since {}, until {}; {} packets dropped",
+                e.net,
+                paren(&e.comment()),
+                time_human(e.rule.created_ns, "-"),
+                time_human(e.rule.expires_ns, "removed"),
+                e.rule.hits
+            ),
+        ),
+        Verdict::Challenged => (
+            "challenged",
+            format!(
+                "CHALLENGED: its source {} has used up its bucket ({} SYN/s, burst {}), but it \
+                 {}: a flood carrying its address is most likely forged, so its SYNs are \
+                 answered with SYN cookies (only its owner completes them) and it is never \
+                 banned",
+                b.source,
+                settings.syn_rate,
+                settings.syn_burst,
+                proof.how.unwrap_or("proved it owns its address"),
+            ),
+        ),
+        Verdict::Limited => (
+            "limited",
+            format!(
+                "LIMITED: its source {} has used up its bucket ({} SYN/s, burst {}); its next \
+                 SYN is dropped{} (the bucket is full again in {} ms if it stops)",
+                b.source,
+                settings.syn_rate,
+                settings.syn_burst,
+                if settings.ban_for.is_zero() {
+                    ""
+                } else {
+                    " and the source banned"
+                },
+                b.full_in_ms
+            ),
+        ),
+        Verdict::Verified | Verdict::Cookie | Verdict::Passing => {
+            let attack = match v {
+                Verdict::Verified => {
+                    "; attack mode is on, and it is verified: its SYNs go straight to the \
+                     server"
+                }
+                Verdict::Cookie => {
+                    "; attack mode is on: its SYNs are answered with SYN cookies from XDP \
+                     until it completes a handshake"
+                }
+                _ => "",
+            };
+            if b.tracked {
+                (
+                    "metered",
+                    format!(
+                        "PASSED, metered: its source {} may open {} more SYNs at once ({} of \
+                         {}), then {} a second{attack}",
+                        b.source, b.tokens, b.tokens, b.burst, b.rate
+                    ),
+                )
+            } else {
+                (
+                    "new",
+                    format!(
+                        "PASSED: no state for its source {} yet; its first {} SYNs pass at \
+                         once, then {} a second{attack}",
+                        b.source, settings.syn_burst, settings.syn_rate
+                    ),
+                )
+            }
+        }
     }
 }

@@ -79,6 +79,17 @@ impl State {
             );
         }
     }
+
+    /// Whether attack mode is on on any interface the program is attached to.
+    pub fn attack_on(&self) -> anyhow::Result<bool> {
+        for (ifindex, _, _) in crate::pins::pinned_links(&self.pin_dir) {
+            let slot = synguard_common::capacity::stats_slot(ifindex);
+            if self.maps.ifstate(slot)?.attack != 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }
 
 /// A plain, aligned table (no borders), like `ip` and `ss` print.

@@ -132,11 +132,7 @@ pub fn status(state: &State, json: bool, state_dir: &std::path::Path) -> anyhow:
             .ok()
             .map(FdLink::from)
             .and_then(|l| l.info().ok());
-        let slot = if ifindex < capacity::STATS_SLOTS {
-            ifindex
-        } else {
-            0
-        };
+        let slot = capacity::stats_slot(ifindex);
         let st = state.maps.ifstate(slot)?;
         let fresh = crate::clock::monotonic_ns().saturating_sub(st.rate_ns)
             <= synguard_common::ATTACK_STALE_NS;

@@ -294,11 +294,7 @@ impl Daemon {
         let mut interfaces = Vec::new();
         let mut rates = std::collections::BTreeMap::new();
         for (&ifindex, name) in &self.names {
-            let slot = if ifindex < capacity::STATS_SLOTS {
-                ifindex
-            } else {
-                0
-            };
+            let slot = capacity::stats_slot(ifindex);
             let c = self.maps.counters(slot)?;
             let last = self
                 .last_counters

@@ -349,11 +349,7 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         .collect();
     // Counters so far are the baseline of the first sample.
     for (&ifindex, _) in daemon.names.clone().iter() {
-        let slot = if ifindex < capacity::STATS_SLOTS {
-            ifindex
-        } else {
-            0
-        };
+        let slot = capacity::stats_slot(ifindex);
         daemon
             .last_counters
             .insert(ifindex, daemon.maps.counters(slot)?);

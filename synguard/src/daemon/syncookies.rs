@@ -41,11 +41,7 @@ impl Daemon {
             .read_config()
             .map_or(synguard_common::ATTACK_CALM_NS, |c| c.attack_calm_ns);
         for ifindex in self.names.keys().copied().collect::<Vec<_>>() {
-            let slot = if ifindex < capacity::STATS_SLOTS {
-                ifindex
-            } else {
-                0
-            };
+            let slot = capacity::stats_slot(ifindex);
             let Ok(mut st) = self.maps.ifstate(slot) else {
                 continue;
             };

@@ -32,7 +32,6 @@ use std::{
     cmp::Reverse,
     collections::{BTreeMap, BinaryHeap, VecDeque},
     io::{self, IsTerminal as _, Write as _},
-    net::IpAddr,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant, SystemTime},
 };
@@ -65,6 +64,7 @@ use crate::{
     error::usage,
     pins,
     rules::{self, RuleEntry},
+    verdict,
 };
 
 /// How many sources the view lists.
@@ -467,6 +467,15 @@ mod tests {
     #[test]
     fn verdicts_follow_the_most_specific_live_entry() {
         let now = 10 * S;
+        // A tracked source (its bucket empty or not), unproven, attack mode off.
+        let v = |live: &[RuleEntry], n: &str, empty| {
+            let src = verdict::Source {
+                tracked: true,
+                empty,
+                proven: false,
+            };
+            verdict(live, &net(n), src, false, now)
+        };
         let allow = RuleEntry {
             net: net("198.51.100.0/24"),
             rule: Rule::new(RULE_ALLOW, synguard_common::ACTION_PASS, S, 0),
@@ -478,13 +487,10 @@ mod tests {
             rule: Rule::new(RULE_BLOCK, ACTION_DROP, S, 0),
         };
         let live = vec![allow, shadowed, block];
-        assert_eq!(
-            verdict(&live, &net("198.51.100.9/32"), true, now).0,
-            Verdict::Allowed
-        );
+        assert_eq!(v(&live, "198.51.100.9/32", true).0, Verdict::Allowed);
         // A ban inside an allow entry: the kernel consults the allow entries first.
         assert_eq!(
-            verdict(&live, &net("198.51.100.7/32"), false, now),
+            v(&live, "198.51.100.7/32", false),
             (Verdict::Allowed, "allowlist 198.51.100.0/24".into())
         );
         // A manual block inside one is passed by its effective action.
@@ -495,23 +501,37 @@ mod tests {
         inner.rule.prefix_len = 25;
         let with_block = vec![live[0].clone(), inner];
         assert_eq!(
-            verdict(&with_block, &net("198.51.100.200/32"), false, now),
+            v(&with_block, "198.51.100.200/32", false),
             (
                 Verdict::Allowed,
                 "block 198.51.100.128/25 inside allowlist 198.51.100.0/24".into()
             )
         );
         assert_eq!(
-            verdict(&live, &net("203.0.113.5/32"), false, now),
+            v(&live, "203.0.113.5/32", false),
             (Verdict::Blocked, "as 203.0.113.0/24, no expiry".to_string())
         );
+        assert_eq!(v(&live, "192.0.2.9/32", true).0, Verdict::Limited);
+        assert_eq!(v(&live, "2001:db8::/64", false).0, Verdict::Passing);
+        // The same verdict `explain` gives: a proven source over its limit is challenged,
+        // one within it in attack mode passes as verified, any other gets cookies.
+        let src = |empty, proven| verdict::Source {
+            tracked: true,
+            empty,
+            proven,
+        };
+        let n = net("192.0.2.9/32");
         assert_eq!(
-            verdict(&live, &net("192.0.2.9/32"), true, now).0,
-            Verdict::Limited
+            verdict(&live, &n, src(true, true), false, now).0,
+            Verdict::Challenged
         );
         assert_eq!(
-            verdict(&live, &net("2001:db8::/64"), false, now).0,
-            Verdict::Passing
+            verdict(&live, &n, src(false, true), true, now),
+            (Verdict::Passing, "verified".into())
+        );
+        assert_eq!(
+            verdict(&live, &n, src(false, false), true, now),
+            (Verdict::Cookie, "until verified".into())
         );
     }
 

@@ -59,6 +59,8 @@ pub enum Verdict {
     Allowed,
     /// Its bucket is empty: its next SYN is over the limit.
     Limited,
+    /// Its bucket is empty, but it is proven: challenged with cookies, never banned.
+    Challenged,
     /// Metered and within its limit.
     Passing,
     /// Within its limit, in attack mode and not verified: its SYNs are answered with
@@ -73,6 +75,7 @@ impl Verdict {
             Self::Blocked => "blocked",
             Self::Allowed => "allowed",
             Self::Limited => "limited",
+            Self::Challenged => "challenged",
             Self::Passing => "passing",
             Self::Cookie => "cookie",
         }
@@ -233,24 +236,18 @@ impl Model {
         ranked.truncate(TOP);
         // SYNs within their limit are answered with cookies while attack mode lasts
         // (as the program decides: enforce mode, `syn-cookies` auto or always).
-        let cookies_active = !r.monitor
-            && match r.cookies {
-                synguard_common::COOKIES_ALWAYS => true,
-                synguard_common::COOKIES_AUTO => r.ifaces.iter().any(|i| i.state.attack != 0),
-                _ => false,
-            };
+        let cookies = verdict::cookies_active(r.monitor, r.cookies, || {
+            r.ifaces.iter().any(|i| i.state.attack != 0)
+        });
         let top = ranked
             .into_iter()
             .map(|(net, rate, empty, verified)| {
-                let (verdict, note) = match verdict(&live, &net, empty, now) {
-                    (Verdict::Passing, _) if cookies_active && verified => {
-                        (Verdict::Passing, "verified".to_string())
-                    }
-                    (Verdict::Passing, _) if cookies_active => {
-                        (Verdict::Cookie, "until verified".to_string())
-                    }
-                    other => other,
+                let src = verdict::Source {
+                    tracked: true,
+                    empty,
+                    proven: verified,
                 };
+                let (verdict, note) = verdict(&live, &net, src, cookies, now);
                 SourceView {
                     net,
                     rate,
@@ -344,19 +341,25 @@ pub(super) fn dropped(c: &[u64; stat::COUNT]) -> u64 {
 
 /// What happens to a source now, decided as `explain` does: the most specific live
 /// entry that matches its address, else the state of its bucket.
-pub(super) fn verdict(live: &[RuleEntry], net: &IpNet, empty: bool, now: u64) -> (Verdict, String) {
-    let addr: IpAddr = net.network();
-    match rules::matching(live, addr).first() {
-        Some(e) if e.rule.kind == RULE_ALLOW => (Verdict::Allowed, format!("allowlist {}", e.net)),
-        Some(e) if e.rule.action != ACTION_DROP => (
+pub(super) fn verdict(
+    live: &[RuleEntry],
+    net: &IpNet,
+    src: verdict::Source,
+    cookies: bool,
+    now: u64,
+) -> (Verdict, String) {
+    use verdict::Verdict as V;
+    match verdict::of(live, net.network(), now, src, cookies) {
+        V::Allowed(e) => (Verdict::Allowed, format!("allowlist {}", e.net)),
+        V::AllowedInside { block, allow } => (
             Verdict::Allowed,
             format!(
                 "block {} inside allowlist {}",
-                e.net,
-                rules::shadowing_allow(live, &e.net).map_or("?".into(), |a| a.net.to_string())
+                block.net,
+                allow.map_or("?".into(), |a| a.net.to_string())
             ),
         ),
-        Some(e) => {
+        V::Banned(e) | V::Blocked(e) => {
             let v = if e.rule.kind == RULE_BAN {
                 Verdict::Banned
             } else {
@@ -374,8 +377,11 @@ pub(super) fn verdict(live: &[RuleEntry], net: &IpNet, empty: bool, now: u64) ->
             };
             (v, format!("{inside}{left}"))
         }
-        None if empty => (Verdict::Limited, "bucket empty".into()),
-        None => (Verdict::Passing, String::new()),
+        V::Challenged => (Verdict::Challenged, "proven: cookies, no ban".into()),
+        V::Limited => (Verdict::Limited, "bucket empty".into()),
+        V::Verified => (Verdict::Passing, "verified".into()),
+        V::Cookie => (Verdict::Cookie, "until verified".into()),
+        V::Passing => (Verdict::Passing, String::new()),
     }
 }
 

@@ -74,6 +74,7 @@ pub(super) fn verdict_style(v: Verdict) -> Style {
         Verdict::Blocked => Style::new().fg(Color::Magenta),
         Verdict::Allowed => Style::new().fg(Color::Green),
         Verdict::Limited => Style::new().fg(Color::Yellow),
+        Verdict::Challenged => Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
         Verdict::Passing => Style::new(),
         Verdict::Cookie => Style::new().fg(Color::Cyan),
     }

@@ -113,11 +113,7 @@ pub fn sample(state: &State) -> anyhow::Result<Option<Reading>> {
     let mut ifaces = Vec::new();
     let mut counters = BTreeMap::new();
     for (ifindex, name, _) in pins::pinned_links(&state.pin_dir) {
-        let slot = if ifindex < capacity::STATS_SLOTS {
-            ifindex
-        } else {
-            0
-        };
+        let slot = capacity::stats_slot(ifindex);
         if let std::collections::btree_map::Entry::Vacant(v) = counters.entry(slot) {
             v.insert(maps.counters(slot)?);
         }
