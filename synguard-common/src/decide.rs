@@ -1,6 +1,6 @@
-//! The SYN decision rules, written once: the attack detector's rate window, a source's
-//! bucket step and what a source over its limit gets, and the order in which a SYN to a
-//! protected port is decided. The XDP program runs them on live packets; `synguard
+//! The SYN decision rules, written once: the attack detector's rate window and its
+//! hysteresis (attack mode on and off), a source's bucket step and what a source over
+//! its limit gets, and the order in which a SYN to a protected port is decided. The XDP program runs them on live packets; `synguard
 //! analyze` replays a capture through the same functions, so its "what the agent would
 //! have done" can only differ from the kernel where a table or a clock does (the
 //! differences are listed in `analyze`'s engine: one pool of buckets instead of two slots
@@ -9,10 +9,12 @@
 //! Each function takes what it looks up as a closure or a [`SynRules`] method, called
 //! only where the order needs it: the kernel reads a map only when the answer matters.
 
-use crate::{ATTACK_EARLY_NS, ATTACK_WINDOW_NS, Bucket, COOKIES_ALWAYS, COOKIES_AUTO, gcra, stat};
+use crate::{
+    ATTACK_EARLY_NS, ATTACK_WINDOW_NS, Bucket, COOKIES_ALWAYS, COOKIES_AUTO, IfState, gcra, stat,
+};
 
 /// Count a SYN in a rate window (`start_ns`, `syns`: each CPU's in the kernel); when the
-/// window closes, its SYN rate per second, for [`crate::attack_step`].
+/// window closes, its SYN rate per second, for [`attack_step`].
 ///
 /// A window closes at its end ([`ATTACK_WINDOW_NS`]), or early once it alone has seen
 /// more SYNs than `enter` (attack-syn-rate) allows for a whole window and it is at least
@@ -163,6 +165,68 @@ pub fn decide_syn<R: SynRules>(r: &mut R) -> Syn {
         return Syn::Verdict(stat::R_SYN_VERIFIED);
     }
     Syn::Answer
+}
+
+/// The hysteresis decision, shared by the kernel and the tests: given the state, the
+/// total SYN rate now and the thresholds, the next state. Returns `Some(true)` when
+/// attack mode starts, `Some(false)` when it ends.
+#[inline(always)]
+pub fn attack_step(
+    st: &mut IfState,
+    rate: u64,
+    now: u64,
+    enter: u64,
+    calm_ns: u64,
+) -> Option<bool> {
+    st.rate = rate;
+    st.rate_ns = now;
+    if st.attack == 0 {
+        if rate >= enter {
+            st.attack = 1;
+            st.since_ns = now;
+            st.calm_since_ns = 0;
+            st.peak_rate = rate;
+            return Some(true);
+        }
+        return None;
+    }
+    if rate > st.peak_rate {
+        st.peak_rate = rate;
+    }
+    if rate * 2 >= enter {
+        st.calm_since_ns = 0;
+        return None;
+    }
+    if st.calm_since_ns == 0 {
+        st.calm_since_ns = now;
+        return None;
+    }
+    if now.saturating_sub(st.calm_since_ns) >= calm_ns
+        && now.saturating_sub(st.challenged_ns) >= calm_ns
+    {
+        st.attack = 0;
+        st.calm_since_ns = 0;
+        return Some(false);
+    }
+    None
+}
+
+/// A proven source went over its limit: challenge it (attack mode, SYN cookies) rather
+/// than ban it. Starts attack mode if it was off (returns `true` then), whatever the total
+/// rate: a flood carrying an address that completes handshakes is most likely forged, and
+/// only a cookie tells its owner's SYNs from the forger's. Attack mode then lasts at least
+/// a calm period after the last such SYN.
+#[inline(always)]
+pub fn attack_challenge(st: &mut IfState, now: u64) -> bool {
+    st.challenged_ns = now;
+    if st.attack != 0 {
+        return false;
+    }
+    st.attack = 1;
+    st.since_ns = now;
+    st.calm_since_ns = 0;
+    st.peak_rate = st.rate;
+    true
 }
 
 #[cfg(test)]
@@ -326,5 +390,33 @@ mod tests {
         assert!(cookies_active(COOKIES_ALWAYS, || false));
         assert!(!cookies_active(crate::COOKIES_OFF, || true));
         assert!(cookies_active(COOKIES_AUTO, || true));
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn enters_at_the_threshold_and_leaves_after_a_calm_period() {
+        let mut st = IfState::default();
+        assert_eq!(attack_step(&mut st, 999, SEC, 1000, 10 * SEC), None);
+        assert_eq!(
+            attack_step(&mut st, 1000, 2 * SEC, 1000, 10 * SEC),
+            Some(true)
+        );
+        assert_eq!(st.since_ns, 2 * SEC);
+        // Below the entry threshold but above half of it: still an attack.
+        assert_eq!(attack_step(&mut st, 600, 3 * SEC, 1000, 10 * SEC), None);
+        assert_eq!(st.calm_since_ns, 0);
+        // Calm starts; a short burst resets it (no flapping).
+        assert_eq!(attack_step(&mut st, 100, 4 * SEC, 1000, 10 * SEC), None);
+        assert_eq!(attack_step(&mut st, 5000, 8 * SEC, 1000, 10 * SEC), None);
+        assert_eq!(st.peak_rate, 5000);
+        assert_eq!(attack_step(&mut st, 100, 9 * SEC, 1000, 10 * SEC), None);
+        assert_eq!(attack_step(&mut st, 100, 18 * SEC, 1000, 10 * SEC), None);
+        assert_eq!(
+            attack_step(&mut st, 100, 19 * SEC, 1000, 10 * SEC),
+            Some(false)
+        );
+        assert_eq!(st.attack, 0);
+        assert_eq!(attack_step(&mut st, 100, 20 * SEC, 1000, 10 * SEC), None);
     }
 }
