@@ -135,9 +135,9 @@ pub(crate) fn check_ack(
         return R_TCP_OTHER;
     }
     let result = if at.family == FAMILY_V4 {
-        ack_v4(pkt.ctx, at, rst)
+        ack::<V4>(pkt.ctx, at, rst)
     } else {
-        ack_v6(pkt.ctx, at, rst)
+        ack::<V6>(pkt.ctx, at, rst)
     };
     match result {
         AckCheck::Proven => {
@@ -203,44 +203,15 @@ pub(crate) fn ack_check(
     }
 }
 
+/// Look the segment's connection up, and check its cookie if it only reached a
+/// listener (see [`ack_check`]).
 #[inline(never)]
-pub(crate) fn ack_v4(ctx: &XdpContext, at: &Offsets, rst: bool) -> AckCheck {
-    let (Some(ip), Some(th)) = (ptr_at::<Ipv4Hdr>(ctx, at.l3), ptr_at::<[u8; 4]>(ctx, at.l4))
-    else {
+pub(crate) fn ack<F: Ip>(ctx: &XdpContext, at: &Offsets, rst: bool) -> AckCheck {
+    let (Some(ip), Some(th)) = (ptr_at::<F::Hdr>(ctx, at.l3), ptr_at::<[u8; 4]>(ctx, at.l4)) else {
         return AckCheck::Unknown;
     };
-    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
-    // SAFETY: bounds checked; see `syn_cookie_v4`.
-    unsafe {
-        let t = tuple.as_mut_ptr() as *mut u8;
-        core::ptr::copy_nonoverlapping((ip as *const u8).add(12), t, 8);
-        core::ptr::copy_nonoverlapping(th as *const u8, t.add(8), 4);
-    }
-    let sk = lookup_sock(
-        ctx,
-        &mut tuple,
-        mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
-    );
-    ack_check(ctx, sk, ip as *mut c_void, Ipv4Hdr::LEN as u32, at.l4, rst)
-}
-
-#[inline(never)]
-pub(crate) fn ack_v6(ctx: &XdpContext, at: &Offsets, rst: bool) -> AckCheck {
-    let (Some(ip), Some(th)) = (ptr_at::<Ipv6Hdr>(ctx, at.l3), ptr_at::<[u8; 4]>(ctx, at.l4))
-    else {
-        return AckCheck::Unknown;
-    };
-    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
-    // SAFETY: bounds checked; see `syn_cookie_v6`.
-    unsafe {
-        let t = tuple.as_mut_ptr() as *mut u8;
-        core::ptr::copy_nonoverlapping((ip as *const u8).add(8), t, 32);
-        core::ptr::copy_nonoverlapping(th as *const u8, t.add(32), 4);
-    }
-    let sk = lookup_sock(
-        ctx,
-        &mut tuple,
-        mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
-    );
-    ack_check(ctx, sk, ip as *mut c_void, Ipv6Hdr::LEN as u32, at.l4, rst)
+    // SAFETY: bounds checked.
+    let mut tuple = unsafe { tuple_of::<F>(ip as *const u8, th as *const u8) };
+    let sk = lookup_sock(ctx, &mut tuple, F::TUPLE);
+    ack_check(ctx, sk, ip as *mut c_void, F::LEN as u32, at.l4, rst)
 }

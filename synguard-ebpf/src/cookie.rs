@@ -102,19 +102,19 @@ pub(crate) fn fold(mut acc: u32) -> u16 {
 pub(crate) struct SynackFrame {
     /// The two MAC addresses (12 bytes).
     eth: *mut u8,
-    /// The IP header (`IP` bytes).
+    /// The IP header (`H`).
     ip: *mut u8,
     /// The TCP header (`TCP` bytes).
     tcp: *mut u8,
 }
 
-/// Resize the frame to end right after a `TCP`-byte TCP header at `l4`, with an
-/// `IP`-byte IP header at `l3`, and return its headers. Each is bounds-checked through
+/// Resize the frame to end right after a `TCP`-byte TCP header at `l4`, with an IP
+/// header `H` at `l3`, and return its headers. Each is bounds-checked through
 /// [`ptr_at`] itself, for a constant size from its own offset: verifiers before 6.x (6.1
 /// among them) only credit a bounds check to the pointer it was made on, so a check of
 /// the TCP header's end on the frame's start would not cover the accesses at `l3`.
 #[inline(always)]
-pub(crate) fn resize_for_synack<const IP: usize, const TCP: usize>(
+pub(crate) fn resize_for_synack<H, const TCP: usize>(
     ctx: &XdpContext,
     l3: usize,
     l4: usize,
@@ -131,7 +131,7 @@ pub(crate) fn resize_for_synack<const IP: usize, const TCP: usize>(
     // The frame moved: bounds are checked again on the new pointers.
     Some(SynackFrame {
         eth: ptr_at::<[u8; 12]>(ctx, 0)? as *mut u8,
-        ip: ptr_at::<[u8; IP]>(ctx, l3)? as *mut u8,
+        ip: ptr_at::<H>(ctx, l3)? as *mut u8,
         tcp: ptr_at::<[u8; TCP]>(ctx, l4)? as *mut u8,
     })
 }
@@ -316,135 +316,167 @@ pub(crate) fn gen_cookie(
     Ok(value as u32)
 }
 
-/// Answer an IPv4 SYN with a cookie SYN-ACK made by the kernel for its listener, built
-/// in place and sent back with XDP_TX.
+/// What the cookie answer and the ACK check need to know of an IP version: [`V4`] and
+/// [`V6`]. Each is written once, generic over it, and compiled once per version, each
+/// instance a function of its own with constant sizes and offsets, as the verifier needs.
+pub(crate) trait Ip {
+    /// The header, bounds-checked whole.
+    type Hdr;
+    const LEN: usize;
+    /// Where the source and destination addresses start in the header: the socket
+    /// tuple's first part, the same bytes in the same order.
+    const ADDRS: usize;
+    /// Both addresses' length; the ports follow them in the tuple.
+    const ADDRS_LEN: usize;
+    /// The tuple's size for this version.
+    const TUPLE: usize;
+    /// The IP and TCP headers' bytes under the MTU (the MSS's overhead).
+    const OVERHEAD: u32;
+
+    /// Whether the header's ECN field is set (an ECN-capable packet).
+    ///
+    /// # Safety
+    /// `ip` valid for the header.
+    unsafe fn ecn_capable(ip: *const u8) -> bool;
+
+    /// Rewrite the SYN's IP header into the SYN-ACK's, for a `tcp_len`-byte TCP header
+    /// (addresses swapped, checksummed); the pseudo-header's sum.
+    ///
+    /// # Safety
+    /// `ip` valid for the header.
+    unsafe fn write_reply(ip: *mut u8, tcp_len: usize) -> u32;
+}
+
+pub(crate) struct V4;
+pub(crate) struct V6;
+
+impl Ip for V4 {
+    type Hdr = Ipv4Hdr;
+    const LEN: usize = Ipv4Hdr::LEN;
+    const ADDRS: usize = 12;
+    const ADDRS_LEN: usize = 8;
+    const TUPLE: usize = mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>();
+    const OVERHEAD: u32 = 40;
+
+    /// The ECN field is the low two bits of the TOS byte.
+    #[inline(always)]
+    unsafe fn ecn_capable(ip: *const u8) -> bool {
+        // SAFETY: the caller's.
+        unsafe { *ip.add(1) & 3 != 0 }
+    }
+
+    #[inline(always)]
+    unsafe fn write_reply(ip: *mut u8, tcp_len: usize) -> u32 {
+        // SAFETY: the caller's.
+        unsafe {
+            *ip = 0x45;
+            *ip.add(1) = 0;
+            (ip.add(2) as *mut u16).write_unaligned(((Ipv4Hdr::LEN + tcp_len) as u16).to_be());
+            (ip.add(4) as *mut u32).write_unaligned(0x4000u32.to_be()); // id 0, don't fragment
+            *ip.add(8) = 64;
+            *ip.add(9) = IPPROTO_TCP;
+            (ip.add(10) as *mut u16).write_unaligned(0);
+            swap_bytes::<4>(ip.add(12), ip.add(16));
+            (ip.add(10) as *mut u16).write_unaligned(fold(sum16::<20>(ip, 0)).to_be());
+            sum16::<8>(ip.add(12), 0)
+        }
+    }
+}
+
+impl Ip for V6 {
+    type Hdr = Ipv6Hdr;
+    const LEN: usize = Ipv6Hdr::LEN;
+    const ADDRS: usize = 8;
+    const ADDRS_LEN: usize = 32;
+    const TUPLE: usize = mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>();
+    const OVERHEAD: u32 = 60;
+
+    /// The ECN field is the low two bits of the traffic class, bits 4-5 of the second
+    /// byte.
+    #[inline(always)]
+    unsafe fn ecn_capable(ip: *const u8) -> bool {
+        // SAFETY: the caller's.
+        unsafe { (*ip.add(1) >> 4) & 3 != 0 }
+    }
+
+    #[inline(always)]
+    unsafe fn write_reply(ip: *mut u8, tcp_len: usize) -> u32 {
+        // SAFETY: the caller's.
+        unsafe {
+            (ip as *mut u32).write_unaligned(0x6000_0000u32.to_be());
+            (ip.add(4) as *mut u16).write_unaligned((tcp_len as u16).to_be());
+            *ip.add(6) = IPPROTO_TCP;
+            *ip.add(7) = 64;
+            swap_bytes::<16>(ip.add(8), ip.add(24));
+            sum16::<32>(ip.add(8), 0)
+        }
+    }
+}
+
+/// The socket tuple of the segment whose IP header is at `ip` and TCP header at `th`:
+/// its addresses and ports, copied as they sit in the packet.
+///
+/// # Safety
+/// `ip` valid for the IP header, `th` for 4 bytes.
+#[inline(always)]
+pub(crate) unsafe fn tuple_of<F: Ip>(ip: *const u8, th: *const u8) -> MaybeUninit<bpf_sock_tuple> {
+    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
+    // SAFETY: the caller's; the tuple holds at least `ADDRS_LEN + 4` bytes.
+    unsafe {
+        let t = tuple.as_mut_ptr() as *mut u8;
+        core::ptr::copy_nonoverlapping(ip.add(F::ADDRS), t, F::ADDRS_LEN);
+        core::ptr::copy_nonoverlapping(th, t.add(F::ADDRS_LEN), 4);
+    }
+    tuple
+}
+
+/// Answer a SYN with a cookie SYN-ACK made by the kernel for its listener, built in
+/// place and sent back with XDP_TX.
 #[inline(never)]
-pub(crate) fn syn_cookie_v4(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
+pub(crate) fn syn_cookie<F: Ip>(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
     let (l3, l4) = (at.l3, at.l4);
-    let (Some(ip), Some(th)) = (ptr_at::<Ipv4Hdr>(ctx, l3), ptr_at::<[u8; 4]>(ctx, l4)) else {
+    let (Some(ip), Some(th)) = (ptr_at::<F::Hdr>(ctx, l3), ptr_at::<[u8; 4]>(ctx, l4)) else {
         return R_COOKIE_FALLBACK;
     };
     // SAFETY: bounds checked.
-    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
-    // SAFETY: bounds checked; the tuple's IPv4 part is saddr, daddr, sport, dport, the
-    // same bytes in the same order as in the packet.
-    unsafe {
-        let t = tuple.as_mut_ptr() as *mut u8;
-        core::ptr::copy_nonoverlapping((ip as *const u8).add(12), t, 8);
-        core::ptr::copy_nonoverlapping(th as *const u8, t.add(8), 4);
-    }
+    let mut tuple = unsafe { tuple_of::<F>(ip as *const u8, th as *const u8) };
     let cookie = match gen_cookie(
         ctx,
         &mut tuple,
-        mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
+        F::TUPLE,
         ip as *mut c_void,
-        Ipv4Hdr::LEN as u32,
+        F::LEN as u32,
         l4,
     ) {
         Ok(c) => c,
         Err(reason) => return reason,
     };
-    // SAFETY: bounds checked; the ECN field is the low two bits of the TOS byte.
-    let ecn_capable = unsafe { *(ip as *const u8).add(1) } & 3 != 0;
-    let o = synack_options_for(ctx, l4, cookie_opts, ecn_capable, 40);
+    // SAFETY: bounds checked.
+    let ecn_capable = unsafe { F::ecn_capable(ip as *const u8) };
+    let o = synack_options_for(ctx, l4, cookie_opts, ecn_capable, F::OVERHEAD);
     if o.ts.is_some() {
-        synack_v4::<SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
+        synack::<F, SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
     } else {
-        synack_v4::<SHORT_SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
+        synack::<F, SHORT_SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
     }
 }
 
-/// Turn the IPv4 SYN into the cookie SYN-ACK, with a `TCP`-byte TCP header.
+/// Turn the SYN into the cookie SYN-ACK, with a `TCP`-byte TCP header.
 #[inline(always)]
-pub(crate) fn synack_v4<const TCP: usize>(
+pub(crate) fn synack<F: Ip, const TCP: usize>(
     ctx: &XdpContext,
     l3: usize,
     l4: usize,
     cookie: u32,
     o: &SynackOptions,
 ) -> usize {
-    let Some(f) = resize_for_synack::<{ Ipv4Hdr::LEN }, TCP>(ctx, l3, l4) else {
+    let Some(f) = resize_for_synack::<F::Hdr, TCP>(ctx, l3, l4) else {
         return R_COOKIE_FALLBACK;
     };
     // SAFETY: `resize_for_synack` checked each header's bounds.
     unsafe {
         swap_bytes::<6>(f.eth, f.eth.add(6));
-        let ip = f.ip;
-        *ip = 0x45;
-        *ip.add(1) = 0;
-        (ip.add(2) as *mut u16).write_unaligned(((Ipv4Hdr::LEN + TCP) as u16).to_be());
-        (ip.add(4) as *mut u32).write_unaligned(0x4000u32.to_be()); // id 0, don't fragment
-        *ip.add(8) = 64;
-        *ip.add(9) = IPPROTO_TCP;
-        (ip.add(10) as *mut u16).write_unaligned(0);
-        swap_bytes::<4>(ip.add(12), ip.add(16));
-        (ip.add(10) as *mut u16).write_unaligned(fold(sum16::<20>(ip, 0)).to_be());
-        let pseudo = sum16::<8>(ip.add(12), 0);
-        write_synack_tcp::<TCP>(f.tcp, cookie, o, pseudo);
-    }
-    R_COOKIE_SENT
-}
-
-/// Answer an IPv6 SYN the same way.
-#[inline(never)]
-pub(crate) fn syn_cookie_v6(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
-    let (l3, l4) = (at.l3, at.l4);
-    let (Some(ip), Some(th)) = (ptr_at::<Ipv6Hdr>(ctx, l3), ptr_at::<[u8; 4]>(ctx, l4)) else {
-        return R_COOKIE_FALLBACK;
-    };
-    // SAFETY: bounds checked.
-    let mut tuple = MaybeUninit::<bpf_sock_tuple>::uninit();
-    // SAFETY: bounds checked; the tuple's IPv6 part is saddr, daddr, sport, dport, the
-    // same bytes in the same order as in the packet.
-    unsafe {
-        let t = tuple.as_mut_ptr() as *mut u8;
-        core::ptr::copy_nonoverlapping((ip as *const u8).add(8), t, 32);
-        core::ptr::copy_nonoverlapping(th as *const u8, t.add(32), 4);
-    }
-    let cookie = match gen_cookie(
-        ctx,
-        &mut tuple,
-        mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
-        ip as *mut c_void,
-        Ipv6Hdr::LEN as u32,
-        l4,
-    ) {
-        Ok(c) => c,
-        Err(reason) => return reason,
-    };
-    // SAFETY: bounds checked; the ECN field is the low two bits of the traffic class,
-    // bits 4-5 of the second byte.
-    let ecn_capable = (unsafe { *(ip as *const u8).add(1) } >> 4) & 3 != 0;
-    let o = synack_options_for(ctx, l4, cookie_opts, ecn_capable, 60);
-    if o.ts.is_some() {
-        synack_v6::<SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
-    } else {
-        synack_v6::<SHORT_SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
-    }
-}
-
-/// Turn the IPv6 SYN into the cookie SYN-ACK, with a `TCP`-byte TCP header.
-#[inline(always)]
-pub(crate) fn synack_v6<const TCP: usize>(
-    ctx: &XdpContext,
-    l3: usize,
-    l4: usize,
-    cookie: u32,
-    o: &SynackOptions,
-) -> usize {
-    let Some(f) = resize_for_synack::<{ Ipv6Hdr::LEN }, TCP>(ctx, l3, l4) else {
-        return R_COOKIE_FALLBACK;
-    };
-    // SAFETY: `resize_for_synack` checked each header's bounds.
-    unsafe {
-        swap_bytes::<6>(f.eth, f.eth.add(6));
-        let ip = f.ip;
-        (ip as *mut u32).write_unaligned(0x6000_0000u32.to_be());
-        (ip.add(4) as *mut u16).write_unaligned((TCP as u16).to_be());
-        *ip.add(6) = IPPROTO_TCP;
-        *ip.add(7) = 64;
-        swap_bytes::<16>(ip.add(8), ip.add(24));
-        let pseudo = sum16::<32>(ip.add(8), 0);
+        let pseudo = F::write_reply(f.ip, TCP);
         write_synack_tcp::<TCP>(f.tcp, cookie, o, pseudo);
     }
     R_COOKIE_SENT

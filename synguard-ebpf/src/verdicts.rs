@@ -90,9 +90,9 @@ pub(crate) fn tcp(
     let reason = if !at.simple {
         R_COOKIE_FALLBACK
     } else if at.family == FAMILY_V4 {
-        syn_cookie_v4(ctx, at, pkt.cfg.cookie_opts)
+        syn_cookie::<V4>(ctx, at, pkt.cfg.cookie_opts)
     } else {
-        syn_cookie_v6(ctx, at, pkt.cfg.cookie_opts)
+        syn_cookie::<V6>(ctx, at, pkt.cfg.cookie_opts)
     };
     pkt.verdict(reason)
 }
