@@ -4,7 +4,7 @@
 //! The same parser serves all three ways to set a key (`run --KEY VALUE`, the TOML file,
 //! `config set KEY VALUE`), so they accept and refuse exactly the same values.
 
-use std::{fmt, time::Duration};
+use std::{fmt, ops::RangeInclusive, time::Duration};
 
 use serde::Serialize;
 use synguard_common::{
@@ -58,6 +58,27 @@ pub enum Cookies {
     Always,
     /// Never; attack mode only counts.
     Off,
+}
+
+/// A key whose value is one of a few words, each with its number in the kernel's
+/// [`Config`]. A number not in the list reads back as the first word.
+trait Words: Copy + PartialEq + 'static {
+    const WORDS: &'static [(&'static str, Self, u32)];
+}
+
+impl Words for Mode {
+    const WORDS: &'static [(&'static str, Self, u32)] = &[
+        ("enforce", Self::Enforce, MODE_ENFORCE),
+        ("monitor", Self::Monitor, MODE_MONITOR),
+    ];
+}
+
+impl Words for Cookies {
+    const WORDS: &'static [(&'static str, Self, u32)] = &[
+        ("auto", Self::Auto, COOKIES_AUTO),
+        ("always", Self::Always, COOKIES_ALWAYS),
+        ("off", Self::Off, COOKIES_OFF),
+    ];
 }
 
 /// Protected destination ports as sorted, merged, inclusive ranges; empty means all.
@@ -165,7 +186,7 @@ impl fmt::Display for Ports {
     }
 }
 
-/// The settings in force, in human units.
+/// The settings in force, in human units. Each field is written by its key in [`KEYS`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub syn_rate: u32,
@@ -180,15 +201,31 @@ pub struct Settings {
     pub ports: Ports,
 }
 
-/// A config key: its name (the same everywhere), default, and why that default.
+/// A config key: its name (the same everywhere: `run --KEY`, the TOML file, `config
+/// set`), default, what it means and why that default, and how its value goes in and out
+/// of [`Settings`] and the kernel's [`Config`].
 pub struct KeyInfo {
     pub name: &'static str,
     pub default: &'static str,
     pub help: &'static str,
     pub why: &'static str,
+    /// Parse and validate a value (as the user wrote it) into the key's field; errors
+    /// name the key (passed in) and change nothing.
+    parse: fn(&mut Settings, &'static str, &str) -> Result<(), ConfigError>,
+    /// The field as `config show` prints it and `parse` takes it back.
+    format: fn(&Settings) -> String,
+    /// Write the field's values into the kernel's config (what only this key decides;
+    /// what several keys decide together is [`Settings::to_kernel`]'s).
+    to_kernel: fn(&Settings, &mut Config),
+    /// Read the field back from the kernel's config.
+    from_kernel: fn(&Config, &mut Settings),
 }
 
-/// Every key, in the order `config show` lists them.
+/// Every key, in the order `config show` lists them. Each entry is all there is of a key:
+/// the `run --KEY` flag, the TOML file, `config set`/`show`, its defaults and its values
+/// in the kernel are generated from it. To add a key: add its field to [`Settings`] (and
+/// to the placeholder in `Settings::unset`, which the compiler asks for) and one entry
+/// here (plus its field in the kernel's [`Config`], if the XDP program reads it).
 pub const KEYS: [KeyInfo; 10] = [
     KeyInfo {
         name: "syn-rate",
@@ -198,6 +235,10 @@ pub const KEYS: [KeyInfo; 10] = [
               for 500 people browsing averages well under 100 new connections a second; \
               a flooding tool sends tens of thousands. 200/s leaves the office twice its \
               busy-hour rate and still stops a flood within a fraction of a second.",
+        parse: |s, key, v| parse_int(key, v, 1, 10_000_000).map(|n| s.syn_rate = n),
+        format: |s| s.syn_rate.to_string(),
+        to_kernel: |s, c| c.syn_rate = s.syn_rate,
+        from_kernel: |c, s| s.syn_rate = c.syn_rate,
     },
     KeyInfo {
         name: "syn-burst",
@@ -207,6 +248,10 @@ pub const KEYS: [KeyInfo; 10] = [
               (6 connections each), and is smaller than a typical listen backlog (128 or \
               more), so the SYNs a flooder gets in before its ban cannot fill the server's \
               SYN queue on its own.",
+        parse: |s, key, v| parse_int(key, v, 1, 1_000_000).map(|n| s.syn_burst = n),
+        format: |s| s.syn_burst.to_string(),
+        to_kernel: |s, c| c.syn_burst = s.syn_burst,
+        from_kernel: |c, s| s.syn_burst = c.syn_burst,
     },
     KeyInfo {
         name: "ban-for",
@@ -214,6 +259,13 @@ pub const KEYS: [KeyInfo; 10] = [
         help: "how long a source over the limit is banned (0s: drop its excess SYNs, never ban)",
         why: "Long enough that a flood restarting every few minutes costs one burst per ban, \
               short enough that a mistaken ban of a shared address heals by itself soon.",
+        parse: |s, key, v| {
+            let reason = "at most 30d; block a source for longer with `synguard block add`";
+            parse_duration_in(key, v, Duration::ZERO..=MAX_DURATION, reason).map(|d| s.ban_for = d)
+        },
+        format: |s| format_duration(s.ban_for),
+        to_kernel: |s, c| c.ban_ns = duration_ns(s.ban_for),
+        from_kernel: |c, s| s.ban_for = Duration::from_nanos(c.ban_ns),
     },
     KeyInfo {
         name: "ipv4-prefix",
@@ -222,6 +274,13 @@ pub const KEYS: [KeyInfo; 10] = [
         why: "One address is one host or one NAT; aggregating wider would punish neighbours. \
               Below 19, bans no longer fit the kernel's per-/24 hint, and every IPv4 packet \
               also walks the bans trie.",
+        parse: |s, key, v| parse_int(key, v, 8, 32).map(|n| s.ipv4_prefix = n),
+        format: |s| s.ipv4_prefix.to_string(),
+        to_kernel: |s, c| {
+            c.ipv4_prefix = u32::from(s.ipv4_prefix);
+            c.v4_mask = prefix_mask::<4>(c.ipv4_prefix);
+        },
+        from_kernel: |c, s| s.ipv4_prefix = c.ipv4_prefix as u8,
     },
     KeyInfo {
         name: "ipv6-prefix",
@@ -230,6 +289,13 @@ pub const KEYS: [KeyInfo; 10] = [
         why: "A /64 is one subnet, usually one customer; an attacker rotating addresses \
               inside it is still one source. Below 35, every IPv6 packet also walks the \
               bans trie (see ipv4-prefix).",
+        parse: |s, key, v| parse_int(key, v, 16, 128).map(|n| s.ipv6_prefix = n),
+        format: |s| s.ipv6_prefix.to_string(),
+        to_kernel: |s, c| {
+            c.ipv6_prefix = u32::from(s.ipv6_prefix);
+            c.v6_mask = prefix_mask::<16>(c.ipv6_prefix);
+        },
+        from_kernel: |c, s| s.ipv6_prefix = c.ipv6_prefix as u8,
     },
     KeyInfo {
         name: "attack-syn-rate",
@@ -239,6 +305,10 @@ pub const KEYS: [KeyInfo; 10] = [
               flooder's burst amounts to before its ban (syn-burst over a 100 ms window), \
               so attack mode means a flood from many sources. A server without SYN cookies \
               of its own and a small backlog should set it lower.",
+        parse: |s, key, v| parse_int(key, v, 100, 100_000_000).map(|n| s.attack_syn_rate = n),
+        format: |s| s.attack_syn_rate.to_string(),
+        to_kernel: |s, c| c.attack_syn_rate = s.attack_syn_rate,
+        from_kernel: |c, s| s.attack_syn_rate = c.attack_syn_rate,
     },
     KeyInfo {
         name: "syn-cookies",
@@ -246,6 +316,10 @@ pub const KEYS: [KeyInfo; 10] = [
         help: "answer unverified SYNs with SYN cookies from XDP: auto (in attack mode), always, off",
         why: "Cookies cost real clients their TCP options until they are verified, so they \
               are used only while an attack lasts.",
+        parse: |s, key, v| parse_word(key, v).map(|w| s.syn_cookies = w),
+        format: |s| word(s.syn_cookies).to_string(),
+        to_kernel: |s, c| c.syn_cookies = word_to_kernel(s.syn_cookies),
+        from_kernel: |c, s| s.syn_cookies = word_from_kernel(c.syn_cookies),
     },
     KeyInfo {
         name: "verified-for",
@@ -256,20 +330,54 @@ pub const KEYS: [KeyInfo; 10] = [
         why: "An employee proven once keeps full TCP options for the rest of an attack, and \
               a flood forged in its name cannot get it banned for an hour after it last \
               connected.",
+        parse: |s, key, v| {
+            let reason = "must be between 1s and 30d";
+            parse_duration_in(key, v, Duration::from_secs(1)..=MAX_DURATION, reason)
+                .map(|d| s.verified_for = d)
+        },
+        format: |s| format_duration(s.verified_for),
+        to_kernel: |s, c| c.verified_ns = duration_ns(s.verified_for),
+        from_kernel: |c, s| s.verified_for = Duration::from_nanos(c.verified_ns),
     },
     KeyInfo {
         name: "mode",
         default: "enforce",
         help: "enforce (drop what is flagged) or monitor (decide and count, drop nothing)",
         why: "A security tool should protect once installed; use monitor to tune safely.",
+        parse: |s, key, v| parse_word(key, v).map(|w| s.mode = w),
+        format: |s| word(s.mode).to_string(),
+        to_kernel: |s, c| c.mode = word_to_kernel(s.mode),
+        from_kernel: |c, s| s.mode = word_from_kernel(c.mode),
     },
     KeyInfo {
         name: "ports",
         default: "",
         help: "protected destination ports, e.g. \"80,443,8000-8080\"; empty means all",
         why: "Every listening port of a web server is a SYN-flood target.",
+        parse: |s, key, v| {
+            Ports::parse(v)
+                .map(|p| s.ports = p)
+                .map_err(|reason| invalid(key, v, reason))
+        },
+        format: |s| s.ports.to_string(),
+        to_kernel: |s, c| {
+            c.all_ports = u32::from(s.ports.is_all());
+            c.ports = s.ports.bitmap();
+        },
+        from_kernel: |c, s| {
+            s.ports = if c.all_ports != 0 {
+                Ports::all()
+            } else {
+                Ports::from_bitmap(&c.ports)
+            }
+        },
     },
 ];
+
+/// The key named `name`.
+fn key_info(name: &str) -> Option<&'static KeyInfo> {
+    KEYS.iter().find(|k| k.name == name)
+}
 
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -355,8 +463,135 @@ pub fn toml_text(key: &str, value: &toml::Value) -> Result<String, ConfigError> 
 }
 
 impl Default for Settings {
+    /// Every key at its [`KeyInfo::default`], through the key's own parser.
     fn default() -> Self {
-        let mut s = Self {
+        let mut s = Self::unset();
+        for k in &KEYS {
+            // The defaults are constants, checked by `every_default_parses`.
+            if let Err(e) = (k.parse)(&mut s, k.name, k.default) {
+                panic!("the default of `{}` is refused: {e}", k.name);
+            }
+        }
+        s
+    }
+}
+
+fn invalid(key: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Parse a human duration: `30s`, `10m`, `1h`, `1h30m`, `0s`.
+pub fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let v = value.trim();
+    if v.starts_with('-') {
+        return Err(invalid(key, value, "durations cannot be negative"));
+    }
+    if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()) {
+        return Err(invalid(
+            key,
+            value,
+            format!("add a unit: {v}s, {v}m or {v}h (durations look like 30s, 10m, 1h)"),
+        ));
+    }
+    humantime::parse_duration(v).map_err(|e| {
+        invalid(
+            key,
+            value,
+            format!("{e}; durations look like 30s, 10m, 1h or 1h30m"),
+        )
+    })
+}
+
+/// [`parse_duration`], refused with `reason` outside `range`.
+fn parse_duration_in(
+    key: &'static str,
+    value: &str,
+    range: RangeInclusive<Duration>,
+    reason: &str,
+) -> Result<Duration, ConfigError> {
+    let d = parse_duration(key, value)?;
+    if range.contains(&d) {
+        Ok(d)
+    } else {
+        Err(invalid(key, value, reason))
+    }
+}
+
+fn parse_int<T: TryFrom<u64> + Copy>(
+    key: &'static str,
+    value: &str,
+    min: u64,
+    max: u64,
+) -> Result<T, ConfigError> {
+    let v = value.trim().replace('_', "");
+    let n: u64 = v.parse().map_err(|_| {
+        invalid(
+            key,
+            value,
+            if v.starts_with('-') {
+                format!("must be between {min} and {max}")
+            } else {
+                format!("not a whole number; expected {min} to {max}")
+            },
+        )
+    })?;
+    if n < min || n > max {
+        return Err(invalid(
+            key,
+            value,
+            format!("out of range: must be between {min} and {max}"),
+        ));
+    }
+    T::try_from(n).map_err(|_| invalid(key, value, format!("must be between {min} and {max}")))
+}
+
+/// One of `T`'s words, e.g. `expected auto, always or off` when it is none of them.
+fn parse_word<T: Words>(key: &'static str, value: &str) -> Result<T, ConfigError> {
+    let v = value.trim();
+    if let Some(&(_, w, _)) = T::WORDS.iter().find(|(name, ..)| *name == v) {
+        return Ok(w);
+    }
+    let names: Vec<&str> = T::WORDS.iter().map(|(name, ..)| *name).collect();
+    let list = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    };
+    Err(invalid(key, value, format!("expected {list}")))
+}
+
+/// The word for `value`.
+fn word<T: Words>(value: T) -> &'static str {
+    T::WORDS
+        .iter()
+        .find(|(_, w, _)| *w == value)
+        .map_or("", |(name, ..)| name)
+}
+
+/// The kernel's number for `value`.
+fn word_to_kernel<T: Words>(value: T) -> u32 {
+    T::WORDS
+        .iter()
+        .find(|(_, w, _)| *w == value)
+        .map_or(0, |&(.., n)| n)
+}
+
+/// The value for the kernel's number `n` (the first word's if it is none of them).
+fn word_from_kernel<T: Words>(n: u32) -> T {
+    let first = T::WORDS[0].1;
+    T::WORDS
+        .iter()
+        .find(|(.., k)| *k == n)
+        .map_or(first, |&(_, w, _)| w)
+}
+
+impl Settings {
+    /// Every field at a placeholder, for its key (in [`KEYS`]) to overwrite.
+    fn unset() -> Self {
+        Self {
             syn_rate: 0,
             syn_burst: 0,
             ban_for: Duration::ZERO,
@@ -367,174 +602,33 @@ impl Default for Settings {
             verified_for: Duration::ZERO,
             mode: Mode::Enforce,
             ports: Ports::all(),
-        };
-        for k in &KEYS {
-            // The defaults are constants checked by `defaults_are_valid`.
-            #[expect(clippy::unwrap_used, reason = "compile-time constants, tested")]
-            s.set(k.name, k.default).unwrap();
         }
-        s
     }
-}
 
-/// Parse a human duration: `30s`, `10m`, `1h`, `1h30m`, `0s`.
-pub fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    let v = value.trim();
-    let invalid = |reason: String| ConfigError::Invalid {
-        key,
-        value: value.to_string(),
-        reason,
-    };
-    if v.starts_with('-') {
-        return Err(invalid("durations cannot be negative".into()));
-    }
-    if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()) {
-        return Err(invalid(format!(
-            "add a unit: {v}s, {v}m or {v}h (durations look like 30s, 10m, 1h)"
-        )));
-    }
-    humantime::parse_duration(v)
-        .map_err(|e| invalid(format!("{e}; durations look like 30s, 10m, 1h or 1h30m")))
-}
-
-fn parse_int<T: TryFrom<u64> + Copy>(
-    key: &'static str,
-    value: &str,
-    min: u64,
-    max: u64,
-) -> Result<T, ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        key,
-        value: value.to_string(),
-        reason,
-    };
-    let v = value.trim().replace('_', "");
-    let n: u64 = v.parse().map_err(|_| {
-        invalid(if v.starts_with('-') {
-            format!("must be between {min} and {max}")
-        } else {
-            format!("not a whole number; expected {min} to {max}")
-        })
-    })?;
-    if n < min || n > max {
-        return Err(invalid(format!(
-            "out of range: must be between {min} and {max}"
-        )));
-    }
-    T::try_from(n).map_err(|_| invalid(format!("must be between {min} and {max}")))
-}
-
-impl Settings {
     /// Set one key from its textual value. On error nothing changes.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let Some(k) = key_info(key) else {
+            if let Some(k) = crate::crowdsec::KEYS.iter().find(|k| **k == key) {
+                return Err(invalid(
+                    k,
+                    value,
+                    "a key of `run` itself, not a live one: set it as `synguard run --KEY \
+                     VALUE` or in its --config file, then restart it",
+                ));
+            }
+            return Err(ConfigError::UnknownKey {
+                key: key.to_string(),
+            });
+        };
         let mut next = self.clone();
-        match key {
-            "syn-rate" => next.syn_rate = parse_int("syn-rate", value, 1, 10_000_000)?,
-            "syn-burst" => next.syn_burst = parse_int("syn-burst", value, 1, 1_000_000)?,
-            "ban-for" => {
-                next.ban_for = parse_duration("ban-for", value)?;
-                if next.ban_for > MAX_DURATION {
-                    return Err(ConfigError::Invalid {
-                        key: "ban-for",
-                        value: value.into(),
-                        reason: "at most 30d; block a source for longer with `synguard block add`"
-                            .into(),
-                    });
-                }
-            }
-            "ipv4-prefix" => next.ipv4_prefix = parse_int("ipv4-prefix", value, 8, 32)?,
-            "ipv6-prefix" => next.ipv6_prefix = parse_int("ipv6-prefix", value, 16, 128)?,
-            "attack-syn-rate" => {
-                next.attack_syn_rate = parse_int("attack-syn-rate", value, 100, 100_000_000)?
-            }
-            "syn-cookies" => {
-                next.syn_cookies = match value.trim() {
-                    "auto" => Cookies::Auto,
-                    "always" => Cookies::Always,
-                    "off" => Cookies::Off,
-                    _ => {
-                        return Err(ConfigError::Invalid {
-                            key: "syn-cookies",
-                            value: value.into(),
-                            reason: "expected auto, always or off".into(),
-                        });
-                    }
-                }
-            }
-            "verified-for" => {
-                let d = parse_duration("verified-for", value)?;
-                if d < Duration::from_secs(1) || d > MAX_DURATION {
-                    return Err(ConfigError::Invalid {
-                        key: "verified-for",
-                        value: value.into(),
-                        reason: "must be between 1s and 30d".into(),
-                    });
-                }
-                next.verified_for = d;
-            }
-            "mode" => {
-                next.mode = match value.trim() {
-                    "enforce" => Mode::Enforce,
-                    "monitor" => Mode::Monitor,
-                    _ => {
-                        return Err(ConfigError::Invalid {
-                            key: "mode",
-                            value: value.into(),
-                            reason: "expected enforce or monitor".into(),
-                        });
-                    }
-                }
-            }
-            "ports" => {
-                next.ports = Ports::parse(value).map_err(|reason| ConfigError::Invalid {
-                    key: "ports",
-                    value: value.into(),
-                    reason,
-                })?
-            }
-            _ => {
-                if let Some(k) = crate::crowdsec::KEYS.iter().find(|k| **k == key) {
-                    return Err(ConfigError::Invalid {
-                        key: k,
-                        value: value.into(),
-                        reason: "a key of `run` itself, not a live one: set it as `synguard \
-                                 run --KEY VALUE` or in its --config file, then restart it"
-                            .into(),
-                    });
-                }
-                return Err(ConfigError::UnknownKey {
-                    key: key.to_string(),
-                });
-            }
-        }
+        (k.parse)(&mut next, k.name, value)?;
         *self = next;
         Ok(())
     }
 
     /// The value of a key as `config show` prints it (and `set` accepts it back).
     pub fn get(&self, key: &str) -> Option<String> {
-        Some(match key {
-            "syn-rate" => self.syn_rate.to_string(),
-            "syn-burst" => self.syn_burst.to_string(),
-            "ban-for" => format_duration(self.ban_for),
-            "ipv4-prefix" => self.ipv4_prefix.to_string(),
-            "ipv6-prefix" => self.ipv6_prefix.to_string(),
-            "attack-syn-rate" => self.attack_syn_rate.to_string(),
-            "syn-cookies" => match self.syn_cookies {
-                Cookies::Auto => "auto",
-                Cookies::Always => "always",
-                Cookies::Off => "off",
-            }
-            .to_string(),
-            "verified-for" => format_duration(self.verified_for),
-            "mode" => match self.mode {
-                Mode::Enforce => "enforce",
-                Mode::Monitor => "monitor",
-            }
-            .to_string(),
-            "ports" => self.ports.to_string(),
-            _ => return None,
-        })
+        key_info(key).map(|k| (k.format)(self))
     }
 
     /// Every key with its value, in `KEYS` order.
@@ -562,32 +656,11 @@ impl Settings {
         Ok(())
     }
 
-    /// The kernel's view: human values plus what is derived from them.
+    /// The kernel's view: each key's values, what is derived from several keys, and the
+    /// identity of the writer.
     pub fn to_kernel(&self, generation: u64) -> Config {
-        let interval = 1_000_000_000 / u64::from(self.syn_rate.max(1));
-        Config {
+        let mut c = Config {
             abi: ABI_VERSION,
-            mode: match self.mode {
-                Mode::Enforce => MODE_ENFORCE,
-                Mode::Monitor => MODE_MONITOR,
-            },
-            syn_rate: self.syn_rate,
-            syn_burst: self.syn_burst,
-            ipv4_prefix: u32::from(self.ipv4_prefix),
-            ipv6_prefix: u32::from(self.ipv6_prefix),
-            attack_syn_rate: self.attack_syn_rate,
-            syn_cookies: match self.syn_cookies {
-                Cookies::Auto => COOKIES_AUTO,
-                Cookies::Always => COOKIES_ALWAYS,
-                Cookies::Off => COOKIES_OFF,
-            },
-            syn_interval_ns: interval,
-            syn_tolerance_ns: u64::from(self.syn_burst.max(1) - 1) * interval,
-            ban_ns: duration_ns(self.ban_for),
-            verified_ns: duration_ns(self.verified_for),
-            v4_mask: prefix_mask::<4>(u32::from(self.ipv4_prefix)),
-            all_ports: u32::from(self.ports.is_all()),
-            v6_mask: prefix_mask::<16>(u32::from(self.ipv6_prefix)),
             generation,
             build_id: u64::from_str_radix(crate::version::BUILD_ID, 16).unwrap_or(0),
             daemon_pid: 0,
@@ -595,12 +668,36 @@ impl Settings {
             attack_calm_ns: synguard_common::ATTACK_CALM_NS,
             saved_timestamps: -1,
             cookie_opts: 0,
-            syn_quiet: synguard_common::sources::sketch_quiet_limit(interval),
             _reserved: 0,
-            ports: self.ports.bitmap(),
             // Drawn by `Maps::write_config` when the maps are new, kept after that.
             source_seed: [0; synguard_common::sources::SEED_WORDS],
+            // Written below, by the keys and from several of them.
+            mode: 0,
+            syn_rate: 0,
+            syn_burst: 0,
+            ipv4_prefix: 0,
+            ipv6_prefix: 0,
+            attack_syn_rate: 0,
+            syn_cookies: 0,
+            syn_interval_ns: 0,
+            syn_tolerance_ns: 0,
+            ban_ns: 0,
+            verified_ns: 0,
+            v4_mask: [0; 4],
+            all_ports: 0,
+            v6_mask: [0; 16],
+            syn_quiet: 0,
+            ports: [0; PORT_WORDS],
+        };
+        for k in &KEYS {
+            (k.to_kernel)(self, &mut c);
         }
+        // From syn-rate and syn-burst together.
+        let interval = 1_000_000_000 / u64::from(self.syn_rate.max(1));
+        c.syn_interval_ns = interval;
+        c.syn_tolerance_ns = u64::from(self.syn_burst.max(1) - 1) * interval;
+        c.syn_quiet = synguard_common::sources::sketch_quiet_limit(interval);
+        c
     }
 
     /// The next kernel config after `current`: these settings, a bumped generation, and
@@ -619,30 +716,11 @@ impl Settings {
 
     /// Read back what the kernel holds.
     pub fn from_kernel(c: &Config) -> Self {
-        Self {
-            syn_rate: c.syn_rate,
-            syn_burst: c.syn_burst,
-            ban_for: Duration::from_nanos(c.ban_ns),
-            ipv4_prefix: c.ipv4_prefix as u8,
-            ipv6_prefix: c.ipv6_prefix as u8,
-            attack_syn_rate: c.attack_syn_rate,
-            syn_cookies: match c.syn_cookies {
-                COOKIES_ALWAYS => Cookies::Always,
-                COOKIES_OFF => Cookies::Off,
-                _ => Cookies::Auto,
-            },
-            verified_for: Duration::from_nanos(c.verified_ns),
-            mode: if c.mode == MODE_MONITOR {
-                Mode::Monitor
-            } else {
-                Mode::Enforce
-            },
-            ports: if c.all_ports != 0 {
-                Ports::all()
-            } else {
-                Ports::from_bitmap(&c.ports)
-            },
+        let mut s = Self::unset();
+        for k in &KEYS {
+            (k.from_kernel)(c, &mut s);
         }
+        s
     }
 }
 
@@ -670,6 +748,34 @@ mod tests {
         for k in &KEYS {
             assert_eq!(s.get(k.name).as_deref(), Some(k.default), "{}", k.name);
         }
+    }
+
+    /// Every key's default goes through its own parser (that is what `Default` does),
+    /// prints back as itself, and survives the trip through the kernel's config.
+    #[test]
+    fn every_default_parses() {
+        for k in &KEYS {
+            let mut s = Settings::unset();
+            (k.parse)(&mut s, k.name, k.default)
+                .unwrap_or_else(|e| panic!("default of `{}`: {e}", k.name));
+            assert_eq!((k.format)(&s), k.default, "{}", k.name);
+        }
+        let d = Settings::default();
+        assert_eq!(Settings::from_kernel(&d.to_kernel(0)), d);
+    }
+
+    /// Each word of a word key parses, prints and goes through the kernel as itself.
+    #[test]
+    fn words_round_trip() {
+        fn check<T: Words + fmt::Debug>(all: &[T]) {
+            assert_eq!(T::WORDS.len(), all.len());
+            for &v in all {
+                assert_eq!(parse_word::<T>("k", word(v)), Ok(v));
+                assert_eq!(word_from_kernel::<T>(word_to_kernel(v)), v);
+            }
+        }
+        check(&[Mode::Enforce, Mode::Monitor]);
+        check(&[Cookies::Auto, Cookies::Always, Cookies::Off]);
     }
 
     #[test]
