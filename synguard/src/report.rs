@@ -62,6 +62,10 @@ impl Sample {
     fn start(&self) -> SystemTime {
         self.t - Duration::from_secs_f64(self.secs)
     }
+    /// The SYN rate over the interval, or the kernel's own peak rate if higher.
+    fn syn_rate(&self) -> u64 {
+        ((self.offered() as f64 / self.secs) as u64).max(self.kernel_rate)
+    }
 }
 
 /// Drop reasons, and how each drop happens.
@@ -171,9 +175,101 @@ fn group(prefix: &str) -> Option<IpNet> {
         .map(|n| n.trunc())
 }
 
+/// A ban as the sections read it: when it was made, its prefix, the SYNs and the rate
+/// that got it banned.
+type Ban<'a> = (SystemTime, &'a str, u64, u64);
+
+/// What the sections share, computed once from the journal.
+struct Inputs<'a> {
+    records: &'a [Record],
+    samples: &'a [Sample],
+    /// The first and the last record's time.
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+    /// Where the series starts: the first sample's start, else the first record.
+    t0: Option<SystemTime>,
+    config: BTreeMap<String, String>,
+    monitor: bool,
+    bans: Vec<Ban<'a>>,
+    /// The episodes, as their first and last sample.
+    spans: Vec<(usize, usize)>,
+    /// Each counter summed over the samples.
+    totals: BTreeMap<&'a str, u64>,
+    /// Half-open connections removed from the SYN queues.
+    purged: u64,
+}
+
+impl<'a> Inputs<'a> {
+    /// The shared inputs of the records (oldest first) and their samples.
+    fn new(records: &'a [Record], samples: &'a [Sample]) -> Self {
+        let from = records.first().and_then(Record::time);
+        let config = config(records);
+        let bans = bans(records);
+        Self {
+            records,
+            samples,
+            from,
+            to: records.last().and_then(Record::time),
+            t0: samples.first().map(Sample::start).or(from),
+            monitor: config.get("mode").is_some_and(|m| m == "monitor"),
+            config,
+            spans: episodes(samples, &bans),
+            bans,
+            totals: totals(samples),
+            purged: purged(records),
+        }
+    }
+
+    /// Seconds from the series' start to `t` (0 before it, or with no start).
+    fn since(&self, t: SystemTime) -> f64 {
+        self.t0
+            .and_then(|z| t.duration_since(z).ok())
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    /// A counter's total over the samples.
+    fn total(&self, name: &str) -> u64 {
+        self.totals.get(name).copied().unwrap_or(0)
+    }
+}
+
 /// Build the report from journal records (oldest first); `bad` lines did not parse.
 pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
     let samples = samples(records);
+    let j = Inputs::new(records, &samples);
+    let per = per_source(&j);
+    let proven = proven_sources(records);
+    let attacks: Vec<Attack> = j
+        .spans
+        .iter()
+        .map(|&span| attack(&j, span, &proven))
+        .collect();
+    let timeline = timeline(&j, &attacks);
+    let drops = drops(&j);
+    let recommendations = recommend(&attacks, &j.totals, &j.config, j.monitor);
+    Report {
+        origin: "journal",
+        input: input.to_string(),
+        from: j.from.map(rfc3339),
+        to: j.to.map(rfc3339),
+        summary: summary(&j, &attacks, &drops),
+        attacks,
+        timeline,
+        top_sources: top_sources(&per),
+        forged: forged(records),
+        top_prefixes: top_prefixes(&per),
+        peaks: peaks(&j),
+        drops,
+        impact: impact(&j),
+        actions: actions(&j),
+        recommendations,
+        warnings: warnings(bad),
+        series: series(&j),
+    }
+}
+
+/// The warnings: journal lines that could not be read.
+fn warnings(bad: usize) -> Vec<String> {
     let mut warnings = Vec::new();
     if bad > 0 {
         warnings.push(format!(
@@ -181,15 +277,11 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
              another version) and were skipped"
         ));
     }
-    let from = records.first().and_then(Record::time);
-    let to = records.last().and_then(Record::time);
-    let t0 = samples.first().map(Sample::start).or(from);
-    let since = |t: SystemTime| {
-        t0.and_then(|z| t.duration_since(z).ok())
-            .map_or(0.0, |d| d.as_secs_f64())
-    };
+    warnings
+}
 
-    // The settings in force (the last start's config, then changes).
+/// The settings in force (the last start's config, then changes).
+fn config(records: &[Record]) -> BTreeMap<String, String> {
     let mut config: BTreeMap<String, String> = BTreeMap::new();
     for r in records {
         match &r.event {
@@ -200,11 +292,13 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
             _ => {}
         }
     }
-    let monitor = config.get("mode").is_some_and(|m| m == "monitor");
+    config
+}
 
-    // Series and peaks.
+/// The series of rates, for the chart.
+fn series(j: &Inputs) -> Vec<Point> {
     // Each sample is a rate over its interval: drawn as a step over that interval.
-    let series: Vec<Point> = samples
+    j.samples
         .iter()
         .flat_map(|s| {
             let p = |t| Point {
@@ -214,12 +308,16 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
                 answered_rate: s.get("cookie_sent") as f64 / s.secs,
                 attack: s.attack,
             };
-            [p(since(s.start())), p(since(s.t))]
+            [p(j.since(s.start())), p(j.since(s.t))]
         })
-        .collect();
+        .collect()
+}
+
+/// The peaks: of the samples, of attack modes and of bans.
+fn peaks(j: &Inputs) -> Peaks {
     let mut peaks = Peaks::default();
-    for s in &samples {
-        let rate = ((s.offered() as f64 / s.secs) as u64).max(s.kernel_rate);
+    for s in j.samples {
+        let rate = s.syn_rate();
         if rate > peaks.syn_rate {
             peaks.syn_rate = rate;
             peaks.syn_rate_at = Some(rfc3339(s.t));
@@ -231,7 +329,7 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
             peaks.drop_rate_at = Some(rfc3339(s.t));
         }
     }
-    for r in records {
+    for r in j.records {
         if let Event::AttackOff { peak_syn_rate, .. } = &r.event
             && *peak_syn_rate > peaks.syn_rate
         {
@@ -241,9 +339,20 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
                 "the kernel's busiest 100 ms of the attack mode that ended then".into();
         }
     }
+    // A ban records the source's rate when it was made: a peak the samples average away.
+    for (t, _, _, rate) in &j.bans {
+        if *rate > peaks.syn_rate {
+            peaks.syn_rate = *rate;
+            peaks.syn_rate_at = Some(rfc3339(*t));
+            peaks.syn_rate_how = "one source's rate when it was banned".into();
+        }
+    }
+    peaks
+}
 
-    // Bans by time, for episodes and verdicts.
-    let bans: Vec<(SystemTime, &str, u64, u64)> = records
+/// Bans by time, for episodes and verdicts.
+fn bans(records: &[Record]) -> Vec<Ban<'_>> {
+    records
         .iter()
         .filter_map(|r| match &r.event {
             Event::Ban {
@@ -254,18 +363,12 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
             } => Some((r.time()?, prefix.as_str(), *syns, *syn_rate)),
             _ => None,
         })
-        .collect();
+        .collect()
+}
 
-    // A ban records the source's rate when it was made: a peak the samples average away.
-    for (t, _, _, rate) in &bans {
-        if *rate > peaks.syn_rate {
-            peaks.syn_rate = *rate;
-            peaks.syn_rate_at = Some(rfc3339(*t));
-            peaks.syn_rate_how = "one source's rate when it was banned".into();
-        }
-    }
-
-    // Episodes: runs of hot samples, merged across one-sample gaps.
+/// Episodes: runs of hot samples, merged across one-sample gaps, as their first and last
+/// sample.
+fn episodes(samples: &[Sample], bans: &[Ban]) -> Vec<(usize, usize)> {
     let hot: Vec<bool> = samples
         .iter()
         .enumerate()
@@ -286,10 +389,13 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
             _ => spans.push((i, i)),
         }
     }
+    spans
+}
 
-    // Per-source estimates over the whole report.
+/// Per-source estimates over the whole report.
+fn per_source(j: &Inputs) -> HashMap<String, PerSource> {
     let mut per: HashMap<String, PerSource> = HashMap::new();
-    for s in &samples {
+    for s in j.samples {
         for t in &s.top {
             let e = per.entry(t.source.clone()).or_default();
             e.metered(t.syns);
@@ -307,16 +413,19 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
             }
         }
     }
-    for (_, prefix, syns, rate) in &bans {
+    for (_, prefix, syns, rate) in &j.bans {
         let e = per.entry((*prefix).to_string()).or_default();
         e.banned = true;
         e.peak_rate = e.peak_rate.max(*rate);
         e.syns = e.syns.max(*syns as f64);
     }
+    per
+}
 
-    // Sources whose address proved itself while SYNs in its name flooded (see `run`'s
-    // challenges and the bans it lifted): how each proved itself.
-    let forged_sources: HashMap<&str, String> = records
+/// Sources whose address proved itself while SYNs in its name flooded (see `run`'s
+/// challenges and the bans it lifted): how each proved itself.
+fn proven_sources(records: &[Record]) -> HashMap<&str, String> {
+    records
         .iter()
         .filter_map(|r| match &r.event {
             Event::Challenge { prefix, proof, .. } => Some((prefix.as_str(), proof.clone())),
@@ -326,120 +435,173 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
             )),
             _ => None,
         })
-        .collect();
-    let mut attacks = Vec::new();
-    for &(a, b) in &spans {
-        let eps = &samples[a..=b];
-        let start = eps[0].start();
-        let end = eps[eps.len() - 1].t;
-        let syns: u64 = eps.iter().map(Sample::offered).sum();
-        // In attack mode quiet sources never reach the table: the sketch counts them
-        // instead, about once per source per 134 ms (a source active across windows
-        // counts again, which only lowers its SYNs per source).
-        let sketch_new: u64 = eps.iter().map(|s| s.get("sketch_new")).sum();
-        let sketch_new_v6: u64 = eps.iter().map(|s| s.get("sketch_new_v6")).sum();
-        let new_sources: u64 = eps.iter().map(|s| s.get("sources_new")).sum::<u64>() + sketch_new;
-        let peak_sources = eps.iter().map(|s| s.sources).max().unwrap_or(0);
-        // Sources in this episode, with estimated SYNs.
-        let mut mine: HashMap<&str, PerSource> = HashMap::new();
-        for s in eps {
-            for t in &s.top {
-                mine.entry(&t.source).or_default().metered(t.syns);
-            }
-            for r in &s.top_rules {
-                mine.entry(&r.prefix).or_default().syns += r.hits as f64;
-            }
-        }
-        let ep_bans: Vec<_> = bans
-            .iter()
-            .filter(|(t, ..)| *t >= start - Duration::from_secs(1) && *t <= end)
-            .collect();
-        for (_, p, n, _) in &ep_bans {
-            let e = mine.entry(p).or_default();
-            e.syns = e.syns.max(*n as f64);
-        }
-        let top = mine
-            .iter()
-            .max_by(|x, y| x.1.syns.total_cmp(&y.1.syns))
-            .map(|(k, v)| ((*k).to_string(), (v.syns as u64).min(syns)));
-        let sources = new_sources
-            .max(mine.len() as u64)
-            .max(peak_sources.min(new_sources.max(1)));
-        let v6_share = if sketch_new > 0 {
-            sketch_new_v6 as f64 / sketch_new as f64
-        } else {
-            eps.iter()
-                .max_by_key(|s| s.sources)
-                .filter(|s| s.sources > 0)
-                .map_or(0.0, |s| s.sources_v6 as f64 / s.sources as f64)
-        };
-        let attack_mode = eps.iter().any(|s| s.attack);
-        let completed = attack_mode.then(|| {
-            eps.iter()
-                .map(|s| s.get("verified") + s.get("syn_verified"))
-                .sum::<u64>()
-        });
-        let top_forged = top
-            .as_ref()
-            .and_then(|(src, _)| forged_sources.get(src.as_str()))
-            .cloned();
-        let traits = Traits {
-            syns,
-            sources,
-            top_source: top.clone(),
-            ipv6_syns: (syns as f64 * v6_share) as u64,
-            completed,
-            top_forged,
-        };
-        let (kind, mut evidence) = classify(&traits);
-        if !ep_bans.is_empty() {
-            evidence.push(format!(
-                "{} source{} banned by the per-source limit",
-                ep_bans.len(),
-                if ep_bans.len() == 1 { "" } else { "s" }
-            ));
-        }
-        if peak_sources > 1000 {
-            evidence.push(format!(
-                "up to {peak_sources} sources tracked at once ({:.0} % IPv6)",
-                v6_share * 100.0
-            ));
-        }
-        let cookies: u64 = eps.iter().map(|s| s.get("cookie_sent")).sum();
-        if cookies > 0 {
-            let verified: u64 = eps.iter().map(|s| s.get("verified")).sum();
-            evidence.push(format!(
-                "{cookies} SYNs answered with cookies, {verified} sources came back with a \
-                 valid ACK"
-            ));
-        }
-        let mut ifaces: Vec<String> = eps.iter().flat_map(|s| s.ifaces.clone()).collect();
-        ifaces.sort();
-        ifaces.dedup();
-        let peak_syn_rate = eps
-            .iter()
-            .map(|s| ((s.offered() as f64 / s.secs) as u64).max(s.kernel_rate))
-            .max()
-            .unwrap_or(0);
-        attacks.push(Attack {
-            kind,
-            kind_label: kind.label(),
-            start: rfc3339(start),
-            end: rfc3339(end),
-            duration_secs: end.duration_since(start).map_or(0.0, |d| d.as_secs_f64()),
-            target: if ifaces.is_empty() {
-                "?".into()
-            } else {
-                ifaces.join(", ")
-            },
-            syns,
-            peak_syn_rate,
-            sources,
-            evidence,
-        });
-    }
+        .collect()
+}
 
-    // Timeline.
+/// The forged sources: each challenge, and each ban lifted because its source proved
+/// itself, in journal order (records without a readable time are left out, as in the
+/// timeline).
+fn forged(records: &[Record]) -> Vec<ForgedRow> {
+    records
+        .iter()
+        .filter(|r| r.time().is_some())
+        .filter_map(|r| match &r.event {
+            Event::Unban { prefix, why, .. } if why == "proven" => Some(ForgedRow {
+                source: prefix.clone(),
+                why: "banned, then it proved it owns its address (it has connections to \
+                      the server): the ban was lifted"
+                    .into(),
+            }),
+            Event::Challenge {
+                prefix,
+                syns,
+                syn_rate,
+                proof,
+                ..
+            } => Some(ForgedRow {
+                source: prefix.clone(),
+                why: format!(
+                    "it {proof}, yet SYNs in its name went over its limit ({syns} SYNs at \
+                     {syn_rate} SYN/s): challenged with cookies, not banned"
+                ),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One attack: the episode of samples `a..=b`, classified, with its evidence.
+fn attack(j: &Inputs, (a, b): (usize, usize), proven: &HashMap<&str, String>) -> Attack {
+    let eps = &j.samples[a..=b];
+    let start = eps[0].start();
+    let end = eps[eps.len() - 1].t;
+    let syns: u64 = eps.iter().map(Sample::offered).sum();
+    // In attack mode quiet sources never reach the table: the sketch counts them
+    // instead, about once per source per 134 ms (a source active across windows
+    // counts again, which only lowers its SYNs per source).
+    let sketch_new: u64 = eps.iter().map(|s| s.get("sketch_new")).sum();
+    let sketch_new_v6: u64 = eps.iter().map(|s| s.get("sketch_new_v6")).sum();
+    let new_sources: u64 = eps.iter().map(|s| s.get("sources_new")).sum::<u64>() + sketch_new;
+    let peak_sources = eps.iter().map(|s| s.sources).max().unwrap_or(0);
+    let ep_bans: Vec<_> = j
+        .bans
+        .iter()
+        .filter(|(t, ..)| *t >= start - Duration::from_secs(1) && *t <= end)
+        .collect();
+    let mine = episode_sources(eps, &ep_bans);
+    let top = mine
+        .iter()
+        .max_by(|x, y| x.1.syns.total_cmp(&y.1.syns))
+        .map(|(k, v)| ((*k).to_string(), (v.syns as u64).min(syns)));
+    let sources = new_sources
+        .max(mine.len() as u64)
+        .max(peak_sources.min(new_sources.max(1)));
+    let v6_share = if sketch_new > 0 {
+        sketch_new_v6 as f64 / sketch_new as f64
+    } else {
+        eps.iter()
+            .max_by_key(|s| s.sources)
+            .filter(|s| s.sources > 0)
+            .map_or(0.0, |s| s.sources_v6 as f64 / s.sources as f64)
+    };
+    let attack_mode = eps.iter().any(|s| s.attack);
+    let completed = attack_mode.then(|| {
+        eps.iter()
+            .map(|s| s.get("verified") + s.get("syn_verified"))
+            .sum::<u64>()
+    });
+    let top_forged = top
+        .as_ref()
+        .and_then(|(src, _)| proven.get(src.as_str()))
+        .cloned();
+    let traits = Traits {
+        syns,
+        sources,
+        top_source: top.clone(),
+        ipv6_syns: (syns as f64 * v6_share) as u64,
+        completed,
+        top_forged,
+    };
+    let (kind, mut evidence) = classify(&traits);
+    more_evidence(&mut evidence, eps, ep_bans.len(), peak_sources, v6_share);
+    Attack {
+        kind,
+        kind_label: kind.label(),
+        start: rfc3339(start),
+        end: rfc3339(end),
+        duration_secs: end.duration_since(start).map_or(0.0, |d| d.as_secs_f64()),
+        target: target(eps),
+        syns,
+        peak_syn_rate: eps.iter().map(Sample::syn_rate).max().unwrap_or(0),
+        sources,
+        evidence,
+    }
+}
+
+/// Sources in an episode, with estimated SYNs.
+fn episode_sources<'e>(eps: &'e [Sample], ep_bans: &[&Ban<'e>]) -> HashMap<&'e str, PerSource> {
+    let mut mine: HashMap<&str, PerSource> = HashMap::new();
+    for s in eps {
+        for t in &s.top {
+            mine.entry(&t.source).or_default().metered(t.syns);
+        }
+        for r in &s.top_rules {
+            mine.entry(&r.prefix).or_default().syns += r.hits as f64;
+        }
+    }
+    for (_, p, n, _) in ep_bans {
+        let e = mine.entry(p).or_default();
+        e.syns = e.syns.max(*n as f64);
+    }
+    mine
+}
+
+/// An attack's evidence beyond its classification: its bans, how many sources, cookies.
+fn more_evidence(
+    evidence: &mut Vec<String>,
+    eps: &[Sample],
+    bans: usize,
+    peak_sources: u64,
+    v6_share: f64,
+) {
+    if bans > 0 {
+        evidence.push(format!(
+            "{} source{} banned by the per-source limit",
+            bans,
+            if bans == 1 { "" } else { "s" }
+        ));
+    }
+    if peak_sources > 1000 {
+        evidence.push(format!(
+            "up to {peak_sources} sources tracked at once ({:.0} % IPv6)",
+            v6_share * 100.0
+        ));
+    }
+    let cookies: u64 = eps.iter().map(|s| s.get("cookie_sent")).sum();
+    if cookies > 0 {
+        let verified: u64 = eps.iter().map(|s| s.get("verified")).sum();
+        evidence.push(format!(
+            "{cookies} SYNs answered with cookies, {verified} sources came back with a \
+             valid ACK"
+        ));
+    }
+}
+
+/// An attack's target: the interfaces its samples saw it on.
+fn target(eps: &[Sample]) -> String {
+    let mut ifaces: Vec<String> = eps.iter().flat_map(|s| s.ifaces.clone()).collect();
+    ifaces.sort();
+    ifaces.dedup();
+    if ifaces.is_empty() {
+        "?".into()
+    } else {
+        ifaces.join(", ")
+    }
+}
+
+/// The timeline: the journal's events, and where each flood begins and ends.
+fn timeline(j: &Inputs, attacks: &[Attack]) -> Vec<TimelineEntry> {
+    let (samples, spans) = (j.samples, &j.spans);
     let mut timeline = Vec::new();
     let mut listed_bans: HashMap<usize, usize> = HashMap::new();
     let mut skipped_bans: HashMap<usize, usize> = HashMap::new();
@@ -449,8 +611,7 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         })
     };
     let mut flagged = vec![false; spans.len()];
-    let mut forged: Vec<ForgedRow> = Vec::new();
-    for r in records {
+    for r in j.records {
         let Some(t) = r.time() else { continue };
         // Mark an episode's start and end around the events.
         for (i, &(a, b)) in spans.iter().enumerate() {
@@ -466,134 +627,17 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
                 let _ = b;
             }
         }
-        let what = match &r.event {
-            Event::Start {
-                interfaces,
-                adopted,
-                ..
-            } => format!(
-                "synguard started on {}{}",
-                interfaces.join(", "),
-                if *adopted {
-                    " (adopted the pinned program: no gap)"
-                } else {
-                    ""
-                }
-            ),
-            Event::Stop { reason, kept } => format!(
-                "synguard stopped ({reason}){}",
-                if *kept {
-                    "; protection left in place"
-                } else {
-                    ""
-                }
-            ),
-            Event::Interface { name, what } => format!("{name}: {what}"),
-            Event::Ban {
-                prefix,
-                syns,
-                syn_rate,
-                until,
-                ..
-            } => {
-                let ep = episode_of(t).unwrap_or(usize::MAX);
-                let n = listed_bans.entry(ep).or_default();
-                if *n >= BANS_LISTED {
-                    *skipped_bans.entry(ep).or_default() += 1;
-                    continue;
-                }
-                *n += 1;
-                format!("banned {prefix} after {syns} SYNs at {syn_rate} SYN/s, until {until}")
+        if let Event::Ban { .. } = &r.event {
+            let ep = episode_of(t).unwrap_or(usize::MAX);
+            let n = listed_bans.entry(ep).or_default();
+            if *n >= BANS_LISTED {
+                *skipped_bans.entry(ep).or_default() += 1;
+                continue;
             }
-            Event::Unban { prefix, why, .. } if why == "proven" => {
-                forged.push(ForgedRow {
-                    source: prefix.clone(),
-                    why: "banned, then it proved it owns its address (it has connections to \
-                          the server): the ban was lifted"
-                        .into(),
-                });
-                format!(
-                    "ban on {prefix} lifted: it proved it owns its address, so the SYNs that \
-                     banned it were most likely forged"
-                )
-            }
-            Event::Unban {
-                prefix,
-                why,
-                kind,
-                hits,
-            } => format!("{kind} entry {prefix} {why}; it dropped {hits} packets"),
-            Event::Challenge {
-                prefix,
-                syns,
-                syn_rate,
-                proof,
-                ..
-            } => {
-                forged.push(ForgedRow {
-                    source: prefix.clone(),
-                    why: format!(
-                        "it {proof}, yet SYNs in its name went over its limit ({syns} SYNs at \
-                         {syn_rate} SYN/s): challenged with cookies, not banned"
-                    ),
-                });
-                format!(
-                    "{prefix} {proof}, yet SYNs in its name went over its limit at {syn_rate} \
-                     SYN/s: most likely forged; challenged with cookies, not banned"
-                )
-            }
-            Event::ListChange {
-                list,
-                prefix,
-                change,
-                comment,
-            } => format!(
-                "{list}list: {prefix} {change} by hand{}",
-                if comment.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({comment})")
-                }
-            ),
-            Event::AttackOn {
-                interface,
-                challenged: true,
-                ..
-            } => format!(
-                "{interface}: attack mode on: a proven source over its limit (its SYNs most \
-                 likely forged): SYNs answered with cookies in XDP"
-            ),
-            Event::AttackOn {
-                interface,
-                syn_rate,
-                ..
-            } => format!(
-                "{interface}: attack mode on at {syn_rate} SYN/s: SYNs answered with cookies \
-                 in XDP"
-            ),
-            Event::AttackOff {
-                interface,
-                peak_syn_rate,
-                lasted_secs,
-            } => format!(
-                "{interface}: attack mode off after {lasted_secs} s (peak {peak_syn_rate} \
-                 SYN/s)"
-            ),
-            Event::Config { key, old, new } => format!("config {key}: {old} → {new}"),
-            Event::Purge {
-                prefix,
-                connections,
-            } if prefix == "all" => format!(
-                "attack mode: removed the {connections} half-open connections queued so far \
-                 from the SYN queues"
-            ),
-            Event::Purge {
-                prefix,
-                connections,
-            } => format!(
-                "removed {connections} half-open connections of {prefix} from the SYN queues"
-            ),
-            Event::Sample { .. } => continue,
+            *n += 1;
+        }
+        let Some(what) = event_text(&r.event) else {
+            continue;
         };
         timeline.push(TimelineEntry {
             t: rfc3339(t),
@@ -616,11 +660,123 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         });
     }
     timeline.sort_by(|a, b| a.t.cmp(&b.t));
+    timeline
+}
 
-    // Top sources and prefixes.
+/// A journal event as the timeline tells it (samples are not told).
+fn event_text(event: &Event) -> Option<String> {
+    let what = match event {
+        Event::Start {
+            interfaces,
+            adopted,
+            ..
+        } => format!(
+            "synguard started on {}{}",
+            interfaces.join(", "),
+            if *adopted {
+                " (adopted the pinned program: no gap)"
+            } else {
+                ""
+            }
+        ),
+        Event::Stop { reason, kept } => format!(
+            "synguard stopped ({reason}){}",
+            if *kept {
+                "; protection left in place"
+            } else {
+                ""
+            }
+        ),
+        Event::Interface { name, what } => format!("{name}: {what}"),
+        Event::Ban {
+            prefix,
+            syns,
+            syn_rate,
+            until,
+            ..
+        } => format!("banned {prefix} after {syns} SYNs at {syn_rate} SYN/s, until {until}"),
+        Event::Unban { prefix, why, .. } if why == "proven" => {
+            format!(
+                "ban on {prefix} lifted: it proved it owns its address, so the SYNs that \
+                 banned it were most likely forged"
+            )
+        }
+        Event::Unban {
+            prefix,
+            why,
+            kind,
+            hits,
+        } => format!("{kind} entry {prefix} {why}; it dropped {hits} packets"),
+        Event::Challenge {
+            prefix,
+            syn_rate,
+            proof,
+            ..
+        } => {
+            format!(
+                "{prefix} {proof}, yet SYNs in its name went over its limit at {syn_rate} \
+                 SYN/s: most likely forged; challenged with cookies, not banned"
+            )
+        }
+        Event::ListChange {
+            list,
+            prefix,
+            change,
+            comment,
+        } => format!(
+            "{list}list: {prefix} {change} by hand{}",
+            if comment.is_empty() {
+                String::new()
+            } else {
+                format!(" ({comment})")
+            }
+        ),
+        Event::AttackOn {
+            interface,
+            challenged: true,
+            ..
+        } => format!(
+            "{interface}: attack mode on: a proven source over its limit (its SYNs most \
+             likely forged): SYNs answered with cookies in XDP"
+        ),
+        Event::AttackOn {
+            interface,
+            syn_rate,
+            ..
+        } => format!(
+            "{interface}: attack mode on at {syn_rate} SYN/s: SYNs answered with cookies \
+             in XDP"
+        ),
+        Event::AttackOff {
+            interface,
+            peak_syn_rate,
+            lasted_secs,
+        } => format!(
+            "{interface}: attack mode off after {lasted_secs} s (peak {peak_syn_rate} \
+             SYN/s)"
+        ),
+        Event::Config { key, old, new } => format!("config {key}: {old} → {new}"),
+        Event::Purge {
+            prefix,
+            connections,
+        } if prefix == "all" => format!(
+            "attack mode: removed the {connections} half-open connections queued so far \
+             from the SYN queues"
+        ),
+        Event::Purge {
+            prefix,
+            connections,
+        } => format!("removed {connections} half-open connections of {prefix} from the SYN queues"),
+        Event::Sample { .. } => return None,
+    };
+    Some(what)
+}
+
+/// Top sources, with what synguard did to each.
+fn top_sources(per: &HashMap<String, PerSource>) -> Vec<SourceRow> {
     let mut ranked: Vec<(&String, &PerSource)> = per.iter().collect();
     ranked.sort_by(|a, b| b.1.syns.total_cmp(&a.1.syns).then(a.0.cmp(b.0)));
-    let top_sources: Vec<SourceRow> = ranked
+    ranked
         .iter()
         .take(10)
         .map(|(src, p)| SourceRow {
@@ -638,9 +794,13 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
             }
             .into(),
         })
-        .collect();
+        .collect()
+}
+
+/// Top prefixes: the sources grouped by their covering prefix (see [`group`]).
+fn top_prefixes(per: &HashMap<String, PerSource>) -> Vec<PrefixRow> {
     let mut groups: BTreeMap<IpNet, (u64, f64)> = BTreeMap::new();
-    for (src, p) in &per {
+    for (src, p) in per {
         if let Some(g) = group(src) {
             let e = groups.entry(g).or_default();
             e.0 += 1;
@@ -657,42 +817,65 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         .collect();
     top_prefixes.sort_by(|a, b| b.syns.cmp(&a.syns).then(a.prefix.cmp(&b.prefix)));
     top_prefixes.truncate(10);
+    top_prefixes
+}
 
-    // Totals.
+/// Totals: each counter summed over the samples.
+fn totals(samples: &[Sample]) -> BTreeMap<&str, u64> {
     let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
-    for s in &samples {
+    for s in samples {
         for (k, v) in &s.counters {
             *totals.entry(k.as_str()).or_default() += v;
         }
     }
-    let total = |n: &str| totals.get(n).copied().unwrap_or(0);
+    totals
+}
+
+/// The drop rows: packets by drop reason, then those answered with cookies and those
+/// monitor mode passed.
+fn drops(j: &Inputs) -> Vec<DropRow> {
     let mut drops: Vec<DropRow> = DROPS
         .iter()
-        .filter(|(n, _)| total(n) > 0)
+        .filter(|(n, _)| j.total(n) > 0)
         .map(|(n, how)| DropRow {
             reason: (*n).into(),
-            packets: total(n),
+            packets: j.total(n),
             how: (*how).into(),
         })
         .collect();
-    if total("cookie_sent") > 0 {
+    if j.total("cookie_sent") > 0 {
         drops.push(DropRow {
             reason: "cookie_sent".into(),
-            packets: total("cookie_sent"),
+            packets: j.total("cookie_sent"),
             how: "answered in XDP with a SYN cookie: not dropped, but the SYN never reached \
                   the server's SYN queue"
                 .into(),
         });
     }
-    if total("monitor_passed") > 0 {
+    if j.total("monitor_passed") > 0 {
         drops.push(DropRow {
             reason: "monitor_passed".into(),
-            packets: total("monitor_passed"),
+            packets: j.total("monitor_passed"),
             how: "would have been dropped, passed because mode = monitor".into(),
         });
     }
+    drops
+}
 
-    // Impact the agent can see.
+/// Half-open connections the purges removed from the SYN queues.
+fn purged(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .map(|r| match &r.event {
+            Event::Purge { connections, .. } => *connections,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Impact the agent can see.
+fn impact(j: &Inputs) -> Vec<String> {
+    let (samples, spans, purged) = (j.samples, &j.spans, j.purged);
     let mut impact = Vec::new();
     let attack_secs: f64 = spans
         .iter()
@@ -715,45 +898,38 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
             passed_in as f64 / attack_secs.max(1.0)
         ));
     }
-    if total("verified") > 0 {
+    if j.total("verified") > 0 {
         impact.push(format!(
             "{} clients proved they were real by completing a cookie handshake; their {} \
              later SYNs went straight to the server",
-            total("verified"),
-            total("syn_verified")
+            j.total("verified"),
+            j.total("syn_verified")
         ));
     }
-    if total("cookie_fallback") > 0 {
+    if j.total("cookie_fallback") > 0 {
         impact.push(format!(
             "{} SYNs in attack mode were passed to the kernel's own handling (no cookie could \
              be made)",
-            total("cookie_fallback")
+            j.total("cookie_fallback")
         ));
     }
-    if total("syn_untracked") > 0 {
+    if j.total("syn_untracked") > 0 {
         impact.push(format!(
             "{} SYNs passed unmetered because the sources table had no free slot for their \
              source",
-            total("syn_untracked")
+            j.total("syn_untracked")
         ));
     }
-    let purged: u64 = records
-        .iter()
-        .map(|r| match &r.event {
-            Event::Purge { connections, .. } => *connections,
-            _ => 0,
-        })
-        .sum();
     if purged > 0 {
         impact.push(format!(
             "{purged} half-open connections (of banned sources, and those queued when attack \
              mode began) were removed from the SYN queues, making room for real clients"
         ));
     }
-    if monitor && total("monitor_passed") > 0 {
+    if j.monitor && j.total("monitor_passed") > 0 {
         impact.push(format!(
             "mode was monitor: the {} packets synguard would have dropped reached the server",
-            total("monitor_passed")
+            j.total("monitor_passed")
         ));
     }
     if !spans.is_empty() {
@@ -763,15 +939,19 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
                 .into(),
         );
     }
+    impact
+}
 
-    // Actions.
+/// Actions synguard took, and those taken by hand.
+fn actions(j: &Inputs) -> Vec<String> {
+    let (records, bans, purged) = (j.records, &j.bans, j.purged);
     let mut actions = Vec::new();
     if !bans.is_empty() {
         actions.push(format!(
             "{} automatic ban{} (ban-for {})",
             bans.len(),
             if bans.len() == 1 { "" } else { "s" },
-            config.get("ban-for").map_or("?", String::as_str)
+            j.config.get("ban-for").map_or("?", String::as_str)
         ));
     }
     let attack_ons = records
@@ -808,16 +988,18 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
     if purged > 0 {
         actions.push(format!("{purged} half-open connections purged"));
     }
+    actions
+}
 
-    let recommendations = recommend(&attacks, &totals, &config, monitor);
-
+/// The summary: what the journal covers, the floods, and what synguard did about them.
+fn summary(j: &Inputs, attacks: &[Attack], drops: &[DropRow]) -> Vec<String> {
     let mut summary = Vec::new();
-    match (from, to) {
+    match (j.from, j.to) {
         (Some(f), Some(t)) => summary.push(format!(
             "The journal covers {} to {} ({} samples).",
             rfc3339(f),
             rfc3339(t),
-            samples.len()
+            j.samples.len()
         )),
         _ => summary.push("The journal holds no records for this period.".into()),
     }
@@ -855,30 +1037,11 @@ pub fn build(records: &[Record], bad: usize, input: &str) -> Report {
         summary.push(format!(
             "synguard dropped {dropped} packets in XDP and answered {} SYNs with cookies; {} \
              SYNs from sources within their limits reached the server.",
-            total("cookie_sent"),
-            total("syn_passed") + total("syn_verified")
+            j.total("cookie_sent"),
+            j.total("syn_passed") + j.total("syn_verified")
         ));
     }
-
-    Report {
-        origin: "journal",
-        input: input.to_string(),
-        from: from.map(rfc3339),
-        to: to.map(rfc3339),
-        summary,
-        attacks,
-        timeline,
-        top_sources,
-        forged,
-        top_prefixes,
-        peaks,
-        drops,
-        impact,
-        actions,
-        recommendations,
-        warnings,
-        series,
-    }
+    summary
 }
 
 fn recommend(
