@@ -489,9 +489,10 @@ fn attack(j: &Inputs, (a, b): (usize, usize), proven: &HashMap<&str, String>) ->
         .filter(|(t, ..)| *t >= start - Duration::from_secs(1) && *t <= end)
         .collect();
     let mine = episode_sources(eps, &ep_bans);
+    // Ties go to the lowest source, so the same journal always names the same one.
     let top = mine
         .iter()
-        .max_by(|x, y| x.1.syns.total_cmp(&y.1.syns))
+        .max_by(|x, y| x.1.syns.total_cmp(&y.1.syns).then_with(|| y.0.cmp(x.0)))
         .map(|(k, v)| ((*k).to_string(), (v.syns as u64).min(syns)));
     let sources = new_sources
         .max(mine.len() as u64)
