@@ -1253,6 +1253,32 @@ mod tests {
         assert!(md.contains("![SYN rate"), "{md}");
     }
 
+    /// Two sources banned with the same SYNs: the report names the same one every time
+    /// (the lower), not whichever a hash map lists first.
+    #[test]
+    fn a_tie_names_the_same_source_every_run() {
+        let mut recs = vec![sample(5, &[("syns", 50), ("syn_passed", 50)], false)];
+        for (t, prefix) in [(7, "203.0.113.67/32"), (8, "203.0.113.66/32")] {
+            recs.push(Record {
+                t: at(t),
+                event: Event::Ban {
+                    prefix: prefix.into(),
+                    interface: "eth0".into(),
+                    syns: 101,
+                    syn_rate: 150_000,
+                    until: at(607),
+                },
+            });
+        }
+        recs.push(sample(10, &[("syns", 250), ("syn_passed", 48)], false));
+        recs.push(sample(15, &[("syns", 50), ("syn_passed", 50)], false));
+        let first = format!("{:?}", build(&recs, 0, "x").attacks);
+        assert!(first.contains("203.0.113.66/32"), "{first}");
+        for _ in 0..30 {
+            assert_eq!(format!("{:?}", build(&recs, 0, "x").attacks), first);
+        }
+    }
+
     /// In attack mode a forged flood's sources skip the sources table (the sketch, see
     /// `sources::sketch_count`): the report counts them from `sketch_new`, and tells IPv6
     /// rotation from `sketch_new_v6`.
