@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use synguard_tests::{netns::TempDir, synguard_bin, synth};
+use synguard_tests::kit::{netns::TempDir, synguard_bin, synth};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 use synguard::bpf::Maps;
 use synguard_common::stat;
-use synguard_tests::{
+use synguard_tests::kit::{
     netns::TempDir,
     prog::require_root,
     synguard_bin,
@@ -397,7 +397,7 @@ fn config_set_under_live_traffic_changes_drops_within_a_second() {
     // 1000 SYN/s from one source, for 6 s, in the background.
     let attacker = lab.attacker.path();
     let sender = thread::spawn(move || {
-        synguard_tests::netns::enter(&attacker);
+        synguard_tests::kit::netns::enter(&attacker);
         std::process::Command::new("timeout")
             .args([
                 "-s",
@@ -561,7 +561,7 @@ fn concurrent_writers_and_expiring_bans_never_lose_an_entry() {
     let attacker = lab.attacker.path();
     let churn_stop = stop.clone();
     let churn = thread::spawn(move || {
-        synguard_tests::netns::enter(&attacker);
+        synguard_tests::kit::netns::enter(&attacker);
         let start = Instant::now();
         let mut n = 0u32;
         while start.elapsed() < Duration::from_secs(8)
@@ -703,15 +703,15 @@ fn suppressed_ban_events_are_found_by_the_sweep() {
         "1",
     ]);
     // 256 sources banned within milliseconds: more than the per-CPU event burst (100).
-    let spec = synguard_tests::flood::FloodSpec {
+    let spec = synguard_tests::kit::flood::FloodSpec {
         ifindex: lab.attacker.ifindex("eth0"),
         src_mac: synguard_tests::lab::mac_of(&lab.attacker, "eth0").expect("mac"),
         dst_mac: synguard_tests::lab::mac_of(&lab.server, "sga").expect("mac"),
-        source: synguard_tests::flood::Source::Random("198.18.7.0/24".parse().unwrap()),
+        source: synguard_tests::kit::flood::Source::Random("198.18.7.0/24".parse().unwrap()),
         dst: "192.0.2.1".parse().unwrap(),
         dport: 80,
         rate: None,
-        flags: synguard_tests::packet::SYN,
+        flags: synguard_tests::kit::packet::SYN,
         duration: Duration::from_millis(300),
         threads: 1,
         batch: 64,
@@ -720,7 +720,7 @@ fn suppressed_ban_events_are_found_by_the_sweep() {
     let sent = lab
         .attacker
         .spawn(move || {
-            synguard_tests::flood::run(&spec, &std::sync::atomic::AtomicBool::new(false))
+            synguard_tests::kit::flood::run(&spec, &std::sync::atomic::AtomicBool::new(false))
         })
         .join()
         .unwrap()
@@ -868,7 +868,7 @@ fn a_failed_run_leaves_adopted_state_exactly_as_it_was() {
 fn pin_dir_is_never_mounted_over_a_directory_with_contents() {
     require_root();
     let lab = Lab::new();
-    let dir = std::env::temp_dir().join(synguard_tests::netns::unique("sgpin"));
+    let dir = std::env::temp_dir().join(synguard_tests::kit::netns::unique("sgpin"));
     std::fs::create_dir_all(&dir).unwrap();
     let _cleanup = TempDirGuard(dir.clone());
     std::fs::write(dir.join("precious"), "data").unwrap();
@@ -1009,7 +1009,7 @@ fn metrics_are_valid_prometheus_and_move_with_traffic() {
     require_root();
     let lab = Lab::new();
     let _daemon = lab.daemon(&["run", "--iface", "sga", "--metrics", "127.0.0.1:9477"]);
-    let scrape = |lab: &Lab| synguard_tests::traffic::scrape(&lab.server, "127.0.0.1:9477");
+    let scrape = |lab: &Lab| synguard_tests::kit::traffic::scrape(&lab.server, "127.0.0.1:9477");
     let value = |text: &str, series: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(series))
@@ -1020,7 +1020,7 @@ fn metrics_are_valid_prometheus_and_move_with_traffic() {
     let first = scrape(&lab);
     assert!(first.starts_with("HTTP/1.1 200 OK"), "{first}");
     let body = first.split("\r\n\r\n").nth(1).unwrap().to_string();
-    synguard_tests::traffic::promtool_check(&body);
+    synguard_tests::kit::traffic::promtool_check(&body);
     let banned = "synguard_packets_total{interface=\"sga\",verdict=\"banned\",action=\"drop\"}";
     assert_eq!(value(&body, banned), 0.0);
     assert_eq!(value(&body, "synguard_rules{kind=\"ban\"}"), 0.0);
@@ -1197,7 +1197,7 @@ fn report_rejects_bad_input() {
 
 /// A `synguard top` whose stdout is a pipe, its lines collected as they come.
 struct PipedTop {
-    guard: synguard_tests::netns::ChildGuard,
+    guard: synguard_tests::kit::netns::ChildGuard,
     lines: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
     stderr: Option<std::process::ChildStderr>,
@@ -1229,7 +1229,7 @@ impl PipedTop {
             }
         });
         Self {
-            guard: synguard_tests::netns::ChildGuard {
+            guard: synguard_tests::kit::netns::ChildGuard {
                 child: Some(child),
                 log: None,
             },

@@ -17,7 +17,7 @@ use synguard_common::{
     EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_CHALLENGE, Event, PROOF_HANDSHAKE, PROOF_SOCKET,
     Proof, RULE_ALLOW, stat::*,
 };
-use synguard_tests::{
+use synguard_tests::kit::{
     netns::Netns,
     packet::{ACK, RST, Tcp},
     prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, pin_to_cpu, require_root, source_key},
@@ -428,7 +428,7 @@ fn no_listener_and_no_cookie_mean_the_kernel_decides() {
         // mode needs no bucket: see the sketch test), then the kernel answers it (the
         // reply is built for a plain IPv6 header).
         p.expect(
-            &synguard_tests::packet::with_v6_ext(
+            &synguard_tests::kit::packet::with_v6_ext(
                 &Tcp::syn("2001:db8:6::11", SERVER6).build(),
                 &[(0, 0), (60, 1)],
             ),
@@ -951,7 +951,7 @@ fn tcp_clock_ms() -> u32 {
 #[test]
 fn cookie_syn_acks_keep_window_scaling_sack_and_ecn_in_the_timestamp() {
     use synguard_common::synack::{self, cookie_opts, decode_tsecr};
-    use synguard_tests::packet::{CWR, ECE, SYN};
+    use synguard_tests::kit::packet::{CWR, ECE, SYN};
     in_server_ns("2", || {
         let mut p = always();
         let all = cookie_opts(true, true, true, true, 9);

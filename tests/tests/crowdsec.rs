@@ -1,5 +1,5 @@
 //! A fleet sharing bans through a real CrowdSec Local API (the Debian package's, run
-//! offline in a namespace of its own: `synguard_tests::lapi`): two synguard servers, each
+//! offline in a namespace of its own: `synguard_tests::kit::lapi`): two synguard servers, each
 //! with its employees' and its attacker's links, pull the LAPI's decisions and push their
 //! own bans.
 
@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use synguard_tests::{
+use synguard_tests::kit::{
     lapi::{self, Lapi},
     netns::ChildGuard,
     prog::require_root,
@@ -42,7 +42,7 @@ fn member(lapi: &mut Lapi, name: &str, extra: &[&str]) -> Member {
     let lab = Lab::new();
     let web = Server::start(
         &lab.server,
-        synguard_tests::topo::TARGET.parse().expect("addr"),
+        synguard_tests::kit::topo::TARGET.parse().expect("addr"),
     );
     let url = lapi.link(&lab.server);
     let key = lapi.bouncer(name);
@@ -307,7 +307,7 @@ fn a_lapi_answering_garbage_is_survived_and_shown() {
     let lab = Lab::new();
     let _web = Server::start(
         &lab.server,
-        synguard_tests::topo::TARGET.parse().expect("addr"),
+        synguard_tests::kit::topo::TARGET.parse().expect("addr"),
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
@@ -385,7 +385,7 @@ fn a_lapi_answering_garbage_is_survived_and_shown() {
         daemon.log_text()
     );
     // The metrics say so too, in a form promtool accepts.
-    let metrics = synguard_tests::traffic::scrape(&lab.server, "127.0.0.1:19478");
+    let metrics = synguard_tests::kit::traffic::scrape(&lab.server, "127.0.0.1:19478");
     let body = metrics.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     let value = |series: &str| -> f64 {
         body.lines()
@@ -397,7 +397,7 @@ fn a_lapi_answering_garbage_is_survived_and_shown() {
     assert_eq!(value("synguard_crowdsec_reachable"), 0.0);
     assert!(value("synguard_crowdsec_failures") >= 2.0);
     assert_eq!(value("synguard_crowdsec_last_pull_timestamp_seconds"), 0.0);
-    synguard_tests::traffic::promtool_check(&body);
+    synguard_tests::kit::traffic::promtool_check(&body);
     // Still protecting: a flooder is banned, the employee served.
     lab.hping(1, &["-S", "-p", "80", "-i", "u100", "192.0.2.1"]);
     within(FIFTEEN, "the flooder banned", || {

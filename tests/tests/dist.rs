@@ -16,7 +16,7 @@ use std::{
     sync::OnceLock,
 };
 
-use synguard_tests::prog::require_root;
+use synguard_tests::kit::prog::require_root;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

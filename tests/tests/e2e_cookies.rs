@@ -12,11 +12,13 @@ use std::{
 
 use synguard_common::stat::*;
 use synguard_tests::{
-    flood::{self, FloodSpec, Source},
+    kit::{
+        flood::{self, FloodSpec, Source},
+        packet::{ACK, RST, SYN},
+        prog::require_root,
+        synguard_bin,
+    },
     lab::{self, LabNet, Profile, RunSpec, Scenario, mac_of, request},
-    packet::{ACK, RST, SYN},
-    prog::require_root,
-    synguard_bin,
 };
 
 fn sysctl(net: &LabNet, name: &str) -> String {

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, thread, time::Duration};
 
 use synguard::{bpf::Maps, rules};
 use synguard_common::{RULE_BAN, stat::*};
-use synguard_tests::{
+use synguard_tests::kit::{
     prog::require_root,
     synguard_bin,
     topo::{ATTACKER, Lab, TARGET, transmitted},
@@ -184,7 +184,7 @@ fn sigkill_keeps_the_flood_dropped_and_a_new_run_adopts_the_bans() {
         "banned drops went on after SIGKILL: {before} -> {after}"
     );
     // The attacker's bucket, found with the sources table's hash key.
-    let key = synguard_tests::prog::source_key(ATTACKER.parse().expect("addr"), 32);
+    let key = synguard_tests::kit::prog::source_key(ATTACKER.parse().expect("addr"), 32);
     let bucket = |maps: &Maps| {
         // Straight from its slots (not `sources::get`, which hides buckets idle for 10 s).
         let seed = synguard::sources::seed(maps).expect("seed");

@@ -16,12 +16,14 @@ use std::{
 use synguard::{bpf::Maps, rules};
 use synguard_common::{RULE_BAN, stat::*};
 use synguard_tests::{
-    baseline::{Noop, XDP_PASS},
-    flood::{self, FloodSpec, Source},
+    kit::{
+        baseline::{Noop, XDP_PASS},
+        flood::{self, FloodSpec, Source},
+        prog::require_root,
+        topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
+        traffic::Server,
+    },
     lab::mac_of,
-    prog::require_root,
-    topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
-    traffic::Server,
 };
 
 /// SYNs at `rate` a second for `duration` from the attacker's link, with source `from`.
@@ -34,7 +36,7 @@ fn flood(lab: &Lab, from: &str, rate: u64, duration: Duration) -> thread::JoinHa
         dst: "192.0.2.1".parse().expect("addr"),
         dport: 80,
         rate: Some(rate),
-        flags: synguard_tests::packet::SYN,
+        flags: synguard_tests::kit::packet::SYN,
         duration,
         threads: 1,
         batch: 16,

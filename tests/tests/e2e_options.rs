@@ -2,7 +2,7 @@
 //! client asked for, as one made by the kernel does: window scaling, SACK, timestamps,
 //! the MSS of the cookie; so a download over a long round trip is as fast. Real
 //! `synguard run` on a veth link with a 50 ms round trip (a relaying namespace: see
-//! `synguard_tests::delay`), and each end's `TCP_INFO` (what `ss -ti` shows).
+//! `synguard_tests::kit::delay`), and each end's `TCP_INFO` (what `ss -ti` shows).
 
 use std::{
     io::{Read, Write},
@@ -18,7 +18,7 @@ use std::{
 
 use synguard::bpf::Maps;
 use synguard_common::stat::*;
-use synguard_tests::{
+use synguard_tests::kit::{
     baseline::{Noop, XDP_PASS},
     delay::{Relay, prepare_end},
     netns::{Bpffs, Netns, TempDir, veth},

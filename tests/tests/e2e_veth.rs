@@ -14,11 +14,13 @@ use std::{
 use synguard::{bpf::Maps, rules};
 use synguard_common::{RULE_BAN, stat::*};
 use synguard_tests::{
-    flood::{self, FloodSpec, Source},
+    kit::{
+        flood::{self, FloodSpec, Source},
+        prog::require_root,
+        topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
+        traffic::Server,
+    },
     lab::mac_of,
-    prog::require_root,
-    topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
-    traffic::Server,
 };
 
 /// A second address of the employee's host, which connects only once cookies are on.
@@ -56,7 +58,7 @@ fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
         dst: "192.0.2.1".parse().expect("addr"),
         dport: 80,
         rate: Some(20_000),
-        flags: synguard_tests::packet::SYN,
+        flags: synguard_tests::kit::packet::SYN,
         duration: Duration::from_millis(300),
         threads: 1,
         batch: 16,

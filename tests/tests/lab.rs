@@ -8,10 +8,12 @@ use std::{
 };
 
 use synguard_tests::{
-    flood::{self, FloodSpec, Source},
+    kit::{
+        flood::{self, FloodSpec, Source},
+        netns::{Netns, veth},
+        prog::require_root,
+    },
     lab::{self, Profile, RunSpec, Scenario, mac_of},
-    netns::{Netns, veth},
-    prog::require_root,
 };
 
 fn run(profile: Profile, synguard: bool) -> lab::RunResult {
@@ -169,7 +171,7 @@ fn flood_generator_reports_what_it_sent() {
             dst: dst.parse().unwrap(),
             dport: 80,
             rate: Some(50_000),
-            flags: synguard_tests::packet::SYN,
+            flags: synguard_tests::kit::packet::SYN,
             duration: Duration::from_millis(500),
             threads: 2,
             batch: 32,

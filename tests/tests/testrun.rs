@@ -11,7 +11,7 @@ use synguard_common::{
     ACTION_DROP, ACTION_PASS, Bucket, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN,
     RULE_BLOCK, Rule, ban_cache, map_names, sources, stat::*,
 };
-use synguard_tests::{
+use synguard_tests::kit::{
     packet::{self, ACK, FIN, RST, SYN, Tcp},
     prog::{Prog, XDP_DROP, XDP_PASS, pin_to_cpu, source_key},
 };
@@ -996,13 +996,13 @@ fn every_counter_name_is_distinct() {
 
 #[test]
 fn baseline_noop_programs_load_and_return_their_action() {
-    synguard_tests::prog::require_root();
+    synguard_tests::kit::prog::require_root();
     let frame = Tcp::syn("203.0.113.1", SERVER).build();
     for action in [
-        synguard_tests::baseline::XDP_PASS,
-        synguard_tests::baseline::XDP_DROP,
+        synguard_tests::kit::baseline::XDP_PASS,
+        synguard_tests::kit::baseline::XDP_DROP,
     ] {
-        let noop = synguard_tests::baseline::Noop::load(action).expect("load no-op");
+        let noop = synguard_tests::kit::baseline::Noop::load(action).expect("load no-op");
         let (got, ns) = noop.run_repeat(&frame, 1000).expect("run");
         assert_eq!(got, action);
         assert!(ns > 0.0);
@@ -1014,8 +1014,8 @@ fn baseline_noop_programs_load_and_return_their_action() {
 /// than an Ethernet header, so the too-short branch is the verifier's to check.)
 #[test]
 fn the_header_reading_floor_drops_ipv4_frames_only() {
-    synguard_tests::prog::require_root();
-    let f = synguard_tests::baseline::Noop::load_reading_drop().expect("load the floor");
+    synguard_tests::kit::prog::require_root();
+    let f = synguard_tests::kit::baseline::Noop::load_reading_drop().expect("load the floor");
     let syn = Tcp::syn("198.18.0.9", SERVER).build();
     assert_eq!(f.run_repeat(&syn, 1).expect("run").0, XDP_DROP, "IPv4");
     assert_eq!(
@@ -1037,11 +1037,11 @@ fn the_header_reading_floor_drops_ipv4_frames_only() {
 #[test]
 fn the_source_floors_act_on_the_attack_sources_only() {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    synguard_tests::prog::require_root();
+    synguard_tests::kit::prog::require_root();
     const XDP_TX: u32 = 3;
     let forged: ipnet::Ipv4Net = "198.18.0.0/15".parse().unwrap();
-    let drop = synguard_tests::baseline::Noop::load_source(forged, false).expect("load");
-    let answer = synguard_tests::baseline::Noop::load_source(forged, true).expect("load");
+    let drop = synguard_tests::kit::baseline::Noop::load_source(forged, false).expect("load");
+    let answer = synguard_tests::kit::baseline::Noop::load_source(forged, true).expect("load");
     let inside = Tcp::syn("198.19.255.254", SERVER).sport(4242).build();
     let outside = [
         (
@@ -1111,11 +1111,11 @@ fn the_source_floors_act_on_the_attack_sources_only() {
 /// stack untouched.
 #[test]
 fn the_lab_router_fast_path_redirects_only_frames_for_the_server() {
-    synguard_tests::prog::require_root();
+    synguard_tests::kit::prog::require_root();
     const XDP_REDIRECT: u32 = 4;
     let to = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
     let from = [0x02, 0x66, 0x77, 0x88, 0x99, 0xaa];
-    let f = synguard_tests::baseline::Forwarder::load(SERVER.parse().unwrap(), to, from, 7)
+    let f = synguard_tests::kit::baseline::Forwarder::load(SERVER.parse().unwrap(), to, from, 7)
         .expect("load the fast path");
     let syn = Tcp::syn("198.18.0.9", SERVER).build();
     let (action, out) = f.run(&syn).expect("run");
@@ -1145,7 +1145,7 @@ fn the_lab_router_fast_path_redirects_only_frames_for_the_server() {
     // An address whose last byte has the high bit set: compared as 32 bits, not as a
     // sign-extended 64-bit immediate.
     let high = "192.0.2.200";
-    let f = synguard_tests::baseline::Forwarder::load(high.parse().unwrap(), to, from, 7)
+    let f = synguard_tests::kit::baseline::Forwarder::load(high.parse().unwrap(), to, from, 7)
         .expect("load the fast path");
     assert_eq!(
         f.run(&Tcp::syn("198.18.0.9", high).build()).unwrap().0,
@@ -1158,9 +1158,9 @@ fn the_lab_router_fast_path_redirects_only_frames_for_the_server() {
 /// touches the value it finds (so its cost at scale is a real lookup, not a miss).
 #[test]
 fn the_lookup_floor_finds_the_source_synguard_would() {
-    synguard_tests::prog::require_root();
-    let mut floor = synguard_tests::baseline::LookupFloor::load(1024).expect("load floor");
-    let key = synguard_tests::prog::source_key("203.0.113.1".parse().unwrap(), 32);
+    synguard_tests::kit::prog::require_root();
+    let mut floor = synguard_tests::kit::baseline::LookupFloor::load(1024).expect("load floor");
+    let key = synguard_tests::kit::prog::source_key("203.0.113.1".parse().unwrap(), 32);
     floor.table.insert(key, Bucket::default(), 0).unwrap();
     let (got, _) = floor
         .run_repeat(&Tcp::syn("203.0.113.1", SERVER).build(), 5)
@@ -1184,8 +1184,8 @@ fn the_lookup_floor_finds_the_source_synguard_would() {
 /// a frame too short for an IPv4 header.
 #[test]
 fn the_line_floor_touches_one_slot_per_source() {
-    synguard_tests::prog::require_root();
-    let floor = synguard_tests::baseline::LineFloor::load(1 << 16).expect("load floor");
+    synguard_tests::kit::prog::require_root();
+    let floor = synguard_tests::kit::baseline::LineFloor::load(1 << 16).expect("load floor");
     let count =
         |slot: u32| u64::from_le_bytes(floor.table.get(&slot, 0).unwrap()[..8].try_into().unwrap());
     let (a, b): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (

@@ -59,7 +59,7 @@ pub const PACKAGES: &[(&str, &[Cmd])] = &[
     // tests run; the kernel matrix strips the programs it packs into its guests.
     ("binutils", &[Dist, Test, Kmatrix]),
     // `ip` (namespaces, veths, routes, `ip netns exec`), `ss` and `nstat` (the server's
-    // half-open connections and listen drops): tests/src/netns.rs, lab.rs, e2e_flood; the
+    // half-open connections and listen drops): tests/src/kit/netns.rs, lab/, e2e_flood; the
     // kernel matrix packs `ip` into its guests.
     ("iproute2", &[Lab, Test, Bench, Kmatrix]),
     // `ping`: the lab waits until every host reaches the server.
@@ -72,9 +72,9 @@ pub const PACKAGES: &[(&str, &[Cmd])] = &[
     ("nftables", &[Run, Lab, Test, Bench]),
     // `nginx`: the lab's web server.
     ("nginx", NETWORK),
-    // `sysctl`: every namespace's settings (tests/src/netns.rs).
+    // `sysctl`: every namespace's settings (tests/src/kit/netns.rs).
     ("procps", NETWORK),
-    // `ethtool`: GRO, offloads and NIC counters of the bench's links (tests/src/survival.rs;
+    // `ethtool`: GRO, offloads and NIC counters of the bench's links (tests/src/bench/survival.rs;
     // the quick bench runs in the tests).
     ("ethtool", &[Test, Bench]),
     // xdp-filter's BPF objects (xdpfilt_*.o), which the bench loads as its yardstick.
@@ -84,7 +84,7 @@ pub const PACKAGES: &[(&str, &[Cmd])] = &[
     ("xdp-tools", &[Test, Bench]),
     // `crowdsec` and `cscli`: the real Local API the fleet tests and the bench run, offline,
     // in a namespace of their own with their own config and database under target/
-    // (tests/src/lapi.rs). Installed with its registration to the Central API declined
+    // (tests/src/kit/lapi.rs). Installed with its registration to the Central API declined
     // first (`bootstrap::packages`, as its README.Debian says).
     ("crowdsec", &[Test, Bench]),
     // `promtool`: checks `synguard metrics` output (tests/tests/cli.rs).

@@ -21,13 +21,17 @@ use serde::Serialize;
 use synguard::{clock, config::Settings, rules};
 use synguard_common::{RULE_ALLOW, RULE_BAN, RULE_BLOCK, Rule, sources, stat};
 use synguard_tests::{
-    baseline::{self, LineFloor, LookupFloor, Noop},
-    flood::Rng,
-    netns::{Bpffs, Netns},
-    packet::{ACK, SYN, Tcp, udp},
-    prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, require_root, source_key},
-    survival::{self, Attack, Defence, Link, Survival},
-    xdpfilter::XdpFilter,
+    bench::{
+        survival::{self, Attack, Defence, Link, Survival},
+        xdpfilter::XdpFilter,
+    },
+    kit::{
+        baseline::{self, LineFloor, LookupFloor, Noop},
+        flood::Rng,
+        netns::{Bpffs, Netns},
+        packet::{ACK, SYN, Tcp, udp},
+        prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, require_root, source_key},
+    },
 };
 
 #[derive(Parser)]
@@ -837,7 +841,7 @@ fn survival_runs(
     if let Err(e) = synguard_tests::lab::check_tools() {
         return Ok((Vec::new(), Vec::new(), format!("survival skipped: {e}")));
     }
-    let bin = synguard_tests::synguard_bin_path();
+    let bin = synguard_tests::kit::synguard_bin_path();
     if !bin.exists() {
         return Ok((
             Vec::new(),
@@ -979,12 +983,12 @@ fn survival_runs(
 /// into a real LAPI, then `run` started with a bouncer key: how long its startup pull and
 /// applying it take, and until `status` counts them all in the kernel's tables.
 fn crowdsec_bench(n: usize) -> anyhow::Result<Option<CrowdsecRow>> {
-    use synguard_tests::{lapi::Lapi, topo::Lab};
-    if let Some(why) = synguard_tests::lapi::missing() {
+    use synguard_tests::kit::{lapi::Lapi, topo::Lab};
+    if let Some(why) = synguard_tests::kit::lapi::missing() {
         eprintln!("sg-bench: crowdsec skipped: {why}");
         return Ok(None);
     }
-    if !synguard_tests::synguard_bin_path().exists() {
+    if !synguard_tests::kit::synguard_bin_path().exists() {
         eprintln!("sg-bench: crowdsec skipped: no synguard binary");
         return Ok(None);
     }

@@ -5,7 +5,7 @@
 use std::{net::IpAddr, process::ExitCode, sync::atomic::AtomicBool, time::Duration};
 
 use clap::Parser;
-use synguard_tests::flood::{self, FloodSpec, Source};
+use synguard_tests::kit::flood::{self, FloodSpec, Source};
 
 #[derive(Parser)]
 struct Args {
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         dst: a.dst,
         dport: a.dport,
         rate: (a.rate > 0).then_some(a.rate),
-        flags: synguard_tests::packet::SYN,
+        flags: synguard_tests::kit::packet::SYN,
         duration: Duration::from_secs_f64(a.seconds.clamp(0.01, 3600.0)),
         threads: a.threads.clamp(1, 64),
         batch: a.batch.clamp(1, 1024),

@@ -14,9 +14,8 @@ use std::{
 
 use clap::{Parser, ValueEnum};
 use synguard_tests::{
+    kit::{netns::cleanup_stale, prog::require_root},
     lab::{self, Profile, RunSpec, Scenario},
-    netns::cleanup_stale,
-    prog::require_root,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

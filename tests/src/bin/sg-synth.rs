@@ -1,4 +1,4 @@
-//! Write a synthetic capture (see `synguard_tests::synth`): employees fetching a page,
+//! Write a synthetic capture (see `synguard_tests::kit::synth`): employees fetching a page,
 //! and optionally a SYN flood, forged (from 198.18.0.0/15 or 2001:db8::/32) or from one
 //! source. For trying `synguard analyze` on captures of any size.
 //!
@@ -16,7 +16,7 @@
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use synguard_tests::synth::{self, Attack, Scenario};
+use synguard_tests::kit::synth::{self, Attack, Scenario};
 
 #[derive(Parser)]
 struct Args {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{ChildGuard, Netns, unique, veth};
+use crate::kit::netns::{ChildGuard, Netns, unique, veth};
 
 /// Where the LAPI listens in its namespace.
 pub const PORT: u16 = 8080;
@@ -24,7 +24,7 @@ pub struct TargetDir {
 
 impl TargetDir {
     pub fn new(tag: &str) -> Self {
-        let bin = crate::synguard_bin_path();
+        let bin = crate::kit::synguard_bin_path();
         // target/<profile>/synguard -> target/
         let target = bin
             .parent()

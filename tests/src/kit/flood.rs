@@ -351,7 +351,7 @@ mod tests {
             dst: dst.parse().unwrap(),
             dport: 80,
             rate: None,
-            flags: crate::packet::SYN,
+            flags: crate::kit::packet::SYN,
             duration: Duration::from_secs(1),
             threads: 1,
             batch: 1,

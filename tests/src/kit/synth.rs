@@ -20,7 +20,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::flood::{Rng, random_in};
+use crate::kit::flood::{Rng, random_in};
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;

@@ -34,7 +34,7 @@ use serde::Serialize;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use synguard_common::stat;
 
-use crate::{
+use crate::kit::{
     flood::{self, FloodSpec, Source},
     netns::{Bpffs, ChildGuard, Netns, unique, veth},
     synguard_bin,
@@ -224,7 +224,7 @@ pub struct LabNet {
     /// are only delivered if the peer runs an XDP program too. (`run`'s `auto` attaches
     /// to a veth in generic mode, which needs none.) Attached in every run, so rows
     /// compare.
-    _peer_xdp: crate::baseline::Noop,
+    _peer_xdp: crate::kit::baseline::Noop,
 }
 
 impl Drop for LabNet {
@@ -472,7 +472,7 @@ impl LabNet {
             .transpose()?;
         let peer_xdp = router
             .spawn(|| {
-                let mut noop = crate::baseline::Noop::load(crate::baseline::XDP_PASS)?;
+                let mut noop = crate::kit::baseline::Noop::load(crate::kit::baseline::XDP_PASS)?;
                 noop.attach("r-srv")?;
                 anyhow::Ok(noop)
             })
@@ -836,7 +836,7 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
-            crate::topo::transmitted(&text)
+            crate::kit::topo::transmitted(&text)
         }
         Scenario::Forged | Scenario::ForgedV6 => {
             let (source, dst) = if v6 {
@@ -855,7 +855,7 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
                 dst,
                 dport: 80,
                 rate: spec.attack_rate,
-                flags: crate::packet::SYN,
+                flags: crate::kit::packet::SYN,
                 duration: d,
                 threads: if spec.attack_rate.is_some() { 2 } else { 1 },
                 batch: 64,
@@ -880,7 +880,7 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
                 dst: SERVER4.parse()?,
                 dport: 80,
                 rate: Some(SPOOFED_VICTIM_RATE),
-                flags: crate::packet::SYN,
+                flags: crate::kit::packet::SYN,
                 duration: d,
                 threads: 1,
                 batch: 16,

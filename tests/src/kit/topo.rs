@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{
+use crate::kit::{
     netns::{Bpffs, ChildGuard, Netns, TempDir, unique, veth},
     synguard_bin,
 };
@@ -21,7 +21,7 @@ pub const TARGET: &str = "192.0.2.1:80";
 pub fn fetch_in(ns: &Netns, local: Option<&str>, timeout: Duration) -> Result<Duration, String> {
     let target: std::net::SocketAddr = TARGET.parse().expect("addr");
     let local = local.map(|a| a.parse().expect("addr"));
-    ns.spawn(move || crate::traffic::fetch_as(local, target, timeout))
+    ns.spawn(move || crate::kit::traffic::fetch_as(local, target, timeout))
         .join()
         .expect("client thread")
 }

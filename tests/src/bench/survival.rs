@@ -31,10 +31,12 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::{
-    baseline::{self, Noop},
-    flood::{self, FloodSpec, Source},
+    bench::xdpfilter::XdpFilter,
+    kit::{
+        baseline::{self, Noop},
+        flood::{self, FloodSpec, Source},
+    },
     lab::{self, LabNet, Profile, SERVER4},
-    xdpfilter::XdpFilter,
 };
 
 /// Where the forged flood's sources are drawn from.
@@ -234,7 +236,7 @@ const NFT_SYNPROXY: &str = "table inet sgbench {
 ";
 
 fn nft(net: &LabNet, ruleset: &str) -> anyhow::Result<()> {
-    let path = std::env::temp_dir().join(format!("{}.nft", crate::netns::unique("sgb")));
+    let path = std::env::temp_dir().join(format!("{}.nft", crate::kit::netns::unique("sgb")));
     std::fs::write(&path, ruleset)?;
     let out = net
         .server
@@ -363,7 +365,7 @@ fn run_time_ns(pid: u32) -> Option<u64> {
 
 /// Switch a device's receive path to threaded NAPI (GRO on, so a veth without an XDP
 /// program has one too), coalesced or not, and return the threads that appeared for it.
-fn thread_rx(ns: &crate::netns::Netns, ifname: &str, link: Link) -> anyhow::Result<Vec<u32>> {
+fn thread_rx(ns: &crate::kit::netns::Netns, ifname: &str, link: Link) -> anyhow::Result<Vec<u32>> {
     let before: Vec<u32> = napi_threads().into_iter().map(|(p, _)| p).collect();
     let gro = ns.try_exec(&["ethtool", "-K", ifname, "gro", "on"]);
     if !gro.status.success() {
@@ -413,7 +415,7 @@ fn thread_rx(ns: &crate::netns::Netns, ifname: &str, link: Link) -> anyhow::Resu
 
 /// Coalesce a device's interrupts (see [`Link::Coalesced`]), and read the settings back:
 /// a kernel that ignored them would give the figures of the other link.
-fn coalesce(ns: &crate::netns::Netns, ifname: &str) -> anyhow::Result<()> {
+fn coalesce(ns: &crate::kit::netns::Netns, ifname: &str) -> anyhow::Result<()> {
     let dir = format!("/sys/class/net/{ifname}");
     let set = ns.try_exec(&[
         "sh",
@@ -600,7 +602,7 @@ pub fn run(
             dst: SERVER4.parse()?,
             dport: 80,
             rate,
-            flags: crate::packet::SYN,
+            flags: crate::kit::packet::SYN,
             duration,
             threads: if rate.is_some() { 2 } else { 1 },
             batch: 64,

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::Netns;
+use crate::kit::netns::Netns;
 
 /// An HTTP server answering every request with a small page; stopped on drop.
 pub struct Server {

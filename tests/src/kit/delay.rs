@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{Netns, enter};
+use crate::kit::netns::{Netns, enter};
 
 /// Frames relayed, in both directions, and frames the relay could not send (too big, or the device queue full).
 #[derive(Default)]
