@@ -1,0 +1,531 @@
+//! The lab's network: its namespaces, addresses and routes, the web server (nginx) and
+//! `synguard` on the server, and what is read from them (counters, listen drops, the
+//! incident report).
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use synguard_common::stat;
+
+use super::RunSpec;
+use crate::kit::{
+    netns::{Bpffs, ChildGuard, Netns, unique, veth},
+    synguard_bin,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// The kernel's own settings (SYN cookies on, large backlogs).
+    Defaults,
+    /// As on the server in the founding incident: SYN cookies off, backlog 128, and no
+    /// remembered "proven" peers (tcp_no_metrics_save=1).
+    Legacy,
+    /// The web server in a container as Docker runs it: nginx in its own namespace
+    /// (192.0.2.194, 2001:db8:3::2) behind a DNAT of the server's port 80, and a host
+    /// listener on port 80 too (docker-proxy's); the kernel's own settings.
+    Container,
+    /// The same without the host listener (Docker's `userland-proxy: false`).
+    ContainerNoProxy,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Defaults => "defaults",
+            Self::Legacy => "legacy",
+            Self::Container => "container",
+            Self::ContainerNoProxy => "container-no-proxy",
+        }
+    }
+}
+
+pub const EMPLOYEES: u8 = 20;
+
+pub const SERVER4: &str = "192.0.2.1";
+pub const SERVER6: &str = "2001:db8:2::1";
+/// The `container` profiles' web server.
+pub const CONTAINER4: &str = "192.0.2.194";
+pub const CONTAINER6: &str = "2001:db8:3::2";
+const PAGE: &str = "<!doctype html><title>Sunny Travel</title><h1>Sunny Travel</h1>\
+<p>Book your summer trip today: flights, hotels, packages.</p>\n";
+
+/// The namespaces of one run and what lives in them.
+pub struct LabNet {
+    pub router: Netns,
+    pub server: Netns,
+    pub employees: Netns,
+    pub attacker: Netns,
+    pub sink: Netns,
+    pub bpffs: Bpffs,
+    dir: PathBuf,
+    nginx: Option<ChildGuard>,
+    /// The `container` profiles' container and its nginx.
+    pub container: Option<Netns>,
+    container_nginx: Option<ChildGuard>,
+    pub synguard: Option<ChildGuard>,
+    /// A no-op XDP program on the router's end of the server's link: on veth, frames a
+    /// native program sends back with XDP_TX (the survival bench's synguard and floors)
+    /// are only delivered if the peer runs an XDP program too. (`run`'s `auto` attaches
+    /// to a veth in generic mode, which needs none.) Attached in every run, so rows
+    /// compare.
+    _peer_xdp: crate::kit::baseline::Noop,
+}
+
+impl Drop for LabNet {
+    fn drop(&mut self) {
+        // Stop the daemon first (SIGTERM: it detaches), then everything else goes with
+        // the namespaces.
+        if let Some(mut d) = self.synguard.take() {
+            d.signal(libc::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Some(c) = d.child.as_mut()
+                    && matches!(c.try_wait(), Ok(Some(_)))
+                {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.nginx.take();
+        self.container_nginx.take();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Start nginx in `ns`, serving `www` (the page) on port 80 of `v4` and `v6`, with its
+/// configuration, pid file and logs in `dir`.
+fn start_nginx(
+    ns: &Netns,
+    dir: &std::path::Path,
+    www: &std::path::Path,
+    v4: &str,
+    v6: &str,
+) -> anyhow::Result<ChildGuard> {
+    let d = dir.display();
+    let w = www.display();
+    fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n \
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n \
+             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n \
+             server {{\n  listen {v4}:80 backlog=511;\n  listen [{v6}]:80 backlog=511;\n  \
+             root {w}/www;\n  index index.html;\n }}\n}}\n"
+        ),
+    )?;
+    let mut cmd = ns.command("nginx");
+    cmd.args([
+        "-e",
+        &format!("{d}/error.log"),
+        "-c",
+        &format!("{d}/nginx.conf"),
+    ])
+    .args(["-g", "daemon off;"]);
+    Ok(ChildGuard::spawn_logged(cmd, dir.join("nginx.out")))
+}
+
+/// The MAC address of an interface in a namespace.
+pub fn mac_of(ns: &Netns, ifname: &str) -> anyhow::Result<[u8; 6]> {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut mac = [0u8; 6];
+    for (i, p) in text.trim().split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(p, 16).context("MAC address")?;
+    }
+    Ok(mac)
+}
+
+impl LabNet {
+    pub fn new(profile: Profile) -> anyhow::Result<Self> {
+        let router = Netns::new("lab-router");
+        let server = Netns::new("lab-server");
+        let employees = Netns::new("lab-employees");
+        let attacker = Netns::new("lab-attacker");
+        let sink = Netns::new("lab-sink");
+        veth(
+            &router,
+            "r-srv",
+            "192.0.2.126/25",
+            &server,
+            "eth0",
+            "192.0.2.1/25",
+        );
+        veth(
+            &router,
+            "r-emp",
+            "198.51.100.254/24",
+            &employees,
+            "eth0",
+            "198.51.100.10/24",
+        );
+        veth(
+            &router,
+            "r-att",
+            "203.0.113.1/31",
+            &attacker,
+            "eth0",
+            "203.0.113.0/31",
+        );
+        veth(
+            &router,
+            "r-sink",
+            "192.0.2.249/30",
+            &sink,
+            "eth0",
+            "192.0.2.250/30",
+        );
+        let batch = |ns: &Netns, cmds: &[String]| {
+            let path = std::env::temp_dir().join(format!("{}.ipbatch", unique("sgl")));
+            fs::write(&path, cmds.join("\n") + "\n").expect("write ip batch");
+            ns.ip(&["-batch", path.to_str().expect("utf-8")]);
+            let _ = fs::remove_file(&path);
+        };
+        batch(
+            &router,
+            &[
+                "addr add 2001:db8:2::fe/64 dev r-srv nodad".into(),
+                "addr add 2001:db8:5::fe/64 dev r-emp nodad".into(),
+                "addr add 2001:db8:6::fe/64 dev r-att nodad".into(),
+                "addr add 2001:db8:f::1/64 dev r-sink nodad".into(),
+                "route add 203.0.113.0/24 via 203.0.113.0".into(),
+                "route add 198.18.0.0/15 via 192.0.2.250".into(),
+                "route add 2001:db8:8000::/33 via 2001:db8:f::2".into(),
+            ],
+        );
+        for k in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ] {
+            let (key, v) = k.split_once('=').expect("k=v");
+            router.sysctl(key, v);
+        }
+        batch(
+            &server,
+            &[
+                "addr add 2001:db8:2::1/64 dev eth0 nodad".into(),
+                "route add default via 192.0.2.126".into(),
+                "route add default via 2001:db8:2::fe".into(),
+            ],
+        );
+        let mut emp = Vec::new();
+        for i in 0..EMPLOYEES {
+            if i > 0 {
+                emp.push(format!("addr add 198.51.100.{}/24 dev eth0", 10 + i));
+            }
+            emp.push(format!(
+                "addr add 2001:db8:5::{:x}/64 dev eth0 nodad",
+                0x10 + i
+            ));
+        }
+        emp.push("route add default via 198.51.100.254".into());
+        emp.push("route add default via 2001:db8:5::fe".into());
+        batch(&employees, &emp);
+        let mut att = vec![
+            "addr add 2001:db8:6::1/64 dev eth0 nodad".to_string(),
+            "route add default via 203.0.113.1".into(),
+            "route add default via 2001:db8:6::fe".into(),
+        ];
+        for i in 2..=251 {
+            att.push(format!("addr add 203.0.113.{i}/32 dev eth0"));
+        }
+        batch(&attacker, &att);
+        // Real attackers do not answer the server's SYN-ACKs; without this the attacker's
+        // own kernel would reset every half-open connection for the server.
+        attacker.exec(&[
+            "nft",
+            "add table inet sg; add chain inet sg out { type filter hook output priority 0; }; \
+             add rule inet sg out tcp flags rst drop",
+        ]);
+        batch(&sink, &["addr add 2001:db8:f::2/64 dev eth0 nodad".into()]);
+
+        match profile {
+            Profile::Defaults | Profile::Container | Profile::ContainerNoProxy => {}
+            Profile::Legacy => {
+                for (k, v) in [
+                    ("net.ipv4.tcp_syncookies", "0"),
+                    ("net.ipv4.tcp_max_syn_backlog", "128"),
+                    ("net.core.somaxconn", "128"),
+                    ("net.ipv4.tcp_no_metrics_save", "1"),
+                ] {
+                    server.sysctl(k, v);
+                }
+            }
+        }
+
+        let dir = std::env::temp_dir().join(unique("sglab-"));
+        fs::create_dir_all(dir.join("www"))?;
+        fs::write(dir.join("www/index.html"), PAGE)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        for d in [&dir, &dir.join("www")] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+        }
+        let container = matches!(profile, Profile::Container | Profile::ContainerNoProxy)
+            .then(|| Netns::new("lab-ctr"));
+        let mut container_nginx = None;
+        if let Some(ctr) = &container {
+            veth(
+                &server,
+                "ctr0",
+                "192.0.2.193/30",
+                ctr,
+                "eth0",
+                &format!("{CONTAINER4}/30"),
+            );
+            batch(
+                &server,
+                &["addr add 2001:db8:3::1/64 dev ctr0 nodad".into()],
+            );
+            batch(
+                ctr,
+                &[
+                    format!("addr add {CONTAINER6}/64 dev eth0 nodad"),
+                    "route add default via 192.0.2.193".into(),
+                    "route add default via 2001:db8:3::1".into(),
+                ],
+            );
+            for (k, v) in [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
+            ] {
+                server.sysctl(k, v);
+            }
+            // As Docker publishes a port: the server's port 80 rewritten to the
+            // container's, before routing.
+            server.exec(&[
+                "nft",
+                &format!(
+                    "add table inet sgnat; add chain inet sgnat pre {{ type nat hook prerouting \
+                     priority -100; }}; add rule inet sgnat pre ip daddr {SERVER4} tcp dport 80 \
+                     dnat ip to {CONTAINER4}; add rule inet sgnat pre ip6 daddr {SERVER6} tcp \
+                     dport 80 dnat ip6 to {CONTAINER6}"
+                ),
+            ]);
+            let cdir = dir.join("container");
+            fs::create_dir_all(&cdir)?;
+            container_nginx = Some(start_nginx(ctr, &cdir, &dir, CONTAINER4, CONTAINER6)?);
+        }
+        // The server's own nginx; with a container, the listener docker-proxy keeps on the
+        // published port (it serves the same page, so a client it answered still counts).
+        let nginx = (profile != Profile::ContainerNoProxy)
+            .then(|| start_nginx(&server, &dir, &dir, SERVER4, SERVER6))
+            .transpose()?;
+        let peer_xdp = router
+            .spawn(|| {
+                let mut noop = crate::kit::baseline::Noop::load(crate::kit::baseline::XDP_PASS)?;
+                noop.attach("r-srv")?;
+                anyhow::Ok(noop)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("attaching the router's XDP program panicked"))??;
+        let mut net = Self {
+            router,
+            server,
+            employees,
+            attacker,
+            sink,
+            bpffs: Bpffs::new(),
+            dir,
+            nginx,
+            container,
+            container_nginx,
+            synguard: None,
+            _peer_xdp: peer_xdp,
+        };
+        net.wait_for_web()?;
+        // Resolve neighbours on every hop once, so that no measurement includes the one
+        // packet a fresh IPv6 neighbour lookup loses (a first connection would otherwise
+        // wait a second for its SYN to be retransmitted, with or without synguard).
+        for target in [SERVER4, SERVER6] {
+            let _ = net
+                .employees
+                .try_exec(&["ping", "-c", "1", "-W", "1", target]);
+        }
+        Ok(net)
+    }
+
+    fn wait_for_web(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let target: SocketAddr = format!("{SERVER4}:80").parse()?;
+            let ok = self
+                .employees
+                .spawn(move || request(target, None, Duration::from_millis(500)).is_ok())
+                .join()
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let log = fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+                bail!("nginx did not start serving: {log}");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Start `synguard run` on the server's interface.
+    pub fn start_synguard(&mut self, extra: &[String]) -> anyhow::Result<()> {
+        let mut cmd = self
+            .server
+            .command(synguard_bin().to_str().context("path")?);
+        cmd.arg("--pin-dir")
+            .arg(self.bpffs.pin_dir())
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .args(["run", "--iface", "eth0"])
+            .args(extra);
+        let mut g = ChildGuard::spawn_logged(cmd, self.dir.join("synguard.log"));
+        g.wait_for_log("running:", Duration::from_secs(20));
+        self.synguard = Some(g);
+        Ok(())
+    }
+
+    /// Stop synguard (its journal gets the last rate sample) and ask `synguard report`
+    /// what it saw: the attack types it named, and, with `spec.report_dir`, the report
+    /// itself as NAME.md and NAME.svg.
+    pub fn report(&mut self, spec: &RunSpec, name: &str) -> anyhow::Result<String> {
+        if let Some(mut d) = self.synguard.take() {
+            d.signal(libc::SIGTERM);
+            d.wait(Duration::from_secs(10));
+        }
+        let run = |extra: &[&str]| -> anyhow::Result<String> {
+            let out = std::process::Command::new(synguard_bin())
+                .arg("--state-dir")
+                .arg(&self.dir)
+                .arg("report")
+                .args(extra)
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "synguard report: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let json: serde_json::Value = serde_json::from_str(&run(&["--format", "json"])?)?;
+        if let Some(dir) = &spec.report_dir {
+            fs::create_dir_all(dir)?;
+            let md = dir.join(format!("{name}.md"));
+            run(&["--output", md.to_str().context("path")?])?;
+        }
+        // Every source the report names is a real prefix (the journal's sources are /8
+        // to /32 and /16 to /128): a `0.0.0.0/0` here once meant a miscompiled release.
+        for row in json["top_sources"].as_array().into_iter().flatten() {
+            let source = row["source"].as_str().unwrap_or_default();
+            let net: ipnet::IpNet = source
+                .parse()
+                .with_context(|| format!("report names source {source:?}"))?;
+            anyhow::ensure!(
+                net.prefix_len() >= 8,
+                "report names source {source}: not a source prefix"
+            );
+        }
+        let kinds: Vec<&str> = json["attacks"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["kind_label"].as_str()).collect())
+            .unwrap_or_default();
+        Ok(if kinds.is_empty() {
+            "none".into()
+        } else {
+            kinds.join(", ")
+        })
+    }
+
+    pub fn synguard_log(&self) -> String {
+        self.synguard
+            .as_ref()
+            .map(ChildGuard::log_text)
+            .unwrap_or_default()
+    }
+
+    /// The XDP program's counters on the server's interface.
+    pub fn counters(&self) -> anyhow::Result<[u64; stat::COUNT]> {
+        let maps = synguard::bpf::Maps::from_pins(&self.bpffs.pin_dir())?;
+        maps.counters(self.server.ifindex("eth0"))
+    }
+
+    /// Packets the XDP program dropped, and SYNs it answered itself, on the server's
+    /// interface.
+    pub fn xdp_dropped_answered(&self) -> anyhow::Result<(u64, u64)> {
+        let c = self.counters()?;
+        let drops: u64 = stat::REASON_LIST
+            .iter()
+            .filter(|r| stat::is_drop(**r))
+            .map(|&r| c[r])
+            .sum();
+        Ok((
+            drops.saturating_sub(c[stat::N_MONITOR_PASSED]),
+            c[stat::R_COOKIE_SENT],
+        ))
+    }
+
+    pub(crate) fn listen_drops(&self) -> u64 {
+        let out = self.server.try_exec(&["nstat", "-az", "TcpExtListenDrops"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("TcpExtListenDrops"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// One HTTP request from `local` (if given): connect, send, read the page. Returns the
+/// connect time.
+pub fn request(
+    target: SocketAddr,
+    local: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let domain = if target.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(|e| e.to_string())?;
+    if let Some(l) = local {
+        s.bind(&SockAddr::from(SocketAddr::new(l, 0)))
+            .map_err(|e| format!("bind: {e}"))?;
+    }
+    s.connect_timeout(&SockAddr::from(target), timeout)
+        .map_err(|e| format!("connect: {}", e.kind()))?;
+    let connected = start.elapsed();
+    let mut stream: std::net::TcpStream = s.into();
+    let left = timeout
+        .saturating_sub(connected)
+        .max(Duration::from_millis(50));
+    stream
+        .set_read_timeout(Some(left))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: sales.example\r\n\r\n")
+        .map_err(|e| format!("send: {}", e.kind()))?;
+    let mut body = Vec::new();
+    stream
+        .read_to_end(&mut body)
+        .map_err(|e| format!("read: {}", e.kind()))?;
+    if start.elapsed() > timeout {
+        return Err("too slow".into());
+    }
+    if body.starts_with(b"HTTP/1.1 200") && body.ends_with(PAGE.as_bytes()) {
+        Ok(connected)
+    } else {
+        Err("bad answer".into())
+    }
+}
