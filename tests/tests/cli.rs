@@ -2,7 +2,6 @@
 //! namespace, every other command from the host's namespace on the pinned state.
 
 use std::{
-    net::SocketAddr,
     process::{Command, Output},
     thread,
     time::{Duration, Instant},
@@ -12,11 +11,12 @@ use serde_json::Value;
 use synguard::bpf::Maps;
 use synguard_common::stat;
 use synguard_tests::kit::{
+    http::{Expect, Get},
     netns::TempDir,
     prog::require_root,
     synguard_bin,
-    topo::{ATTACKER, CLIENT, Lab, TARGET},
-    traffic::{Server, fetch},
+    topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
+    traffic::Server,
 };
 
 fn text(o: &Output) -> String {
@@ -445,13 +445,7 @@ fn manual_block_with_for_stops_traffic_and_expires_on_time() {
     let lab = Lab::new();
     let _daemon = lab.daemon(&["run", "--iface", "sgc"]);
     let _web = Server::start(&lab.server, TARGET.parse().unwrap());
-    let target: SocketAddr = TARGET.parse().unwrap();
-    let try_fetch = |lab: &Lab| {
-        lab.client
-            .spawn(move || fetch(target, Duration::from_millis(700)).is_ok())
-            .join()
-            .unwrap()
-    };
+    let try_fetch = |lab: &Lab| fetch_in(&lab.client, None, Duration::from_millis(700)).is_ok();
     assert!(try_fetch(&lab), "the client works before the block");
     let t0 = Instant::now();
     lab.ok(&["block", "add", CLIENT, "--for", "3s", "--comment", "test"]);
@@ -765,12 +759,7 @@ fn explain_shows_limited_and_metered_sources() {
         "3",
     ]);
     let _web = Server::start(&lab.server, TARGET.parse().unwrap());
-    let target: SocketAddr = TARGET.parse().unwrap();
-    let ok = lab
-        .client
-        .spawn(move || fetch(target, Duration::from_secs(2)).is_ok())
-        .join()
-        .unwrap();
+    let ok = fetch_in(&lab.client, None, Duration::from_secs(2)).is_ok();
     assert!(ok);
     let e = lab.json(&["explain", CLIENT]);
     assert_eq!(e["verdict"], "metered", "{e}");
@@ -1043,18 +1032,13 @@ fn metrics_are_valid_prometheus_and_move_with_traffic() {
         1.0
     );
     assert!(value(&body, "synguard_map_entries{map=\"sources\"}") >= 1.0);
-    let not_found = lab
-        .server
-        .spawn(|| {
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9477").unwrap();
-            use std::io::{Read as _, Write as _};
-            s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .join()
-        .unwrap();
+    let not_found = Get::new("127.0.0.1:9477".parse().unwrap())
+        .http11()
+        .host(None)
+        .expecting(Expect::Anything)
+        .answer_in(&lab.server)
+        .unwrap()
+        .text();
     assert!(not_found.starts_with("HTTP/1.1 404"), "{not_found}");
 }
 

@@ -18,7 +18,7 @@ use synguard_tests::{
         prog::require_root,
         synguard_bin,
     },
-    lab::{self, LabNet, Profile, RunSpec, Scenario, mac_of, request},
+    lab::{self, LabNet, Profile, RunSpec, Scenario, mac_of},
 };
 
 fn sysctl(net: &LabNet, name: &str) -> String {
@@ -49,12 +49,12 @@ fn status_json(net: &LabNet) -> serde_json::Value {
 }
 
 fn fetch(net: &LabNet, from: &str, to: &str) -> Result<Duration, String> {
-    let local = from.parse().expect("addr");
+    let local: std::net::IpAddr = from.parse().expect("addr");
     let target: SocketAddr = to.parse().expect("addr");
-    net.employees
-        .spawn(move || request(target, Some(local), Duration::from_secs(3)))
-        .join()
-        .expect("client thread")
+    lab::page_request(target)
+        .bind(local)
+        .timeout(Duration::from_secs(3))
+        .send_in(&net.employees)
 }
 
 #[test]

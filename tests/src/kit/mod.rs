@@ -9,6 +9,7 @@
 //! - [`baseline`]: tiny XDP programs written here (no-ops, the bench's floors, the lab
 //!   router's fast path), which tests attach to veth peers and check;
 //! - [`topo`]: the test topology (server, employee, attacker) and `synguard` run in it;
+//! - [`http`]: the one HTTP client ([`http::Get`]);
 //! - [`traffic`]: real TCP traffic: a small web server, client loops, metrics scrapes;
 //! - [`delay`]: a link with a long round trip;
 //! - [`flood`]: the SYN flood generator (raw frames at a rate);
@@ -18,6 +19,7 @@
 pub mod baseline;
 pub mod delay;
 pub mod flood;
+pub mod http;
 pub mod lapi;
 pub mod netns;
 pub mod packet;

@@ -4,12 +4,14 @@
 //! the host's (so every CLI test also proves the commands work across namespaces).
 
 use std::{
+    net::IpAddr,
     path::PathBuf,
     process::{Command, Output},
     time::Duration,
 };
 
 use crate::kit::{
+    http::Get,
     netns::{Bpffs, ChildGuard, Netns, TempDir, unique, veth},
     synguard_bin,
 };
@@ -19,11 +21,11 @@ pub const TARGET: &str = "192.0.2.1:80";
 /// Fetch the page at [`TARGET`] from inside `ns`, from a chosen address of it or the
 /// one routing picks.
 pub fn fetch_in(ns: &Netns, local: Option<&str>, timeout: Duration) -> Result<Duration, String> {
-    let target: std::net::SocketAddr = TARGET.parse().expect("addr");
-    let local = local.map(|a| a.parse().expect("addr"));
-    ns.spawn(move || crate::kit::traffic::fetch_as(local, target, timeout))
-        .join()
-        .expect("client thread")
+    let local: Option<IpAddr> = local.map(|a| a.parse().expect("addr"));
+    Get::new(TARGET.parse().expect("addr"))
+        .bind(local)
+        .timeout(timeout)
+        .send_in(ns)
 }
 pub const CLIENT: &str = "198.51.100.10";
 pub const ATTACKER: &str = "203.0.113.66";

@@ -1,9 +1,10 @@
 //! Real TCP traffic inside namespaces: a tiny HTTP server and a client loop that measures
-//! what a user would feel (did the request complete, how long did connecting take).
+//! what a user would feel (did the request complete, how long did connecting take), and
+//! metrics scrapes; every request is made by the kit's one client, [`Get`].
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::kit::netns::Netns;
+use crate::kit::{
+    http::{Expect, Get},
+    netns::Netns,
+};
 
 /// An HTTP server answering every request with a small page; stopped on drop.
 pub struct Server {
@@ -98,48 +102,6 @@ impl ClientStats {
     }
 }
 
-/// One HTTP request: connect, send, read the whole page. Returns the connect time.
-pub fn fetch(target: SocketAddr, timeout: Duration) -> Result<Duration, String> {
-    fetch_as(None, target, timeout)
-}
-
-/// [`fetch`] from a chosen local address (one of several the namespace has).
-pub fn fetch_as(
-    local: Option<IpAddr>,
-    target: SocketAddr,
-    timeout: Duration,
-) -> Result<Duration, String> {
-    let start = Instant::now();
-    let mut s = match local {
-        None => TcpStream::connect_timeout(&target, timeout),
-        Some(l) => {
-            let domain = socket2::Domain::for_address(target);
-            let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)
-                .map_err(|e| format!("socket: {e}"))?;
-            sock.bind(&SocketAddr::new(l, 0).into())
-                .map_err(|e| format!("bind {l}: {e}"))?;
-            sock.connect_timeout(&target.into(), timeout)
-                .map(|()| TcpStream::from(sock))
-        }
-    }
-    .map_err(|e| format!("connect: {e}"))?;
-    let connected = start.elapsed();
-    let left = timeout
-        .saturating_sub(connected)
-        .max(Duration::from_millis(100));
-    s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: sales\r\n\r\n")
-        .map_err(|e| format!("send: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)
-        .map_err(|e| format!("read: {e}"))?;
-    if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") {
-        Ok(connected)
-    } else {
-        Err(format!("bad answer: {:?}", body.lines().next()))
-    }
-}
-
 /// Fetch the page `per_second` times a second for `duration`, from inside `ns`.
 pub fn client_loop(
     ns: &Netns,
@@ -155,7 +117,7 @@ pub fn client_loop(
         let mut next = start;
         while start.elapsed() < duration {
             st.attempts += 1;
-            match fetch(target, timeout) {
+            match Get::new(target).timeout(timeout).send() {
                 Ok(c) => {
                     st.ok += 1;
                     st.connect_ms.push(c.as_secs_f64() * 1000.0);
@@ -174,17 +136,14 @@ pub fn client_loop(
 /// `GET /metrics` from `addr` (a `run --metrics` address) inside `ns`: the whole answer,
 /// status line and headers included.
 pub fn scrape(ns: &Netns, addr: &'static str) -> String {
-    ns.spawn(move || {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("answer");
-        out
-    })
-    .join()
-    .expect("scrape thread")
+    Get::new(addr.parse().expect("metrics address"))
+        .path("/metrics")
+        .http11()
+        .host("x")
+        .expecting(Expect::Anything)
+        .answer_in(ns)
+        .unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
+        .text()
 }
 
 /// `promtool check metrics` accepts `body` (panics with what it said otherwise).

@@ -18,7 +18,7 @@ use serde::Serialize;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use synguard_common::stat;
 
-use super::{EMPLOYEES, LabNet, Profile, SERVER4, SERVER6, mac_of, request};
+use super::{EMPLOYEES, LabNet, Profile, SERVER4, SERVER6, mac_of, page_request};
 use crate::kit::flood::{self, FloodSpec, Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -183,7 +183,10 @@ pub(crate) fn employees(
                 thread::sleep(THINK * u32::from(i) / u32::from(EMPLOYEES));
                 while Instant::now() < until && !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let result = request(target, Some(local), REQUEST_TIMEOUT);
+                    let result = page_request(target)
+                        .bind(local)
+                        .timeout(REQUEST_TIMEOUT)
+                        .send();
                     out.push(Attempt { started, result });
                     thread::sleep(THINK);
                 }
