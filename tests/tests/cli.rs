@@ -699,8 +699,8 @@ fn suppressed_ban_events_are_found_by_the_sweep() {
     // 256 sources banned within milliseconds: more than the per-CPU event burst (100).
     let spec = synguard_tests::kit::flood::FloodSpec {
         ifindex: lab.attacker.ifindex("eth0"),
-        src_mac: synguard_tests::lab::mac_of(&lab.attacker, "eth0").expect("mac"),
-        dst_mac: synguard_tests::lab::mac_of(&lab.server, "sga").expect("mac"),
+        src_mac: synguard_tests::kit::netns::mac_of(&lab.attacker, "eth0").expect("mac"),
+        dst_mac: synguard_tests::kit::netns::mac_of(&lab.server, "sga").expect("mac"),
         source: synguard_tests::kit::flood::Source::Random("198.18.7.0/24".parse().unwrap()),
         dst: "192.0.2.1".parse().unwrap(),
         dport: 80,

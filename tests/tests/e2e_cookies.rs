@@ -14,11 +14,12 @@ use synguard_common::stat::*;
 use synguard_tests::{
     kit::{
         flood::{self, FloodSpec, Source},
+        netns::mac_of,
         packet::{ACK, RST, SYN},
         prog::require_root,
         synguard_bin,
     },
-    lab::{self, LabNet, Profile, RunSpec, Scenario, mac_of},
+    lab::{self, LabNet, Profile, RunSpec, Scenario},
 };
 
 fn sysctl(net: &LabNet, name: &str) -> String {

@@ -15,15 +15,12 @@ use std::{
 
 use synguard::{bpf::Maps, rules};
 use synguard_common::{RULE_BAN, stat::*};
-use synguard_tests::{
-    kit::{
-        baseline::{Noop, XDP_PASS},
-        flood::{self, FloodSpec, Source},
-        prog::require_root,
-        topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
-        traffic::Server,
-    },
-    lab::mac_of,
+use synguard_tests::kit::{
+    flood::{self, FloodSpec, Source},
+    netns::mac_of,
+    prog::require_root,
+    topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in, xdp_peer},
+    traffic::Server,
 };
 
 /// SYNs at `rate` a second for `duration` from the attacker's link, with source `from`.
@@ -64,16 +61,7 @@ fn forged_syns_never_cut_off_their_victim_and_a_real_flooder_is_still_banned() {
     let lab = Lab::new();
     // On veth, a frame sent back with XDP_TX (a cookie SYN-ACK) reaches the peer only if
     // the peer runs an XDP program too.
-    let _peer_xdp = lab
-        .client
-        .spawn(|| {
-            let mut noop = Noop::load(XDP_PASS).expect("load a no-op XDP program");
-            noop.attach("eth0")
-                .expect("attach it to the employee's link");
-            noop
-        })
-        .join()
-        .expect("attaching the employee's XDP program");
+    let _peer_xdp = xdp_peer(&lab.client, "eth0").expect("attaching the employee's XDP program");
     let _web = Server::start(&lab.server, TARGET.parse().expect("addr"));
     // An echo service: the victim's long-lived connection.
     let echo = lab.server.spawn(|| {

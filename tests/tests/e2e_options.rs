@@ -19,11 +19,10 @@ use std::{
 use synguard::bpf::Maps;
 use synguard_common::stat::*;
 use synguard_tests::kit::{
-    baseline::{Noop, XDP_PASS},
     delay::{Relay, prepare_end},
     netns::{Bpffs, Netns, TempDir, veth},
     prog::require_root,
-    topo::Lab,
+    topo::{Lab, xdp_peer},
 };
 
 const SERVER4: &str = "192.0.2.1";
@@ -234,14 +233,7 @@ fn cookie_connections_keep_window_scaling_sack_and_speed_over_a_50ms_round_trip(
     prepare_end(&server, "eth0");
     // The cookie SYN-ACK leaves the server with XDP_TX: on veth it arrives only where the
     // peer runs an XDP program.
-    let _peer_xdp = relay
-        .spawn(|| {
-            let mut noop = Noop::load(XDP_PASS).expect("load a no-op XDP program");
-            noop.attach("r1").expect("attach it to the server's peer");
-            noop
-        })
-        .join()
-        .expect("attaching the relay's XDP program");
+    let _peer_xdp = xdp_peer(&relay, "r1").expect("attaching the relay's XDP program");
     let link = Relay::start(&relay, "r0", "r1", Duration::from_millis(25));
     let _bulk = BulkServer::start(&server);
 

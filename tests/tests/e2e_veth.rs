@@ -13,14 +13,12 @@ use std::{
 
 use synguard::{bpf::Maps, rules};
 use synguard_common::{RULE_BAN, stat::*};
-use synguard_tests::{
-    kit::{
-        flood::{self, FloodSpec, Source},
-        prog::require_root,
-        topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
-        traffic::Server,
-    },
-    lab::mac_of,
+use synguard_tests::kit::{
+    flood::{self, FloodSpec, Source},
+    netns::mac_of,
+    prog::require_root,
+    topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
+    traffic::Server,
 };
 
 /// A second address of the employee's host, which connects only once cookies are on.

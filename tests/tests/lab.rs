@@ -10,10 +10,10 @@ use std::{
 use synguard_tests::{
     kit::{
         flood::{self, FloodSpec, Source},
-        netns::{Netns, veth},
+        netns::{Netns, mac_of, veth},
         prog::require_root,
     },
-    lab::{self, Profile, RunSpec, Scenario, mac_of},
+    lab::{self, Profile, RunSpec, Scenario},
 };
 
 fn run(profile: Profile, synguard: bool) -> lab::RunResult {

@@ -35,6 +35,7 @@ use crate::{
     kit::{
         baseline::{self, Noop},
         flood::{self, FloodSpec, Source},
+        netns::mac_of,
     },
     lab::{self, LabNet, Profile, SERVER4},
 };
@@ -546,8 +547,8 @@ impl ServerCpu {
 /// cost of the lab, not of the defence. The employees' traffic and the replies take the
 /// router's stack as before.
 fn fast_path(net: &LabNet) -> anyhow::Result<baseline::Forwarder> {
-    let to_mac = lab::mac_of(&net.server, "eth0")?;
-    let from_mac = lab::mac_of(&net.router, "r-srv")?;
+    let to_mac = mac_of(&net.server, "eth0")?;
+    let from_mac = mac_of(&net.router, "r-srv")?;
     let ifindex = net.router.ifindex("r-srv");
     let dst: std::net::Ipv4Addr = SERVER4.parse()?;
     net.router
@@ -593,8 +594,8 @@ pub fn run(
     } else {
         Some(FloodSpec {
             ifindex: net.attacker.ifindex("eth0"),
-            src_mac: lab::mac_of(&net.attacker, "eth0")?,
-            dst_mac: lab::mac_of(&net.router, "r-att")?,
+            src_mac: mac_of(&net.attacker, "eth0")?,
+            dst_mac: mac_of(&net.router, "r-att")?,
             source: match attack {
                 Attack::SingleSource => Source::Fixed(attacker),
                 Attack::Forged => Source::Random(FORGED.parse()?),

@@ -8,7 +8,8 @@
 //! - [`prog`]: the real program loaded into the kernel and driven with `TestRun`;
 //! - [`baseline`]: tiny XDP programs written here (no-ops, the bench's floors, the lab
 //!   router's fast path), which tests attach to veth peers and check;
-//! - [`topo`]: the test topology (server, employee, attacker) and `synguard` run in it;
+//! - [`topo`]: the test topology (server, employee, attacker) and `synguard` run in it,
+//!   and what every topology here is made with besides [`netns`] (the lab's too);
 //! - [`http`]: the one HTTP client ([`http::Get`]);
 //! - [`traffic`]: real TCP traffic: a small web server, client loops, metrics scrapes;
 //! - [`delay`]: a link with a long round trip;

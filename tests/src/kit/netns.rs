@@ -6,7 +6,7 @@
 //! made here; nothing touches the host's own network namespace.
 
 use std::{
-    ffi::CString,
+    ffi::{CString, OsStr},
     fs::File,
     io::Read as _,
     os::fd::AsRawFd as _,
@@ -16,6 +16,8 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+use anyhow::Context as _;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -93,10 +95,20 @@ impl Netns {
     }
 
     /// A `Command` that runs inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
+        c.args(["netns", "exec", &self.name]).arg(program);
         c
+    }
+
+    /// `ip -n NS -batch FILE` with these commands, one a line (many addresses and routes
+    /// in one `ip` call).
+    #[track_caller]
+    pub fn ip_batch(&self, cmds: &[String]) {
+        let path = std::env::temp_dir().join(format!("{}.ipbatch", unique("sgl")));
+        std::fs::write(&path, cmds.join("\n") + "\n").expect("write ip batch");
+        self.ip(&["-batch", path.to_str().expect("utf-8")]);
+        let _ = std::fs::remove_file(&path);
     }
 
     /// Set a sysctl inside the namespace.
@@ -137,6 +149,17 @@ impl Netns {
             .parse()
             .expect("ifindex")
     }
+}
+
+/// The MAC address of an interface in a namespace.
+pub fn mac_of(ns: &Netns, ifname: &str) -> anyhow::Result<[u8; 6]> {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut mac = [0u8; 6];
+    for (i, p) in text.trim().split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(p, 16).context("MAC address")?;
+    }
+    Ok(mac)
 }
 
 /// Move the calling thread into a network namespace.

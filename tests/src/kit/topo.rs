@@ -2,21 +2,37 @@
 //! employees' network and one to the attacker's, a private BPF filesystem for the pins,
 //! and helpers to run `synguard` as a daemon in the server's namespace and as a CLI from
 //! the host's (so every CLI test also proves the commands work across namespaces).
+//!
+//! Also what every topology of namespaces here is made with besides [`netns`]'s
+//! namespaces and veths (the lab's [`LabNet`](crate::lab::LabNet) too): an attacker's
+//! host that does not reset the server's answers ([`drop_own_rsts`]), a no-op XDP
+//! program on a veth peer ([`xdp_peer`]), and `synguard run` started in a namespace
+//! ([`synguard_in`], [`start_daemon`]).
+//!
+//! [`netns`]: crate::kit::netns
 
 use std::{
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
 };
 
 use crate::kit::{
+    baseline::{self, Noop},
     http::Get,
     netns::{Bpffs, ChildGuard, Netns, TempDir, unique, veth},
     synguard_bin,
 };
 
+/// The server's addresses, in every topology here (the lab's too).
+pub const SERVER4: &str = "192.0.2.1";
+pub const SERVER6: &str = "2001:db8:2::1";
+/// The web server: port 80 of [`SERVER4`].
 pub const TARGET: &str = "192.0.2.1:80";
+/// The test topology's employee and attacker.
+pub const CLIENT: &str = "198.51.100.10";
+pub const ATTACKER: &str = "203.0.113.66";
 
 /// Fetch the page at [`TARGET`] from inside `ns`, from a chosen address of it or the
 /// one routing picks.
@@ -27,9 +43,60 @@ pub fn fetch_in(ns: &Netns, local: Option<&str>, timeout: Duration) -> Result<Du
         .timeout(timeout)
         .send_in(ns)
 }
-pub const CLIENT: &str = "198.51.100.10";
-pub const ATTACKER: &str = "203.0.113.66";
 
+/// Make `ns` a real flooder's host: its kernel sends no RSTs (nftables). Real flooders do
+/// not answer the server's SYN-ACKs; without this the attacker's own kernel would reset
+/// every half-open connection for the server.
+pub fn drop_own_rsts(ns: &Netns) {
+    ns.exec(&[
+        "nft",
+        "add table inet sg; add chain inet sg out { type filter hook output priority 0; }; \
+         add rule inet sg out tcp flags rst drop",
+    ]);
+}
+
+/// A no-op XDP program (`XDP_PASS`) on `ifname` in `ns`, attached for as long as it is
+/// held: on veth, frames that a native XDP program sends back with `XDP_TX` (a cookie
+/// SYN-ACK) are only delivered if the peer runs an XDP program too.
+pub fn xdp_peer(ns: &Netns, ifname: &str) -> anyhow::Result<Noop> {
+    let ifname = ifname.to_string();
+    ns.spawn(move || {
+        let mut noop = Noop::load(baseline::XDP_PASS)?;
+        noop.attach(&ifname)?;
+        anyhow::Ok(noop)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("attaching a no-op XDP program panicked"))?
+}
+
+/// `[WRAPPER...] synguard --pin-dir PIN_DIR --state-dir STATE_DIR` in `ns`, for the
+/// caller to add the command and its arguments to.
+pub fn synguard_in(ns: &Netns, wrapper: &[&str], pin_dir: &Path, state_dir: &Path) -> Command {
+    let bin = synguard_bin();
+    let mut cmd = match wrapper.split_first() {
+        None => ns.command(bin),
+        Some((first, rest)) => {
+            let mut c = ns.command(first);
+            c.args(rest).arg(bin);
+            c
+        }
+    };
+    cmd.arg("--pin-dir")
+        .arg(pin_dir)
+        .arg("--state-dir")
+        .arg(state_dir);
+    cmd
+}
+
+/// Spawn `cmd` (a `synguard run`) with its output in `log`; returns once it says it is
+/// running (panics, with the log, if it does not within `within`).
+pub fn start_daemon(cmd: Command, log: PathBuf, within: Duration) -> ChildGuard {
+    let mut g = ChildGuard::spawn_logged(cmd, log);
+    g.wait_for_log("running:", within);
+    g
+}
+
+/// The test topology's namespaces (see the module's documentation).
 pub struct Lab {
     pub server: Netns,
     pub client: Netns,
@@ -50,13 +117,7 @@ impl Lab {
     /// flooder's host.
     pub fn new() -> Self {
         let lab = Self::minimal();
-        // Real flooders do not answer the server's SYN-ACKs; without this the attacker's
-        // own kernel would reset every half-open connection for the server.
-        lab.attacker.exec(&[
-            "nft",
-            "add table inet sg; add chain inet sg out { type filter hook output priority 0; }; \
-             add rule inet sg out tcp flags rst drop",
-        ]);
+        drop_own_rsts(&lab.attacker);
         lab
     }
 
@@ -106,26 +167,11 @@ impl Lab {
 
     /// Like [`Lab::daemon`], started through `wrapper` (e.g. `setpriv` with options).
     pub fn daemon_via(&self, wrapper: &[&str], args: &[&str]) -> ChildGuard {
-        let bin = synguard_bin();
-        let bin = bin.to_str().expect("utf-8 path");
-        let mut cmd = match wrapper.split_first() {
-            None => self.server.command(bin),
-            Some((first, rest)) => {
-                let mut c = self.server.command(first);
-                c.args(rest).arg(bin);
-                c
-            }
-        };
-        cmd.arg("--pin-dir")
-            .arg(self.pin_dir())
-            .arg("--state-dir")
-            .arg(&self.state.path)
-            .args(args);
+        let mut cmd = synguard_in(&self.server, wrapper, &self.pin_dir(), &self.state.path);
+        cmd.args(args);
         let log = std::env::temp_dir().join(format!("{}.log", unique("sgd")));
-        let mut g = ChildGuard::spawn_logged(cmd, log);
         // Generous: the kernel matrix runs this in emulated machines.
-        g.wait_for_log("running:", Duration::from_secs(60));
-        g
+        start_daemon(cmd, log, Duration::from_secs(60))
     }
 
     /// The CLI, from the host's namespace, on this lab's pin dir.
@@ -192,4 +238,12 @@ pub fn transmitted(hping_output: &str) -> u64 {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no count in hping3 output: {hping_output}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_target_is_the_servers_port_80() {
+        assert_eq!(super::TARGET, format!("{}:80", super::SERVER4));
+    }
 }

@@ -19,6 +19,7 @@ use crate::kit::{
     http::{Deadline, Errors, Expect, Get},
     netns::{Bpffs, ChildGuard, Netns, unique, veth},
     synguard_bin,
+    topo::{drop_own_rsts, start_daemon, synguard_in, xdp_peer},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -50,8 +51,7 @@ impl Profile {
 
 pub const EMPLOYEES: u8 = 20;
 
-pub const SERVER4: &str = "192.0.2.1";
-pub const SERVER6: &str = "2001:db8:2::1";
+pub use crate::kit::topo::{SERVER4, SERVER6};
 /// The `container` profiles' web server.
 pub const CONTAINER4: &str = "192.0.2.194";
 pub const CONTAINER6: &str = "2001:db8:3::2";
@@ -136,17 +136,6 @@ fn start_nginx(
     Ok(ChildGuard::spawn_logged(cmd, dir.join("nginx.out")))
 }
 
-/// The MAC address of an interface in a namespace.
-pub fn mac_of(ns: &Netns, ifname: &str) -> anyhow::Result<[u8; 6]> {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut mac = [0u8; 6];
-    for (i, p) in text.trim().split(':').enumerate().take(6) {
-        mac[i] = u8::from_str_radix(p, 16).context("MAC address")?;
-    }
-    Ok(mac)
-}
-
 impl LabNet {
     pub fn new(profile: Profile) -> anyhow::Result<Self> {
         let router = Netns::new("lab-router");
@@ -186,24 +175,15 @@ impl LabNet {
             "eth0",
             "192.0.2.250/30",
         );
-        let batch = |ns: &Netns, cmds: &[String]| {
-            let path = std::env::temp_dir().join(format!("{}.ipbatch", unique("sgl")));
-            fs::write(&path, cmds.join("\n") + "\n").expect("write ip batch");
-            ns.ip(&["-batch", path.to_str().expect("utf-8")]);
-            let _ = fs::remove_file(&path);
-        };
-        batch(
-            &router,
-            &[
-                "addr add 2001:db8:2::fe/64 dev r-srv nodad".into(),
-                "addr add 2001:db8:5::fe/64 dev r-emp nodad".into(),
-                "addr add 2001:db8:6::fe/64 dev r-att nodad".into(),
-                "addr add 2001:db8:f::1/64 dev r-sink nodad".into(),
-                "route add 203.0.113.0/24 via 203.0.113.0".into(),
-                "route add 198.18.0.0/15 via 192.0.2.250".into(),
-                "route add 2001:db8:8000::/33 via 2001:db8:f::2".into(),
-            ],
-        );
+        router.ip_batch(&[
+            "addr add 2001:db8:2::fe/64 dev r-srv nodad".into(),
+            "addr add 2001:db8:5::fe/64 dev r-emp nodad".into(),
+            "addr add 2001:db8:6::fe/64 dev r-att nodad".into(),
+            "addr add 2001:db8:f::1/64 dev r-sink nodad".into(),
+            "route add 203.0.113.0/24 via 203.0.113.0".into(),
+            "route add 198.18.0.0/15 via 192.0.2.250".into(),
+            "route add 2001:db8:8000::/33 via 2001:db8:f::2".into(),
+        ]);
         for k in [
             "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1",
@@ -213,14 +193,11 @@ impl LabNet {
             let (key, v) = k.split_once('=').expect("k=v");
             router.sysctl(key, v);
         }
-        batch(
-            &server,
-            &[
-                "addr add 2001:db8:2::1/64 dev eth0 nodad".into(),
-                "route add default via 192.0.2.126".into(),
-                "route add default via 2001:db8:2::fe".into(),
-            ],
-        );
+        server.ip_batch(&[
+            "addr add 2001:db8:2::1/64 dev eth0 nodad".into(),
+            "route add default via 192.0.2.126".into(),
+            "route add default via 2001:db8:2::fe".into(),
+        ]);
         let mut emp = Vec::new();
         for i in 0..EMPLOYEES {
             if i > 0 {
@@ -233,7 +210,7 @@ impl LabNet {
         }
         emp.push("route add default via 198.51.100.254".into());
         emp.push("route add default via 2001:db8:5::fe".into());
-        batch(&employees, &emp);
+        employees.ip_batch(&emp);
         let mut att = vec![
             "addr add 2001:db8:6::1/64 dev eth0 nodad".to_string(),
             "route add default via 203.0.113.1".into(),
@@ -242,15 +219,9 @@ impl LabNet {
         for i in 2..=251 {
             att.push(format!("addr add 203.0.113.{i}/32 dev eth0"));
         }
-        batch(&attacker, &att);
-        // Real attackers do not answer the server's SYN-ACKs; without this the attacker's
-        // own kernel would reset every half-open connection for the server.
-        attacker.exec(&[
-            "nft",
-            "add table inet sg; add chain inet sg out { type filter hook output priority 0; }; \
-             add rule inet sg out tcp flags rst drop",
-        ]);
-        batch(&sink, &["addr add 2001:db8:f::2/64 dev eth0 nodad".into()]);
+        attacker.ip_batch(&att);
+        drop_own_rsts(&attacker);
+        sink.ip_batch(&["addr add 2001:db8:f::2/64 dev eth0 nodad".into()]);
 
         match profile {
             Profile::Defaults | Profile::Container | Profile::ContainerNoProxy => {}
@@ -285,18 +256,12 @@ impl LabNet {
                 "eth0",
                 &format!("{CONTAINER4}/30"),
             );
-            batch(
-                &server,
-                &["addr add 2001:db8:3::1/64 dev ctr0 nodad".into()],
-            );
-            batch(
-                ctr,
-                &[
-                    format!("addr add {CONTAINER6}/64 dev eth0 nodad"),
-                    "route add default via 192.0.2.193".into(),
-                    "route add default via 2001:db8:3::1".into(),
-                ],
-            );
+            server.ip_batch(&["addr add 2001:db8:3::1/64 dev ctr0 nodad".into()]);
+            ctr.ip_batch(&[
+                format!("addr add {CONTAINER6}/64 dev eth0 nodad"),
+                "route add default via 192.0.2.193".into(),
+                "route add default via 2001:db8:3::1".into(),
+            ]);
             for (k, v) in [
                 ("net.ipv4.ip_forward", "1"),
                 ("net.ipv6.conf.all.forwarding", "1"),
@@ -323,14 +288,7 @@ impl LabNet {
         let nginx = (profile != Profile::ContainerNoProxy)
             .then(|| start_nginx(&server, &dir, &dir, SERVER4, SERVER6))
             .transpose()?;
-        let peer_xdp = router
-            .spawn(|| {
-                let mut noop = crate::kit::baseline::Noop::load(crate::kit::baseline::XDP_PASS)?;
-                noop.attach("r-srv")?;
-                anyhow::Ok(noop)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("attaching the router's XDP program panicked"))??;
+        let peer_xdp = xdp_peer(&router, "r-srv")?;
         let mut net = Self {
             router,
             server,
@@ -384,18 +342,13 @@ impl LabNet {
 
     /// Start `synguard run` on the server's interface.
     pub fn start_synguard(&mut self, extra: &[String]) -> anyhow::Result<()> {
-        let mut cmd = self
-            .server
-            .command(synguard_bin().to_str().context("path")?);
-        cmd.arg("--pin-dir")
-            .arg(self.bpffs.pin_dir())
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .args(["run", "--iface", "eth0"])
-            .args(extra);
-        let mut g = ChildGuard::spawn_logged(cmd, self.dir.join("synguard.log"));
-        g.wait_for_log("running:", Duration::from_secs(20));
-        self.synguard = Some(g);
+        let mut cmd = synguard_in(&self.server, &[], &self.bpffs.pin_dir(), &self.dir);
+        cmd.args(["run", "--iface", "eth0"]).args(extra);
+        self.synguard = Some(start_daemon(
+            cmd,
+            self.dir.join("synguard.log"),
+            Duration::from_secs(20),
+        ));
         Ok(())
     }
 

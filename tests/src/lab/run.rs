@@ -18,8 +18,11 @@ use serde::Serialize;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use synguard_common::stat;
 
-use super::{EMPLOYEES, LabNet, Profile, SERVER4, SERVER6, mac_of, page_request};
-use crate::kit::flood::{self, FloodSpec, Source};
+use super::{EMPLOYEES, LabNet, Profile, SERVER4, SERVER6, page_request};
+use crate::kit::{
+    flood::{self, FloodSpec, Source},
+    netns::mac_of,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
