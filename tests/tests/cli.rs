@@ -10,13 +10,15 @@ use std::{
 use serde_json::Value;
 use synguard::bpf::Maps;
 use synguard_common::stat;
-use synguard_tests::kit::{
-    http::{Expect, Get},
-    netns::TempDir,
-    prog::require_root,
-    synguard_bin,
-    topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
-    traffic::Server,
+use synguard_tests::{
+    kit::{
+        http::{Expect, Get},
+        netns::TempDir,
+        synguard_bin,
+        topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
+        traffic::Server,
+    },
+    require_root,
 };
 
 fn text(o: &Output) -> String {
@@ -38,7 +40,7 @@ fn snapshot(lab: &Lab) -> (Value, Value, Value) {
 
 #[test]
 fn every_command_and_its_json() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let _daemon = lab.daemon(&[
         "run",
@@ -175,7 +177,7 @@ fn every_command_and_its_json() {
 
 #[test]
 fn bad_input_exits_2_with_an_actionable_message_and_changes_nothing() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let _daemon = lab.daemon(&["run", "--iface", "sga"]);
     lab.ok(&["block", "add", "203.0.113.128/25", "--comment", "keep"]);
@@ -377,7 +379,7 @@ fn bad_input_exits_2_with_an_actionable_message_and_changes_nothing() {
 
 #[test]
 fn config_set_under_live_traffic_changes_drops_within_a_second() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let _daemon = lab.daemon(&[
         "run",
@@ -441,7 +443,7 @@ fn config_set_under_live_traffic_changes_drops_within_a_second() {
 
 #[test]
 fn manual_block_with_for_stops_traffic_and_expires_on_time() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let _daemon = lab.daemon(&["run", "--iface", "sgc"]);
     let _web = Server::start(&lab.server, TARGET.parse().unwrap());
@@ -464,7 +466,7 @@ fn manual_block_with_for_stops_traffic_and_expires_on_time() {
 
 #[test]
 fn lockout_guard_protects_allowlisted_addresses_and_the_operators_ssh_session() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let _daemon = lab.daemon(&["run", "--iface", "sga"]);
     lab.ok(&["allow", "add", "198.51.100.0/24", "--comment", "office"]);
@@ -535,7 +537,7 @@ fn synguard_cmd(pin: &std::path::Path, args: &[&str]) -> Output {
 
 #[test]
 fn concurrent_writers_and_expiring_bans_never_lose_an_entry() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let daemon = lab.daemon(&[
         "run",
@@ -685,7 +687,7 @@ fn concurrent_writers_and_expiring_bans_never_lose_an_entry() {
 
 #[test]
 fn suppressed_ban_events_are_found_by_the_sweep() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let daemon = lab.daemon(&[
         "run",
@@ -743,7 +745,7 @@ fn suppressed_ban_events_are_found_by_the_sweep() {
 
 #[test]
 fn explain_shows_limited_and_metered_sources() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let _daemon = lab.daemon(&[
         "run",
@@ -793,7 +795,7 @@ fn explain_shows_limited_and_metered_sources() {
 
 #[test]
 fn auto_mode_falls_back_to_generic_xdp_and_says_so() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     // Loopback has no native XDP.
     let d = lab.daemon(&["run", "--iface", "lo"]);
@@ -813,7 +815,7 @@ fn auto_mode_falls_back_to_generic_xdp_and_says_so() {
 
 #[test]
 fn a_failed_run_leaves_adopted_state_exactly_as_it_was() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let mut first = lab.daemon(&["run", "--iface", "sga", "--keep", "--syn-rate", "77"]);
     lab.ok(&["block", "add", "203.0.113.128/25"]);
@@ -855,7 +857,7 @@ fn a_failed_run_leaves_adopted_state_exactly_as_it_was() {
 
 #[test]
 fn pin_dir_is_never_mounted_over_a_directory_with_contents() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let dir = std::env::temp_dir().join(synguard_tests::kit::netns::unique("sgpin"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -892,7 +894,7 @@ impl Drop for TempDirGuard {
 
 #[test]
 fn config_file_is_reread_on_sighup_and_a_bad_one_is_refused() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let file = lab.bpffs.path.with_extension("sighup.toml");
     let _file_guard = TempFile(file.clone());
@@ -941,7 +943,7 @@ fn config_file_is_reread_on_sighup_and_a_bad_one_is_refused() {
 
 #[test]
 fn keep_leaves_protection_in_place_and_sigint_without_it_cleans_up() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let mut daemon = lab.daemon(&["run", "--iface", "sga", "--keep"]);
     lab.ok(&["block", "add", ATTACKER, "--comment", "kept"]);
@@ -995,7 +997,7 @@ fn keep_leaves_protection_in_place_and_sigint_without_it_cleans_up() {
 /// real traffic.
 #[test]
 fn metrics_are_valid_prometheus_and_move_with_traffic() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let _daemon = lab.daemon(&["run", "--iface", "sga", "--metrics", "127.0.0.1:9477"]);
     let scrape = |lab: &Lab| synguard_tests::kit::traffic::scrape(&lab.server, "127.0.0.1:9477");
@@ -1046,7 +1048,7 @@ fn metrics_are_valid_prometheus_and_move_with_traffic() {
 /// from the packet path (only the daemon writes it).
 #[test]
 fn the_journal_records_bans_changes_and_samples_across_restarts() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let mut d = lab.daemon(&["run", "--iface", "sga"]);
     lab.hping(1, &["-S", "-p", "80", "--flood", "192.0.2.1"]);
@@ -1259,7 +1261,7 @@ fn top_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// with a bad interval, it exits 2 like every other command.
 #[test]
 fn top_prints_plain_lines_with_the_flood_its_source_and_the_ban() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     for (args, want) in [
         (
@@ -1379,7 +1381,7 @@ fn setpriv_caps(caps: &[String]) -> Vec<String> {
 /// without them can neither read nor change the state.
 #[test]
 fn least_capabilities_suffice_and_others_are_refused() {
-    require_root();
+    require_root!();
     let caps = unit_capabilities();
     assert_eq!(caps, ["bpf", "perfmon", "net_admin"]);
     let lab = Lab::new();
@@ -1502,7 +1504,7 @@ fn least_capabilities_suffice_and_others_are_refused() {
 /// `detach` refuses while `run` is active.
 #[test]
 fn detach_refuses_while_run_is_active() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let _d = lab.daemon(&["run", "--iface", "sga"]);
     let out = lab.sg(&["detach"]);

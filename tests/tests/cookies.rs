@@ -17,10 +17,13 @@ use synguard_common::{
     EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_CHALLENGE, Event, PROOF_HANDSHAKE, PROOF_SOCKET,
     Proof, RULE_ALLOW, stat::*,
 };
-use synguard_tests::kit::{
-    netns::Netns,
-    packet::{ACK, RST, Tcp},
-    prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, pin_to_cpu, require_root, source_key},
+use synguard_tests::{
+    kit::{
+        netns::Netns,
+        packet::{ACK, RST, Tcp},
+        prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, pin_to_cpu, source_key},
+    },
+    require_root,
 };
 
 const SERVER: &str = "192.0.2.1";
@@ -45,7 +48,7 @@ fn in_server_ns_alone(syncookies: &str, test: impl FnOnce() + Send + 'static) {
 }
 
 fn in_server_ns_now(syncookies: &str, test: impl FnOnce() + Send + 'static) {
-    require_root();
+    require_root!();
     let ns = Netns::new("cookie");
     ns.ip(&["addr", "add", "192.0.2.1/32", "dev", "lo"]);
     ns.ip(&["addr", "add", "2001:db8:2::1/128", "dev", "lo", "nodad"]);
@@ -894,7 +897,7 @@ fn syns_for_ports_a_nat_rule_rewrites_are_left_to_the_kernel() {
 /// listener and never reach the guest.
 #[test]
 fn syns_for_addresses_not_the_machines_are_left_to_the_kernel() {
-    require_root();
+    require_root!();
     let ns = Netns::new("cklocal");
     ns.sysctl("net.ipv4.tcp_syncookies", "2");
     ns.ip(&["link", "set", "lo", "up"]);

@@ -8,12 +8,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use synguard_tests::kit::{
-    lapi::{self, Lapi},
-    netns::ChildGuard,
-    prog::require_root,
-    topo::{ATTACKER, CLIENT, Lab, fetch_in},
-    traffic::Server,
+use synguard_tests::{
+    kit::{
+        lapi::{self, Lapi},
+        netns::ChildGuard,
+        topo::{ATTACKER, CLIENT, Lab, fetch_in},
+        traffic::Server,
+    },
+    require_root,
 };
 
 /// One test at a time: every `run` attaches its `sock_ops` program to the root cgroup,
@@ -23,7 +25,6 @@ static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn need_lapi() -> std::sync::MutexGuard<'static, ()> {
     let guard = ONE.lock().unwrap_or_else(|e| e.into_inner());
-    require_root();
     if let Some(why) = lapi::missing() {
         panic!("{why}");
     }
@@ -99,6 +100,7 @@ const FIFTEEN: Duration = Duration::from_secs(15);
 /// are lifted.
 #[test]
 fn decisions_made_in_crowdsec_are_enforced_and_lifted_on_every_server() {
+    require_root!();
     let _one = need_lapi();
     let mut lapi = Lapi::start();
     let a = member(&mut lapi, "web-a", &[]);
@@ -219,6 +221,7 @@ fn decisions_made_in_crowdsec_are_enforced_and_lifted_on_every_server() {
 /// ban, not doubled by the decision coming back.
 #[test]
 fn a_flood_banned_on_one_server_is_blocked_on_the_other() {
+    require_root!();
     let _one = need_lapi();
     let mut lapi = Lapi::start();
     let creds = lapi.machine("web-a");
@@ -271,6 +274,7 @@ fn a_flood_banned_on_one_server_is_blocked_on_the_other() {
 /// a ban of a source that never proved its address is kept back.
 #[test]
 fn forged_sources_never_reach_crowdsec_under_proven() {
+    require_root!();
     let _one = need_lapi();
     let mut lapi = Lapi::start();
     let creds = lapi.machine("web-a");
@@ -303,7 +307,7 @@ fn forged_sources_never_reach_crowdsec_under_proven() {
 #[test]
 fn a_lapi_answering_garbage_is_survived_and_shown() {
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let _web = Server::start(
         &lab.server,
@@ -417,6 +421,7 @@ fn a_lapi_answering_garbage_is_survived_and_shown() {
 /// start without a link lifts them all.
 #[test]
 fn a_restart_keeps_decisions_and_lifts_those_deleted_meanwhile() {
+    require_root!();
     let _one = need_lapi();
     let mut lapi = Lapi::start();
     let mut a = member(&mut lapi, "web-a", &["--keep"]);

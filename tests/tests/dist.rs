@@ -16,7 +16,7 @@ use std::{
     sync::OnceLock,
 };
 
-use synguard_tests::kit::prog::require_root;
+use synguard_tests::require_root;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -411,7 +411,7 @@ impl Chroot {
 /// Install, check, reinstall over a changed conffile, remove, purge.
 #[test]
 fn installs_reinstalls_removes_and_purges_in_a_fresh_debian_root() {
-    require_root();
+    require_root!("debootstrap, chroot");
     let sys = Chroot::new();
     sys.put(deb(), "tmp/synguard.deb");
 

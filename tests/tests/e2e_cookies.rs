@@ -16,10 +16,10 @@ use synguard_tests::{
         flood::{self, FloodSpec, Source},
         netns::mac_of,
         packet::{ACK, RST, SYN},
-        prog::require_root,
         synguard_bin,
     },
     lab::{self, LabNet, Profile, RunSpec, Scenario},
+    require_root,
 };
 
 fn sysctl(net: &LabNet, name: &str) -> String {
@@ -60,7 +60,7 @@ fn fetch(net: &LabNet, from: &str, to: &str) -> Result<Duration, String> {
 
 #[test]
 fn clients_complete_connections_through_xdp_cookies_v4_and_v6() {
-    require_root();
+    require_root!();
     let mut net = LabNet::new(Profile::Legacy).expect("lab");
     assert_eq!(
         syncookies(&net),
@@ -128,7 +128,7 @@ fn clients_complete_connections_through_xdp_cookies_v4_and_v6() {
 }
 
 fn forged(scenario: Scenario, named: &str) {
-    require_root();
+    require_root!();
     let r = lab::run(
         &RunSpec {
             scenario,
@@ -216,7 +216,7 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// cookies' ACKs are still read right), and by the next run after a SIGKILL.
 #[test]
 fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
-    require_root();
+    require_root!();
     let mut net = LabNet::new(Profile::Defaults).expect("lab");
     assert_eq!(syncookies(&net), "1");
     assert_eq!(timestamps(&net), "1");
@@ -303,7 +303,7 @@ fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
 /// reset in the container. `run` finds the port in the real nftables rules.
 #[test]
 fn a_port_published_by_dnat_keeps_working_in_attack_mode() {
-    require_root();
+    require_root!();
     let mut net = LabNet::new(Profile::Container).expect("lab");
     net.start_synguard(&["--syn-cookies".into(), "always".into()])
         .expect("synguard");
@@ -344,7 +344,7 @@ fn a_port_published_by_dnat_keeps_working_in_attack_mode() {
 /// under their own names (which `status` shows); employees keep working.
 #[test]
 fn ack_and_rst_floods_die_in_xdp_in_attack_mode() {
-    require_root();
+    require_root!();
     let mut net = LabNet::new(Profile::Defaults).expect("lab");
     net.start_synguard(&["--syn-cookies".into(), "always".into()])
         .expect("synguard");

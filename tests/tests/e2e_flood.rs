@@ -7,16 +7,18 @@ use std::{net::SocketAddr, thread, time::Duration};
 
 use synguard::{bpf::Maps, rules};
 use synguard_common::{RULE_BAN, stat::*};
-use synguard_tests::kit::{
-    prog::require_root,
-    synguard_bin,
-    topo::{ATTACKER, Lab, TARGET, transmitted},
-    traffic::{Server, client_loop},
+use synguard_tests::{
+    kit::{
+        synguard_bin,
+        topo::{ATTACKER, Lab, TARGET, transmitted},
+        traffic::{Server, client_loop},
+    },
+    require_root,
 };
 
 #[test]
 fn single_source_flood_is_banned_and_dropped_while_clients_keep_working() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let pin_dir = lab.pin_dir();
     let mut daemon = lab.daemon(&["run", "--iface", "sgc", "--iface", "sga"]);
@@ -142,7 +144,7 @@ fn single_source_flood_is_banned_and_dropped_while_clients_keep_working() {
 
 #[test]
 fn sigkill_keeps_the_flood_dropped_and_a_new_run_adopts_the_bans() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     let pin_dir = lab.pin_dir();
     let mut daemon = lab.daemon(&["run", "--iface", "sga", "--syn-burst", "10"]);
@@ -269,7 +271,7 @@ fn half_open_from(lab: &Lab, addr: &str) -> usize {
 
 #[test]
 fn banning_a_flooder_purges_its_half_open_connections() {
-    require_root();
+    require_root!();
     for mode in ["enforce", "monitor"] {
         let lab = Lab::new();
         // No SYN cookies: the burst before the ban becomes real request sockets.

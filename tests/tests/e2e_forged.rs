@@ -15,12 +15,14 @@ use std::{
 
 use synguard::{bpf::Maps, rules};
 use synguard_common::{RULE_BAN, stat::*};
-use synguard_tests::kit::{
-    flood::{self, FloodSpec, Source},
-    netns::mac_of,
-    prog::require_root,
-    topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in, xdp_peer},
-    traffic::Server,
+use synguard_tests::{
+    kit::{
+        flood::{self, FloodSpec, Source},
+        netns::mac_of,
+        topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in, xdp_peer},
+        traffic::Server,
+    },
+    require_root,
 };
 
 /// SYNs at `rate` a second for `duration` from the attacker's link, with source `from`.
@@ -57,7 +59,7 @@ fn counters(maps: &Maps, lab: &Lab) -> [u64; COUNT] {
 
 #[test]
 fn forged_syns_never_cut_off_their_victim_and_a_real_flooder_is_still_banned() {
-    require_root();
+    require_root!();
     let lab = Lab::new();
     // On veth, a frame sent back with XDP_TX (a cookie SYN-ACK) reaches the peer only if
     // the peer runs an XDP program too.

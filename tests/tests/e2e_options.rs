@@ -18,11 +18,13 @@ use std::{
 
 use synguard::bpf::Maps;
 use synguard_common::stat::*;
-use synguard_tests::kit::{
-    delay::{Relay, prepare_end},
-    netns::{Bpffs, Netns, TempDir, veth},
-    prog::require_root,
-    topo::{Lab, xdp_peer},
+use synguard_tests::{
+    kit::{
+        delay::{Relay, prepare_end},
+        netns::{Bpffs, Netns, TempDir, veth},
+        topo::{Lab, xdp_peer},
+    },
+    require_root,
 };
 
 const SERVER4: &str = "192.0.2.1";
@@ -189,7 +191,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[test]
 fn cookie_connections_keep_window_scaling_sack_and_speed_over_a_50ms_round_trip() {
-    require_root();
+    require_root!();
     // client (eth0) -- relay (r0 | r1), 25 ms each way -- server (eth0)
     let server = Netns::new("osrv");
     let client = Netns::new("ocli");

@@ -13,12 +13,14 @@ use std::{
 
 use synguard::{bpf::Maps, rules};
 use synguard_common::{RULE_BAN, stat::*};
-use synguard_tests::kit::{
-    flood::{self, FloodSpec, Source},
-    netns::mac_of,
-    prog::require_root,
-    topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
-    traffic::Server,
+use synguard_tests::{
+    kit::{
+        flood::{self, FloodSpec, Source},
+        netns::mac_of,
+        topo::{ATTACKER, CLIENT, Lab, TARGET, fetch_in},
+        traffic::Server,
+    },
+    require_root,
 };
 
 /// A second address of the employee's host, which connects only once cookies are on.
@@ -26,7 +28,7 @@ const NEWCOMER: &str = "198.51.100.11";
 
 #[test]
 fn a_flooder_is_banned_and_a_cookie_handshake_completes_on_veth() {
-    require_root();
+    require_root!();
     let lab = Lab::minimal();
     let (server, employee, flooder) = (&lab.server, &lab.client, &lab.attacker);
     // No XDP program on the employee's side: `run` attaches to a veth in generic mode

@@ -11,9 +11,9 @@ use synguard_tests::{
     kit::{
         flood::{self, FloodSpec, Source},
         netns::{Netns, mac_of, veth},
-        prog::require_root,
     },
     lab::{self, Profile, RunSpec, Scenario},
+    require_root,
 };
 
 fn run(profile: Profile, synguard: bool) -> lab::RunResult {
@@ -34,7 +34,7 @@ fn run(profile: Profile, synguard: bool) -> lab::RunResult {
 
 #[test]
 fn single_source_outage_on_legacy_and_none_with_synguard() {
-    require_root();
+    require_root!();
     lab::check_tools().expect("lab tools installed");
     let legacy_off = run(Profile::Legacy, false);
     let legacy_on = run(Profile::Legacy, true);
@@ -73,7 +73,7 @@ fn single_source_outage_on_legacy_and_none_with_synguard() {
 /// challenged with cookies, never banned), and the report calls the flood spoofed.
 #[test]
 fn spoofed_victim_keeps_working_with_synguard() {
-    require_root();
+    require_root!();
     lab::check_tools().expect("lab tools installed");
     for profile in [Profile::Legacy, Profile::Defaults] {
         let spec = RunSpec {
@@ -115,7 +115,7 @@ fn spoofed_victim_keeps_working_with_synguard() {
 /// attaches in generic mode to a veth.
 #[test]
 fn a_container_behind_dnat_keeps_its_employees_under_forged_floods() {
-    require_root();
+    require_root!();
     lab::check_tools().expect("lab tools installed");
     for profile in [Profile::Container, Profile::ContainerNoProxy] {
         for scenario in [Scenario::Forged, Scenario::ForgedV6] {
@@ -147,7 +147,7 @@ fn a_container_behind_dnat_keeps_its_employees_under_forged_floods() {
 /// end of the wire (or is counted as dropped there).
 #[test]
 fn flood_generator_reports_what_it_sent() {
-    require_root();
+    require_root!();
     let a = Netns::new("gen-a");
     let b = Netns::new("gen-b");
     veth(&a, "eth0", "203.0.113.0/31", &b, "eth0", "203.0.113.1/31");

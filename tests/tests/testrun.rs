@@ -11,9 +11,12 @@ use synguard_common::{
     ACTION_DROP, ACTION_PASS, Bucket, EVENT_BAN, Event, FAMILY_V4, RULE_ALLOW, RULE_BAN,
     RULE_BLOCK, Rule, ban_cache, map_names, sources, stat::*,
 };
-use synguard_tests::kit::{
-    packet::{self, ACK, FIN, RST, SYN, Tcp},
-    prog::{Prog, XDP_DROP, XDP_PASS, pin_to_cpu, source_key},
+use synguard_tests::{
+    kit::{
+        packet::{self, ACK, FIN, RST, SYN, Tcp},
+        prog::{Prog, XDP_DROP, XDP_PASS, pin_to_cpu, source_key},
+    },
+    require_root,
 };
 
 const SERVER: &str = "192.0.2.1";
@@ -54,6 +57,7 @@ fn drain_events(p: &mut Prog) -> Vec<Event> {
 
 #[test]
 fn syn_under_and_over_the_limit_bans_the_source_once() {
+    require_root!();
     let mut p = limited("1", "3");
     let syn = Tcp::syn("203.0.113.5", SERVER).build();
     for i in 0..3 {
@@ -108,6 +112,7 @@ fn syn_under_and_over_the_limit_bans_the_source_once() {
 
 #[test]
 fn ban_for_zero_limits_without_banning() {
+    require_root!();
     let mut p = limited("1", "1");
     p.set("ban-for", "0s");
     let syn = Tcp::syn("203.0.113.5", SERVER).build();
@@ -121,6 +126,7 @@ fn ban_for_zero_limits_without_banning() {
 
 #[test]
 fn syn_ack_and_ack_are_never_counted_as_syns() {
+    require_root!();
     let p = limited("1", "1");
     let src = "198.51.100.20";
     for _ in 0..5 {
@@ -158,6 +164,7 @@ fn syn_ack_and_ack_are_never_counted_as_syns() {
 
 #[test]
 fn vlan_tagged_syns_are_metered_by_their_real_source() {
+    require_root!();
     let p = limited("1", "2");
     for frame in [
         Tcp::syn("203.0.113.9", SERVER).vlan(10).build(),
@@ -178,6 +185,7 @@ fn vlan_tagged_syns_are_metered_by_their_real_source() {
 
 #[test]
 fn ipv4_options_are_skipped_to_find_tcp() {
+    require_root!();
     let p = limited("1", "1");
     // 8 bytes of options (NOP padding and a 4-byte router-alert-like option). If the
     // program ignored IHL it would read the flags from the wrong place.
@@ -196,6 +204,7 @@ fn ipv4_options_are_skipped_to_find_tcp() {
 
 #[test]
 fn ipv6_syns_aggregate_to_the_slash_64() {
+    require_root!();
     let p = limited("1", "2");
     let a = Tcp::syn("2001:db8:1:2::1", SERVER6).build();
     let b = Tcp::syn("2001:db8:1:2:ffff:ffff:ffff:ffff", SERVER6).build();
@@ -218,6 +227,7 @@ fn ipv6_syns_aggregate_to_the_slash_64() {
 
 #[test]
 fn ipv6_prefix_setting_changes_aggregation() {
+    require_root!();
     let mut p = limited("1", "1");
     p.set("ipv6-prefix", "128");
     p.expect(
@@ -248,6 +258,7 @@ fn ipv6_prefix_setting_changes_aggregation() {
 /// banned like any other: a flooder cannot escape its limit by adding one.
 #[test]
 fn ipv6_syns_behind_extension_headers_are_metered_like_any_other() {
+    require_root!();
     let p = limited("1", "1");
     let syn = Tcp::syn("2001:db8:5::1", SERVER6).build();
     for chain in [
@@ -314,6 +325,7 @@ fn ipv6_syns_behind_extension_headers_are_metered_like_any_other() {
 
 #[test]
 fn invalid_flag_combinations_are_dropped() {
+    require_root!();
     let p = limited("1000", "1000");
     for flags in [
         SYN | FIN,
@@ -338,6 +350,7 @@ fn invalid_flag_combinations_are_dropped() {
 
 #[test]
 fn truncation_at_every_header_passes() {
+    require_root!();
     let p = limited("1000", "1000");
     let frames = [
         Tcp::syn("203.0.113.40", SERVER).build(),
@@ -368,6 +381,7 @@ fn truncation_at_every_header_passes() {
 
 #[test]
 fn malformed_and_fragmented_ipv4() {
+    require_root!();
     let p = limited("1", "1");
     let mut bad_ihl = Tcp::syn("203.0.113.50", SERVER).build();
     bad_ihl[14] = 0x44; // version 4, IHL 4 (16 bytes): impossible
@@ -381,6 +395,7 @@ fn malformed_and_fragmented_ipv4() {
 
 #[test]
 fn non_tcp_and_non_ip_pass() {
+    require_root!();
     let p = limited("1", "1");
     for _ in 0..3 {
         p.expect(&packet::udp("203.0.113.60", SERVER), XDP_PASS, &[R_NON_TCP]);
@@ -395,6 +410,7 @@ fn non_tcp_and_non_ip_pass() {
 
 #[test]
 fn blocked_cidr_drops_everything_from_it_and_counts_hits() {
+    require_root!();
     let mut p = limited("1000", "1000");
     p.put_rule("203.0.113.0/24", &manual(RULE_BLOCK));
     p.put_rule("2001:db8:bad::/48", &manual(RULE_BLOCK));
@@ -426,6 +442,7 @@ fn blocked_cidr_drops_everything_from_it_and_counts_hits() {
 
 #[test]
 fn allowlisted_source_is_never_limited_even_inside_a_blocked_cidr() {
+    require_root!();
     let mut p = limited("1", "1");
     p.put_rule("198.51.100.0/24", &manual(RULE_BLOCK));
     p.put_rule("198.51.100.7/32", &manual(RULE_ALLOW));
@@ -463,6 +480,7 @@ fn allowlisted_source_is_never_limited_even_inside_a_blocked_cidr() {
 /// entry in the /24 remains, and ignored while bans can be wider than it tracks.
 #[test]
 fn the_rules_hint_follows_every_entry() {
+    require_root!();
     let mut p = limited("1", "1");
     assert!(!p.hinted("203.0.113.5"));
     p.put_rule("203.0.113.0/24", &manual(RULE_BLOCK));
@@ -536,6 +554,7 @@ fn the_rules_hint_follows_every_entry() {
 /// shorter ones are found because the hint is then ignored.
 #[test]
 fn kernel_bans_are_seen_at_every_ipv4_prefix() {
+    require_root!();
     for (prefix, inside) in [
         ("32", "198.18.5.7"),
         ("20", "198.18.15.200"),
@@ -559,6 +578,7 @@ fn kernel_bans_are_seen_at_every_ipv4_prefix() {
 /// and an `ipv6-prefix` shorter than it tracks makes the kernel ignore it.
 #[test]
 fn the_ipv6_rules_hint_follows_entries_and_bans() {
+    require_root!();
     let mut p = limited("1", "1");
     p.put_rule("2001:db8:bad::/48", &manual(RULE_BLOCK));
     assert!(p.hinted("2001:db8:bad:1::5"));
@@ -595,6 +615,7 @@ fn the_ipv6_rules_hint_follows_entries_and_bans() {
 /// length of a jiffy and stopped calling the clock helper per packet.
 #[test]
 fn the_programs_clock_follows_the_monotonic_clock() {
+    require_root!();
     let p = limited("1000000", "1000000");
     let syn = Tcp::syn("203.0.113.44", SERVER).build();
     let start = Instant::now();
@@ -630,6 +651,7 @@ fn the_programs_clock_follows_the_monotonic_clock() {
 
 #[test]
 fn ban_expires_on_time() {
+    require_root!();
     let mut p = limited("1", "1");
     p.set("ban-for", "1s");
     let syn = Tcp::syn("203.0.113.90", SERVER).build();
@@ -652,6 +674,7 @@ fn ban_expires_on_time() {
 
 #[test]
 fn an_expired_ban_is_replaced_when_the_source_floods_again() {
+    require_root!();
     let mut p = limited("1", "1");
     p.set("ban-for", "1s");
     let syn = Tcp::syn("203.0.113.91", SERVER).build();
@@ -667,6 +690,7 @@ fn an_expired_ban_is_replaced_when_the_source_floods_again() {
 
 #[test]
 fn monitor_mode_decides_and_counts_but_drops_nothing() {
+    require_root!();
     let mut p = limited("1", "1");
     p.set("mode", "monitor");
     p.put_rule("203.0.113.0/28", &manual(RULE_BLOCK));
@@ -696,6 +720,7 @@ fn monitor_mode_decides_and_counts_but_drops_nothing() {
 
 #[test]
 fn ports_setting_limits_only_protected_ports() {
+    require_root!();
     let mut p = limited("1", "1");
     p.set("ports", "80,443");
     let ssh = Tcp::syn("203.0.113.100", SERVER).dport(22).build();
@@ -728,6 +753,7 @@ fn occupy(p: &mut Prog, owner: &str, way: u32, key: &str, bucket: Bucket) {
 /// the newcomer takes its slot (counted as recycled) and the busy one keeps its bucket.
 #[test]
 fn a_set_of_busy_sources_passes_newcomers_then_recycles_refilled_slots() {
+    require_root!();
     let mut p = limited("1", "1");
     let flooder = Tcp::syn("203.0.113.200", SERVER).build();
     p.run(&flooder);
@@ -792,6 +818,7 @@ fn a_set_of_busy_sources_passes_newcomers_then_recycles_refilled_slots() {
 /// every later config write (a new key would strand every bucket).
 #[test]
 fn the_sources_hash_key_is_secret_random_and_kept() {
+    require_root!();
     let mut p = limited("1", "5");
     let a = limited("1", "5");
     let seed = synguard::sources::seed(&p.loaded.maps).expect("seed");
@@ -808,6 +835,7 @@ fn the_sources_hash_key_is_secret_random_and_kept() {
 
 #[test]
 fn full_rules_table_still_drops_the_excess_and_bans_nobody_wrongly() {
+    require_root!();
     let mut p = Prog::with_options(
         settings(&[("syn-rate", "1"), ("syn-burst", "1")]),
         &LoadOptions {
@@ -841,6 +869,7 @@ fn full_rules_table_still_drops_the_excess_and_bans_nobody_wrongly() {
 /// carried over yet, so the count it shows is exact.
 #[test]
 fn a_banned_sources_hits_stay_exact_through_the_ban_cache() {
+    require_root!();
     one_cpu();
     let mut p = limited("1", "1");
     p.put_rule("203.0.113.5/32", &Rule::new(RULE_BAN, ACTION_DROP, 0, 0));
@@ -863,6 +892,7 @@ fn a_banned_sources_hits_stay_exact_through_the_ban_cache() {
 /// (another ban keeps the hint bit of its /24 set, so only the epoch can tell).
 #[test]
 fn an_unbanned_source_is_not_dropped_from_the_ban_cache() {
+    require_root!();
     one_cpu();
     let mut p = limited("1000", "1000");
     for net in ["203.0.113.5/32", "203.0.113.6/32"] {
@@ -894,6 +924,7 @@ fn an_unbanned_source_is_not_dropped_from_the_ban_cache() {
 /// A remembered ban ends when the ban does.
 #[test]
 fn a_remembered_ban_expires_with_the_ban() {
+    require_root!();
     one_cpu();
     let mut p = limited("1000", "1000");
     let expires = synguard::clock::monotonic_ns() + 300_000_000;
@@ -925,6 +956,7 @@ fn a_remembered_ban_expires_with_the_ban() {
 /// over to its own ban first.
 #[test]
 fn a_source_pushed_out_of_the_ban_cache_keeps_its_hits() {
+    require_root!();
     one_cpu();
     let mut p = limited("1000", "1000");
     let a = [203, 0, 113, 5];
@@ -959,6 +991,7 @@ fn a_source_pushed_out_of_the_ban_cache_keeps_its_hits() {
 /// goes; hits of a ban of a whole /24 are carried to that entry.
 #[test]
 fn a_remembered_ban_yields_to_an_allow_entry_and_counts_for_its_prefix() {
+    require_root!();
     one_cpu();
     let mut p = limited("1000", "1000");
     p.put_rule("203.0.113.0/24", &Rule::new(RULE_BAN, ACTION_DROP, 0, 0));
@@ -996,7 +1029,7 @@ fn every_counter_name_is_distinct() {
 
 #[test]
 fn baseline_noop_programs_load_and_return_their_action() {
-    synguard_tests::kit::prog::require_root();
+    require_root!();
     let frame = Tcp::syn("203.0.113.1", SERVER).build();
     for action in [
         synguard_tests::kit::baseline::XDP_PASS,
@@ -1014,7 +1047,7 @@ fn baseline_noop_programs_load_and_return_their_action() {
 /// than an Ethernet header, so the too-short branch is the verifier's to check.)
 #[test]
 fn the_header_reading_floor_drops_ipv4_frames_only() {
-    synguard_tests::kit::prog::require_root();
+    require_root!();
     let f = synguard_tests::kit::baseline::Noop::load_reading_drop().expect("load the floor");
     let syn = Tcp::syn("198.18.0.9", SERVER).build();
     assert_eq!(f.run_repeat(&syn, 1).expect("run").0, XDP_DROP, "IPv4");
@@ -1037,7 +1070,7 @@ fn the_header_reading_floor_drops_ipv4_frames_only() {
 #[test]
 fn the_source_floors_act_on_the_attack_sources_only() {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    synguard_tests::kit::prog::require_root();
+    require_root!();
     const XDP_TX: u32 = 3;
     let forged: ipnet::Ipv4Net = "198.18.0.0/15".parse().unwrap();
     let drop = synguard_tests::kit::baseline::Noop::load_source(forged, false).expect("load");
@@ -1111,7 +1144,7 @@ fn the_source_floors_act_on_the_attack_sources_only() {
 /// stack untouched.
 #[test]
 fn the_lab_router_fast_path_redirects_only_frames_for_the_server() {
-    synguard_tests::kit::prog::require_root();
+    require_root!();
     const XDP_REDIRECT: u32 = 4;
     let to = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
     let from = [0x02, 0x66, 0x77, 0x88, 0x99, 0xaa];
@@ -1158,7 +1191,7 @@ fn the_lab_router_fast_path_redirects_only_frames_for_the_server() {
 /// touches the value it finds (so its cost at scale is a real lookup, not a miss).
 #[test]
 fn the_lookup_floor_finds_the_source_synguard_would() {
-    synguard_tests::kit::prog::require_root();
+    require_root!();
     let mut floor = synguard_tests::kit::baseline::LookupFloor::load(1024).expect("load floor");
     let key = synguard_tests::kit::prog::source_key("203.0.113.1".parse().unwrap(), 32);
     floor.table.insert(key, Bucket::default(), 0).unwrap();
@@ -1184,7 +1217,7 @@ fn the_lookup_floor_finds_the_source_synguard_would() {
 /// a frame too short for an IPv4 header.
 #[test]
 fn the_line_floor_touches_one_slot_per_source() {
-    synguard_tests::kit::prog::require_root();
+    require_root!();
     let floor = synguard_tests::kit::baseline::LineFloor::load(1 << 16).expect("load floor");
     let count =
         |slot: u32| u64::from_le_bytes(floor.table.get(&slot, 0).unwrap()[..8].try_into().unwrap());
@@ -1211,6 +1244,7 @@ fn the_line_floor_touches_one_slot_per_source() {
 /// whose every address lies in narrower entries.
 #[test]
 fn overlapping_entries_are_read_back_exactly() {
+    require_root!();
     let mut p = limited("1000", "1000");
     let entry = |kind, comment: &str| rules::manual(kind, 0, comment);
     p.put_rule("10.0.0.0/8", &entry(RULE_BLOCK, "eight"));
@@ -1287,6 +1321,7 @@ fn overlapping_entries_are_read_back_exactly() {
 /// longer than p (the key's prefix length limits the match).
 #[test]
 fn trie_lookup_respects_the_key_prefix_length() {
+    require_root!();
     let mut p = limited("1000", "1000");
     p.put_rule("10.0.0.0/8", &rules::manual(RULE_BLOCK, 0, "eight"));
     p.put_rule("10.0.0.0/32", &rules::manual(RULE_BLOCK, 0, "host"));
@@ -1309,6 +1344,7 @@ fn trie_lookup_respects_the_key_prefix_length() {
 
 #[test]
 fn an_expired_entry_never_hides_a_live_one_around_it() {
+    require_root!();
     let mut p = limited("1", "1");
     let past = |kind| {
         let mut r = rules::manual(kind, 1, "expired");
@@ -1355,6 +1391,7 @@ fn an_expired_entry_never_hides_a_live_one_around_it() {
 /// Events are rate-limited per CPU (bans still happen) and a full ring buffer is counted.
 #[test]
 fn ban_events_are_rate_limited_and_a_full_ring_is_counted() {
+    require_root!();
     let mut p = Prog::with_options(
         // No attack mode here: only ban events.
         settings(&[
@@ -1415,6 +1452,7 @@ fn ban_events_are_rate_limited_and_a_full_ring_is_counted() {
 /// in sixty with 3000 sources) takes a refilled slot or passes untracked: counted.
 #[test]
 fn walk_of_the_sources_table() {
+    require_root!();
     // 3000 SYNs in a few milliseconds start attack mode, where quiet sources skip the
     // table (see `cookies::attack_mode_meters_only_sources_the_sketch_finds_loud`).
     let p = Prog::new(settings(&[

@@ -30,7 +30,8 @@ use synguard_tests::{
         flood::Rng,
         netns::{Bpffs, Netns},
         packet::{ACK, SYN, Tcp, udp},
-        prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, require_root, source_key},
+        prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, source_key},
+        root::assert_root,
     },
 };
 
@@ -1201,7 +1202,7 @@ fn verdicts(rounds: usize, repeat: u32) -> anyhow::Result<Verdicts> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    require_root();
+    assert_root();
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     {

@@ -14,7 +14,7 @@ use std::{
 
 use clap::{Parser, ValueEnum};
 use synguard_tests::{
-    kit::{netns::cleanup_stale, prog::require_root},
+    kit::{netns::cleanup_stale, root::assert_root},
     lab::{self, Profile, RunSpec, Scenario},
 };
 
@@ -60,7 +60,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    require_root();
+    assert_root();
     if let Err(e) = lab::check_tools() {
         eprintln!("error: {e:#}");
         return ExitCode::from(2);

@@ -6,6 +6,8 @@
 //!   directories and child processes, each removed by a guard on drop;
 //! - [`packet`]: crafted frames for `TestRun`;
 //! - [`prog`]: the real program loaded into the kernel and driven with `TestRun`;
+//! - [`root`]: tests that need root skip without it, except in CI
+//!   ([`require_root!`](crate::require_root));
 //! - [`baseline`]: tiny XDP programs written here (no-ops, the bench's floors, the lab
 //!   router's fast path), which tests attach to veth peers and check;
 //! - [`topo`]: the test topology (server, employee, attacker) and `synguard` run in it,
@@ -25,6 +27,7 @@ pub mod lapi;
 pub mod netns;
 pub mod packet;
 pub mod prog;
+pub mod root;
 pub mod synth;
 pub mod topo;
 pub mod traffic;

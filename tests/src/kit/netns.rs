@@ -52,6 +52,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
+        super::root::assert_root();
         // sgt-TAG-PID-N: `cleanup_stale` finds the ones whose process is gone.
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("sgt-{tag}-{}-{n}", std::process::id());
@@ -212,6 +213,7 @@ pub struct Bpffs {
 
 impl Bpffs {
     pub fn new() -> Self {
+        super::root::assert_root();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = PathBuf::from(format!("/run/sgt-bpffs-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&path).expect("mkdir bpffs");

@@ -19,17 +19,6 @@ pub const XDP_TX: u32 = 3;
 /// The stats slot of `BPF_PROG_TEST_RUN`'s packets: the loopback device's ifindex.
 pub const TESTRUN_SLOT: u32 = 1;
 
-/// Panic with a clear message unless running as root: these tests load XDP programs.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!(
-            "this test loads the XDP program into the kernel and must run as root \
-             (`cargo xtask test` runs it that way)"
-        );
-    }
-}
-
 /// Pin the calling thread to one CPU (the program's rate windows and event budget are
 /// per CPU).
 pub fn pin_to_cpu(cpu: usize) {
@@ -63,7 +52,7 @@ impl Prog {
     }
 
     pub fn with_options(settings: Settings, opts: &LoadOptions) -> Self {
-        require_root();
+        super::root::assert_root();
         let loaded = Loaded::load(opts).expect("load the XDP program");
         let mut p = Self {
             loaded,
