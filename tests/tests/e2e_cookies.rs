@@ -146,7 +146,10 @@ fn forged(scenario: Scenario, named: &str) {
     .expect("lab run");
     println!("{}", lab::table(std::slice::from_ref(&r)));
     println!("{r:?}");
-    assert!(r.attack_pps > 50_000.0, "a real flood: {r:?}");
+    // A real flood: 20,000 forged SYN/s fill the legacy server's 128-entry SYN queue in
+    // milliseconds. (The generator reaches 100k and more on an idle machine; the bar is
+    // lower so that a busy one still tests the product rather than the generator.)
+    assert!(r.attack_pps > 20_000.0, "a real flood: {r:?}");
     assert!(r.success_rate >= 0.99, "employees kept working: {r:?}");
     let to_kernel = r.syns_to_kernel.expect("synguard ran");
     assert!(
