@@ -67,7 +67,8 @@ pub const R_SYN_VERIFIED: usize = 25;
 /// kernel, which handles it as it would without synguard.
 pub const R_COOKIE_FALLBACK: usize = 26;
 /// Note: an ACK carried a valid cookie (or belonged to an established connection):
-/// its source is now verified.
+/// its source is now verified. Once per source becoming verified, however many of its
+/// packets prove it at once on different CPUs.
 pub const N_VERIFIED: usize = 27;
 /// Note: an ACK from an unverified source carried no valid cookie, and a listener but no
 /// connection has its tuple (dropped as [`R_ACK_NO_FLOW`] when it is for one of the

@@ -48,9 +48,10 @@ use core::{
 use aya_ebpf::{
     Global,
     bindings::{
-        BPF_F_CURRENT_NETNS, BPF_F_MMAPABLE, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, tcphdr, xdp_action,
+        BPF_ANY, BPF_F_CURRENT_NETNS, BPF_F_MMAPABLE, BPF_NOEXIST,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+        tcphdr, xdp_action,
     },
     helpers::generated::{
         bpf_check_mtu, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns,

@@ -44,18 +44,25 @@ pub(crate) fn is_verified(key: &SourceKey, now: u64) -> bool {
 /// `verified_ns` from `now`. A proof that still holds is extended (keeping how and since
 /// when it was first made), never shortened (a protected address stays protected).
 /// The source's bit in `SG_PROOF_FILTER` is set first, whatever the outcome.
+///
+/// True only when this call made the source verified (it held no proof, or an expired
+/// one): the caller counts a newly verified source. Two packets of one source handled
+/// on two CPUs at once (a handshake's ACK and the request behind it) both find no proof;
+/// the first write is made with `BPF_NOEXIST`, so only one of them creates it and counts.
+/// (An expired proof is replaced in place, where two such racers would both count: a
+/// source that was verified before, seen again after `verified_ns`.)
 #[inline(never)]
 pub(crate) fn prove(key: &SourceKey, cfg: &Config, now: u64, how: u32) -> bool {
     mark_proven(sources::set_of(key, &cfg.source_seed));
     let until_ns = now.saturating_add(cfg.verified_ns);
-    let (since_ns, how) = match SG_VERIFIED.get_ptr(key) {
+    let (since_ns, how, flags, new) = match SG_VERIFIED.get_ptr(key) {
         // SAFETY: a copy of the value is read at once (see `is_verified`).
         Some(p) => match unsafe { *p } {
-            old if old.until_ns >= until_ns => return true,
-            old if old.until_ns > now => (old.since_ns, old.how),
-            _ => (now, how),
+            old if old.until_ns >= until_ns => return false,
+            old if old.until_ns > now => (old.since_ns, old.how, BPF_ANY, false),
+            _ => (now, how, BPF_ANY, true),
         },
-        None => (now, how),
+        None => (now, how, BPF_NOEXIST, true),
     };
     let proof = Proof {
         until_ns,
@@ -63,7 +70,7 @@ pub(crate) fn prove(key: &SourceKey, cfg: &Config, now: u64, how: u32) -> bool {
         how,
         _pad: 0,
     };
-    SG_VERIFIED.insert(key, proof, 0).is_ok()
+    SG_VERIFIED.insert(key, proof, flags as u64).is_ok() && new
 }
 
 /// The `sock_ops` program, attached to the root cgroup by `run`: every connection a

@@ -7,6 +7,7 @@
 
 use std::{
     net::{IpAddr, TcpListener},
+    sync::atomic::{AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -341,6 +342,76 @@ fn a_valid_cookie_ack_verifies_the_source_and_its_syns_then_pass() {
             assert_eq!(out, again, "untouched");
         }
         assert_eq!(p.counter(R_SYN_VERIFIED), 2);
+    });
+}
+
+/// A source whose handshake ACK and the request behind it reach XDP on two CPUs at the
+/// same moment is proven by both before either proof is visible to the other; the
+/// verified counter must still count it once (only the proof's first write counts).
+/// The two packets are raced here for hundreds of sources, each pair released on CPUs 0
+/// and 1 by a spin barrier: with both writes counted, most pairs counted twice (1,418
+/// and 1,489 of 750 in two runs).
+#[test]
+fn a_source_proven_on_two_cpus_at_once_is_counted_once() {
+    if thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipped: one CPU, so no two packets are ever checked at the same moment");
+        return;
+    }
+    in_server_ns("2", || {
+        let p = always();
+        let clients = (1..=250)
+            .map(|i| format!("198.51.100.{i}"))
+            .chain((1..=250).map(|i| format!("203.0.113.{i}")))
+            .chain((1..=250).map(|i| format!("2001:db8:5:{i:x}::10")));
+        let acks: Vec<Vec<u8>> = clients
+            .map(|client| {
+                let server = if client.contains(':') {
+                    SERVER6
+                } else {
+                    SERVER
+                };
+                let syn = Tcp::syn(&client, server).seq(1000).build();
+                let (action, out) = p.run_out(&syn);
+                assert_eq!(action, XDP_TX, "{client}");
+                let cookie = check_synack(&syn, &out).cookie;
+                Tcp::syn(&client, server)
+                    .flags(ACK)
+                    .seq(1001)
+                    .ack_number(cookie.wrapping_add(1))
+                    .build()
+            })
+            .collect();
+        let before = p.counters();
+        let arrived = AtomicUsize::new(0);
+        thread::scope(|s| {
+            for cpu in [0, 1] {
+                let (p, acks, arrived) = (&p, &acks, &arrived);
+                s.spawn(move || {
+                    pin_to_cpu(cpu);
+                    for (i, ack) in acks.iter().enumerate() {
+                        // Both threads at the same ACK before either runs it.
+                        arrived.fetch_add(1, Ordering::AcqRel);
+                        while arrived.load(Ordering::Acquire) < 2 * (i + 1) {
+                            std::hint::spin_loop();
+                        }
+                        assert_eq!(p.run(ack), XDP_PASS);
+                    }
+                });
+            }
+        });
+        let after = p.counters();
+        let n = acks.len() as u64;
+        assert_eq!(after[R_TCP_OTHER] - before[R_TCP_OTHER], 2 * n);
+        assert_eq!(
+            after[N_VERIFIED] - before[N_VERIFIED],
+            n,
+            "{n} sources, each proven by two packets at once"
+        );
+        assert_eq!(
+            p.loaded.maps.verified.iter().count() as u64,
+            n,
+            "a proof each"
+        );
     });
 }
 
