@@ -21,7 +21,14 @@ pub mod synack;
 
 /// Bumped whenever a pinned map's key or value layout (or the set of maps) changes. A `run` that finds pinned
 /// state with another ABI refuses to adopt it rather than misread it.
-pub const ABI_VERSION: u32 = 15;
+pub const ABI_VERSION: u32 = 16;
+
+/// The lowest port the kernel's source NAT hands out for a connection whose own source
+/// port is 512 or more (it keeps a guest's port when it can, and otherwise picks from
+/// 600-1023 or 1024-65535 by the port's class): replies to a NAT'd guest's connection
+/// can arrive at any port from here up. Below it only a guest that bound a port under
+/// 512 itself could collide with a listener, which clients do not do.
+pub const SNAT_LOW_PORT: u16 = 512;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -48,8 +55,9 @@ pub mod map_names {
     pub const NAT_PORTS: &str = "SG_NAT_PORTS";
     pub const SYN_SKETCH: &str = "SG_SYN_SKETCH";
     pub const PROOF_FILTER: &str = "SG_PROOF_FILTER";
+    pub const HOST: &str = "SG_HOST";
     /// Every map that `run` pins and adopts.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         CONFIG,
         STATS,
         RULES_V4,
@@ -72,6 +80,7 @@ pub mod map_names {
         NAT_PORTS,
         SYN_SKETCH,
         PROOF_FILTER,
+        HOST,
     ];
 }
 
@@ -92,6 +101,9 @@ pub mod capacity {
     /// Allow and block entries per address family, and (in their own tries) as many
     /// bans.
     pub const RULES: u32 = 262_144;
+    /// Of each family's allow/block trie, the entries only the allowlist may take: blocks
+    /// and CrowdSec's decisions stop short of them, so `allow add` always has room.
+    pub const ALLOW_RESERVE: u32 = 4_096;
     /// Slots for sources with a token bucket (both families; see [`crate::sources`]).
     pub const SOURCES: u32 = 1_048_576;
     /// Ring buffer for events to userspace, bytes (power of two, multiple of page size).
@@ -161,28 +173,64 @@ pub struct Config {
     pub build_id: u64,
     /// Process id of the `run` that wrote this (0 if none yet).
     pub daemon_pid: u32,
-    /// The value of `net.ipv4.tcp_syncookies` before attack mode changed it, or -1. Kept
-    /// here (pinned) so a `run` after a crash can restore it.
-    pub saved_syncookies: i32,
+    pub _pad0: u32,
     /// How long the SYN rate must stay below half of `attack_syn_rate` before attack mode
     /// ends ([`ATTACK_CALM_NS`]; tests shorten it).
     pub attack_calm_ns: u64,
-    /// The value of `net.ipv4.tcp_timestamps` before attack mode set it to 2, or -1 (see
-    /// [`synack`]); kept here for the same reason as `saved_syncookies`.
-    pub saved_timestamps: i32,
-    /// What a cookie SYN-ACK may offer besides the MSS: a [`synack::cookie_opts`] word
-    /// `run` derives from the kernel's settings and keeps current (0: the MSS only).
-    pub cookie_opts: u32,
     /// Derived: [`sources::sketch_quiet_limit`] of `syn_interval_ns`, the SYNs per window
     /// a source may send in attack mode before it is metered in its bucket.
     pub syn_quiet: u32,
-    pub _reserved: u32,
+    /// 1 when this host rewrites source addresses (masquerade, SNAT, or NAT rules that
+    /// cannot be read), kept by `run`: in attack mode an ACK with no socket, or at a
+    /// listener port from [`SNAT_LOW_PORT`] up, may be a reply to a guest's connection
+    /// and is passed to the kernel (see `stat::R_ACK_NO_SOCKET`).
+    pub snat: u32,
     /// Protected destination ports, bit `p % 64` of word `p / 64` (host order port).
     pub ports: [u64; PORT_WORDS],
     /// Secret key of the sources table's hash ([`sources::set_of`]), drawn once when the
     /// maps are created and kept by every later write.
     pub source_seed: [u64; sources::SEED_WORDS],
 }
+
+/// `SG_HOST`: the host's settings as attack mode keeps them (see `synguard::sysctls`).
+/// One thread of `run` writes it (or, when no `run` is active, `detach` and the next
+/// `run`), so no lock guards it and nothing else holds it up; the program reads
+/// `cookie_opts`. Kept pinned, so a `run` after a crash or a restart restores what an
+/// earlier one changed, and owns it again during an attack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostState {
+    /// The value of `net.ipv4.tcp_syncookies` before `run` set it to 2, or -1.
+    pub saved_syncookies: i32,
+    /// The value of `net.ipv4.tcp_timestamps` before `run` set it to 2, or -1 (see
+    /// [`synack`]).
+    pub saved_timestamps: i32,
+    /// What a cookie SYN-ACK may offer besides the MSS: a [`synack::cookie_opts`] word
+    /// `run` derives from the kernel's settings and keeps current (0: the MSS only).
+    pub cookie_opts: u32,
+    /// 1 once `run` wrote this (a zeroed entry is a new map's).
+    pub valid: u32,
+    /// Since when (`CLOCK_MONOTONIC` ns) the host's settings have been set for SYN cookies
+    /// answered from XDP (the server is under pressure in attack mode), or 0.
+    pub cookies_since_ns: u64,
+    /// The last moment they were, or 0: `tcp_timestamps` is put back a while after it, so
+    /// the last cookies' ACKs are still read without timestamp offsets.
+    pub cookies_last_ns: u64,
+}
+
+impl HostState {
+    /// Nothing changed, nothing saved.
+    pub const NONE: Self = Self {
+        saved_syncookies: -1,
+        saved_timestamps: -1,
+        cookie_opts: 0,
+        valid: 1,
+        cookies_since_ns: 0,
+        cookies_last_ns: 0,
+    };
+}
+
+const _: () = assert!(core::mem::size_of::<HostState>() == 32);
 
 /// Each CPU's memory of IPv4 sources it found banned, so a banned source's packets are
 /// dropped without a walk of the bans trie (a call into the kernel per packet, the
@@ -646,6 +694,7 @@ mod pod {
     unsafe impl aya::Pod for super::BanCache {}
     unsafe impl aya::Pod for super::CpuRates {}
     unsafe impl aya::Pod for super::Proof {}
+    unsafe impl aya::Pod for super::HostState {}
 }
 
 // Layouts are part of the pinned ABI: changing one must bump ABI_VERSION.
@@ -660,7 +709,7 @@ const _: () = assert!(core::mem::size_of::<Stats>() == 8 * (stat::COUNT + 7));
 const _: () = assert!(core::mem::size_of::<CpuRates>() == 16 * capacity::MAX_CPUS as usize);
 const _: () = assert!(core::mem::size_of::<Proof>() == 24);
 const _: () = assert!(core::mem::size_of::<IfState>() == 56);
-const _: () = assert!(core::mem::size_of::<Config>() == 168 + 8 * PORT_WORDS);
+const _: () = assert!(core::mem::size_of::<Config>() == 160 + 8 * PORT_WORDS);
 const _: () = assert!(stat::NAMES.len() == stat::COUNT);
 
 #[cfg(test)]

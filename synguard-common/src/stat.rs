@@ -100,7 +100,10 @@ pub const N_V6_EXT_WALKED: usize = 33;
 pub const R_SYN_NAT: usize = 34;
 /// Attack mode: an ACK from an unverified source for one of the machine's addresses
 /// (on a port no NAT rule rewrites) that belongs to no connection and carries no valid
-/// cookie: an ACK flood's, which the kernel would answer with a reset. Dropped.
+/// cookie: an ACK flood's, which the kernel would answer with a reset. Dropped. Only
+/// what nothing of the machine can own: on a host with source NAT an ACK without any
+/// socket, or at a listener's port that NAT may hand out, is passed instead
+/// ([`R_ACK_NO_SOCKET`], [`R_ACK_SNAT_PORT`]).
 pub const R_ACK_NO_FLOW: usize = 35;
 /// Attack mode: the same for an RST (which the kernel would ignore). Dropped.
 pub const R_RST_NO_FLOW: usize = 36;
@@ -111,9 +114,26 @@ pub const R_RST_NO_FLOW: usize = 36;
 pub const N_SKETCH_NEW: usize = 37;
 /// Note: the same, for IPv6 sources.
 pub const N_SKETCH_NEW_V6: usize = 38;
+/// Attack mode: an ACK or RST from an unverified source for one of the machine's
+/// addresses, with no socket at all for its tuple, on a host that rewrites source
+/// addresses (masquerade, SNAT: `Config::snat`). Passed to the kernel: it may be a
+/// reply to a connection the host's NAT made for a guest (a container, a VM, a pod),
+/// which connection tracking owns and no socket of the host holds; if it is not, the
+/// kernel resets it, as it would without synguard. (On a host without source NAT such
+/// an ACK belongs to nothing: [`R_ACK_NO_FLOW`].)
+pub const R_ACK_NO_SOCKET: usize = 39;
+/// Attack mode: an ACK or RST that reached a listener of the machine without a valid
+/// cookie or a connection, on a host with source NAT, to a port its NAT may hand out
+/// (512 and up, see [`crate::SNAT_LOW_PORT`]): passed to the kernel, since a guest's
+/// connection may have been given that port by the NAT and its replies look exactly so.
+pub const R_ACK_SNAT_PORT: usize = 40;
+/// Note: a SYN answered with a cookie that could not carry the window scaling or SACK
+/// the client asked for, because it offered no TCP timestamps (Windows by default) or
+/// the server's `tcp_timestamps` is off: the connection is made with the MSS alone.
+pub const N_COOKIE_OPTIONS_LOST: usize = 41;
 
 /// Number of counter slots.
-pub const COUNT: usize = 39;
+pub const COUNT: usize = 42;
 
 /// Whether a counter is a verdict reason (each packet increments exactly one).
 pub const fn is_reason(i: usize) -> bool {
@@ -121,11 +141,13 @@ pub const fn is_reason(i: usize) -> bool {
         || (i >= R_COOKIE_SENT && i <= R_COOKIE_FALLBACK)
         || i == R_SYN_NOT_LOCAL
         || (i >= R_SYN_NAT && i <= R_RST_NO_FLOW)
+        || i == R_ACK_NO_SOCKET
+        || i == R_ACK_SNAT_PORT
 }
 
 /// Every verdict reason.
-pub const REASON_LIST: [usize; 24] = [
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 23, 24, 25, 26, 32, 34, 35, 36,
+pub const REASON_LIST: [usize; 26] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 23, 24, 25, 26, 32, 34, 35, 36, 39, 40,
 ];
 
 /// Stable names, used by `status`, `--json` and metrics.
@@ -169,6 +191,9 @@ pub const NAMES: [&str; COUNT] = [
     "rst_no_flow",
     "sketch_new",
     "sketch_new_v6",
+    "ack_no_socket",
+    "ack_snat_port",
+    "cookie_options_lost",
 ];
 
 /// Whether a verdict reason is a drop (in `enforce` mode).

@@ -127,6 +127,8 @@ const NOP_NOP_TS: u32 = 0x0101_080a;
 const NOP_WS: u32 = 0x0001_0303;
 /// SACK permitted, then two end-of-options bytes (macOS's last word).
 const SACK_EOL: u32 = 0x0402_0000;
+/// Two NOPs and SACK permitted (Windows's last word).
+const NOP_NOP_SACK: u32 = 0x0101_0402;
 
 /// What a SYN offers, from its data offset (`doff`, in words) and the first six words of
 /// its options (big-endian; zero past the header).
@@ -141,10 +143,12 @@ const SACK_EOL: u32 = 0x0402_0000;
 /// - FreeBSD: MSS, NOP, window scale, SACK permitted (or two NOPs), timestamps (20).
 /// - macOS and iOS: MSS, NOP, window scale, NOP, NOP, timestamps, SACK permitted, two
 ///   end-of-options bytes (24).
+/// - Windows: MSS, NOP, window scale, NOP, NOP, SACK permitted (12), no timestamps: read
+///   only to count what its cookie connection loses (see [`SynackOptions::lost`]).
 ///
 /// Anything else gives the MSS alone when it comes first (as it does for every stack
-/// seen, Windows's among them), or nothing: the cookie SYN-ACK then offers the MSS only,
-/// which is what the kernel's own cookies give a client without timestamps.
+/// seen), or nothing: the cookie SYN-ACK then offers the MSS only, which is what the
+/// kernel's own cookies give a client without timestamps.
 pub fn syn_options(doff: u32, w: &[u32; 6]) -> SynOptions {
     let mut o = SynOptions::NONE;
     if doff < 6 || w[0] >> 16 != 0x0204 {
@@ -175,6 +179,10 @@ pub fn syn_options(doff: u32, w: &[u32; 6]) -> SynOptions {
         }
         o.wscale = w[1] & 0xff;
         o.tsval = Some(w[3]);
+    } else if doff == 8 && w[1] >> 8 == NOP_WS && w[2] == NOP_NOP_SACK {
+        // Windows.
+        o.wscale = w[1] & 0xff;
+        o.sack_perm = true;
     }
     o
 }
@@ -192,6 +200,10 @@ pub struct SynackOptions {
     pub wscale: Option<u32>,
     /// Set ECE (the server agrees to ECN).
     pub ecn: bool,
+    /// The client asked for window scaling or SACK, and this answer cannot carry them
+    /// (no timestamps to hold them: the client sent none, as Windows does by default,
+    /// or the server's settings allow none).
+    pub lost: bool,
 }
 
 /// Decide the cookie SYN-ACK's options for a SYN that offered `syn`, under the kernel
@@ -215,6 +227,7 @@ pub fn synack_options(syn: &SynOptions, opts: u32, now_ms: u32, route_mss: u32) 
                 sack_perm: false,
                 wscale: None,
                 ecn: false,
+                lost: syn.wscale != NO_WSCALE || syn.sack_perm,
             };
         }
     };
@@ -253,6 +266,7 @@ pub fn synack_options(syn: &SynOptions, opts: u32, now_ms: u32, route_mss: u32) 
             None
         },
         ecn,
+        lost: false,
     }
 }
 
@@ -386,6 +400,28 @@ mod tests {
     }
 
     #[test]
+    fn a_cookie_without_timestamps_says_what_the_client_lost() {
+        // Windows by default: MSS, window scale, SACK permitted, no timestamps.
+        let windows = SynOptions {
+            tsval: None,
+            ..LINUX_SYN
+        };
+        assert!(synack_options(&windows, ALL, 100_000, 1460).lost);
+        // The same SYN while the server's timestamps are not 2: lost as well.
+        assert!(synack_options(&LINUX_SYN, ALL & !TIMESTAMPS, 100_000, 1460).lost);
+        // Carried in the timestamp: nothing lost.
+        assert!(!synack_options(&LINUX_SYN, ALL, 100_000, 1460).lost);
+        // A flood's bare SYN asked for nothing, so it loses nothing.
+        assert!(!synack_options(&SynOptions::NONE, ALL, 100_000, 1460).lost);
+        // SACK alone is worth counting too.
+        let sack_only = SynOptions {
+            wscale: NO_WSCALE,
+            ..windows
+        };
+        assert!(synack_options(&sack_only, ALL, 100_000, 1460).lost);
+    }
+
+    #[test]
     fn the_mss_is_the_smaller_of_the_clients_and_the_interfaces() {
         let s = |mss| SynOptions { mss, ..LINUX_SYN };
         assert_eq!(synack_options(&s(1460), ALL, 1, 1460).mss, 1460);
@@ -450,14 +486,21 @@ mod tests {
             2, 4, 5, 180, 1, 3, 3, 6, 1, 1, 8, 10, t[0], t[1], t[2], t[3], 0, 0, 0, 0, 4, 2, 0, 0,
         ];
         assert_eq!(parse(&macos), SynOptions { wscale: 6, ..want });
-        // Windows: no timestamps, so the MSS alone.
+        // Windows: no timestamps, so no cookie keeps its window scale and SACK.
         let windows = [2, 4, 5, 180, 1, 3, 3, 8, 1, 1, 4, 2];
         assert_eq!(
             parse(&windows),
             SynOptions {
                 mss: 1460,
+                wscale: 8,
+                sack_perm: true,
                 ..SynOptions::NONE
             }
+        );
+        let o = synack_options(&parse(&windows), ALL, 100_000, 1460);
+        assert_eq!(
+            (o.ts, o.wscale, o.sack_perm, o.lost),
+            (None, None, false, true)
         );
         // Just the MSS; nothing.
         assert_eq!(parse(&[2, 4, 5, 120]).mss, 1400);

@@ -112,16 +112,25 @@ pub(crate) enum AckCheck {
 
 /// An ACK or RST from an unverified source while cookies are on: does it prove the
 /// source (an ACK with a valid cookie), and is it to be dropped? Its verdict:
-/// `R_TCP_OTHER`, `R_ACK_NO_FLOW` or `R_RST_NO_FLOW`. (One register for the answer: a
-/// BPF function takes at most five arguments, an `Option` would be a sixth.)
+/// `R_TCP_OTHER`, `R_ACK_NO_SOCKET`, `R_ACK_SNAT_PORT`, `R_ACK_NO_FLOW` or
+/// `R_RST_NO_FLOW`. (One register for the answer: a BPF function takes at most five
+/// arguments, an `Option` would be a sixth.)
 ///
-/// Dropped only when nothing could want it: no connection of this namespace has its
-/// tuple, it carries no valid cookie (the kernel would answer an ACK with a reset and
-/// ignore an RST), and the lookup speaks for the socket it would reach: the destination
-/// is one of the machine's addresses (`to_local`) and no NAT rule rewrites its port
-/// (`nat_port`; a container's connections live in its own namespace). Verified sources,
-/// segments behind IP options or IPv6 extension headers, and anything the check cannot
-/// read go on to the kernel.
+/// Dropped only when nothing of this machine could want it: the destination is one of
+/// the machine's addresses (`to_local`; a guest's own address is the guest's business),
+/// no NAT rule rewrites its port (`nat_port`: a container's connections live in its own
+/// namespace), no connection of this namespace has its tuple, it carries no valid cookie
+/// (the kernel would answer an ACK with a reset and ignore an RST), and no connection
+/// the host's source NAT made could be its own. That last one is the reply of a
+/// masqueraded guest's connection (a container's, a VM's, a pod's): it arrives at one of
+/// the machine's addresses on the port the NAT chose, and only connection tracking knows
+/// it, which XDP cannot ask (the conntrack lookup kfuncs need a loader that resolves
+/// kfuncs, and 5.18). So on a host with source NAT (`Config::snat`, from its rules) an
+/// ACK with no socket at all is passed (`R_ACK_NO_SOCKET`), and so is one that reached a
+/// listener on a port the NAT may hand out (`R_ACK_SNAT_PORT`, from [`SNAT_LOW_PORT`]);
+/// what the flood aims at the machine's own services below that (80, 443, 22...) is
+/// still dropped. Verified sources, segments behind IP options or IPv6 extension
+/// headers, and anything the check cannot read go on to the kernel.
 #[inline(never)]
 pub(crate) fn check_ack(
     pkt: &Packet,
@@ -151,11 +160,16 @@ pub(crate) fn check_ack(
         }
         AckCheck::Unknown => R_TCP_OTHER,
         AckCheck::Invalid | AckCheck::NoSocket => {
-            if !rst && result == AckCheck::Invalid {
+            let invalid = result == AckCheck::Invalid;
+            if !rst && invalid {
                 pkt.note(N_COOKIE_ACK_INVALID);
             }
             if !to_local(pkt.ctx, at) || nat_port(dport) {
                 R_TCP_OTHER
+            } else if pkt.cfg.snat != 0 && !invalid {
+                R_ACK_NO_SOCKET
+            } else if pkt.cfg.snat != 0 && dport >= SNAT_LOW_PORT {
+                R_ACK_SNAT_PORT
             } else if rst {
                 R_RST_NO_FLOW
             } else {

@@ -232,6 +232,7 @@ pub(crate) fn syn_options(ctx: &XdpContext, l4: usize) -> SynOptions {
         };
     }
     match doff {
+        8 => read!(32, 3),
         9 => read!(36, 4),
         10 => read!(40, 5),
         11 => read!(44, 6),
@@ -430,8 +431,13 @@ pub(crate) unsafe fn tuple_of<F: Ip>(ip: *const u8, th: *const u8) -> MaybeUnini
     tuple
 }
 
+/// Or'ed into [`syn_cookie`]'s `R_COOKIE_SENT` when the answer could not carry the
+/// window scaling or SACK the client asked for (see `SynackOptions::lost`).
+pub(crate) const OPTIONS_LOST: usize = 1 << 16;
+
 /// Answer a SYN with a cookie SYN-ACK made by the kernel for its listener, built in
-/// place and sent back with XDP_TX.
+/// place and sent back with XDP_TX. Returns the verdict, with [`OPTIONS_LOST`] or'ed in
+/// when the answer is made with the MSS alone for a client that asked for more.
 #[inline(never)]
 pub(crate) fn syn_cookie<F: Ip>(ctx: &XdpContext, at: &Offsets, cookie_opts: u32) -> usize {
     let (l3, l4) = (at.l3, at.l4);
@@ -457,7 +463,12 @@ pub(crate) fn syn_cookie<F: Ip>(ctx: &XdpContext, at: &Offsets, cookie_opts: u32
     if o.ts.is_some() {
         synack::<F, SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
     } else {
-        synack::<F, SHORT_SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o)
+        let reason = synack::<F, SHORT_SYNACK_TCP_LEN>(ctx, l3, l4, cookie, &o);
+        if reason == R_COOKIE_SENT && o.lost {
+            reason | OPTIONS_LOST
+        } else {
+            reason
+        }
     }
 }
 

@@ -72,9 +72,10 @@ use network_types::{
 use synguard_common::{
     ACTION_DROP, ATTACK_BY_CHALLENGE, ATTACK_CALM_NS, ATTACK_STALE_NS, BanCache, Bucket, Config,
     CpuRate, CpuRates, EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_BAN, EVENT_CHALLENGE,
-    EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, IfState, MODE_MONITOR,
-    PORT_WORDS, PROOF_COOKIE, PROOF_HANDSHAKE, Proof, RULE_BAN, Rule, RuleKeyV4, RuleKeyV6,
-    SourceKey, Stats, V6_EXT_MAX, attack_challenge, attack_step, ban_cache, capacity, clock,
+    EVENT_INTERVAL_NS, EVENT_TOLERANCE_NS, Event, FAMILY_V4, FAMILY_V6, HostState, IfState,
+    MODE_MONITOR, PORT_WORDS, PROOF_COOKIE, PROOF_HANDSHAKE, Proof, RULE_BAN, Rule, RuleKeyV4,
+    RuleKeyV6, SNAT_LOW_PORT, SourceKey, Stats, V6_EXT_MAX, attack_challenge, attack_step,
+    ban_cache, capacity, clock,
     decide::{self, CHALLENGED, OverLimit, Syn, SynRules},
     gcra, hint, rate_span, rule_key_v4, rule_key_v6, source_key_v4, source_key_v6,
     sources::{self, Slot},
@@ -150,6 +151,10 @@ static SG_LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(capacity::
 /// kept by `run`: attack mode leaves SYNs for them to the kernel.
 #[map]
 static SG_NAT_PORTS: Array<[u64; PORT_WORDS]> = Array::with_max_entries(1, 0);
+/// The host's settings as `run` keeps them; the program reads what a cookie SYN-ACK may
+/// offer (see [`HostState`]).
+#[map]
+static SG_HOST: Array<HostState> = Array::with_max_entries(1, 0);
 
 /// Possible CPUs, set by the loader: the attack detector adds up every CPU's SYN rate.
 #[unsafe(no_mangle)]

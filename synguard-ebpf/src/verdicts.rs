@@ -87,14 +87,19 @@ pub(crate) fn tcp(
         pkt.note(N_MONITOR_PASSED);
         return xdp_action::XDP_PASS;
     }
+    // What the cookie may offer besides the MSS, as `run` keeps it (none without it).
+    let opts = SG_HOST.get(0).map_or(0, |h| h.cookie_opts);
     let reason = if !at.simple {
         R_COOKIE_FALLBACK
     } else if at.family == FAMILY_V4 {
-        syn_cookie::<V4>(ctx, at, pkt.cfg.cookie_opts)
+        syn_cookie::<V4>(ctx, at, opts)
     } else {
-        syn_cookie::<V6>(ctx, at, pkt.cfg.cookie_opts)
+        syn_cookie::<V6>(ctx, at, opts)
     };
-    pkt.verdict(reason)
+    if reason & OPTIONS_LOST != 0 {
+        pkt.note(N_COOKIE_OPTIONS_LOST);
+    }
+    pkt.verdict(reason & !OPTIONS_LOST)
 }
 
 /// Count an attack-mode SYN in `SG_SYN_SKETCH`; whether its source is quiet enough to

@@ -69,6 +69,8 @@ pub struct Maps {
     /// Which source sets may hold a proof (see `synguard_common::sources::proof_filter_bit`;
     /// kept by `proofs`).
     pub proof_filter: Array<MapData, [u64; synguard_common::sources::PROOF_FILTER_WORDS]>,
+    /// The host's settings as attack mode keeps them (see `crate::sysctls`).
+    pub host: Array<MapData, synguard_common::HostState>,
 }
 
 /// Options for loading the program.
@@ -222,6 +224,7 @@ impl Maps {
             local_v6: take(ebpf, map_names::LOCAL_V6)?,
             nat_ports: take(ebpf, map_names::NAT_PORTS)?,
             proof_filter: take(ebpf, map_names::PROOF_FILTER)?,
+            host: take(ebpf, map_names::HOST)?,
         })
     }
 
@@ -248,6 +251,7 @@ impl Maps {
             local_v6: open(pin_dir, map_names::LOCAL_V6)?,
             nat_ports: open(pin_dir, map_names::NAT_PORTS)?,
             proof_filter: open(pin_dir, map_names::PROOF_FILTER)?,
+            host: open(pin_dir, map_names::HOST)?,
         })
     }
 
@@ -262,6 +266,23 @@ impl Maps {
         self.bans_epoch
             .set(0, epoch, 0)
             .context("writing the bans epoch")
+    }
+
+    /// The host's settings as attack mode keeps them; a new map's zeroed entry reads as
+    /// [`synguard_common::HostState::NONE`].
+    pub fn read_host(&self) -> anyhow::Result<synguard_common::HostState> {
+        let h = self.host.get(&0, 0).context("reading the host state map")?;
+        Ok(if h.valid == 0 {
+            synguard_common::HostState::NONE
+        } else {
+            h
+        })
+    }
+
+    pub fn write_host(&mut self, h: &synguard_common::HostState) -> anyhow::Result<()> {
+        let mut h = *h;
+        h.valid = 1;
+        self.host.set(0, h, 0).context("writing the host state map")
     }
 
     pub fn read_config(&self) -> anyhow::Result<Config> {

@@ -664,11 +664,9 @@ impl Settings {
             generation,
             build_id: u64::from_str_radix(crate::version::BUILD_ID, 16).unwrap_or(0),
             daemon_pid: 0,
-            saved_syncookies: -1,
+            _pad0: 0,
             attack_calm_ns: synguard_common::ATTACK_CALM_NS,
-            saved_timestamps: -1,
-            cookie_opts: 0,
-            _reserved: 0,
+            snat: 0,
             // Drawn by `Maps::write_config` when the maps are new, kept after that.
             source_seed: [0; synguard_common::sources::SEED_WORDS],
             // Written below, by the keys and from several of them.
@@ -706,9 +704,7 @@ impl Settings {
         let mut c = self.to_kernel(current.generation.wrapping_add(1));
         c.build_id = current.build_id;
         c.daemon_pid = current.daemon_pid;
-        c.saved_syncookies = current.saved_syncookies;
-        c.saved_timestamps = current.saved_timestamps;
-        c.cookie_opts = current.cookie_opts;
+        c.snat = current.snat;
         c.attack_calm_ns = current.attack_calm_ns;
         c.source_seed = current.source_seed;
         c

@@ -124,6 +124,12 @@ pub enum Event {
         prefix: String,
         connections: u64,
     },
+    /// The host's settings for SYN cookies answered from XDP (`tcp_syncookies`,
+    /// `tcp_timestamps`) set (`on`: the SYN queues ran over in attack mode) or put back.
+    Pressure {
+        on: bool,
+        why: String,
+    },
     Sample {
         /// The interval the counters cover (the last one, at a stop, is shorter).
         secs: f64,

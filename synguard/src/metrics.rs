@@ -235,7 +235,7 @@ pub fn render(pin_dir: &Path, state_dir: &Path, rates: &Rates) -> anyhow::Result
         o.sample("synguard_map_capacity", &[("map", map)], f64::from(cap));
     }
     if let Some(l) = crate::crowdsec::read_link(state_dir) {
-        let gauges: [(&str, &str, f64); 6] = [
+        let gauges: [(&str, &str, f64); 7] = [
             (
                 "synguard_crowdsec_reachable",
                 "Whether the last pull from CrowdSec's Local API succeeded (1) or not (0).",
@@ -255,6 +255,11 @@ pub fn render(pin_dir: &Path, state_dir: &Path, rates: &Rates) -> anyhow::Result
                 "synguard_crowdsec_decisions",
                 "CrowdSec decisions held (and enforced unless synguard has its own entry).",
                 l.decisions as f64,
+            ),
+            (
+                "synguard_crowdsec_not_enforced_full",
+                "CrowdSec decisions held but not enforced: the blocklist has no room left.",
+                l.not_enforced_full as f64,
             ),
             (
                 "synguard_crowdsec_pushed",
@@ -306,19 +311,49 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// Serve `/metrics` until the task is dropped.
+/// Connections served at once; more wait in the kernel's backlog, where a scraper's
+/// connect times out rather than the daemon running out of descriptors.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a connection may take to send its request, and to take the answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serve `/metrics` until the task is dropped. Bounded: at most [`MAX_CONNECTIONS`]
+/// connections at once, each given [`IO_TIMEOUT`] to ask and to read, one rendering at a
+/// time (it walks the maps; scrapers asking together share the work's cost, not multiply
+/// it), and a failing `accept` (out of descriptors, say) is retried after a pause rather
+/// than at once in a loop.
 pub async fn serve(listener: TcpListener, pin_dir: PathBuf, state_dir: PathBuf, rates: Rates) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let render_lock = Arc::new(tokio::sync::Mutex::new(()));
+    let mut accept_errors = 0u32;
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut sock = match listener.accept().await {
+            Ok((sock, _)) => {
+                accept_errors = 0;
+                sock
+            }
+            Err(e) => {
+                accept_errors += 1;
+                if accept_errors == 1 {
+                    log::warn!("metrics: accepting a connection: {e}; pausing");
+                }
+                let pause = 10u64 << accept_errors.min(7);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                continue;
+            }
         };
         let pin_dir = pin_dir.clone();
         let state_dir = state_dir.clone();
         let rates = rates.clone();
+        let render_lock = render_lock.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut buf = vec![0u8; 4096];
             let mut n = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let read = tokio::time::timeout(IO_TIMEOUT, async {
                 while n < buf.len() {
                     let m = sock.read(&mut buf[n..]).await?;
                     if m == 0 {
@@ -345,6 +380,7 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf, state_dir: PathBuf, 
                     "text/plain",
                 )
             } else if path == "/metrics" || path.starts_with("/metrics?") {
+                let _rendering = render_lock.lock().await;
                 let p = pin_dir.clone();
                 let s = state_dir.clone();
                 let r = rates.clone();
@@ -371,8 +407,11 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf, state_dir: PathBuf, 
             if method != "HEAD" {
                 resp.push_str(&body);
             }
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            let _ = tokio::time::timeout(IO_TIMEOUT, async {
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            })
+            .await;
         });
     }
 }

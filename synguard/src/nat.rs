@@ -24,8 +24,25 @@
 //!   or NAT tables of the legacy iptables (which `nft` cannot show): every port, with a
 //!   warning in the log, and `status` says every port is left to the kernel. Without
 //!   `nft` and without connection tracking there can be no NAT: no port.
+//! - IPVS virtual services (`/proc/net/ip_vs`) take their clients' SYNs before any socket
+//!   does: their ports count too (a firewall-mark service: every port).
+//!
+//! The same reading says whether the host rewrites *source* addresses (a `masquerade` or
+//! `snat` statement, or rules that cannot be read): then replies to its guests'
+//! connections (containers, VMs, pods calling out) arrive at the host's own address with
+//! no socket behind them, and attack mode lets them through (`Config::snat`, see
+//! `stat::R_ACK_NO_SOCKET`).
+//!
+//! Reading is bounded: `nft` gets [`NFT_TIMEOUT`] and [`NFT_MAX_OUTPUT`] bytes, a ruleset
+//! with more than [`MAX_CHAINS`] chains or [`MAX_RULES`] rules is not analysed (every
+//! port, with a warning), and `run` reads in a thread of its own, so a slow `nft` never
+//! holds up its main loop (see `daemon::housekeeping`).
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    io::Read as _,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use serde_json::Value;
@@ -140,16 +157,42 @@ fn span(a: u16, b: u16) -> String {
     }
 }
 
+/// How long `nft -j list ruleset` may take before its reading is given up (every port).
+pub const NFT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most output of `nft -j list ruleset` read; a larger ruleset is not analysed.
+pub const NFT_MAX_OUTPUT: usize = 64 << 20;
+/// The largest ruleset analysed: chains, and rules.
+pub const MAX_CHAINS: usize = 20_000;
+pub const MAX_RULES: usize = 200_000;
+
 /// What [`read`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
     pub ports: NatPorts,
+    /// The host rewrites source addresses (or its rules could not be read).
+    pub snat: bool,
     /// Why every port is left to the kernel when the rules could not be read.
     pub warning: Option<String>,
 }
 
-/// Read this namespace's NAT rules (see the module's doc).
+/// What a ruleset says (see [`from_ruleset`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub ports: NatPorts,
+    pub snat: bool,
+}
+
+/// Read this namespace's NAT rules (see the module's doc), within [`NFT_TIMEOUT`].
 pub fn read() -> Reading {
+    let mut r = read_rules();
+    let ipvs = ipvs_ports();
+    if !ipvs.is_empty() {
+        r.ports = r.ports.union(&ipvs);
+    }
+    r
+}
+
+fn read_rules() -> Reading {
     let legacy = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
         .iter()
         .any(|f| {
@@ -163,39 +206,143 @@ pub fn read() -> Reading {
              iptables-nft)",
         );
     }
-    let out = match std::process::Command::new("nft")
-        .args(["-j", "list", "ruleset"])
-        .output()
-    {
+    let out = match run_nft(NFT_TIMEOUT, NFT_MAX_OUTPUT) {
         Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return without_nft(conntrack_loaded());
-        }
-        Err(e) => return unreadable(&format!("running `nft -j list ruleset`: {e}")),
+        Err(NftError::Missing) => return without_nft(conntrack_loaded()),
+        Err(NftError::Failed(why)) => return unreadable(&why),
     };
-    if !out.status.success() {
-        return unreadable(&format!(
-            "`nft -j list ruleset` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
     // An empty ruleset prints nothing at all with some versions of nft.
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+    if out.iter().all(u8::is_ascii_whitespace) {
         return Reading {
             ports: NatPorts::none(),
+            snat: false,
             warning: None,
         };
     }
-    let parsed = serde_json::from_slice::<Value>(&out.stdout)
+    let parsed = serde_json::from_slice::<Value>(&out)
         .map_err(|e| e.to_string())
         .and_then(|v| from_ruleset(&v));
     match parsed {
-        Ok(ports) => Reading {
-            ports,
+        Ok(a) => Reading {
+            ports: a.ports,
+            snat: a.snat,
             warning: None,
         },
         Err(e) => unreadable(&format!("reading `nft -j list ruleset`: {e}")),
     }
+}
+
+enum NftError {
+    Missing,
+    Failed(String),
+}
+
+/// `nft -j list ruleset`'s output, if it succeeds within `timeout` and `cap` bytes (it is
+/// killed otherwise).
+fn run_nft(timeout: Duration, cap: usize) -> Result<Vec<u8>, NftError> {
+    let mut child = match std::process::Command::new("nft")
+        .args(["-j", "list", "ruleset"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NftError::Missing),
+        Err(e) => {
+            return Err(NftError::Failed(format!(
+                "running `nft -j list ruleset`: {e}"
+            )));
+        }
+    };
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(NftError::Failed("`nft` without its pipes".into()));
+    };
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let r = stdout.take(cap as u64 + 1).read_to_end(&mut out);
+        r.map(|_| out)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut err = Vec::new();
+        let _ = stderr.take(64 << 10).read_to_end(&mut err);
+        err
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() < deadline && !reader.is_finished() => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // The output is complete (or over the cap): the exit follows at once.
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            _ => break None,
+        }
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(NftError::Failed(format!(
+            "`nft -j list ruleset` took more than {} s",
+            timeout.as_secs()
+        )));
+    };
+    let out = reader
+        .join()
+        .map_err(|_| NftError::Failed("reading nft's output".into()))?
+        .map_err(|e| NftError::Failed(format!("reading nft's output: {e}")))?;
+    let err = err_reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(NftError::Failed(format!(
+            "`nft -j list ruleset` failed: {}",
+            String::from_utf8_lossy(&err).trim()
+        )));
+    }
+    if out.len() > cap {
+        return Err(NftError::Failed(format!(
+            "the ruleset is larger than {} MiB",
+            cap >> 20
+        )));
+    }
+    Ok(out)
+}
+
+/// The ports of this namespace's IPVS virtual services (`/proc/net/ip_vs`; none without
+/// IPVS). A firewall-mark service may take any port: every port.
+pub fn ipvs_ports() -> NatPorts {
+    std::fs::read_to_string("/proc/net/ip_vs")
+        .map(|t| ipvs_ports_in(&t))
+        .unwrap_or_else(|_| NatPorts::none())
+}
+
+fn ipvs_ports_in(text: &str) -> NatPorts {
+    let mut out = NatPorts::none();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        match f.next() {
+            // `TCP  C0000201:0050 rr` or `TCP  [2001:0db8:...]:0050 rr`
+            Some("TCP") => {
+                let port = f
+                    .next()
+                    .and_then(|a| a.rsplit_once(':'))
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+                match port {
+                    Some(p) => {
+                        out.add(&NatPorts::range(p, p));
+                    }
+                    None => return NatPorts::all(),
+                }
+            }
+            Some("FWM") => return NatPorts::all(),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Whether connection tracking, which every NAT rule needs, is loaded: it registers its
@@ -220,6 +367,7 @@ fn without_nft(conntrack: bool) -> Reading {
     } else {
         Reading {
             ports: NatPorts::none(),
+            snat: false,
             warning: None,
         }
     }
@@ -228,8 +376,10 @@ fn without_nft(conntrack: bool) -> Reading {
 fn unreadable(why: &str) -> Reading {
     Reading {
         ports: NatPorts::all(),
+        snat: true,
         warning: Some(format!(
-            "{why}; until it can, attack mode leaves every SYN to the kernel's own SYN cookies"
+            "{why}; until it can, attack mode leaves every SYN to the kernel's own SYN cookies \
+             and lets through every ACK that could belong to a NAT'd connection"
         )),
     }
 }
@@ -246,12 +396,19 @@ fn chain_id(o: &Value, name_key: &str) -> Option<ChainId> {
 }
 
 /// The destination ports that the rewriting rules of an `nft -j list ruleset` document can
-/// apply to.
-pub fn from_ruleset(doc: &Value) -> Result<NatPorts, String> {
+/// apply to, and whether any rule rewrites source addresses.
+pub fn from_ruleset(doc: &Value) -> Result<Analysis, String> {
     let items = doc
         .get("nftables")
         .and_then(Value::as_array)
         .ok_or("no \"nftables\" list")?;
+    let count = |k: &str| items.iter().filter(|i| i.get(k).is_some()).count();
+    if count("chain") > MAX_CHAINS || count("rule") > MAX_RULES {
+        return Err(format!(
+            "the ruleset has more than {MAX_CHAINS} chains or {MAX_RULES} rules, too many to \
+             analyse in time"
+        ));
+    }
     // Each chain and whether it is a base chain (one the kernel enters by a hook).
     let mut chains: HashMap<ChainId, bool> = HashMap::new();
     let mut rules: Vec<(ChainId, &[Value])> = Vec::new();
@@ -329,6 +486,9 @@ pub fn from_ruleset(doc: &Value) -> Result<NatPorts, String> {
             break;
         }
     }
+    let snat = rules
+        .iter()
+        .any(|(_, expr)| expr.iter().any(rewrites_source));
     let mut out = NatPorts::none();
     for (chain, expr) in &rules {
         if !expr.iter().any(rewrites_destination) {
@@ -341,7 +501,12 @@ pub fn from_ruleset(doc: &Value) -> Result<NatPorts, String> {
         };
         out.add(&ports);
     }
-    Ok(out)
+    Ok(Analysis { ports: out, snat })
+}
+
+/// Whether a statement gives the packet another source (address or port).
+fn rewrites_source(e: &Value) -> bool {
+    ["masquerade", "snat"].iter().any(|k| e.get(k).is_some())
 }
 
 /// Whether a statement sends the packet to another destination (address or port).
@@ -455,6 +620,19 @@ pub fn sync(maps: &mut Maps, ports: &NatPorts) -> anyhow::Result<()> {
         .context("updating SG_NAT_PORTS")
 }
 
+/// Make the kernel hold what a reading found: the ports (`SG_NAT_PORTS`) and whether the
+/// host rewrites source addresses (`Config::snat`). The caller holds the writers' lock.
+pub fn apply(maps: &mut Maps, reading: &Reading) -> anyhow::Result<()> {
+    sync(maps, &reading.ports)?;
+    let mut cfg = maps.read_config()?;
+    let snat = u32::from(reading.snat);
+    if cfg.snat != snat {
+        cfg.snat = snat;
+        maps.write_config(&cfg)?;
+    }
+    Ok(())
+}
+
 /// The ports attack mode leaves to the kernel, as the map holds them.
 pub fn current(maps: &Maps) -> anyhow::Result<NatPorts> {
     let words = maps.nat_ports.get(&0, 0).context("reading SG_NAT_PORTS")?;
@@ -498,6 +676,7 @@ mod tests {
     fn ports(items: Vec<Value>) -> String {
         from_ruleset(&doc(items))
             .expect("a readable ruleset")
+            .ports
             .describe()
     }
 
@@ -636,6 +815,57 @@ mod tests {
         ]);
         assert_eq!(found, "none");
         assert_eq!(ports(vec![]), "none");
+    }
+
+    /// Docker's and libvirt's masquerade, an SNAT: the host rewrites sources; a DNAT alone
+    /// does not.
+    #[test]
+    fn source_nat_is_noticed() {
+        let snat = |items: Vec<Value>| from_ruleset(&doc(items)).expect("readable").snat;
+        let masq = json!({"masquerade": null});
+        assert!(snat(vec![
+            chain("POSTROUTING", Some("postrouting")),
+            rule("POSTROUTING", json!([masq])),
+        ]));
+        assert!(snat(vec![
+            chain("POSTROUTING", Some("postrouting")),
+            rule("POSTROUTING", json!([{"snat": {"addr": "192.0.2.1"}}])),
+        ]));
+        assert!(!snat(vec![
+            chain("PREROUTING", Some("prerouting")),
+            rule(
+                "PREROUTING",
+                json!([dport("tcp", json!(80)), {"dnat": {"addr": "10.0.0.2"}}])
+            ),
+        ]));
+        assert!(!snat(vec![]));
+        // What cannot be read counts as source NAT too.
+        assert!(unreadable("x").snat);
+        assert!(!without_nft(false).snat);
+    }
+
+    #[test]
+    fn ipvs_services_ports_count() {
+        let text = "IP Virtual Server version 1.2.1 (size=4096)\n\
+                    Prot LocalAddress:Port Scheduler Flags\n\
+                      -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n\
+                    TCP  C0000201:0050 rr\n\
+                      -> C0A80002:1F90      Masq    1      0          0\n\
+                    UDP  C0000201:0035 rr\n\
+                    TCP  [2001:0db8:0000:0000:0000:0000:0000:0001]:01BB wlc\n";
+        assert_eq!(ipvs_ports_in(text).describe(), "80,443");
+        assert!(ipvs_ports_in("FWM  00000001 rr\n").is_all());
+        assert!(ipvs_ports_in("").is_empty());
+    }
+
+    /// A ruleset too large to analyse in time is refused (every port, by the caller).
+    #[test]
+    fn huge_rulesets_are_not_analysed() {
+        let mut items = vec![chain("PREROUTING", Some("prerouting"))];
+        for i in 0..=MAX_CHAINS {
+            items.push(chain(&format!("c{i}"), None));
+        }
+        assert!(from_ruleset(&doc(items)).is_err());
     }
 
     #[test]

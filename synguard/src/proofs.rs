@@ -74,6 +74,17 @@ pub fn record(
     now: u64,
 ) -> anyhow::Result<()> {
     mark(maps, key)?;
+    record_marked(maps, key, how, until_ns, now)
+}
+
+/// [`record`], for a key whose filter bit is set already.
+fn record_marked(
+    maps: &mut Maps,
+    key: &SourceKey,
+    how: u32,
+    until_ns: u64,
+    now: u64,
+) -> anyhow::Result<()> {
     let (since_ns, how) = match get(maps, key, now)? {
         Some(old) if old.until_ns >= until_ns => return Ok(()),
         Some(old) if until_ns != PROOF_FOREVER => (old.since_ns, old.how),
@@ -232,19 +243,26 @@ fn resolvers_in(text: &str) -> Vec<IpAddr> {
 pub struct Refresh {
     /// Protected addresses (never banned), with how (`PROOF_GATEWAY`, `PROOF_RESOLVER`).
     pub protected: Vec<(IpAddr, u32)>,
-    /// Peers of connections proven (or proven again).
-    pub peers: usize,
+    /// Peers of this namespace's connections, to prove (by [`prove_peers`], a share each
+    /// second).
+    pub peers: Vec<IpAddr>,
     /// Bans lifted because their source is proven now.
     pub lifted: Vec<IpNet>,
     /// The proof filter brought up to date.
     pub filter: FilterSync,
 }
 
-/// Make the proofs `run` makes itself (see the module's documentation), and lift the
-/// bans of sources proven now: a ban is only ever made for an unproven source, so a ban
-/// on a proven one means its address was forged before it proved itself.
-/// `was_protected` is the previous refresh's protected addresses: those the machine no
-/// longer uses lose their proof.
+/// Peers proven per call of [`prove_peers`] at most (one a second): a host with a
+/// hundred thousand connections is covered within a minute, and no second of `run`'s
+/// loop is spent on more than a few thousand map updates.
+pub const PEERS_PER_TICK: usize = 4096;
+
+/// Make the protected addresses' proofs and find the peers to prove (see the module's
+/// documentation), and lift the bans of sources proven now: a ban is only ever made for
+/// an unproven source, so a ban on a proven one means its address was forged before it
+/// proved itself. `was_protected` is the previous refresh's protected addresses: those the
+/// machine no longer uses lose their proof. Bounded: a few addresses, one dump of the
+/// sockets, a walk of the bans (not of the operator's lists), the filter's rows.
 pub fn refresh(
     maps: &mut Maps,
     settings: &Settings,
@@ -268,20 +286,11 @@ pub fn refresh(
     for (a, how) in &out.protected {
         record(maps, &key(*a), *how, PROOF_FOREVER, now)?;
     }
-    let until = now.saturating_add(settings.verified_for.as_nanos() as u64);
     match crate::sockdiag::connected_peers() {
-        Ok(peers) => {
-            for p in &peers {
-                record(maps, &key(*p), PROOF_SOCKET, until, now)?;
-            }
-            out.peers = peers.len();
-        }
+        Ok(peers) => out.peers = peers,
         Err(e) => log::debug!("listing connections: {e}"),
     }
-    for e in rules::list(maps)? {
-        if e.rule.kind != RULE_BAN {
-            continue;
-        }
+    for e in rules::list_bans(maps)? {
         let proven = get(maps, &key(e.net.network()), now)?.is_some()
             && u32::from(e.net.prefix_len()) == key(e.net.network()).prefix_len;
         if proven && rules::delete(maps, &e.net)?.is_some() {
@@ -290,6 +299,65 @@ pub fn refresh(
     }
     out.filter = sync_filter(maps, now)?;
     Ok(out)
+}
+
+/// Prove up to [`PEERS_PER_TICK`] peers of `queue` (taken from its end) for
+/// `verified-for`, setting their filter bits row by row. Returns the ban of each that had
+/// one (lifted: its source owns its address).
+pub fn prove_peers(
+    maps: &mut Maps,
+    settings: &Settings,
+    now: u64,
+    queue: &mut Vec<IpAddr>,
+) -> anyhow::Result<Vec<IpNet>> {
+    let n = queue.len().min(PEERS_PER_TICK);
+    let batch: Vec<IpAddr> = queue.split_off(queue.len() - n);
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let until = now.saturating_add(settings.verified_for.as_nanos() as u64);
+    let keys: Vec<SourceKey> = batch
+        .iter()
+        .map(|a| source_key(*a, settings.ipv4_prefix, settings.ipv6_prefix))
+        .collect();
+    mark_all(maps, &keys)?;
+    let mut lifted = Vec::new();
+    for k in &keys {
+        record_marked(maps, k, PROOF_SOCKET, until, now)?;
+        if let Some(net) = crate::daemon::source_net(k)
+            && rules::get(maps, &net)?.is_some_and(|r| r.kind == RULE_BAN)
+            && rules::delete(maps, &net)?.is_some()
+        {
+            lifted.push(net);
+        }
+    }
+    Ok(lifted)
+}
+
+/// Set the filter bits of `keys`, reading and writing each row once.
+fn mark_all(maps: &mut Maps, keys: &[SourceKey]) -> anyhow::Result<()> {
+    let seed = crate::sources::seed(maps)?;
+    let mut rows: std::collections::BTreeMap<u32, Vec<(usize, u64)>> = Default::default();
+    for k in keys {
+        let (row, word, bit) = proof_filter_bit(set_of(k, &seed));
+        rows.entry(row).or_default().push((word, bit));
+    }
+    for (row, bits) in rows {
+        let mut words = maps
+            .proof_filter
+            .get(&row, 0)
+            .context("reading the proof filter")?;
+        let before = words;
+        for (word, bit) in bits {
+            words[word] |= bit;
+        }
+        if words != before {
+            maps.proof_filter
+                .set(row, words, 0)
+                .context("writing the proof filter")?;
+        }
+    }
+    Ok(())
 }
 
 /// Where `run` pins the `sock_ops` program's link.

@@ -767,6 +767,19 @@ fn event_text(event: &Event) -> Option<String> {
         Event::Purge {
             prefix,
             connections,
+        } if prefix == "stale" => format!(
+            "removed {connections} half-open connections the flood left in the SYN queues \
+             (tcp_syncookies back to 0)"
+        ),
+        Event::Pressure { on: true, why } => format!(
+            "{why}: tcp_syncookies (and tcp_timestamps) set for SYN cookies answered in XDP"
+        ),
+        Event::Pressure { on: false, why } => {
+            format!("{why}: tcp_syncookies put back (tcp_timestamps a minute later)")
+        }
+        Event::Purge {
+            prefix,
+            connections,
         } => format!("removed {connections} half-open connections of {prefix} from the SYN queues"),
         Event::Sample { .. } => return None,
     };

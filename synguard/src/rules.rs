@@ -175,8 +175,12 @@ const TABLES: [Table; 2] = [Table::Rules, Table::Bans];
 /// Every stored prefix with its trie, each once even if entries are deleted while we
 /// walk (a trie walk restarts from the beginning when its current key disappears).
 fn keys(maps: &Maps) -> anyhow::Result<Vec<(IpNet, Table)>> {
+    keys_of(maps, &TABLES)
+}
+
+fn keys_of(maps: &Maps, tables: &[Table]) -> anyhow::Result<Vec<(IpNet, Table)>> {
     let mut out = std::collections::BTreeSet::new();
-    for table in TABLES {
+    for &table in tables {
         for k in table.v4(maps).keys() {
             match k {
                 Ok(k) => {
@@ -248,6 +252,19 @@ pub fn list(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
     let mut out = Vec::new();
     for (net, table) in keys(maps)? {
         // Gone since we listed it: skip.
+        if let Some(rule) = get_in(maps, table, &net)? {
+            out.push(RuleEntry { net, rule });
+        }
+    }
+    add_cached_hits(maps, &mut out)?;
+    Ok(out)
+}
+
+/// The automatic bans alone (their trie only: a walk that does not grow with the
+/// operator's or CrowdSec's entries).
+pub fn list_bans(maps: &Maps) -> anyhow::Result<Vec<RuleEntry>> {
+    let mut out = Vec::new();
+    for (net, table) in keys_of(maps, &[Table::Bans])? {
         if let Some(rule) = get_in(maps, table, &net)? {
             out.push(RuleEntry { net, rule });
         }
@@ -455,16 +472,13 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
         Err(MapError::SyscallError(s))
             if matches!(s.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
         {
-            anyhow::bail!(
-                "the {} table is full ({} entries per address family); remove entries \
-                 with `synguard block del` or aggregate them into wider prefixes",
-                if table == Table::Bans {
+            return Err(anyhow::Error::new(TableFull {
+                table: if table == Table::Bans {
                     "bans"
                 } else {
                     "rules"
                 },
-                synguard_common::capacity::RULES
-            )
+            }));
         }
         Err(e) => return Err(e).with_context(|| format!("storing the rule for {net}")),
     }
@@ -481,6 +495,30 @@ pub fn put(maps: &mut Maps, net: &IpNet, rule: &Rule) -> anyhow::Result<()> {
         maps.new_bans_epoch()?;
     }
     Ok(())
+}
+
+/// A table had no room for an entry ([`put`]); nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the {table} table is full ({} entries per address family); remove entries with \
+     `synguard block del` or aggregate them into wider prefixes",
+    synguard_common::capacity::RULES
+)]
+pub struct TableFull {
+    pub table: &'static str,
+}
+
+/// How many more blocks (manual or CrowdSec's) the allow/block trie of `net`'s family
+/// takes, given its `entries` (as [`list`] gives them): up to the capacity less
+/// [`capacity::ALLOW_RESERVE`](synguard_common::capacity::ALLOW_RESERVE), which only the
+/// allowlist may use.
+pub fn block_room(entries: &[RuleEntry], v4: bool) -> usize {
+    use synguard_common::capacity::{ALLOW_RESERVE, RULES};
+    let used = entries
+        .iter()
+        .filter(|e| e.rule.kind != RULE_BAN && e.net.addr().is_ipv4() == v4)
+        .count();
+    ((RULES - ALLOW_RESERVE) as usize).saturating_sub(used)
 }
 
 /// Remove the entry stored under exactly this prefix, and return it with its hit count

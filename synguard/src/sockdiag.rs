@@ -45,6 +45,10 @@ pub struct HalfOpen {
     pub id: [u8; SOCKID_LEN],
     /// The remote (client) address.
     pub peer: IpAddr,
+    /// SYN-ACKs sent again for it so far (`idiag_retrans`): a client's handshake
+    /// completes within its round trip, before the first resend (1 s); a forged
+    /// request's never does.
+    pub retrans: u8,
 }
 
 fn nl_socket() -> io::Result<OwnedFd> {
@@ -204,6 +208,7 @@ fn sockets(states: u32) -> io::Result<Vec<HalfOpen>> {
                     SOCK_DIAG_BY_FAMILY if payload.len() >= MSG_LEN => {
                         let fam = payload[0];
                         let state = u32::from(payload[1]);
+                        let retrans = payload[3];
                         let mut id = [0u8; SOCKID_LEN];
                         id.copy_from_slice(&payload[4..4 + SOCKID_LEN]);
                         if states & (1 << state) != 0
@@ -213,6 +218,7 @@ fn sockets(states: u32) -> io::Result<Vec<HalfOpen>> {
                                 family: fam,
                                 id,
                                 peer,
+                                retrans,
                             });
                         }
                     }
@@ -259,13 +265,13 @@ pub fn destroy(h: &HalfOpen) -> io::Result<()> {
 /// Destroy every half-open connection from `net`. Returns how many went; connections that
 /// completed or vanished in between are not errors.
 pub fn purge(net: &IpNet) -> io::Result<usize> {
-    purge_where(|peer| net.contains(peer))
+    purge_where(|h| net.contains(&h.peer))
 }
 
-/// Destroy every half-open connection whose peer passes `keep_out`.
-pub fn purge_where(mut doomed: impl FnMut(&IpAddr) -> bool) -> io::Result<usize> {
+/// Destroy every half-open connection `doomed` says.
+pub fn purge_where(mut doomed: impl FnMut(&HalfOpen) -> bool) -> io::Result<usize> {
     let mut n = 0;
-    for h in half_open()?.into_iter().filter(|h| doomed(&h.peer)) {
+    for h in half_open()?.into_iter().filter(|h| doomed(h)) {
         match destroy(&h) {
             Ok(()) => n += 1,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}

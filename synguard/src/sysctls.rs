@@ -12,18 +12,20 @@
 //! Both are put back when cookies are no longer answered; the timestamps setting a minute
 //! later (six calm periods), since a client's ACK may still be on its way with a
 //! timestamp the kernel must read without an offset. The previous values are kept in
-//! the pinned config, so a `run` after a crash, or `detach`, restores them.
+//! the pinned `SG_HOST` ([`HostState`]), so a `run` after a crash, or `detach`, restores
+//! them. When they are set at all is `run`'s choice (`daemon::keeper`): only while the
+//! server is under pressure in attack mode.
 //!
 //! The rest is read every second into the config's `cookie_opts`: `tcp_sack`,
 //! `tcp_window_scaling`, `tcp_ecn`, and the window scale the kernel gives connections
 //! (from `tcp_rmem` and `rmem_max`).
 
-use std::{fs, path::Path};
+use std::fs;
 
 use anyhow::Context as _;
-use synguard_common::synack;
+use synguard_common::{HostState, synack};
 
-use crate::{bpf::Maps, pins};
+use crate::bpf::Maps;
 
 const SYNCOOKIES: &str = "/proc/sys/net/ipv4/tcp_syncookies";
 const TIMESTAMPS: &str = "/proc/sys/net/ipv4/tcp_timestamps";
@@ -55,17 +57,14 @@ pub fn syncookies() -> anyhow::Result<i64> {
     read_int(SYNCOOKIES)
 }
 
-/// Set `net.ipv4.tcp_syncookies` to 2 (`want`) or back to the value saved in the pinned
-/// config, saying what it does.
-pub fn sync_syncookies(pin_dir: &Path, maps: &mut Maps, want: bool) -> anyhow::Result<()> {
+/// Set `net.ipv4.tcp_syncookies` to 2 (`want`) or back to the value saved in `host`,
+/// saying what it does. `host` is the caller's copy of `SG_HOST`, written back by it.
+pub fn sync_syncookies(host: &mut HostState, want: bool) -> anyhow::Result<()> {
     let current = read_int(SYNCOOKIES)? as i32;
-    let _lock = pins::lock_writers(pin_dir)?;
-    let mut cfg = maps.read_config()?;
     if want {
         if current != 2 {
-            if cfg.saved_syncookies < 0 {
-                cfg.saved_syncookies = current;
-                maps.write_config(&cfg)?;
+            if host.saved_syncookies < 0 {
+                host.saved_syncookies = current;
             }
             write_int(SYNCOOKIES, 2)?;
             log::info!(
@@ -73,14 +72,13 @@ pub fn sync_syncookies(pin_dir: &Path, maps: &mut Maps, want: bool) -> anyhow::R
                  from XDP"
             );
         }
-    } else if cfg.saved_syncookies >= 0 {
-        let saved = cfg.saved_syncookies;
+    } else if host.saved_syncookies >= 0 {
+        let saved = host.saved_syncookies;
         if current == 2 && saved != 2 {
             write_int(SYNCOOKIES, saved)?;
             log::info!("restored net.ipv4.tcp_syncookies = {saved}");
         }
-        cfg.saved_syncookies = -1;
-        maps.write_config(&cfg)?;
+        host.saved_syncookies = -1;
     }
     Ok(())
 }
@@ -105,17 +103,15 @@ pub fn cookie_opts() -> u32 {
 }
 
 /// Set `net.ipv4.tcp_timestamps` to 2 (`want`, and only from 1) or back to the value
-/// saved in the pinned config, then refresh `cookie_opts` from the kernel's settings.
-/// Before a restore, the program stops offering timestamps first.
-pub fn sync_timestamps(pin_dir: &Path, maps: &mut Maps, want: bool) -> anyhow::Result<()> {
+/// saved in `host`, then bring `host.cookie_opts` in step with the kernel's settings.
+/// Before a restore, the program is told to stop offering timestamps (`maps`), so no
+/// cookie is made with options the kernel would then misread.
+pub fn sync_timestamps(maps: &mut Maps, host: &mut HostState, want: bool) -> anyhow::Result<()> {
     let current = read_int(TIMESTAMPS)? as i32;
-    let _lock = pins::lock_writers(pin_dir)?;
-    let mut cfg = maps.read_config()?;
     if want {
         if current == 1 {
-            if cfg.saved_timestamps < 0 {
-                cfg.saved_timestamps = current;
-                maps.write_config(&cfg)?;
+            if host.saved_timestamps < 0 {
+                host.saved_timestamps = current;
             }
             write_int(TIMESTAMPS, 2)?;
             log::info!(
@@ -124,32 +120,72 @@ pub fn sync_timestamps(pin_dir: &Path, maps: &mut Maps, want: bool) -> anyhow::R
                  timestamp only without per-connection offsets"
             );
         }
-    } else if cfg.saved_timestamps >= 0 {
-        let saved = cfg.saved_timestamps;
-        cfg.cookie_opts &= !synack::TIMESTAMPS;
-        cfg.saved_timestamps = -1;
-        maps.write_config(&cfg)?;
+    } else if host.saved_timestamps >= 0 {
+        let saved = host.saved_timestamps;
+        host.cookie_opts &= !synack::TIMESTAMPS;
+        host.saved_timestamps = -1;
+        maps.write_host(host)?;
         if current == 2 && saved != 2 {
             write_int(TIMESTAMPS, saved)?;
             log::info!("restored net.ipv4.tcp_timestamps = {saved}");
         }
     }
-    let opts = cookie_opts();
-    if cfg.cookie_opts != opts {
-        cfg.cookie_opts = opts;
-        maps.write_config(&cfg)?;
-    }
+    host.cookie_opts = cookie_opts();
     Ok(())
 }
 
-/// Both, as `want` says (stopping, `detach`, a crashed run's leftovers: `false`).
-pub fn sync_all(pin_dir: &Path, maps: &mut Maps, want: bool) {
-    if let Err(e) = sync_syncookies(pin_dir, maps, want) {
+/// Put back both settings now (stopping, `detach`, a crashed run's leftovers), and say
+/// so in `SG_HOST`.
+pub fn restore_all(maps: &mut Maps) {
+    let mut host = match maps.read_host() {
+        Ok(h) => h,
+        Err(e) => {
+            log::error!("restoring net.ipv4.tcp_syncookies: {e:#}");
+            return;
+        }
+    };
+    if let Err(e) = sync_syncookies(&mut host, false) {
         log::error!("managing net.ipv4.tcp_syncookies: {e:#}");
     }
-    if let Err(e) = sync_timestamps(pin_dir, maps, want) {
+    if let Err(e) = sync_timestamps(maps, &mut host, false) {
         log::error!("managing net.ipv4.tcp_timestamps: {e:#}");
     }
+    host.cookies_since_ns = 0;
+    if let Err(e) = maps.write_host(&host) {
+        log::error!("{e:#}");
+    }
+}
+
+/// How many SYNs the listeners could not queue so far in this network namespace: the
+/// kernel's `TcpExt` counters `TCPReqQFullDoCookies` (the SYN queue was full: answered
+/// with the kernel's own cookie) and `ListenDrops` (dropped: a full SYN queue without
+/// cookies, a queue three quarters full of `tcp_max_syn_backlog` without cookies, a full
+/// accept queue), from `/proc/net/netstat`. When they move, the SYNs reaching the kernel
+/// are more than its queues hold: the pressure that justifies attack mode's host-wide
+/// settings. `None` if the file cannot be read.
+pub fn queue_overflows() -> Option<u64> {
+    let text = fs::read_to_string("/proc/net/netstat").ok()?;
+    queue_overflows_in(&text)
+}
+
+fn queue_overflows_in(text: &str) -> Option<u64> {
+    let mut lines = text.lines();
+    while let Some(names) = lines.next() {
+        let values = lines.next()?;
+        let (Some(("TcpExt", names)), Some(("TcpExt", values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        let mut total = None;
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if n == "TCPReqQFullDoCookies" || n == "ListenDrops" {
+                total = Some(total.unwrap_or(0) + v.parse::<u64>().ok()?);
+            }
+        }
+        return total;
+    }
+    None
 }
 
 /// A `cookie_opts` word in words: what a cookie SYN-ACK offers besides the MSS (nothing
@@ -177,6 +213,21 @@ pub fn describe(opts: u32) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_overflows_are_read_from_tcpext() {
+        let text = "TcpExt: SyncookiesSent ListenDrops TCPReqQFullDoCookies TCPReqQFullDrop\n\
+                    TcpExt: 5 11 7 3\n\
+                    IpExt: InNoRoutes\n\
+                    IpExt: 0\n";
+        assert_eq!(queue_overflows_in(text), Some(18));
+        // Another section first, and a kernel without the counters.
+        let text = "IpExt: InNoRoutes\nIpExt: 0\nTcpExt: SyncookiesSent\nTcpExt: 5\n";
+        assert_eq!(queue_overflows_in(text), None);
+        assert_eq!(queue_overflows_in("garbage"), None);
+        // This machine's own file has them.
+        assert!(queue_overflows().is_some());
+    }
 
     #[test]
     fn options_described() {

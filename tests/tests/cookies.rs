@@ -21,7 +21,7 @@ use synguard_common::{
 use synguard_tests::{
     kit::{
         netns::Netns,
-        packet::{ACK, RST, Tcp},
+        packet::{ACK, FIN, RST, Tcp},
         prog::{Prog, XDP_DROP, XDP_PASS, XDP_TX, pin_to_cpu, source_key},
     },
     require_root,
@@ -985,6 +985,111 @@ fn ack_and_rst_floods_are_dropped_in_attack_mode() {
             XDP_PASS,
             &[R_TCP_OTHER],
         );
+    });
+}
+
+/// On a host that rewrites source addresses (Docker's, libvirt's or a Kubernetes node's
+/// masquerade), the replies to its guests' connections arrive at the host's own address
+/// on the port the NAT chose, with no socket of the host behind them: connection
+/// tracking owns them, which XDP cannot ask. Attack mode lets them through; when the NAT
+/// kept a guest's port that a listener of the host also has (any port from 512 up), the
+/// reply reaches that listener without a cookie, and goes through too. What an ACK or RST
+/// flood aims at a listener below (the web server's port) is still dropped; and a host
+/// without source NAT drops every segment that belongs to nothing, as before.
+#[test]
+fn replies_to_a_nat_hosts_guests_pass_in_attack_mode() {
+    in_server_ns("2", || {
+        // A service of the host bound in the range the NAT hands out.
+        let _l4 = TcpListener::bind("192.0.2.1:40000").expect("listen v4");
+        let _l6 = TcpListener::bind("[2001:db8:2::1]:40000").expect("listen v6");
+        let mut p = always();
+        p.set_snat(true);
+        for (upstream, server) in [("198.51.100.200", SERVER), ("2001:db8:5::200", SERVER6)] {
+            // An upstream API answering a guest's call: ACKs, data, FIN, RST.
+            for f in [ACK, ACK | FIN, RST, RST | ACK] {
+                let reply = Tcp::syn(upstream, server)
+                    .sport(443)
+                    .dport(51234)
+                    .flags(f)
+                    .build();
+                p.expect(&reply, XDP_PASS, &[R_ACK_NO_SOCKET]);
+            }
+            // The NAT kept the guest's port 40000, which a host listener has too.
+            let collide = Tcp::syn(upstream, server)
+                .sport(443)
+                .dport(40000)
+                .flags(ACK)
+                .build();
+            p.expect(&collide, XDP_PASS, &[R_ACK_SNAT_PORT, N_COOKIE_ACK_INVALID]);
+            let rst = Tcp::syn(upstream, server)
+                .sport(443)
+                .dport(40000)
+                .flags(RST)
+                .build();
+            p.expect(&rst, XDP_PASS, &[R_ACK_SNAT_PORT]);
+            // A flood at the web server's port: still dropped.
+            let flood = Tcp::syn(upstream, server).flags(ACK).build();
+            p.expect(&flood, XDP_DROP, &[R_ACK_NO_FLOW, N_COOKIE_ACK_INVALID]);
+            let flood = Tcp::syn(upstream, server).flags(RST).build();
+            p.expect(&flood, XDP_DROP, &[R_RST_NO_FLOW]);
+        }
+        // Without source NAT nothing of the host can own them: dropped.
+        p.set_snat(false);
+        for (upstream, server) in [("198.51.100.200", SERVER), ("2001:db8:5::200", SERVER6)] {
+            let reply = Tcp::syn(upstream, server)
+                .sport(443)
+                .dport(51234)
+                .flags(ACK)
+                .build();
+            p.expect(&reply, XDP_DROP, &[R_ACK_NO_FLOW]);
+            let collide = Tcp::syn(upstream, server)
+                .sport(443)
+                .dport(40000)
+                .flags(ACK)
+                .build();
+            p.expect(&collide, XDP_DROP, &[R_ACK_NO_FLOW, N_COOKIE_ACK_INVALID]);
+        }
+    });
+}
+
+/// A client without TCP timestamps (Windows by default) answered with a cookie loses the
+/// window scaling and SACK it asked for (nothing can carry them): the answer is counted,
+/// so `status` and the metrics can say how many. A flood's bare SYN asked for nothing and
+/// loses nothing; a client with timestamps keeps both.
+#[test]
+fn cookie_answers_that_lose_a_clients_options_are_counted() {
+    use synguard_common::synack::cookie_opts;
+    in_server_ns("2", || {
+        let mut p = always();
+        p.set_cookie_opts(cookie_opts(true, true, true, true, 9));
+        let windows = [2, 4, 5, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2];
+        let linux = [
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        for (client, server) in [("198.51.100.31", SERVER), ("2001:db8:5::31", SERVER6)] {
+            let syn = Tcp::syn(client, server)
+                .sport(42001)
+                .tcp_options(&windows)
+                .build();
+            p.expect(
+                &syn,
+                XDP_TX,
+                &[N_SYNS, R_COOKIE_SENT, N_COOKIE_OPTIONS_LOST],
+            );
+            let (_, out) = p.run_out(&syn);
+            let a = check_synack(&syn, &out);
+            assert_eq!(
+                (a.ts, a.wscale, a.sack_perm, a.mss),
+                (None, None, false, 1460)
+            );
+            let bare = Tcp::syn(client, server).sport(42002).build();
+            p.expect(&bare, XDP_TX, &[N_SYNS, R_COOKIE_SENT]);
+            let full = Tcp::syn(client, server)
+                .sport(42003)
+                .tcp_options(&linux)
+                .build();
+            p.expect(&full, XDP_TX, &[N_SYNS, R_COOKIE_SENT]);
+        }
     });
 }
 

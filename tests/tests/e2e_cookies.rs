@@ -284,9 +284,9 @@ fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
     thread::sleep(Duration::from_millis(1500));
     assert_eq!(syncookies(&net), "2", "nobody restored it");
     assert_eq!(timestamps(&net), "2", "nobody restored it");
-    let cfg = maps.read_config().expect("config");
+    let host = maps.read_host().expect("host state");
     assert_eq!(
-        (cfg.saved_syncookies, cfg.saved_timestamps),
+        (host.saved_syncookies, host.saved_timestamps),
         (1, 1),
         "but they are remembered"
     );
@@ -296,8 +296,8 @@ fn tcp_syncookies_is_restored_after_attack_mode_and_after_a_sigkill() {
     wait_for("restored by the next run", Duration::from_secs(12), || {
         syncookies(&net) == "1" && timestamps(&net) == "1"
     });
-    let cfg = maps.read_config().expect("config");
-    assert_eq!((cfg.saved_syncookies, cfg.saved_timestamps), (-1, -1));
+    let host = maps.read_host().expect("host state");
+    assert_eq!((host.saved_syncookies, host.saved_timestamps), (-1, -1));
 }
 
 /// A web server in a container behind a DNAT of the server's port 80, with docker-proxy's

@@ -284,6 +284,19 @@ pub fn block_add(state: &mut State, a: &BlockAdd<'_>) -> anyhow::Result<()> {
         }
     }
 
+    // A new block must leave the allowlist its reserve (an existing entry is replaced in
+    // place; a ban lives in the other trie and moves over).
+    let replaces = all.iter().any(|e| e.net == net && e.rule.kind != RULE_BAN);
+    if !replaces && rules::block_room(&all, net.addr().is_ipv4()) == 0 {
+        return Err(anyhow::anyhow!(
+            "the blocklist is full for {}: {} entries, the last {} of the table are kept for \
+             allow entries; remove entries with `synguard block del` or aggregate them into \
+             wider prefixes",
+            if net.addr().is_ipv4() { "IPv4" } else { "IPv6" },
+            synguard_common::capacity::RULES - synguard_common::capacity::ALLOW_RESERVE,
+            synguard_common::capacity::ALLOW_RESERVE
+        ));
+    }
     let now = clock::monotonic_ns();
     let expires = ttl.map_or(0, |d| now + d.as_nanos() as u64);
     let mut rule = rules::manual(RULE_BLOCK, expires, a.comment);

@@ -25,7 +25,7 @@ pub fn detach(pin_dir: &Path) -> anyhow::Result<()> {
         ))
     })?;
     let mut maps = Maps::from_pins(pin_dir)?;
-    crate::sysctls::sync_all(pin_dir, &mut maps, false);
+    crate::sysctls::restore_all(&mut maps);
     drop(maps);
     for (_, name, path) in pins::pinned_links(pin_dir) {
         // The pin holds the link's last reference: removing it detaches the program.

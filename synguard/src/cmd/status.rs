@@ -93,6 +93,13 @@ struct StatusJson {
     saved_tcp_syncookies: Option<i32>,
     /// `net.ipv4.tcp_timestamps` as synguard found it before attack mode set it to 2.
     saved_tcp_timestamps: Option<i32>,
+    /// Since when the host's settings are set for SYN cookies answered from XDP (the SYN
+    /// queues ran over in attack mode, or `syn-cookies always`); absent when they are not.
+    host_settings_since: Option<String>,
+    /// Whether the host rewrites source addresses (masquerade, SNAT): in attack mode, ACKs
+    /// its guests' connections may get are passed to the kernel (`ack_no_socket`,
+    /// `ack_snat_port`).
+    source_nat: bool,
     /// What a cookie SYN-ACK offers now besides the MSS, when the client asks for it
     /// (`timestamps`, `window scale N`, `sack`, `ecn`); empty: the MSS only.
     cookie_options: Vec<String>,
@@ -115,6 +122,7 @@ const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub fn status(state: &State, json: bool, state_dir: &std::path::Path) -> anyhow::Result<()> {
     let cfg = state.maps.read_config()?;
+    let host = state.maps.read_host()?;
     let settings = Settings::from_kernel(&cfg);
     let before = state.maps.total_counters()?;
     let t0 = std::time::Instant::now();
@@ -273,6 +281,17 @@ pub fn status(state: &State, json: bool, state_dir: &std::path::Path) -> anyhow:
                 .map_or(String::new(), |s| format!("; next attempt within {s} s"))
         ));
     }
+    if let Some(l) = &crowdsec
+        && l.not_enforced_full > 0
+    {
+        unhealthy.push(format!(
+            "the blocklist is full: {} CrowdSec decisions are held but not enforced (the last \
+             {} entries of each family are kept for allow entries); aggregate decisions into \
+             ranges or remove manual blocks",
+            l.not_enforced_full,
+            capacity::ALLOW_RESERVE
+        ));
+    }
     let dropped: u64 = stat::REASON_LIST
         .iter()
         .copied()
@@ -316,9 +335,12 @@ pub fn status(state: &State, json: bool, state_dir: &std::path::Path) -> anyhow:
         rate_window_s: secs,
         tables,
         unhealthy,
-        saved_tcp_syncookies: (cfg.saved_syncookies >= 0).then_some(cfg.saved_syncookies),
-        saved_tcp_timestamps: (cfg.saved_timestamps >= 0).then_some(cfg.saved_timestamps),
-        cookie_options: crate::sysctls::describe(cfg.cookie_opts),
+        saved_tcp_syncookies: (host.saved_syncookies >= 0).then_some(host.saved_syncookies),
+        saved_tcp_timestamps: (host.saved_timestamps >= 0).then_some(host.saved_timestamps),
+        host_settings_since: (host.cookies_since_ns != 0)
+            .then(|| crate::clock::rfc3339(crate::clock::to_wall(host.cookies_since_ns))),
+        source_nat: cfg.snat != 0,
+        cookie_options: crate::sysctls::describe(host.cookie_opts),
         crowdsec,
     };
     if json {
@@ -448,10 +470,25 @@ pub fn status(state: &State, json: bool, state_dir: &std::path::Path) -> anyhow:
             out.cookie_options.join(", ")
         );
     }
-    if let Some(v) = out.saved_tcp_syncookies {
+    if out.source_nat {
         println!(
-            "sysctl:     net.ipv4.tcp_syncookies = 2 during attack mode (was {v}; restored after)"
+            "            source NAT here: ACKs with no socket, or at listener ports from {} up, \
+             are left to the kernel (replies to the guests' connections)",
+            synguard_common::SNAT_LOW_PORT
         );
+    }
+    match (&out.host_settings_since, out.saved_tcp_syncookies) {
+        (Some(since), Some(v)) => println!(
+            "sysctl:     net.ipv4.tcp_syncookies = 2 since {since}: the SYN queues ran over in \
+             attack mode (was {v}; restored when attack mode ends)"
+        ),
+        (None, Some(v)) => {
+            println!("sysctl:     net.ipv4.tcp_syncookies = 2 (was {v}; being restored)")
+        }
+        (Some(since), None) => {
+            println!("sysctl:     the host is set for SYN cookies from XDP since {since}")
+        }
+        (None, None) => {}
     }
     if let Some(v) = out.saved_tcp_timestamps {
         println!(

@@ -33,6 +33,11 @@ pub struct Crowdsec {
     /// not enforced a second time.
     pushed: HashMap<IpNet, u64>,
     push: Option<mpsc::Sender<BanAlert>>,
+    /// Prefixes held that found no room in the tables (see [`Crowdsec::apply`]): put
+    /// in by a later sweep when room frees up.
+    unenforced: HashSet<IpNet>,
+    /// Whether the tables' being full was said (once per time they fill).
+    full_logged: bool,
     pub link: Link,
     /// Whether the current failure was logged (once per outage).
     failure_logged: bool,
@@ -46,6 +51,8 @@ pub struct Applied {
     pub lifted: usize,
     pub shadowed: usize,
     pub skipped: usize,
+    /// Decisions held but not enforced: the table had no room left for them.
+    pub full: usize,
 }
 
 fn skip_name(s: &Skip) -> &'static str {
@@ -79,6 +86,8 @@ impl Crowdsec {
             shadowed: HashSet::new(),
             pushed: HashMap::new(),
             push,
+            unenforced: HashSet::new(),
+            full_logged: false,
             link,
             failure_logged: false,
             push_failure_logged: false,
@@ -267,6 +276,20 @@ impl Crowdsec {
             entries.iter().map(|e| (e.net, e)).collect();
         let now = clock::monotonic_ns();
         self.pushed.retain(|_, until| *until > now);
+        // Lifts first: they make room.
+        let mut room = Room::of(&entries);
+        for net in &changes.lift {
+            self.shadowed.remove(net);
+            self.unenforced.remove(net);
+            if by_net
+                .get(net)
+                .is_some_and(|e| e.rule.kind == RULE_CROWDSEC)
+                && rules::delete(maps, net)?.is_some()
+            {
+                out.lifted += 1;
+                room.free(net.addr().is_ipv4());
+            }
+        }
         for b in changes.put.drain(..) {
             if let Some(a) = keep.iter().find(|a| b.net.contains(*a)) {
                 // Enforcing it would cut this machine off its own network: a decision
@@ -308,32 +331,64 @@ impl Crowdsec {
                 rule.created_ns = e.rule.created_ns;
             }
             rules::set_comment(&mut rule, &format!("{}\t{}", b.origin, b.scenario));
-            rules::put(maps, &b.net, &rule)?;
+            let v4 = b.net.addr().is_ipv4();
+            if existing.is_none() && !room.take(v4) {
+                self.unenforced.insert(b.net);
+                out.full += 1;
+                continue;
+            }
+            match rules::put(maps, &b.net, &rule) {
+                Ok(()) => {}
+                Err(e) if e.downcast_ref::<rules::TableFull>().is_some() => {
+                    room.exhaust(v4);
+                    self.unenforced.insert(b.net);
+                    out.full += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             self.shadowed.remove(&b.net);
+            self.unenforced.remove(&b.net);
             out.put += 1;
         }
-        for net in &changes.lift {
-            self.shadowed.remove(net);
-            if by_net
-                .get(net)
-                .is_some_and(|e| e.rule.kind == RULE_CROWDSEC)
-                && rules::delete(maps, net)?.is_some()
-            {
-                out.lifted += 1;
-            }
-        }
+        self.note_full(out.full);
         Ok(out)
     }
 
+    /// Say once that the tables are full (and again once they had room in between), and
+    /// keep the count `status` and the metrics show.
+    fn note_full(&mut self, newly: usize) {
+        self.link.not_enforced_full = self.unenforced.len();
+        if self.unenforced.is_empty() {
+            if self.full_logged {
+                log::info!("crowdsec: every decision held is enforced again");
+            }
+            self.full_logged = false;
+        } else if newly > 0 && !self.full_logged {
+            self.full_logged = true;
+            log::warn!(
+                "crowdsec: the blocklist is full ({} entries per address family, the last {} \
+                 kept for allow entries): {} decisions are held but not enforced; they are put \
+                 in as entries end (aggregate CrowdSec's decisions into ranges, or remove \
+                 manual blocks, to make room)",
+                synguard_common::capacity::RULES,
+                synguard_common::capacity::ALLOW_RESERVE,
+                self.unenforced.len()
+            );
+        }
+    }
+
     /// Put back the decisions held whose prefix has no entry now: an allow or block entry
-    /// of the operator's replaced one and has been removed since. (While an entry of
-    /// synguard's own is there, it wins.) Returns how many were put back.
+    /// of the operator's replaced one and has been removed since, or the table had no
+    /// room for it (while an entry of synguard's own is there, it wins). As many as the
+    /// table has room for; never an error for a full table. Returns how many were put
+    /// back.
     pub fn restore(
         &mut self,
         maps: &mut Maps,
         entries: &[rules::RuleEntry],
         keep: &[IpAddr],
-    ) -> anyhow::Result<usize> {
+    ) -> usize {
         let taken: HashSet<IpNet> = entries.iter().map(|e| e.net).collect();
         let now = clock::monotonic_ns();
         let missing: Vec<Ban> = self
@@ -347,7 +402,14 @@ impl Crowdsec {
             })
             .cloned()
             .collect();
+        let mut room = Room::of(entries);
+        let mut n = 0;
         for b in &missing {
+            let v4 = b.net.addr().is_ipv4();
+            if !room.take(v4) {
+                self.unenforced.insert(b.net);
+                continue;
+            }
             let action = if rules::shadowing_allow(entries, &b.net).is_some() {
                 ACTION_PASS
             } else {
@@ -355,10 +417,31 @@ impl Crowdsec {
             };
             let mut rule = Rule::new(RULE_CROWDSEC, action, now, b.until_ns);
             rules::set_comment(&mut rule, &format!("{}\t{}", b.origin, b.scenario));
-            rules::put(maps, &b.net, &rule)?;
-            self.shadowed.remove(&b.net);
+            match rules::put(maps, &b.net, &rule) {
+                Ok(()) => {
+                    self.shadowed.remove(&b.net);
+                    self.unenforced.remove(&b.net);
+                    n += 1;
+                }
+                Err(e) if e.downcast_ref::<rules::TableFull>().is_some() => {
+                    room.exhaust(v4);
+                    self.unenforced.insert(b.net);
+                }
+                Err(e) => {
+                    log::error!("crowdsec: putting back the decision on {}: {e:#}", b.net);
+                    break;
+                }
+            }
         }
-        Ok(missing.len())
+        // Decisions that ended or were deleted meanwhile are no longer waiting.
+        self.unenforced
+            .retain(|net| missing.iter().any(|b| b.net == *net));
+        let newly = self.unenforced.len();
+        self.note_full(newly);
+        if n > 0 || self.link.not_enforced_full != newly {
+            self.write_link();
+        }
+        n
     }
 
     /// One of `run`'s own bans: pushed if `crowdsec-share` allows (`proof`: the source's
@@ -404,6 +487,46 @@ impl Crowdsec {
             .is_err()
         {
             log::warn!("crowdsec: too many bans waiting to be pushed; {net} is not shared");
+        }
+    }
+}
+
+/// Room left for blocks in each family's allow/block trie (see `rules::block_room`).
+struct Room {
+    v4: usize,
+    v6: usize,
+}
+
+impl Room {
+    fn of(entries: &[rules::RuleEntry]) -> Self {
+        Self {
+            v4: rules::block_room(entries, true),
+            v6: rules::block_room(entries, false),
+        }
+    }
+
+    fn free(&mut self, v4: bool) {
+        if v4 {
+            self.v4 += 1;
+        } else {
+            self.v6 += 1;
+        }
+    }
+
+    fn take(&mut self, v4: bool) -> bool {
+        let r = if v4 { &mut self.v4 } else { &mut self.v6 };
+        if *r == 0 {
+            return false;
+        }
+        *r -= 1;
+        true
+    }
+
+    fn exhaust(&mut self, v4: bool) {
+        if v4 {
+            self.v4 = 0;
+        } else {
+            self.v6 = 0;
         }
     }
 }

@@ -396,6 +396,10 @@ pub struct Link {
     /// Prefixes held but not enforced by a CrowdSec entry: synguard has its own entry there
     /// (manual block or allow, or its own ban).
     pub shadowed: usize,
+    /// Prefixes held but not enforced because the blocklist is full (see
+    /// `capacity::ALLOW_RESERVE`); put in as room frees up.
+    #[serde(default)]
+    pub not_enforced_full: usize,
     /// Decisions of the stream not enforced: not a ban or simulated, a scope other than
     /// Ip and Range, already expired, unreadable.
     pub skipped: std::collections::BTreeMap<String, u64>,

@@ -214,7 +214,7 @@ pub(super) fn start(
     ifaces: &[Iface],
     mode: XdpModeArg,
     adopting: bool,
-) -> anyhow::Result<(Loaded, Vec<Attachment>, u64)> {
+) -> anyhow::Result<(Loaded, Vec<Attachment>, u64, crate::nat::Reading)> {
     crate::bpf::check_pinned_abi(pin_dir)?;
     let mut loaded = Loaded::load(&LoadOptions {
         pin_dir: Some(pin_dir.to_path_buf()),
@@ -226,12 +226,19 @@ pub(super) fn start(
         None
     };
     let generation = previous.map_or(0, |c| c.generation) + 1;
+    // Read before anything is attached (within `nat::NFT_TIMEOUT`): attack mode leaves
+    // SYNs for ports a NAT rule rewrites to the kernel, and on a host with source NAT lets
+    // through the ACKs its guests' connections may get (see `nat`).
+    let nat = crate::nat::read();
+    if let Some(w) = &nat.warning {
+        log::warn!("{w}");
+    }
     let mut kernel_cfg = settings.to_kernel(generation);
     kernel_cfg.daemon_pid = std::process::id();
+    kernel_cfg.snat = u32::from(nat.snat);
     if let Some(prev) = previous {
-        // What a previous run changed and must be able to restore, and internal tuning.
-        kernel_cfg.saved_syncookies = prev.saved_syncookies;
-        kernel_cfg.saved_timestamps = prev.saved_timestamps;
+        // Internal tuning. (What a previous run changed and must be able to restore is in
+        // `SG_HOST`, which the keeper takes over.)
         if prev.attack_calm_ns != 0 {
             kernel_cfg.attack_calm_ns = prev.attack_calm_ns;
         }
@@ -243,8 +250,7 @@ pub(super) fn start(
     // keeps them current with the proofs.
     let addrs = crate::locals::addresses()?;
     crate::locals::sync(&mut loaded.maps, &addrs)?;
-    // Nor for ports a NAT rule rewrites (see `nat`).
-    crate::nat::sync(&mut loaded.maps, &crate::nat::read().ports)?;
+    crate::nat::sync(&mut loaded.maps, &nat.ports)?;
 
     let mut attachments: Vec<Attachment> = Vec::new();
     let undo = |attachments: &mut Vec<Attachment>| {
@@ -302,7 +308,7 @@ pub(super) fn start(
     }
     let _lock = pins::lock_writers(pin_dir)?;
     rules::reconcile_actions(&mut loaded.maps)?;
-    Ok((loaded, attachments, generation))
+    Ok((loaded, attachments, generation, nat))
 }
 
 pub(crate) fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {

@@ -110,7 +110,10 @@ impl Daemon {
                 crate::config::Cookies::Off => {
                     "syn-cookies = off, so SYNs are only counted and metered".to_string()
                 }
-                _ => "SYNs from unverified sources are answered with SYN cookies from XDP".into(),
+                _ => "SYNs from unverified sources are answered with SYN cookies from XDP as \
+                      soon as the server's SYN queues run over (until then the kernel handles \
+                      them as usual)"
+                    .into(),
             };
             if challenged {
                 log::warn!(
@@ -128,28 +131,9 @@ impl Daemon {
                 syn_rate: rate,
                 challenged,
             });
-            self.manage_syncookies();
-            // What reached the kernel before attack mode started is mostly the flood's
-            // half-open connections, filling the SYN queues for a minute of retries on a
-            // server without cookies. Clear them; a real client's retransmitted SYN is
-            // answered with a cookie.
-            if self.settings.mode != crate::config::Mode::Monitor
-                && self.settings.syn_cookies != crate::config::Cookies::Off
-            {
-                match crate::sockdiag::purge_where(|_| true) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        log::info!(
-                            "removed {n} half-open connections the flood left in the SYN queues"
-                        );
-                        self.journal(journal::Event::Purge {
-                            prefix: "all".into(),
-                            connections: n as u64,
-                        });
-                    }
-                    Err(e) => log::debug!("purging the SYN queues: {e}"),
-                }
-            }
+            // Nothing else happens here: the host's settings follow only if the SYN queues
+            // run over (see `keeper`), and nothing is purged, so a handshake in flight
+            // completes with its request still queued.
         } else {
             self.attacks.remove(&ifindex);
             log::warn!(
@@ -162,7 +146,6 @@ impl Daemon {
                 lasted_secs: lasted_ms / 1000,
             });
         }
-        self.manage_syncookies();
     }
 }
 

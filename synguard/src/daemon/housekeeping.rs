@@ -4,12 +4,32 @@
 use super::*;
 
 impl Daemon {
-    /// The proofs `run` makes itself, and the bans of sources proven since (see
-    /// `proofs::refresh`); and the machine's addresses, the only ones attack mode answers
-    /// SYNs for (see `locals`). At start and every `proofs::REFRESH`.
-    pub(super) fn refresh_proofs(&mut self) -> anyhow::Result<()> {
+    /// One step of the housekeeping: its error is logged (at most once a minute per step,
+    /// with how often it failed meanwhile) and never keeps the other steps from running.
+    fn step(&mut self, what: &'static str, f: impl FnOnce(&mut Self) -> anyhow::Result<()>) {
+        let Err(e) = f(self) else { return };
+        let now = Instant::now();
+        let (last, missed) = self.step_errors.entry(what).or_insert((None, 0));
+        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
+            let also = if *missed > 0 {
+                format!(" (and {missed} times since the last report)")
+            } else {
+                String::new()
+            };
+            log::error!("{what}: {e:#}{also}");
+            *last = Some(now);
+            *missed = 0;
+        } else {
+            *missed += 1;
+        }
+    }
+
+    /// The machine's addresses, the only ones attack mode answers SYNs for (see
+    /// `locals`). At start and every `proofs::REFRESH`.
+    pub(super) fn refresh_locals(&mut self) -> anyhow::Result<()> {
         let addrs = crate::locals::addresses()?;
         if addrs != self.locals {
+            let _lock = pins::lock_writers(&self.pin_dir)?;
             let synced = crate::locals::sync(&mut self.maps, &addrs)?;
             log::info!(
                 "attack mode answers SYNs for this machine's {} addresses; SYNs for any other \
@@ -26,22 +46,68 @@ impl Daemon {
             }
             self.locals = addrs;
         }
-        let nat = crate::nat::read();
-        if self.nat.as_ref() != Some(&nat) {
-            crate::nat::sync(&mut self.maps, &nat.ports)?;
-            match &nat.warning {
-                Some(w) => log::warn!("{w}"),
-                None if nat.ports.is_empty() => {
-                    log::info!("no NAT rule rewrites a destination port here")
-                }
-                None => log::info!(
-                    "attack mode leaves SYNs for ports {} to the kernel: NAT rules send them \
-                     to other sockets (a container's published port, a redirect)",
-                    nat.ports.describe()
-                ),
-            }
-            self.nat = Some(nat);
+        Ok(())
+    }
+
+    /// Start reading the NAT rules in a thread of its own (`nft` may be slow, its ruleset
+    /// huge: see `nat`), unless a reading is under way.
+    fn start_nat_read(&mut self) {
+        if self.nat_reading.is_some() {
+            return;
         }
+        match std::thread::Builder::new()
+            .name("synguard-nat".into())
+            .spawn(crate::nat::read)
+        {
+            Ok(h) => self.nat_reading = Some(h),
+            Err(e) => log::warn!("reading the NAT rules: {e}"),
+        }
+    }
+
+    /// Apply a NAT reading that finished.
+    fn collect_nat_read(&mut self) -> anyhow::Result<()> {
+        if !self.nat_reading.as_ref().is_some_and(|h| h.is_finished()) {
+            return Ok(());
+        }
+        let Some(handle) = self.nat_reading.take() else {
+            return Ok(());
+        };
+        let nat = handle
+            .join()
+            .map_err(|_| anyhow!("the NAT reading thread panicked"))?;
+        if self.nat.as_ref() == Some(&nat) {
+            return Ok(());
+        }
+        {
+            let _lock = pins::lock_writers(&self.pin_dir)?;
+            crate::nat::apply(&mut self.maps, &nat)?;
+        }
+        match &nat.warning {
+            Some(w) => log::warn!("{w}"),
+            None if nat.ports.is_empty() => {
+                log::info!("no NAT rule rewrites a destination port here")
+            }
+            None => log::info!(
+                "attack mode leaves SYNs for ports {} to the kernel: NAT rules send them to \
+                 other sockets (a container's published port, a redirect)",
+                nat.ports.describe()
+            ),
+        }
+        if nat.snat && self.nat.as_ref().is_none_or(|n| !n.snat) && nat.warning.is_none() {
+            log::info!(
+                "this host rewrites source addresses (masquerade or SNAT): in attack mode, ACKs \
+                 that may be replies to its guests' connections go to the kernel"
+            );
+        }
+        self.nat = Some(nat);
+        Ok(())
+    }
+
+    /// The proofs `run` makes itself, and the bans of sources proven since (see
+    /// `proofs::refresh`). At start and every `proofs::REFRESH`; the peers found are
+    /// proven a share at a time by [`Self::prove_peers`].
+    pub(super) fn refresh_proofs(&mut self) -> anyhow::Result<()> {
+        let _lock = pins::lock_writers(&self.pin_dir)?;
         let r = crate::proofs::refresh(
             &mut self.maps,
             &self.settings,
@@ -70,7 +136,31 @@ impl Daemon {
                 }
             );
         }
-        for net in &r.lifted {
+        self.lifted(&r.lifted);
+        self.protected = r.protected;
+        // The newest list replaces what is left of the last one.
+        self.peers = r.peers;
+        Ok(())
+    }
+
+    /// Prove the next share of the peers found by the last refresh.
+    fn prove_peers(&mut self) -> anyhow::Result<()> {
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        let _lock = pins::lock_writers(&self.pin_dir)?;
+        let lifted = crate::proofs::prove_peers(
+            &mut self.maps,
+            &self.settings,
+            clock::monotonic_ns(),
+            &mut self.peers,
+        )?;
+        self.lifted(&lifted);
+        Ok(())
+    }
+
+    fn lifted(&mut self, lifted: &[IpNet]) {
+        for net in lifted {
             self.known_bans.remove(net);
             log::warn!(
                 "lifted the ban on {net}: it has connections to this machine, so it owns \
@@ -83,8 +173,6 @@ impl Daemon {
                 hits: 0,
             });
         }
-        self.protected = r.protected;
-        Ok(())
     }
 
     /// Remove a newly banned source's half-open connections from the SYN queues (see
@@ -115,109 +203,130 @@ impl Daemon {
         }
     }
 
-    /// Once a second: expire entries, find bans whose events were suppressed, keep the
-    /// allowlist winning, notice `config set`, and every 10 s forget refilled buckets.
-    pub(super) fn housekeeping(&mut self) -> anyhow::Result<()> {
+    /// Once a second, in steps that never hold each other up (see [`Self::step`]):
+    /// attack state first; every `proofs::REFRESH` the machine's addresses, the NAT rules
+    /// (read in a thread of their own) and the proofs; then a share of the peers to prove,
+    /// the sweep of the tables, `config set`, and the journal's sample. (The host's
+    /// settings for attack mode are the keeper's, on a thread of its own.)
+    pub(super) fn housekeeping(&mut self) {
         self.ticks += 1;
+        self.step("attack state", |d| {
+            d.settle_attacks();
+            Ok(())
+        });
         if self
             .ticks
             .is_multiple_of(crate::proofs::REFRESH.as_secs().max(1))
         {
-            let _lock = pins::lock_writers(&self.pin_dir)?;
-            self.refresh_proofs()?;
+            self.step("the machine's addresses", Self::refresh_locals);
+            self.start_nat_read();
+            self.step("proofs", Self::refresh_proofs);
         }
+        self.step("NAT rules", Self::collect_nat_read);
+        self.step("proofs of connections", Self::prove_peers);
         // Expired entries are already ignored by the kernel; sweeping only reclaims room,
         // so big tables are swept less often.
-        let sweep = self.rules_len < 10_000 || self.ticks.is_multiple_of(10);
-        if sweep {
-            let _lock = pins::lock_writers(&self.pin_dir)?;
-            let expired = rules::expire(&mut self.maps)?;
-            for gone in &expired {
-                self.journal(journal::Event::Unban {
-                    prefix: gone.net.to_string(),
-                    why: "expired".into(),
-                    kind: format!("{:?}", gone.kind()).to_lowercase(),
-                    hits: gone.rule.hits,
-                });
-            }
-            for gone in expired {
-                self.known_bans.remove(&gone.net);
-                self.manual.remove(&gone.net);
-                let what = match gone.rule.kind {
-                    RULE_BAN => "ban",
-                    RULE_ALLOW => "allow entry",
-                    _ => "block",
-                };
-                log::info!(
-                    "{what} on {} expired ({} packets dropped while it lasted)",
-                    gone.net,
-                    gone.rule.hits
+        if self.rules_len < 10_000 || self.ticks.is_multiple_of(10) {
+            self.step("sweeping the tables", Self::sweep);
+        }
+        self.step("config", Self::notice_config);
+        if self.last_sample.elapsed() >= journal::sample_interval() {
+            self.step("journal sample", Self::sample);
+        }
+    }
+
+    /// Expire entries, find bans whose events were suppressed, put back CrowdSec's
+    /// decisions, keep the allowlist winning.
+    fn sweep(&mut self) -> anyhow::Result<()> {
+        let _lock = pins::lock_writers(&self.pin_dir)?;
+        let expired = rules::expire(&mut self.maps)?;
+        for gone in &expired {
+            self.journal(journal::Event::Unban {
+                prefix: gone.net.to_string(),
+                why: "expired".into(),
+                kind: format!("{:?}", gone.kind()).to_lowercase(),
+                hits: gone.rule.hits,
+            });
+        }
+        for gone in expired {
+            self.known_bans.remove(&gone.net);
+            self.manual.remove(&gone.net);
+            let what = match gone.rule.kind {
+                RULE_BAN => "ban",
+                RULE_ALLOW => "allow entry",
+                _ => "block",
+            };
+            log::info!(
+                "{what} on {} expired ({} packets dropped while it lasted)",
+                gone.net,
+                gone.rule.hits
+            );
+        }
+        let mut entries = rules::list(&self.maps)?;
+        let keep = keep_reachable(&self.protected, &self.locals);
+        if let Some(cs) = self.crowdsec.as_mut()
+            && cs.restore(&mut self.maps, &entries, &keep) > 0
+        {
+            entries = rules::list(&self.maps)?;
+        }
+        self.rules_len = entries.len();
+        self.rule_hits = entries
+            .iter()
+            .filter(|e| e.rule.kind != RULE_ALLOW)
+            .map(|e| (e.net, (e.rule.kind, e.rule.hits)))
+            .collect();
+        for e in entries.iter().filter(|e| e.rule.kind == RULE_BAN) {
+            if self.known_bans.insert(e.net) {
+                self.purge(&e.net);
+                let until = clock::rfc3339(clock::to_wall(e.rule.expires_ns));
+                log::warn!(
+                    "banned {}: {}, until {until} (found by the sweep; its event was \
+                     rate-limited)",
+                    e.net,
+                    describe_rate(e.rule.syns, e.rule.rate),
                 );
-            }
-            let mut entries = rules::list(&self.maps)?;
-            let keep = keep_reachable(&self.protected, &self.locals);
-            if let Some(cs) = self.crowdsec.as_mut()
-                && cs.restore(&mut self.maps, &entries, &keep)? > 0
-            {
-                entries = rules::list(&self.maps)?;
-            }
-            self.rules_len = entries.len();
-            self.rule_hits = entries
-                .iter()
-                .filter(|e| e.rule.kind != RULE_ALLOW)
-                .map(|e| (e.net, (e.rule.kind, e.rule.hits)))
-                .collect();
-            for e in entries.iter().filter(|e| e.rule.kind == RULE_BAN) {
-                if self.known_bans.insert(e.net) {
-                    self.purge(&e.net);
-                    let until = clock::rfc3339(clock::to_wall(e.rule.expires_ns));
-                    log::warn!(
-                        "banned {}: {}, until {until} (found by the sweep; its event was \
-                         rate-limited)",
-                        e.net,
-                        describe_rate(e.rule.syns, e.rule.rate),
-                    );
-                    self.journal(journal::Event::Ban {
-                        prefix: e.net.to_string(),
-                        interface: String::new(),
-                        syns: e.rule.syns,
-                        syn_rate: e.rule.rate,
-                        until,
-                    });
-                    self.share_ban(e.net, e.rule.syns, e.rule.rate, e.rule.expires_ns);
-                }
-            }
-            let lifted: Vec<IpNet> = self
-                .known_bans
-                .iter()
-                .filter(|n| {
-                    !entries
-                        .iter()
-                        .any(|e| e.net == **n && e.rule.kind == RULE_BAN)
-                })
-                .copied()
-                .collect();
-            for n in lifted {
-                self.known_bans.remove(&n);
-                log::info!("ban on {n} lifted by hand");
-                self.journal(journal::Event::Unban {
-                    prefix: n.to_string(),
-                    why: "removed".into(),
-                    kind: "auto".into(),
-                    hits: 0,
+                self.journal(journal::Event::Ban {
+                    prefix: e.net.to_string(),
+                    interface: String::new(),
+                    syns: e.rule.syns,
+                    syn_rate: e.rule.rate,
+                    until,
                 });
-            }
-            self.journal_list_changes(&entries);
-            if entries.iter().any(|e| e.rule.kind == RULE_ALLOW) {
-                let n = rules::reconcile_actions(&mut self.maps)?;
-                if n > 0 {
-                    log::info!(
-                        "{n} block or ban entries are inside allowlisted ranges: passing them"
-                    );
-                }
+                self.share_ban(e.net, e.rule.syns, e.rule.rate, e.rule.expires_ns);
             }
         }
+        let lifted: Vec<IpNet> = self
+            .known_bans
+            .iter()
+            .filter(|n| {
+                !entries
+                    .iter()
+                    .any(|e| e.net == **n && e.rule.kind == RULE_BAN)
+            })
+            .copied()
+            .collect();
+        for n in lifted {
+            self.known_bans.remove(&n);
+            log::info!("ban on {n} lifted by hand");
+            self.journal(journal::Event::Unban {
+                prefix: n.to_string(),
+                why: "removed".into(),
+                kind: "auto".into(),
+                hits: 0,
+            });
+        }
+        self.journal_list_changes(&entries);
+        if entries.iter().any(|e| e.rule.kind == RULE_ALLOW) {
+            let n = rules::reconcile_actions(&mut self.maps)?;
+            if n > 0 {
+                log::info!("{n} block or ban entries are inside allowlisted ranges: passing them");
+            }
+        }
+        Ok(())
+    }
 
+    /// Notice `config set` (the generation moved) and say what changed.
+    fn notice_config(&mut self) -> anyhow::Result<()> {
         let cfg = self.maps.read_config()?;
         if cfg.generation != self.generation {
             let now = Settings::from_kernel(&cfg);
@@ -236,12 +345,6 @@ impl Daemon {
             }
             self.settings = now;
             self.generation = cfg.generation;
-        }
-
-        self.settle_attacks();
-        self.manage_syncookies();
-        if self.last_sample.elapsed() >= journal::sample_interval() {
-            self.sample()?;
         }
         Ok(())
     }

@@ -46,6 +46,7 @@ use crate::{
 mod attach;
 mod events;
 mod housekeeping;
+mod keeper;
 mod syncookies;
 
 pub(crate) use attach::remove_pins;
@@ -116,8 +117,12 @@ struct Daemon {
     locals: std::collections::BTreeSet<std::net::IpAddr>,
     /// What the last reading of the NAT rules found (see `nat`); `None` before the first.
     nat: Option<crate::nat::Reading>,
-    /// When cookies were last answered from XDP (see `manage_syncookies`).
-    cookies_wanted: Option<Instant>,
+    /// A reading of the NAT rules under way, in a thread of its own.
+    nat_reading: Option<std::thread::JoinHandle<crate::nat::Reading>>,
+    /// Peers of connections still to prove (see `proofs::prove_peers`).
+    peers: Vec<std::net::IpAddr>,
+    /// Per housekeeping step: when its last error was logged, and how many since.
+    step_errors: HashMap<&'static str, (Option<Instant>, u64)>,
     /// The link to CrowdSec's Local API (`crowdsec-url`), if any.
     crowdsec: Option<crate::crowdsec::enforce::Crowdsec>,
     /// Its keys as `run` started with them, and their flags (a reload only says when the
@@ -179,7 +184,7 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
     let prepared = pins::prepare(&pin_dir)?;
     let _daemon_lock = pins::lock_daemon(&pin_dir)?;
     let adopting = pins::has_state(&pin_dir);
-    let (mut loaded, attachments, generation) =
+    let (mut loaded, attachments, generation, nat) =
         match start(&pin_dir, &settings, &ifaces, args.xdp_mode, adopting) {
             Ok(started) => started,
             Err(e) => {
@@ -314,8 +319,10 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         sampled_hits: HashMap::new(),
         protected: Vec::new(),
         locals: Default::default(),
-        nat: None,
-        cookies_wanted: None,
+        nat: Some(nat),
+        nat_reading: None,
+        peers: Vec::new(),
+        step_errors: HashMap::new(),
         crowdsec: None,
         crowdsec_settings: crowdsec.clone(),
         crowdsec_args: args.crowdsec.clone(),
@@ -367,11 +374,20 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
             daemon.rates.clone(),
         ))
     });
-    // Pick up an attack in progress (adopted state), then put tcp_syncookies where it
-    // belongs: a run that crashed during an attack may have left it changed.
+    // Pick up an attack in progress (adopted state). The keeper puts tcp_syncookies where
+    // it belongs from now on: a run that crashed during an attack may have left it
+    // changed, one restarted during an attack hands it over.
     daemon.settle_attacks();
-    daemon.manage_syncookies();
-    if let Err(e) = pins::lock_writers(&pin_dir).and_then(|_lock| daemon.refresh_proofs()) {
+    let (notes_tx, mut notes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let keeper = keeper::Keeper::spawn(
+        pin_dir.clone(),
+        daemon.names.keys().copied().collect(),
+        notes_tx,
+    )?;
+    if let Err(e) = daemon
+        .refresh_locals()
+        .and_then(|()| daemon.refresh_proofs())
+    {
         log::warn!("proofs: {e:#}");
     }
 
@@ -421,14 +437,15 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
+                let attacks = daemon.attacks.len();
                 drain_ring(guard.get_inner_mut(), &mut daemon);
                 guard.clear_ready();
-            }
-            _ = tick.tick() => {
-                if let Err(e) = daemon.housekeeping() {
-                    log::error!("housekeeping: {e:#}");
+                if daemon.attacks.len() > attacks {
+                    keeper.wake();
                 }
             }
+            _ = tick.tick() => daemon.housekeeping(),
+            Some(note) = notes_rx.recv() => daemon.journal(note),
             msg = cs_rx.recv(), if cs_open => match (msg, daemon.crowdsec.as_mut()) {
                 (Some(m), Some(cs)) => {
                     let keep = keep_reachable(&daemon.protected, &daemon.locals);
@@ -447,9 +464,11 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
         log::warn!("the last rate sample: {e:#}");
     }
 
-    if !args.keep || daemon.attacks.is_empty() {
-        crate::sysctls::sync_all(&pin_dir, &mut daemon.maps, false);
+    keeper.stop();
+    while let Ok(note) = notes_rx.try_recv() {
+        daemon.journal(note);
     }
+    keeper::on_stop(&mut daemon.maps, args.keep, !daemon.attacks.is_empty());
     daemon.journal(journal::Event::Stop {
         reason: why.to_string(),
         kept: args.keep,

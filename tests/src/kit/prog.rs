@@ -41,7 +41,7 @@ pub struct Prog {
     pub loaded: Loaded,
     pub settings: Settings,
     generation: u64,
-    /// The config's `cookie_opts`, which `run` derives from the kernel's settings (0: a
+    /// `SG_HOST`'s `cookie_opts`, which `run` derives from the kernel's settings (0: a
     /// cookie SYN-ACK offers the MSS only).
     cookie_opts: u32,
 }
@@ -78,12 +78,24 @@ impl Prog {
         synguard::nat::sync(&mut self.loaded.maps, ports).expect("write SG_NAT_PORTS");
     }
 
+    /// Tell the program whether the host rewrites source addresses, as `run` does after
+    /// reading its NAT rules (attack mode then passes ACKs a guest's connection may get).
+    pub fn set_snat(&mut self, snat: bool) {
+        let mut cfg = self.loaded.maps.read_config().expect("config");
+        cfg.snat = u32::from(snat);
+        self.loaded.maps.write_config(&cfg).expect("write config");
+    }
+
     /// Write the current settings into the config map.
     pub fn apply(&mut self) {
         self.generation += 1;
-        let mut cfg = self.settings.to_kernel(self.generation);
-        cfg.cookie_opts = self.cookie_opts;
+        let cfg = self.settings.to_kernel(self.generation);
         self.loaded.maps.write_config(&cfg).expect("write config");
+        let host = synguard_common::HostState {
+            cookie_opts: self.cookie_opts,
+            ..synguard_common::HostState::NONE
+        };
+        self.loaded.maps.write_host(&host).expect("write SG_HOST");
     }
 
     /// What a cookie SYN-ACK may offer besides the MSS (a
