@@ -27,7 +27,7 @@ use synguard_common::{
 use crate::{
     bpf::{Maps, V4Key, V6Key},
     clock,
-    net::{covers, v4_net, v6_net},
+    net::{v4_net, v6_net},
 };
 
 /// One entry and the prefix it is stored under.
@@ -585,21 +585,55 @@ pub fn matching(entries: &[RuleEntry], addr: IpAddr) -> Vec<RuleEntry> {
     m
 }
 
-/// The allow entry, if any, that makes a block or ban entry ineffective.
+/// The allow entry, if any, that makes a block or ban entry ineffective. (For many
+/// prefixes, build an [`Allows`] once.)
 pub fn shadowing_allow<'a>(entries: &'a [RuleEntry], net: &IpNet) -> Option<&'a RuleEntry> {
-    entries
-        .iter()
-        .filter(|e| e.kind() == Kind::Allow && covers(&e.net, net))
-        .min_by_key(|e| std::cmp::Reverse(e.net.prefix_len()))
+    Allows::of(entries).covering(net)
+}
+
+/// The allow entries of a list, by family and prefix length: the one that covers a
+/// prefix (the narrowest, as the kernel's longest-prefix match picks) is found with a
+/// lookup per prefix length in use, not a walk of every entry. A blocklist of a quarter
+/// of a million prefixes is reconciled in a fraction of a second this way; compared with
+/// every entry, it took minutes.
+pub struct Allows<'a> {
+    by_len: std::collections::BTreeMap<(bool, u8), std::collections::HashMap<IpNet, &'a RuleEntry>>,
+}
+
+impl<'a> Allows<'a> {
+    pub fn of(entries: &'a [RuleEntry]) -> Self {
+        let mut by_len: std::collections::BTreeMap<(bool, u8), std::collections::HashMap<_, _>> =
+            Default::default();
+        for e in entries.iter().filter(|e| e.kind() == Kind::Allow) {
+            by_len
+                .entry((e.net.addr().is_ipv4(), e.net.prefix_len()))
+                .or_default()
+                .insert(e.net.trunc(), e);
+        }
+        Self { by_len }
+    }
+
+    /// The narrowest allow entry covering `net`, if any.
+    pub fn covering(&self, net: &IpNet) -> Option<&'a RuleEntry> {
+        let v4 = net.addr().is_ipv4();
+        self.by_len
+            .range((v4, 0)..=(v4, net.prefix_len()))
+            .rev()
+            .find_map(|(&(_, len), nets)| {
+                let outer = IpNet::new(net.addr(), len).ok()?.trunc();
+                nets.get(&outer).copied()
+            })
+    }
 }
 
 /// Set every block and ban entry's effective action: pass if an allow entry covers it,
 /// drop otherwise. Returns how many entries changed.
 pub fn reconcile_actions(maps: &mut Maps) -> anyhow::Result<usize> {
     let entries = list(maps)?;
+    let allows = Allows::of(&entries);
     let mut changed = 0;
     for e in entries.iter().filter(|e| e.is_block()) {
-        let want = if shadowing_allow(&entries, &e.net).is_some() {
+        let want = if allows.covering(&e.net).is_some() {
             ACTION_PASS
         } else {
             ACTION_DROP
@@ -663,4 +697,63 @@ pub fn manual(kind: u8, expires_ns: u64, comment: &str) -> Rule {
     let mut r = Rule::new(kind, action, clock::monotonic_ns(), expires_ns);
     set_comment(&mut r, comment);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(net: &str, kind: u8) -> RuleEntry {
+        RuleEntry {
+            net: net.parse().expect("test CIDR"),
+            rule: manual(kind, 0, ""),
+        }
+    }
+
+    /// The index finds what a walk of every entry finds: the narrowest allow entry that
+    /// covers the prefix, of its own family.
+    #[test]
+    fn the_allow_index_agrees_with_a_walk() {
+        let entries = vec![
+            entry("10.0.0.0/8", RULE_ALLOW),
+            entry("10.1.0.0/16", RULE_ALLOW),
+            entry("10.1.2.3/32", RULE_BLOCK),
+            entry("192.0.2.0/24", RULE_BLOCK),
+            entry("2001:db8::/32", RULE_ALLOW),
+            entry("::/0", RULE_ALLOW),
+            entry("0.0.0.0/1", RULE_BLOCK),
+        ];
+        let walk = |net: &IpNet| {
+            entries
+                .iter()
+                .filter(|e| e.kind() == Kind::Allow && crate::net::covers(&e.net, net))
+                .max_by_key(|e| e.net.prefix_len())
+                .map(|e| e.net)
+        };
+        let allows = Allows::of(&entries);
+        for net in [
+            "10.1.2.3/32",
+            "10.1.0.0/16",
+            "10.2.0.0/16",
+            "10.0.0.0/7",
+            "192.0.2.7/32",
+            "2001:db8:1::/48",
+            "2001:db9::/32",
+            "::ffff:10.1.2.3/128",
+        ] {
+            let net: IpNet = net.parse().expect("test CIDR");
+            assert_eq!(allows.covering(&net).map(|e| e.net), walk(&net), "{net}");
+        }
+        assert_eq!(
+            allows
+                .covering(&"10.1.2.3/32".parse().expect("cidr"))
+                .map(|e| e.net.to_string()),
+            Some("10.1.0.0/16".into())
+        );
+        assert!(
+            allows
+                .covering(&"192.0.2.7/32".parse().expect("cidr"))
+                .is_none()
+        );
+    }
 }

@@ -475,3 +475,127 @@ fn a_restart_keeps_decisions_and_lifts_those_deleted_meanwhile() {
     });
     assert_eq!(a.lab.json(&["status"])["entries"]["crowdsec"], 0);
 }
+
+/// `net.ipv4.tcp_syncookies` in the server's namespace.
+fn syncookies(m: &Member) -> String {
+    let out = m
+        .lab
+        .server
+        .exec(&["cat", "/proc/sys/net/ipv4/tcp_syncookies"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// 300,000 decisions in one family, more than the blocklist holds: what fits is enforced,
+/// the rest is refused with one clear warning and counted (status, metrics), and nothing
+/// else stops: `allow add` has room, a new manual block is refused with what to do, the
+/// daemon's every-second work goes on (config changes noticed, the host's settings for
+/// attack mode kept), and room freed by deleted decisions is taken by those waiting.
+#[test]
+fn a_full_blocklist_is_refused_clearly_and_wedges_nothing() {
+    require_root!();
+    let _one = need_lapi();
+    let mut lapi = Lapi::start();
+    const N: u32 = 300_000;
+    let csv = lapi.dir.path.join("decisions.csv");
+    let mut text = String::from("duration,scope,value,reason\n");
+    for i in 0..N {
+        let a = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i);
+        text += &format!("4h,ip,{a},full-table\n");
+    }
+    std::fs::write(&csv, text).expect("decisions file");
+    lapi.ok(&["decisions", "import", "-i", csv.to_str().expect("utf-8")]);
+    let m = member(&mut lapi, "web-full", &[]);
+    let room = synguard_common::capacity::RULES - synguard_common::capacity::ALLOW_RESERVE;
+    let took = within(Duration::from_secs(90), "the blocklist filled", || {
+        m.lab.json(&["status"])["entries"]["crowdsec"] == u64::from(room)
+    });
+    println!("{room} decisions enforced {took:?} after start");
+    let t = Instant::now();
+    let st = m.lab.json(&["status"]);
+    println!("status took {:?}", t.elapsed());
+    assert_eq!(
+        st["crowdsec"]["not_enforced_full"],
+        u64::from(N - room),
+        "{}",
+        st["crowdsec"]
+    );
+    let unhealthy = st["unhealthy"].to_string();
+    assert!(unhealthy.contains("the blocklist is full"), "{unhealthy}");
+    let log = m.daemon.log_text();
+    assert_eq!(
+        log.matches("crowdsec: the blocklist is full").count(),
+        1,
+        "one warning: {log}"
+    );
+    assert!(!log.contains("ERROR"), "no step failed: {log}");
+
+    // The allowlist always has room; a new block is refused, saying why.
+    let t = Instant::now();
+    m.lab
+        .ok(&["allow", "add", "203.0.113.77", "--comment", "ops"]);
+    println!("allow add took {:?}", t.elapsed());
+    let t = Instant::now();
+    let out = m.lab.sg(&["block", "add", "203.0.113.78"]);
+    println!("block add took {:?}", t.elapsed());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the blocklist is full") && err.contains("block del"),
+        "{err}"
+    );
+    // The daemon's work goes on: a config change noticed, the host's settings kept.
+    let t = Instant::now();
+    m.lab.ok(&["config", "set", "syn-cookies", "always"]);
+    println!("config set took {:?}", t.elapsed());
+    within(Duration::from_secs(2), "tcp_syncookies set", || {
+        syncookies(&m) == "2"
+    });
+    within(Duration::from_secs(5), "the change noticed", || {
+        m.daemon
+            .log_text()
+            .contains("config changed: syn-cookies \"auto\" -> \"always\"")
+    });
+    m.lab.ok(&["config", "set", "syn-cookies", "auto"]);
+    within(Duration::from_secs(2), "tcp_syncookies restored", || {
+        syncookies(&m) == "1"
+    });
+
+    // Room freed by deleted decisions goes to those waiting.
+    let t = Instant::now();
+    lapi.ok(&[
+        "decisions",
+        "delete",
+        "--range",
+        "198.18.0.0/28",
+        "--contained",
+    ]);
+    println!("16 decisions deleted in {:?}", t.elapsed());
+    let t = Instant::now();
+    loop {
+        let st = m.lab.json(&["status"]);
+        // The allow entry took one of the blocklist's places (its reserve is for allow
+        // entries beyond it).
+        if st["entries"]["crowdsec"] == u64::from(room - 1)
+            && st["crowdsec"]["not_enforced_full"] == u64::from(N - 16 - (room - 1))
+        {
+            break;
+        }
+        let log = m.daemon.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the freed room taken: {} {}\n{}",
+            st["entries"],
+            st["crowdsec"],
+            tail.join("\n")
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    let took = t.elapsed();
+    println!("the freed room taken within {took:?}");
+    assert!(
+        !m.daemon.log_text().contains("ERROR"),
+        "{}",
+        m.daemon.log_text()
+    );
+}

@@ -64,12 +64,13 @@ pub fn block_list(state: &State, json: bool) -> anyhow::Result<()> {
             .is_some()
     };
     let blocks: Vec<RuleEntry> = sorted(all.iter().filter(|e| e.is_block()).cloned().collect());
+    let allows = rules::Allows::of(&all);
     let rows: Vec<BlockJson> = blocks
         .iter()
         .filter(|e| !e.rule.expired(now))
         .map(|e| {
             let auto = e.rule.kind == RULE_BAN;
-            let allowed_by = rules::shadowing_allow(&all, &e.net).map(|a| a.net.to_string());
+            let allowed_by = allows.covering(&e.net).map(|a| a.net.to_string());
             let crowdsec = e.crowdsec();
             BlockJson {
                 prefix: e.net.to_string(),

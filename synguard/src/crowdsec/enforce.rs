@@ -276,6 +276,7 @@ impl Crowdsec {
             entries.iter().map(|e| (e.net, e)).collect();
         let now = clock::monotonic_ns();
         self.pushed.retain(|_, until| *until > now);
+        let allows = rules::Allows::of(&entries);
         // Lifts first: they make room.
         let mut room = Room::of(&entries);
         for net in &changes.lift {
@@ -320,7 +321,7 @@ impl Crowdsec {
                 out.shadowed += 1;
                 continue;
             }
-            let action = if rules::shadowing_allow(&entries, &b.net).is_some() {
+            let action = if allows.covering(&b.net).is_some() {
                 ACTION_PASS
             } else {
                 ACTION_DROP
@@ -403,6 +404,7 @@ impl Crowdsec {
             .cloned()
             .collect();
         let mut room = Room::of(entries);
+        let allows = rules::Allows::of(entries);
         let mut n = 0;
         for b in &missing {
             let v4 = b.net.addr().is_ipv4();
@@ -410,7 +412,7 @@ impl Crowdsec {
                 self.unenforced.insert(b.net);
                 continue;
             }
-            let action = if rules::shadowing_allow(entries, &b.net).is_some() {
+            let action = if allows.covering(&b.net).is_some() {
                 ACTION_PASS
             } else {
                 ACTION_DROP
@@ -434,8 +436,8 @@ impl Crowdsec {
             }
         }
         // Decisions that ended or were deleted meanwhile are no longer waiting.
-        self.unenforced
-            .retain(|net| missing.iter().any(|b| b.net == *net));
+        let waiting: HashSet<IpNet> = missing.iter().map(|b| b.net).collect();
+        self.unenforced.retain(|net| waiting.contains(net));
         let newly = self.unenforced.len();
         self.note_full(newly);
         if n > 0 || self.link.not_enforced_full != newly {

@@ -7,7 +7,13 @@ impl Daemon {
     /// One step of the housekeeping: its error is logged (at most once a minute per step,
     /// with how often it failed meanwhile) and never keeps the other steps from running.
     fn step(&mut self, what: &'static str, f: impl FnOnce(&mut Self) -> anyhow::Result<()>) {
-        let Err(e) = f(self) else { return };
+        let started = Instant::now();
+        let result = f(self);
+        let took = started.elapsed();
+        if took >= Duration::from_millis(250) {
+            log::debug!("housekeeping: {what} took {} ms", took.as_millis());
+        }
+        let Err(e) = result else { return };
         let now = Instant::now();
         let (last, missed) = self.step_errors.entry(what).or_insert((None, 0));
         if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
