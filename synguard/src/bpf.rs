@@ -228,8 +228,10 @@ impl Maps {
         })
     }
 
-    /// Open the maps pinned under `pin_dir` by `synguard run`.
+    /// Open the maps pinned under `pin_dir` by `synguard run` (of this version's layout:
+    /// another's is refused with what to do).
     pub fn from_pins(pin_dir: &Path) -> anyhow::Result<Self> {
+        check_pinned_abi(pin_dir)?;
         Ok(Self {
             config: open(pin_dir, map_names::CONFIG)?,
             stats: open(pin_dir, map_names::STATS)?,
@@ -383,21 +385,22 @@ fn new_seed() -> anyhow::Result<[u64; sources::SEED_WORDS]> {
 
 /// Check the pinned maps were made by a compatible synguard before adopting them.
 pub fn check_pinned_abi(pin_dir: &Path) -> anyhow::Result<()> {
-    let path = maps_dir(pin_dir).join(map_names::CONFIG);
-    if !path.exists() {
-        return Ok(());
-    }
-    let cfg_map: Array<MapData, Config> = open(pin_dir, map_names::CONFIG)?;
-    let cfg = cfg_map.get(&0, 0)?;
-    if cfg.abi != 0 && cfg.abi != synguard_common::ABI_VERSION {
-        bail!(
-            "the state pinned in {} was written by a synguard with map layout {} (this one \
-             has {}); stop that version and remove {} before starting this one",
+    match crate::upgrade::pinned(pin_dir)? {
+        crate::upgrade::Pinned::None | crate::upgrade::Pinned::Current => Ok(()),
+        crate::upgrade::Pinned::Newer(abi) => bail!(
+            "the state pinned in {} was written by a newer synguard (map layout {abi}; this \
+             one has {}): use that version's commands, or take its state down with `synguard \
+             detach`",
             pin_dir.display(),
-            cfg.abi,
-            synguard_common::ABI_VERSION,
-            pin_dir.display()
-        );
+            synguard_common::ABI_VERSION
+        ),
+        crate::upgrade::Pinned::Known(crate::upgrade::Carry { abi, .. })
+        | crate::upgrade::Pinned::Unknown(abi) => bail!(
+            "the state pinned in {} was written by an older synguard (map layout {abi}; this \
+             one has {}): restart `synguard run` (systemctl restart synguard) to upgrade it in \
+             place, or use the old version's commands until then",
+            pin_dir.display(),
+            synguard_common::ABI_VERSION
+        ),
     }
-    Ok(())
 }

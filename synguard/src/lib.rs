@@ -28,5 +28,6 @@ pub mod rules;
 pub mod sockdiag;
 pub mod sources;
 pub mod sysctls;
+pub mod upgrade;
 pub mod verdict;
 pub mod version;

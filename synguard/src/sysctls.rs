@@ -156,6 +156,32 @@ pub fn restore_all(maps: &mut Maps) {
     }
 }
 
+/// Put back the values `host` saved, with no program left to tell (`detach`, after the
+/// links are gone; any layout's saved values, see `upgrade::saved_host`).
+pub fn restore_saved(host: &HostState) {
+    for (path, saved) in [
+        (SYNCOOKIES, host.saved_syncookies),
+        (TIMESTAMPS, host.saved_timestamps),
+    ] {
+        if saved < 0 {
+            continue;
+        }
+        match read_int(path) {
+            Ok(2) if saved != 2 => match write_int(path, saved) {
+                Ok(()) => log::info!("restored {} = {saved}", sysctl_name(path)),
+                Err(e) => log::error!("{e:#}"),
+            },
+            Ok(_) => {}
+            Err(e) => log::error!("{e:#}"),
+        }
+    }
+}
+
+/// `net.ipv4.tcp_syncookies` for `/proc/sys/net/ipv4/tcp_syncookies`.
+fn sysctl_name(path: &str) -> String {
+    path.trim_start_matches("/proc/sys/").replace('/', ".")
+}
+
 /// How many SYNs the listeners could not queue so far in this network namespace: the
 /// kernel's `TcpExt` counters `TCPReqQFullDoCookies` (the SYN queue was full: answered
 /// with the kernel's own cookie) and `ListenDrops` (dropped: a full SYN queue without

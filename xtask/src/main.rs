@@ -333,6 +333,10 @@ fn test() -> anyhow::Result<()> {
         ),
         ("the command line against a running daemon", "cli"),
         (
+            "upgrades: pins of older and newer layouts, run and detach",
+            "upgrade",
+        ),
+        (
             "attack mode end to end: cookies, forged floods, tcp_syncookies",
             "e2e_cookies",
         ),

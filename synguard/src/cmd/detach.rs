@@ -4,7 +4,7 @@ use std::{fs, path::Path};
 
 use anyhow::Context as _;
 
-use crate::{bpf::Maps, daemon::remove_pins, pins};
+use crate::{daemon::remove_pins, pins};
 
 /// `synguard detach`: take a kept program away (left by `run --keep`, the service, or a
 /// crash): put `net.ipv4.tcp_syncookies` back if attack mode changed it, detach from every
@@ -24,13 +24,19 @@ pub fn detach(pin_dir: &Path) -> anyhow::Result<()> {
             pin_dir.display()
         ))
     })?;
-    let mut maps = Maps::from_pins(pin_dir)?;
-    crate::sysctls::restore_all(&mut maps);
-    drop(maps);
+    // Whatever version wrote the state: the saved settings if its layout can be read.
+    let saved = crate::upgrade::saved_host(pin_dir);
     for (_, name, path) in pins::pinned_links(pin_dir) {
         // The pin holds the link's last reference: removing it detaches the program.
         fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
         log::info!("detached from {name}");
+    }
+    match saved {
+        Some(host) => crate::sysctls::restore_saved(&host),
+        None => log::warn!(
+            "the state's layout is not one this synguard can read: if tcp_syncookies or \
+             tcp_timestamps is 2 now, synguard set it; put back your own value by hand"
+        ),
     }
     remove_pins(pin_dir)?;
     for d in [crate::bpf::maps_dir(pin_dir), pins::links_dir(pin_dir)] {

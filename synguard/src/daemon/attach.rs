@@ -215,11 +215,26 @@ pub(super) fn start(
     mode: XdpModeArg,
     adopting: bool,
 ) -> anyhow::Result<(Loaded, Vec<Attachment>, u64, crate::nat::Reading)> {
-    crate::bpf::check_pinned_abi(pin_dir)?;
+    // Pins of another version: made loadable (or refused) first (see `upgrade`).
+    let upgrade = crate::upgrade::prepare(pin_dir)?;
     let mut loaded = Loaded::load(&LoadOptions {
         pin_dir: Some(pin_dir.to_path_buf()),
         ..Default::default()
     })?;
+    crate::upgrade::finish(&upgrade, &mut loaded.maps)?;
+    if let Some(from) = upgrade.from {
+        log::warn!(
+            "upgraded the pinned state from map layout {from} to {}: {} replaced{}",
+            synguard_common::ABI_VERSION,
+            upgrade.replaced.join(", "),
+            if upgrade.carry.is_some() {
+                " (counters start again); the lists, bans, CrowdSec's decisions, proofs and \
+                 buckets are kept"
+            } else {
+                ""
+            }
+        );
+    }
     let previous = if adopting {
         loaded.maps.read_config().ok()
     } else {
@@ -317,11 +332,16 @@ pub(crate) fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
     if proofs.exists() {
         fs::remove_file(&proofs).with_context(|| format!("unpinning {}", proofs.display()))?;
     }
+    // Every map pinned, including those of another version's layout.
     let dir = crate::bpf::maps_dir(pin_dir);
-    for name in map_names::ALL {
-        let p = dir.join(name);
-        if p.exists() {
-            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("SG_"))
+            {
+                fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
         }
     }
     if pins::links_dir(pin_dir).exists() && fs::read_dir(pins::links_dir(pin_dir))?.next().is_some()
