@@ -143,6 +143,41 @@ fn a_container_behind_dnat_keeps_its_employees_under_forged_floods() {
     }
 }
 
+/// A host whose guest (a container, a VM) it masquerades calls an upstream API throughout
+/// forged floods: attack mode answers the floods, and every call the guest makes gets its
+/// answer (the API's replies reach the server's address with no socket of the server
+/// behind them: connection tracking owns them). With attack mode dropping such segments
+/// as an ACK flood's, as it did, the guest got none of its calls through.
+#[test]
+fn a_masqueraded_guest_keeps_calling_out_under_forged_floods() {
+    require_root!();
+    lab::check_tools().expect("lab tools installed");
+    for scenario in [Scenario::Forged, Scenario::ForgedV6] {
+        let spec = RunSpec {
+            scenario,
+            profile: Profile::NatGuests,
+            synguard: true,
+            duration: Duration::from_secs(4),
+            synguard_args: Vec::new(),
+            attack_rate: Some(lab::DEFAULT_ATTACK_RATE),
+            report_dir: None,
+            calm: Duration::ZERO,
+        };
+        let r = lab::run(&spec, &Arc::new(AtomicBool::new(false))).expect("lab run");
+        println!("{}", lab::table(std::slice::from_ref(&r)));
+        assert!(r.attack_pps >= 50_000.0, "a flood: {r:?}");
+        assert!(
+            r.xdp_answered
+                .is_some_and(|n| n as f64 > 0.5 * r.attack_sent as f64),
+            "attack mode answered the flood: {r:?}"
+        );
+        assert!(r.success_rate >= 0.99, "every employee: {r:?}");
+        let g = r.guest.as_ref().expect("the guest called");
+        assert!(g.calls >= 40, "the guest kept calling: {g:?}");
+        assert_eq!(g.ok, g.calls, "every call of the guest answered: {g:?}");
+    }
+}
+
 /// The generator reports what it really sent: every frame it counts arrives at the other
 /// end of the wire (or is counted as dropped there).
 #[test]

@@ -88,7 +88,12 @@ fn main() -> ExitCode {
         args.scenarios.clone()
     };
     let profiles = if args.profiles.is_empty() {
-        vec![Profile::Defaults, Profile::Legacy, Profile::Container]
+        vec![
+            Profile::Defaults,
+            Profile::Legacy,
+            Profile::Container,
+            Profile::NatGuests,
+        ]
     } else {
         args.profiles.clone()
     };

@@ -36,6 +36,12 @@ pub enum Profile {
     Container,
     /// The same without the host listener (Docker's `userland-proxy: false`).
     ContainerNoProxy,
+    /// The kernel's own settings, and the server hosts a guest (a container or a VM on a
+    /// private network, 192.0.2.202 and 2001:db8:4::2) that it masquerades: the guest
+    /// calls an upstream API (198.51.100.200:8080, 2001:db8:5::200) throughout, and
+    /// the API's answers reach the server's address with no socket of the server behind
+    /// them.
+    NatGuests,
 }
 
 impl Profile {
@@ -45,6 +51,7 @@ impl Profile {
             Self::Legacy => "legacy",
             Self::Container => "container",
             Self::ContainerNoProxy => "container-no-proxy",
+            Self::NatGuests => "nat-guests",
         }
     }
 }
@@ -55,6 +62,11 @@ pub use crate::kit::topo::{SERVER4, SERVER6};
 /// The `container` profiles' web server.
 pub const CONTAINER4: &str = "192.0.2.194";
 pub const CONTAINER6: &str = "2001:db8:3::2";
+/// The `nat-guests` profile's guest, and the upstream API it calls.
+pub const GUEST4: &str = "192.0.2.202";
+pub const GUEST6: &str = "2001:db8:4::2";
+pub const API4: &str = "198.51.100.200:8080";
+pub const API6: &str = "[2001:db8:5::200]:8080";
 const PAGE: &str = "<!doctype html><title>Sunny Travel</title><h1>Sunny Travel</h1>\
 <p>Book your summer trip today: flights, hotels, packages.</p>\n";
 
@@ -70,6 +82,11 @@ pub struct LabNet {
     nginx: Option<ChildGuard>,
     /// The `container` profiles' container and its nginx.
     pub container: Option<Netns>,
+    /// The `nat-guests` profile's guest, and the upstream API (in the employees'
+    /// namespace).
+    pub guest: Option<Netns>,
+    _api: Option<crate::kit::traffic::Server>,
+    _api6: Option<crate::kit::traffic::Server>,
     container_nginx: Option<ChildGuard>,
     pub synguard: Option<ChildGuard>,
     /// A no-op XDP program on the router's end of the server's link: on veth, frames a
@@ -98,6 +115,8 @@ impl Drop for LabNet {
         }
         self.nginx.take();
         self.container_nginx.take();
+        self._api.take();
+        self._api6.take();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -224,7 +243,10 @@ impl LabNet {
         sink.ip_batch(&["addr add 2001:db8:f::2/64 dev eth0 nodad".into()]);
 
         match profile {
-            Profile::Defaults | Profile::Container | Profile::ContainerNoProxy => {}
+            Profile::Defaults
+            | Profile::Container
+            | Profile::ContainerNoProxy
+            | Profile::NatGuests => {}
             Profile::Legacy => {
                 for (k, v) in [
                     ("net.ipv4.tcp_syncookies", "0"),
@@ -283,6 +305,51 @@ impl LabNet {
             fs::create_dir_all(&cdir)?;
             container_nginx = Some(start_nginx(ctr, &cdir, &dir, CONTAINER4, CONTAINER6)?);
         }
+        let guest = (profile == Profile::NatGuests).then(|| Netns::new("lab-guest"));
+        let (mut api, mut api6) = (None, None);
+        if let Some(g) = &guest {
+            veth(
+                &server,
+                "gst0",
+                "192.0.2.201/30",
+                g,
+                "eth0",
+                &format!("{GUEST4}/30"),
+            );
+            server.ip_batch(&["addr add 2001:db8:4::1/64 dev gst0 nodad".into()]);
+            g.ip_batch(&[
+                format!("addr add {GUEST6}/64 dev eth0 nodad"),
+                "route add default via 192.0.2.201".into(),
+                "route add default via 2001:db8:4::1".into(),
+            ]);
+            for (k, v) in [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
+            ] {
+                server.sysctl(k, v);
+            }
+            // As Docker and libvirt's NAT network do: the guest's connections leave with
+            // the server's address.
+            server.exec(&[
+                "nft",
+                "add table inet sgmasq; add chain inet sgmasq post { type nat hook \
+                 postrouting priority 100; }; add rule inet sgmasq post oifname \"eth0\" ip \
+                 saddr 192.0.2.200/30 masquerade; add rule inet sgmasq post oifname \"eth0\" \
+                 ip6 saddr 2001:db8:4::/64 masquerade",
+            ]);
+            employees.ip_batch(&[
+                "addr add 198.51.100.200/24 dev eth0".into(),
+                "addr add 2001:db8:5::200/64 dev eth0 nodad".into(),
+            ]);
+            api = Some(crate::kit::traffic::Server::start(
+                &employees,
+                API4.parse()?,
+            ));
+            api6 = Some(crate::kit::traffic::Server::start(
+                &employees,
+                API6.parse()?,
+            ));
+        }
         // The server's own nginx; with a container, the listener docker-proxy keeps on the
         // published port (it serves the same page, so a client it answered still counts).
         let nginx = (profile != Profile::ContainerNoProxy)
@@ -300,6 +367,9 @@ impl LabNet {
             nginx,
             container,
             container_nginx,
+            guest,
+            _api: api,
+            _api6: api6,
             synguard: None,
             _peer_xdp: peer_xdp,
         };

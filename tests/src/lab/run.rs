@@ -146,6 +146,49 @@ pub struct RunResult {
     pub reported: Option<String>,
     /// `spoofed-victim` only: the victim's requests.
     pub victim: Option<VictimResult>,
+    /// `nat-guests` only: the guest's calls to its upstream API during the attack.
+    pub guest: Option<GuestResult>,
+}
+
+/// What the `nat-guests` profile's guest saw of its calls out (through the server's
+/// masquerade), during the attack.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GuestResult {
+    pub calls: u64,
+    pub ok: u64,
+    /// The most frequent failures.
+    pub errors: Vec<String>,
+}
+
+/// The guest's calls: one caller per family, each calling the API in a loop until
+/// `until`.
+fn guest_calls(
+    net: &LabNet,
+    until: Instant,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<Vec<Attempt>>> {
+    let Some(guest) = &net.guest else {
+        return Vec::new();
+    };
+    [super::API4, super::API6]
+        .into_iter()
+        .map(|api| {
+            let target: SocketAddr = api.parse().expect("addr");
+            let stop = stop.clone();
+            guest.spawn(move || {
+                let mut out = Vec::new();
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let result = crate::kit::http::Get::new(target)
+                        .timeout(REQUEST_TIMEOUT)
+                        .send();
+                    out.push(Attempt { started, result });
+                    thread::sleep(THINK);
+                }
+                out
+            })
+        })
+        .collect()
 }
 
 /// A request that does not complete within this counts as failed: users give up.
@@ -293,6 +336,7 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
         spec.calm
     };
     let staff = employees(&net, v6, attack_end + after, stop);
+    let guests = guest_calls(&net, attack_end, stop);
     thread::sleep(warmup);
     let listen_before = net.listen_drops();
     let soft_before = softirq_ticks();
@@ -404,6 +448,33 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
         }
         attempts.extend(mine);
     }
+    let guest = if guests.is_empty() {
+        None
+    } else {
+        let mut calls = Vec::new();
+        for h in guests {
+            calls.extend(h.join().map_err(|_| anyhow::anyhow!("guest panicked"))?);
+        }
+        let during: Vec<&Attempt> = calls
+            .iter()
+            .filter(|a| a.started >= attack_start && a.started < attack_end)
+            .collect();
+        let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
+        for a in &during {
+            if let Err(e) = &a.result {
+                *errors.entry(e.clone()).or_default() += 1;
+            }
+        }
+        Some(GuestResult {
+            calls: during.len() as u64,
+            ok: during.iter().filter(|a| a.result.is_ok()).count() as u64,
+            errors: errors
+                .into_iter()
+                .take(3)
+                .map(|(e, n)| format!("{n}x {e}"))
+                .collect(),
+        })
+    };
     let window: Vec<&Attempt> = attempts
         .iter()
         .filter(|a| a.started >= attack_start && a.started < attack_end)
@@ -481,6 +552,7 @@ pub fn run(spec: &RunSpec, stop: &Arc<AtomicBool>) -> anyhow::Result<RunResult> 
             .collect(),
         reported,
         victim,
+        guest,
     })
 }
 
@@ -517,6 +589,7 @@ pub fn table(results: &[RunResult]) -> String {
         "softirq ms/s",
         "report says",
         "victim ok (during, after)",
+        "guest calls ok",
     ];
     let rows: Vec<Vec<String>> = results
         .iter()
@@ -548,6 +621,18 @@ pub fn table(results: &[RunResult]) -> String {
                         a * 100.0,
                         v.after_ok,
                         v.after
+                    )
+                }),
+                r.guest.as_ref().map_or("-".into(), |g| {
+                    format!(
+                        "{:.1} % ({}/{})",
+                        if g.calls == 0 {
+                            0.0
+                        } else {
+                            100.0 * g.ok as f64 / g.calls as f64
+                        },
+                        g.ok,
+                        g.calls
                     )
                 }),
             ]
