@@ -185,19 +185,7 @@ fn flood(net: &LabNet, seconds: f64) -> u64 {
 /// Segments with these TCP flags from random sources in 198.18.0.0/15 to the server's
 /// port 80, 20,000 a second: how many were sent.
 fn flood_of(net: &LabNet, flags: u8, seconds: f64) -> u64 {
-    let spec = FloodSpec {
-        ifindex: net.attacker.ifindex("eth0"),
-        src_mac: mac_of(&net.attacker, "eth0").expect("mac"),
-        dst_mac: mac_of(&net.router, "r-att").expect("mac"),
-        source: Source::Random("198.18.0.0/15".parse().expect("net")),
-        dst: "192.0.2.1".parse().expect("addr"),
-        dport: 80,
-        rate: Some(20_000),
-        flags,
-        duration: Duration::from_secs_f64(seconds),
-        threads: 1,
-        batch: 32,
-    };
+    let spec = flood_spec(net, flags, seconds);
     net.attacker
         .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
         .join()
@@ -375,5 +363,406 @@ fn ack_and_rst_floods_die_in_xdp_in_attack_mode() {
             "{name} in {}",
             status["counters"]
         );
+    }
+}
+
+/// Connect from `local` (in the employees' namespace) to the server's port 80.
+fn connect_from(local: &str) -> std::io::Result<std::net::TcpStream> {
+    let local: std::net::IpAddr = local.parse().expect("addr");
+    let target: SocketAddr = "192.0.2.1:80".parse().expect("addr");
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(local, 0).into())?;
+    sock.connect_timeout(&target.into(), Duration::from_secs(2))?;
+    Ok(sock.into())
+}
+
+/// Send a request on `s` and read the answer: `Ok(true)` for the page, `Ok(false)` for
+/// a reset (the connection refused at once), `Err` for anything else (a connection left
+/// waiting for nothing).
+fn request(mut s: std::net::TcpStream, within: Duration) -> Result<bool, String> {
+    use std::io::{Read as _, Write as _};
+    s.set_read_timeout(Some(within))
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = s.write_all(b"GET / HTTP/1.0\r\nHost: sales.example\r\n\r\n") {
+        return if e.kind() == std::io::ErrorKind::ConnectionReset {
+            Ok(false)
+        } else {
+            Err(e.to_string())
+        };
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(false),
+            Err(e) => return Err(format!("{e} after {} bytes", got.len())),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    if text.starts_with("HTTP/1.1 200") && text.contains("Sunny Travel") {
+        Ok(true)
+    } else {
+        Err(format!("not the page: {text:?}"))
+    }
+}
+
+/// Clients in the middle of their handshakes when attack mode starts complete them:
+/// nothing is purged, and an ACK that belongs to a request the kernel has queued goes
+/// through, whatever attack mode does to ACK floods. (Before, attack mode's start purged
+/// every half-open connection, and their clients' ACKs, reaching a listener with no
+/// request and no valid cookie, were dropped: those connections hung.) Here the clients'
+/// own handshake ACKs are held back, so each connection waits in the server's SYN queue
+/// until its request arrives, after attack mode started.
+#[test]
+fn handshakes_in_flight_when_attack_mode_starts_complete() {
+    require_root!();
+    let mut net = LabNet::new(Profile::Defaults).expect("lab");
+    net.start_synguard(&[]).expect("synguard");
+    let clients: Vec<String> = (40..60).map(|i| format!("198.51.100.{i}")).collect();
+    net.employees.ip_batch(
+        &clients
+            .iter()
+            .map(|a| format!("addr add {a}/24 dev eth0"))
+            .collect::<Vec<_>>(),
+    );
+    // The handshake's last ACK (a pure ACK) never leaves: the request (PSH, ACK)
+    // completes the handshake instead.
+    net.employees.exec(&[
+        "nft",
+        "add table inet hold; add chain inet hold out { type filter hook output priority 0; \
+         }; add rule inet hold out tcp dport 80 tcp flags & (fin|syn|rst|psh|ack) == ack drop",
+    ]);
+    let addrs = clients.clone();
+    let streams = net
+        .employees
+        .spawn(move || {
+            addrs
+                .iter()
+                .map(|a| connect_from(a).unwrap_or_else(|e| panic!("connect from {a}: {e}")))
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .expect("clients");
+    let out = net
+        .server
+        .exec(&["ss", "-Htn", "state", "syn-recv", "sport", "= :80"]);
+    let half_open = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(
+        half_open,
+        clients.len(),
+        "every client waits in the SYN queue"
+    );
+
+    // A forged flood: attack mode, and the host's settings (the queue runs over).
+    let flooding = {
+        let spec = flood_spec(&net, SYN, 2.0);
+        net.attacker
+            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
+    };
+    wait_for(
+        "attack mode and the host's settings",
+        Duration::from_secs(2),
+        || net.synguard_log().contains("attack mode ON on eth0") && syncookies(&net) == "2",
+    );
+    let results = net
+        .employees
+        .spawn(move || {
+            streams
+                .into_iter()
+                .map(|s| request(s, Duration::from_millis(1500)))
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .expect("requests");
+    flooding.join().expect("flood").expect("flood ran");
+    let waited: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(waited.is_empty(), "connections left waiting: {waited:?}");
+    let pages = results.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(pages, clients.len(), "every one got its page: {results:?}");
+    assert!(
+        !net.synguard_log().contains("half-open"),
+        "nothing purged: {}",
+        net.synguard_log()
+    );
+}
+
+/// A burst of real clients (a big NAT's office arriving at once) may start attack mode,
+/// but changes nothing for the host: `tcp_syncookies` and `tcp_timestamps` stay, nothing
+/// is purged, every connection completes. A forged flood, which the server's SYN queues
+/// cannot hold, sets them within a second.
+#[test]
+fn a_burst_of_real_clients_changes_nothing_on_the_host() {
+    require_root!();
+    let mut net = LabNet::new(Profile::Defaults).expect("lab");
+    net.start_synguard(&["--attack-syn-rate".into(), "500".into()])
+        .expect("synguard");
+    // 300 connections from the 20 employees (15 each, within syn-burst), all at once.
+    let connected = net
+        .employees
+        .spawn(|| {
+            let target: SocketAddr = "192.0.2.1:80".parse().expect("addr");
+            let mut socks = Vec::new();
+            for i in 0..300u32 {
+                let local: std::net::IpAddr =
+                    format!("198.51.100.{}", 10 + i % 20).parse().expect("addr");
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .expect("socket");
+                s.bind(&SocketAddr::new(local, 0).into()).expect("bind");
+                s.set_nonblocking(true).expect("nonblocking");
+                let _ = s.connect(&target.into());
+                socks.push(s);
+            }
+            let start = Instant::now();
+            let mut done = 0;
+            while start.elapsed() < Duration::from_secs(3) {
+                done = socks
+                    .iter()
+                    .filter(|s| s.peer_addr().is_ok() && s.take_error().ok().flatten().is_none())
+                    .count();
+                if done == socks.len() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            // A few more a moment later, as an office's stragglers: a SYN after the
+            // burst is what closes the program's rate window over it.
+            for i in 0..10 {
+                let local = format!("198.51.100.{}", 10 + i);
+                let _ = connect_from(&local).expect("a straggler connects");
+            }
+            done
+        })
+        .join()
+        .expect("burst");
+    assert_eq!(connected, 300, "every connection of the burst completed");
+    wait_for("attack mode", Duration::from_secs(2), || {
+        net.synguard_log().contains("attack mode ON on eth0")
+    });
+    let calm_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < calm_until {
+        assert_eq!(syncookies(&net), "1", "{}", net.synguard_log());
+        assert_eq!(timestamps(&net), "1", "{}", net.synguard_log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let log = net.synguard_log();
+    assert!(!log.contains("setting the host"), "{log}");
+    assert!(!log.contains("half-open"), "nothing purged: {log}");
+    assert!(status_json(&net)["host_settings_since"].is_null());
+
+    // A flood the queues cannot hold: within a second.
+    let start = Instant::now();
+    let flooding = {
+        let spec = flood_spec(&net, SYN, 1.5);
+        net.attacker
+            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
+    };
+    wait_for("the host's settings", Duration::from_secs(1), || {
+        syncookies(&net) == "2"
+    });
+    println!(
+        "tcp_syncookies set {:?} after the flood began",
+        start.elapsed()
+    );
+    flooding.join().expect("flood").expect("flood ran");
+    let log = net.synguard_log();
+    assert!(log.contains("SYN queues ran over in attack mode"), "{log}");
+    assert!(!status_json(&net)["host_settings_since"].is_null());
+}
+
+/// Stopped and started again during an attack with `--keep` (the service's restarts and
+/// upgrades): the settings stay for the program left attached, the next `run`, finding
+/// the attack in the pinned state, owns them (no restore while the flood lasts), and puts
+/// them back once the attack ends (`tcp_timestamps` a linger later, counted across the
+/// restart). Without `--keep`, a stop during an attack restores both at once.
+#[test]
+fn a_restart_during_an_attack_hands_the_host_settings_over() {
+    require_root!();
+    let mut net = LabNet::new(Profile::Defaults).expect("lab");
+    net.start_synguard(&["--keep".into()]).expect("synguard");
+    let pin = net.bpffs.pin_dir();
+    let mut maps = synguard::bpf::Maps::from_pins(&pin).expect("maps");
+    let mut cfg = maps.read_config().expect("config");
+    cfg.attack_calm_ns = 1_000_000_000;
+    maps.write_config(&cfg).expect("config");
+
+    let flooding = {
+        let spec = flood_spec(&net, SYN, 6.0);
+        net.attacker
+            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
+    };
+    wait_for("cookies on", Duration::from_secs(2), || {
+        syncookies(&net) == "2"
+    });
+    let mut d = net.synguard.take().expect("daemon");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(0));
+    assert!(
+        d.log_text()
+            .contains("the next `synguard run` takes them over"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(
+        (syncookies(&net), timestamps(&net)),
+        ("2".into(), "2".into())
+    );
+    net.start_synguard(&["--keep".into()])
+        .expect("synguard again");
+    let hold_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < hold_until {
+        assert_eq!(
+            syncookies(&net),
+            "2",
+            "owned, not restored: {}",
+            net.synguard_log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    flooding.join().expect("flood").expect("flood ran");
+    wait_for("tcp_syncookies restored", Duration::from_secs(5), || {
+        syncookies(&net) == "1"
+    });
+    assert_eq!(timestamps(&net), "2", "kept for the last cookies' ACKs");
+    wait_for("tcp_timestamps restored", Duration::from_secs(10), || {
+        timestamps(&net) == "1"
+    });
+
+    // A stop without --keep during an attack: both at once.
+    let mut d = net.synguard.take().expect("daemon");
+    d.signal(libc::SIGTERM);
+    d.wait(Duration::from_secs(10));
+    net.start_synguard(&[]).expect("synguard, no --keep");
+    let flooding = {
+        let spec = flood_spec(&net, SYN, 3.0);
+        net.attacker
+            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
+    };
+    wait_for("cookies on", Duration::from_secs(2), || {
+        syncookies(&net) == "2"
+    });
+    let mut d = net.synguard.take().expect("daemon");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(0));
+    assert_eq!(
+        (syncookies(&net), timestamps(&net)),
+        ("1".into(), "1".into())
+    );
+    flooding.join().expect("flood").expect("flood ran");
+}
+
+/// What could hold `run` up never delays attack mode's settings: an `nft` that hangs
+/// (the NAT rules are read on a thread of their own, within 5 s at start), the metrics
+/// endpoint flooded with idle connections under a low limit of descriptors (32 served at
+/// once, each given 5 s). `tcp_syncookies` still flips within a second of a flood, and the
+/// metrics endpoint answers again once the idle connections are gone.
+#[test]
+fn nothing_slow_delays_the_host_settings_in_an_attack() {
+    require_root!();
+    let mut net = LabNet::new(Profile::Defaults).expect("lab");
+    let fake = tempfile_dir("slow-nft");
+    std::fs::write(fake.join("nft"), "#!/bin/sh\nsleep 60\n").expect("fake nft");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(fake.join("nft"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = Instant::now();
+    net.start_synguard_with(
+        &["--metrics".into(), "192.0.2.1:9100".into()],
+        &["prlimit", "--nofile=128"],
+        &[("PATH", path)],
+    )
+    .expect("synguard");
+    println!("run started in {:?} (nft hangs)", started.elapsed());
+    assert!(
+        net.synguard_log()
+            .contains("`nft -j list ruleset` took more than 5 s"),
+        "{}",
+        net.synguard_log()
+    );
+    // 400 idle connections to the metrics endpoint, more than the daemon has descriptors.
+    let idle = net
+        .employees
+        .spawn(|| {
+            let target: SocketAddr = "192.0.2.1:9100".parse().expect("addr");
+            (0..400)
+                .filter_map(|_| {
+                    std::net::TcpStream::connect_timeout(&target, Duration::from_millis(300)).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .expect("idle connections");
+    println!("{} idle metrics connections", idle.len());
+    // Past the next reading of the rules (every 10 s), which hangs in its thread now.
+    thread::sleep(Duration::from_secs(11));
+    let start = Instant::now();
+    let flooding = {
+        let spec = flood_spec(&net, SYN, 2.0);
+        net.attacker
+            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
+    };
+    wait_for("the host's settings", Duration::from_secs(1), || {
+        syncookies(&net) == "2"
+    });
+    println!(
+        "tcp_syncookies set {:?} after the flood began",
+        start.elapsed()
+    );
+    flooding.join().expect("flood").expect("flood ran");
+    drop(idle);
+    let scraped = net
+        .employees
+        .spawn(|| {
+            let start = Instant::now();
+            loop {
+                let got =
+                    synguard_tests::kit::http::Get::new("192.0.2.1:9100".parse().expect("addr"))
+                        .path("/metrics")
+                        .timeout(Duration::from_secs(2))
+                        .answer();
+                match got {
+                    Ok(a) if a.text().contains("synguard_packets_total") => return Ok(()),
+                    other if start.elapsed() > Duration::from_secs(15) => {
+                        return Err(format!("{other:?}"));
+                    }
+                    _ => thread::sleep(Duration::from_millis(500)),
+                }
+            }
+        })
+        .join()
+        .expect("scrape");
+    assert!(scraped.is_ok(), "metrics answer again: {scraped:?}");
+    let log = net.synguard_log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    let _ = std::fs::remove_dir_all(&fake);
+}
+
+/// A directory of the test's own under the system's temporary directory.
+fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(synguard_tests::kit::netns::unique(tag));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A forged SYN flood (`flags`) at 20,000 a second for `seconds`, from 198.18.0.0/15.
+fn flood_spec(net: &LabNet, flags: u8, seconds: f64) -> FloodSpec {
+    FloodSpec {
+        ifindex: net.attacker.ifindex("eth0"),
+        src_mac: mac_of(&net.attacker, "eth0").expect("mac"),
+        dst_mac: mac_of(&net.router, "r-att").expect("mac"),
+        source: Source::Random("198.18.0.0/15".parse().expect("net")),
+        dst: "192.0.2.1".parse().expect("addr"),
+        dport: 80,
+        rate: Some(20_000),
+        flags,
+        duration: Duration::from_secs_f64(seconds),
+        threads: 1,
+        batch: 32,
     }
 }

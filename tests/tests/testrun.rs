@@ -1489,3 +1489,43 @@ fn walk_of_the_sources_table() {
         0
     );
 }
+
+/// The proofs `run` makes from a host's connections are made a share at a time (4,096 a
+/// second), so a server with a hundred thousand connections never spends a second of
+/// `run`'s loop on them; each share sets the proof filter's bits (the program looks a
+/// source up only then), and a ban of a source proven so is lifted.
+#[test]
+fn proofs_of_connections_are_made_a_share_at_a_time() {
+    require_root!();
+    let mut p = Prog::new(Settings::default());
+    let now = synguard::clock::monotonic_ns();
+    // 10,000 peers (in 10.0.0.0/8, never sent anything), one of them banned.
+    let mut queue: Vec<std::net::IpAddr> = (0..10_000u32)
+        .map(|i| std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    let banned: ipnet::IpNet = "10.0.0.1/32".parse().expect("cidr");
+    let ban = Rule::new(RULE_BAN, ACTION_DROP, now, now + 60_000_000_000);
+    rules::put(&mut p.loaded.maps, &banned, &ban).expect("ban");
+    let count = |p: &Prog| {
+        synguard::batch::for_each(&p.loaded.maps.verified, 512, |_, _| ()).expect("proofs")
+    };
+    let mut lifted = Vec::new();
+    for (round, want) in [(1, 4096), (2, 8192), (3, 10_000), (4, 10_000)] {
+        lifted.extend(
+            synguard::proofs::prove_peers(&mut p.loaded.maps, &p.settings, now, &mut queue)
+                .expect("prove"),
+        );
+        assert_eq!(count(&p), want, "after share {round}");
+        assert_eq!(queue.len(), 10_000 - want, "left after share {round}");
+    }
+    assert_eq!(lifted, vec![banned], "the proven source's ban lifted");
+    assert!(p.rule("10.0.0.1/32").is_none());
+    // A proven peer's SYN over its limit is challenged, not banned: the filter bit is set.
+    let key = source_key("10.0.0.77".parse().expect("addr"), 32);
+    let (row, word, bit) = sources::proof_filter_bit(sources::set_of(
+        &key,
+        &synguard::sources::seed(&p.loaded.maps).expect("seed"),
+    ));
+    let words = p.loaded.maps.proof_filter.get(&row, 0).expect("filter row");
+    assert_ne!(words[word] & bit, 0, "filter bit set");
+}

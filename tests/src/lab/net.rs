@@ -412,7 +412,21 @@ impl LabNet {
 
     /// Start `synguard run` on the server's interface.
     pub fn start_synguard(&mut self, extra: &[String]) -> anyhow::Result<()> {
-        let mut cmd = synguard_in(&self.server, &[], &self.bpffs.pin_dir(), &self.dir);
+        self.start_synguard_with(extra, &[], &[])
+    }
+
+    /// [`Self::start_synguard`] through `wrapper` (e.g. `prlimit` with options), with
+    /// `env` set.
+    pub fn start_synguard_with(
+        &mut self,
+        extra: &[String],
+        wrapper: &[&str],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
+        let mut cmd = synguard_in(&self.server, wrapper, &self.bpffs.pin_dir(), &self.dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.args(["run", "--iface", "eth0"]).args(extra);
         self.synguard = Some(start_daemon(
             cmd,
