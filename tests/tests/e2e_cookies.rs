@@ -502,6 +502,9 @@ fn a_burst_of_real_clients_changes_nothing_on_the_host() {
     let connected = net
         .employees
         .spawn(|| {
+            // One CPU, so the burst and the stragglers meet the same rate window (each
+            // CPU has its own).
+            synguard_tests::kit::prog::pin_to_cpu(0);
             let target: SocketAddr = "192.0.2.1:80".parse().expect("addr");
             let mut socks = Vec::new();
             for i in 0..300u32 {
@@ -527,7 +530,9 @@ fn a_burst_of_real_clients_changes_nothing_on_the_host() {
                 thread::sleep(Duration::from_millis(20));
             }
             // A few more a moment later, as an office's stragglers: a SYN after the
-            // burst is what closes the program's rate window over it.
+            // burst (10 ms or more into the window) is what closes the program's rate
+            // window over it.
+            thread::sleep(Duration::from_millis(30));
             for i in 0..10 {
                 let local = format!("198.51.100.{}", 10 + i);
                 let _ = connect_from(&local).expect("a straggler connects");

@@ -11,9 +11,13 @@
 //! answer every SYN with a cookie change how the kernel answers everyone, so they are set
 //! only while the server is under pressure in attack mode: the SYNs reaching the kernel
 //! are more than its SYN queues hold (its `TCPReqQFullDoCookies`/`ListenDrops` counters
-//! moved since attack mode started, see `sysctls::queue_overflows`). A burst a big NAT can produce (a few
-//! hundred real SYNs, each completing its handshake) fits in the queues: it may start
-//! attack mode, but changes nothing on the host, and purges nothing. Until the settings
+//! moved since attack mode started, see `sysctls::queue_overflows`), or the flood is
+//! sustained (the interface's SYN rate has stayed at `attack-syn-rate` or more for
+//! [`SUSTAINED`]: the kernel would be answering all of it, even where its queues keep
+//! up, as they do when the forged address answers its SYN-ACKs with resets). A burst
+//! that a big NAT can produce (a few hundred real SYNs, each completing its handshake)
+//! fits in the queues and is over within a window: it may start attack mode, but
+//! changes nothing on the host, and purges nothing. Until the settings
 //! are set, SYNs the program cannot answer go to the kernel, which handles them as it
 //! would without synguard (its queue, then its own cookies once the queue is full, which
 //! the program can then answer too). `syn-cookies always` sets them for as long as `run`
@@ -49,6 +53,27 @@ pub(super) const POLL_PRESSURE: Duration = Duration::from_millis(10);
 /// How often it reads the kernel's settings even when nothing changed (the cookie
 /// SYN-ACK's options follow them).
 const REFRESH: Duration = Duration::from_secs(1);
+/// How long the SYN rate must stay at `attack-syn-rate` or more for a flood to count as
+/// pressure by itself.
+pub(super) const SUSTAINED: Duration = Duration::from_secs(1);
+
+/// Whether a condition has held without a break for [`SUSTAINED`].
+#[derive(Debug, Default)]
+pub(super) struct Sustained {
+    since: Option<Instant>,
+}
+
+impl Sustained {
+    /// Record whether it holds at `now`; whether it has held for [`SUSTAINED`].
+    pub(super) fn observe(&mut self, holds: bool, now: Instant) -> bool {
+        if !holds {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.duration_since(since) >= SUSTAINED
+    }
+}
 
 pub(super) struct Keeper {
     stop: Arc<AtomicBool>,
@@ -75,6 +100,7 @@ impl Keeper {
                     notes,
                     attack: false,
                     pressure_base: None,
+                    high_rate: Sustained::default(),
                     last_refresh: None,
                 };
                 while !flag.load(Ordering::Relaxed) {
@@ -120,6 +146,8 @@ struct State {
     attack: bool,
     /// The SYN queues' overflow counter when attack mode started.
     pressure_base: Option<u64>,
+    /// Whether an interface's SYN rate has stayed at `attack-syn-rate` or more.
+    high_rate: Sustained,
     last_refresh: Option<Instant>,
 }
 
@@ -159,14 +187,22 @@ impl State {
             cfg.attack_calm_ns
         };
         // Attack mode as the program holds it; one left on by a complete silence (no SYN
-        // closes a window to end it) counts as over once the calm period has passed.
-        let attack = self.slots.iter().any(|&slot| {
-            self.maps
-                .ifstate(capacity::stats_slot(slot))
-                .is_ok_and(|st| {
-                    st.attack != 0 && now.saturating_sub(st.rate_ns) <= calm + 1_000_000_000
-                })
+        // closes a window to end it) counts as over once the calm period has passed. And
+        // whether a flood is at the threshold now (a fresh rate).
+        let states: Vec<_> = self
+            .slots
+            .iter()
+            .filter_map(|&slot| self.maps.ifstate(capacity::stats_slot(slot)).ok())
+            .collect();
+        let attack = states
+            .iter()
+            .any(|st| st.attack != 0 && now.saturating_sub(st.rate_ns) <= calm + 1_000_000_000);
+        let high = states.iter().any(|st| {
+            st.attack != 0
+                && st.rate >= u64::from(cfg.attack_syn_rate)
+                && now.saturating_sub(st.rate_ns) <= synguard_common::ATTACK_STALE_NS
         });
+        let sustained = self.high_rate.observe(high, Instant::now());
         if attack && !self.attack {
             self.pressure_base = sysctls::queue_overflows();
         } else if !attack {
@@ -177,6 +213,9 @@ impl State {
         let mut seen = 0;
         let base = self.pressure_base;
         let want = wanted(cfg.syn_cookies, cfg.mode, attack, held, || {
+            if sustained {
+                return true;
+            }
             // Unreadable counters count as pressure: attack mode then works as it did
             // before this check.
             match (base, sysctls::queue_overflows()) {
@@ -197,6 +236,13 @@ impl State {
         if want && !held {
             let why = if cfg.syn_cookies == COOKIES_ALWAYS {
                 "syn-cookies = always".to_string()
+            } else if sustained && seen == 0 {
+                format!(
+                    "the SYN rate has stayed at attack-syn-rate ({}/s) or more for {} s in \
+                     attack mode",
+                    cfg.attack_syn_rate,
+                    SUSTAINED.as_secs()
+                )
             } else if base.is_none() {
                 "attack mode, and the SYN queues' counters cannot be read".to_string()
             } else {
@@ -292,6 +338,21 @@ mod tests {
     use synguard_common::{COOKIES_OFF, MODE_ENFORCE};
 
     use super::*;
+
+    #[test]
+    fn a_rate_counts_once_it_has_held_without_a_break() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = Sustained::default();
+        assert!(!s.observe(true, at(0)));
+        assert!(!s.observe(true, at(900)));
+        assert!(s.observe(true, at(1000)));
+        // A break starts it over: a burst, a pause, a burst is not a sustained flood.
+        assert!(!s.observe(false, at(1100)));
+        assert!(!s.observe(true, at(1200)));
+        assert!(!s.observe(true, at(2100)));
+        assert!(s.observe(true, at(2200)));
+    }
 
     #[test]
     fn the_host_is_changed_only_under_pressure_in_attack_mode() {
