@@ -74,6 +74,14 @@ pub enum Defence {
     /// The same, answering each attack frame (sent back, addresses swapped) instead of
     /// dropping it: the least a defence that answers every SYN pays.
     SourceAnswer,
+    /// The kernel alone on a host with source NAT (a masquerade rule, as Docker's: the
+    /// host tracks connections).
+    KernelNat,
+    /// `synguard run --syn-cookies always`: attack mode (which checks ACKs) all along.
+    SynguardAttack,
+    /// The same on a host with source NAT (a masquerade rule, as Docker's): ACKs with no
+    /// socket go to the kernel, which may own them (its guests' replies).
+    SynguardAttackNat,
 }
 
 impl Defence {
@@ -88,6 +96,9 @@ impl Defence {
             Self::ReadingDrop => "floor: read the header, XDP_DROP",
             Self::SourceDrop => "floor: drop the known attack sources",
             Self::SourceAnswer => "floor: answer the known attack sources",
+            Self::KernelNat => "kernel alone, host with source NAT",
+            Self::SynguardAttack => "synguard, attack mode",
+            Self::SynguardAttackNat => "synguard, attack mode, host with source NAT",
         }
     }
 }
@@ -120,6 +131,12 @@ pub enum Attack {
     SingleSource,
     /// SYNs from random sources in 198.18.0.0/15.
     Forged,
+    /// ACKs from random sources in 198.18.0.0/15 to a port nothing listens on (81): the
+    /// kernel answers each with a reset.
+    AckClosed,
+    /// ACKs from random sources to the web server's port (80): each reaches its listener
+    /// with no valid cookie; the kernel answers each with a reset.
+    AckListener,
 }
 
 impl Attack {
@@ -127,6 +144,8 @@ impl Attack {
         match self {
             Self::SingleSource => "single-source",
             Self::Forged => "forged",
+            Self::AckClosed => "ack-closed-port",
+            Self::AckListener => "ack-listener-port",
         }
     }
 }
@@ -236,6 +255,16 @@ const NFT_SYNPROXY: &str = "table inet sgbench {
 }
 ";
 
+/// A masquerade rule, as a container host's (it matches an interface that does not
+/// exist: nothing is rewritten, but the host tracks connections, as such a host does).
+const NFT_MASQUERADE: &str = "table inet sgbenchnat {
+  chain post {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname \"sgb-none0\" masquerade
+  }
+}
+";
+
 fn nft(net: &LabNet, ruleset: &str) -> anyhow::Result<()> {
     let path = std::env::temp_dir().join(format!("{}.nft", crate::kit::netns::unique("sgb")));
     std::fs::write(&path, ruleset)?;
@@ -290,6 +319,23 @@ fn install(
             // Native, as the floors: the router's fast path hands the server raw frames,
             // as a NIC does (on a veth, `auto` would pick generic mode).
             net.start_synguard(&["--xdp-mode".into(), "native".into()])?;
+            Guard::None
+        }
+        Defence::KernelNat => {
+            nft(net, NFT_MASQUERADE)?;
+            Guard::None
+        }
+        Defence::SynguardAttack | Defence::SynguardAttackNat => {
+            if defence == Defence::SynguardAttackNat {
+                // `run` reads source NAT from the rule.
+                nft(net, NFT_MASQUERADE)?;
+            }
+            net.start_synguard(&[
+                "--xdp-mode".into(),
+                "native".into(),
+                "--syn-cookies".into(),
+                "always".into(),
+            ])?;
             Guard::None
         }
         Defence::NoopDrop | Defence::ReadingDrop | Defence::SourceDrop | Defence::SourceAnswer => {
@@ -580,7 +626,7 @@ pub fn run(
     let attacker: IpAddr = "203.0.113.0".parse()?;
     let sources: Ipv4Net = match attack {
         Attack::SingleSource => "203.0.113.0/32",
-        Attack::Forged => FORGED,
+        Attack::Forged | Attack::AckClosed | Attack::AckListener => FORGED,
     }
     .parse()?;
     let _guard = install(&mut net, defence, attacker, sources)?;
@@ -598,12 +644,17 @@ pub fn run(
             dst_mac: mac_of(&net.router, "r-att")?,
             source: match attack {
                 Attack::SingleSource => Source::Fixed(attacker),
-                Attack::Forged => Source::Random(FORGED.parse()?),
+                Attack::Forged | Attack::AckClosed | Attack::AckListener => {
+                    Source::Random(FORGED.parse()?)
+                }
             },
             dst: SERVER4.parse()?,
-            dport: 80,
+            dport: if attack == Attack::AckClosed { 81 } else { 80 },
             rate,
-            flags: crate::kit::packet::SYN,
+            flags: match attack {
+                Attack::AckClosed | Attack::AckListener => crate::kit::packet::ACK,
+                _ => crate::kit::packet::SYN,
+            },
             duration,
             threads: if rate.is_some() { 2 } else { 1 },
             batch: 64,
@@ -647,17 +698,20 @@ pub fn run(
     let path_drops = path_drops(&net)
         .zip(drops_before)
         .map(|(a, b)| a.saturating_sub(b));
-    let verdicts = (defence == Defence::Synguard)
-        .then(|| net.counters().ok())
-        .flatten()
-        .map(|c| {
-            synguard_common::stat::NAMES
-                .iter()
-                .zip(c)
-                .filter(|(_, n)| *n > 0)
-                .map(|(name, n)| (*name, n))
-                .collect()
-        });
+    let verdicts = matches!(
+        defence,
+        Defence::Synguard | Defence::SynguardAttack | Defence::SynguardAttackNat
+    )
+    .then(|| net.counters().ok())
+    .flatten()
+    .map(|c| {
+        synguard_common::stat::NAMES
+            .iter()
+            .zip(c)
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| (*name, n))
+            .collect()
+    });
     let mut attempts = Vec::new();
     for h in staff {
         attempts.extend(h.join().map_err(|_| anyhow::anyhow!("employee panicked"))?);

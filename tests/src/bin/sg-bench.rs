@@ -61,6 +61,9 @@ enum Part {
     Answer,
     /// 100,000 decisions of a real CrowdSec Local API at `run`'s start.
     Crowdsec,
+    /// ACK floods in attack mode: what passing no-socket ACKs to the kernel on a host
+    /// with source NAT costs, next to dropping them and to the kernel alone.
+    Acks,
 }
 
 #[derive(Serialize)]
@@ -146,6 +149,8 @@ struct Report {
     scale: Vec<ScaleRow>,
     survival: Vec<Survival>,
     survival_note: String,
+    /// ACK floods in attack mode (see [`ack_runs`]).
+    acks: Vec<Survival>,
     answer_pairs: Vec<AnswerPairs>,
     crowdsec: Option<CrowdsecRow>,
     /// CPU ms/s of the server with only the employees at work, per kind of link.
@@ -913,7 +918,7 @@ fn survival_runs(
         for &attack in attacks {
             let served = match attack {
                 Attack::SingleSource => Defence::SourceDrop,
-                Attack::Forged => Defence::SourceAnswer,
+                _ => Defence::SourceAnswer,
             };
             for d in [
                 Defence::Kernel,
@@ -978,6 +983,39 @@ fn survival_runs(
         )
     };
     Ok((out, idles, note))
+}
+
+/// ACK floods from forged sources (200k a second, 4 s), to a closed port and to the web
+/// server's, with the kernel alone and with synguard in attack mode on a host without and
+/// with source NAT: the server's CPU per ACK (the survival bench's method).
+fn ack_runs(stop: &Arc<AtomicBool>) -> anyhow::Result<Vec<Survival>> {
+    if let Err(e) = synguard_tests::lab::check_tools() {
+        eprintln!("sg-bench: acks skipped: {e}");
+        return Ok(Vec::new());
+    }
+    let duration = Duration::from_secs(4);
+    let idle = survival::idle(Link::Coalesced, duration, stop)?;
+    let mut out = Vec::new();
+    for attack in [Attack::AckClosed, Attack::AckListener] {
+        for d in [
+            Defence::Kernel,
+            Defence::SynguardAttack,
+            Defence::KernelNat,
+            Defence::SynguardAttackNat,
+        ] {
+            eprintln!("sg-bench: acks: {} with {}", attack.name(), d.name());
+            out.push(survival::run(
+                attack,
+                d,
+                Link::Coalesced,
+                Some(200_000),
+                duration,
+                Some(idle),
+                stop,
+            )?);
+        }
+    }
+    Ok(out)
 }
 
 /// `n` ban decisions (IPv4 from 198.18.0.0/15, a tenth IPv6 from 2001:db8::/32) imported
@@ -1247,6 +1285,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let acks = if want(Part::Acks) && !args.quick {
+        ack_runs(&stop)?
+    } else {
+        Vec::new()
+    };
     let answer_pairs = if (want(Part::Survival) || want(Part::Answer)) && !args.quick {
         answer_pairs(idle.first(), &stop)?
     } else {
@@ -1263,6 +1306,7 @@ fn main() -> anyhow::Result<()> {
         scale,
         survival,
         survival_note,
+        acks,
         answer_pairs,
         crowdsec,
         idle,
@@ -1448,7 +1492,7 @@ fn targets(r: &Report) -> Vec<Target> {
             // employees: drop one source, or answer every forged SYN.
             let served = at_top(match attack {
                 Attack::SingleSource => Defence::SourceDrop,
-                Attack::Forged => Defence::SourceAnswer,
+                _ => Defence::SourceAnswer,
             });
             let server = sg
                 .server_ns_per_packet
@@ -1484,7 +1528,7 @@ fn targets(r: &Report) -> Vec<Target> {
                         "; told the attack's sources, {} costs it {f:.0} ns ({:.2}x)",
                         match attack {
                             Attack::SingleSource => "dropping them and serving the employees",
-                            Attack::Forged => "answering them and serving the employees",
+                            _ => "answering them and serving the employees",
                         },
                         f / b
                     );
@@ -1651,6 +1695,39 @@ fn markdown(r: &Report) -> String {
                 list(&p.floor_ns, 0),
                 list(&p.ratios, 2),
                 p.median
+            );
+        }
+    }
+    if !r.acks.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### ACK floods in attack mode\n\n\
+             Forged ACKs (198.18.0.0/15) at 200k/s for 4 s, the survival bench's method; \
+             synguard with `syn-cookies always` (attack mode, which checks ACKs), on a host \
+             without and with a source NAT rule (then ACKs with no socket, and ACKs at a \
+             listener port from 512 up, go to the kernel: they may be its guests' \
+             replies).\n\n\
+             | attack | defence | employees ok | server CPU ns per ACK | synguard's verdicts |\n\
+             |---|---|---:|---:|---|"
+        );
+        for x in &r.acks {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} % ({}/{}) | {} | {} |",
+                x.attack.name(),
+                x.defence_name,
+                x.success_rate * 100.0,
+                x.employee_ok,
+                x.employee_requests,
+                x.server_ns_per_packet
+                    .map_or("-".into(), |v| format!("{v:.0}")),
+                x.verdicts.as_ref().map_or("-".into(), |v| {
+                    ["ack_no_flow", "ack_no_socket", "ack_snat_port", "tcp_other"]
+                        .iter()
+                        .filter_map(|k| v.get(k).map(|n| format!("{k} {n}")))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
             );
         }
     }
