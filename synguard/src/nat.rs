@@ -11,8 +11,9 @@
 //! reaches) protect them the way they would without synguard.
 //!
 //! The ports come from the namespace's nftables ruleset (`nft -j list ruleset`), which
-//! shows iptables-nft rules too (Docker's and kube-proxy's on Debian 12), read at start and
-//! every `proofs::REFRESH`. Every doubt is resolved towards the kernel (more ports left
+//! shows iptables-nft rules too (Docker's and kube-proxy's on Debian 12: their targets as
+//! `xt` statements, `DNAT`, `MASQUERADE`..., their port matches as nft's own), read at
+//! start and every `proofs::REFRESH`. Every doubt is resolved towards the kernel (more ports left
 //! to it, never fewer):
 //! - A rewriting rule counts for the destination ports its own `dport` matches allow,
 //!   intersected with the ports under which its chain can be reached (the `dport` matches
@@ -25,13 +26,17 @@
 //!   warning in the log, and `status` says every port is left to the kernel. Without
 //!   `nft` and without connection tracking there can be no NAT: no port.
 //! - IPVS virtual services (`/proc/net/ip_vs`) take their clients' SYNs before any socket
-//!   does: their ports count too (a firewall-mark service: every port).
+//!   does: their ports count too (a firewall-mark service, or one on port 0, which takes
+//!   every port: every port).
+//! - An iptables target `nft` shows as `xt` that this reading does not know counts as
+//!   rewriting the destination of every port it can apply to.
 //!
-//! The same reading says whether the host rewrites *source* addresses (a `masquerade` or
-//! `snat` statement, or rules that cannot be read): then replies to its guests'
-//! connections (containers, VMs, pods calling out) arrive at the host's own address with
-//! no socket behind them, and attack mode lets them through (`Config::snat`, see
-//! `stat::R_ACK_NO_SOCKET`).
+//! The same reading says whether the host rewrites *source* addresses, per family (a
+//! `masquerade` or `snat` statement, iptables' `MASQUERADE`, `SNAT` or `NETMAP`, in a
+//! table of that family; `inet` tables and rules that cannot be read count for both):
+//! then replies to its guests' connections (containers, VMs, pods calling out) arrive at
+//! the host's own address with no socket behind them, and attack mode lets them through
+//! (`Config::snat`, see `stat::R_ACK_NO_SOCKET`).
 //!
 //! Reading is bounded: `nft` gets [`NFT_TIMEOUT`] and [`NFT_MAX_OUTPUT`] bytes, a ruleset
 //! with more than [`MAX_CHAINS`] chains or [`MAX_RULES`] rules is not analysed (every
@@ -46,7 +51,7 @@ use std::{
 
 use anyhow::Context;
 use serde_json::Value;
-use synguard_common::PORT_WORDS;
+use synguard_common::{PORT_WORDS, SNAT_V4, SNAT_V6};
 
 use crate::bpf::Maps;
 
@@ -169,8 +174,9 @@ pub const MAX_RULES: usize = 200_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
     pub ports: NatPorts,
-    /// The host rewrites source addresses (or its rules could not be read).
-    pub snat: bool,
+    /// The families whose source addresses the host rewrites ([`SNAT_V4`], [`SNAT_V6`];
+    /// both when the rules could not be read).
+    pub snat: u32,
     /// Why every port is left to the kernel when the rules could not be read.
     pub warning: Option<String>,
 }
@@ -179,7 +185,8 @@ pub struct Reading {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
     pub ports: NatPorts,
-    pub snat: bool,
+    /// As [`Reading::snat`].
+    pub snat: u32,
 }
 
 /// Read this namespace's NAT rules (see the module's doc), within [`NFT_TIMEOUT`].
@@ -215,7 +222,7 @@ fn read_rules() -> Reading {
     if out.iter().all(u8::is_ascii_whitespace) {
         return Reading {
             ports: NatPorts::none(),
-            snat: false,
+            snat: 0,
             warning: None,
         };
     }
@@ -271,26 +278,40 @@ fn run_nft(timeout: Duration, cap: usize) -> Result<Vec<u8>, NftError> {
         err
     });
     let deadline = Instant::now() + timeout;
+    // When the output has ended (or reached the cap, past which nothing is read and `nft`
+    // blocks writing), its exit follows at once, or never.
+    let mut output_ended: Option<Instant> = None;
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() < deadline && !reader.is_finished() => {
-                std::thread::sleep(Duration::from_millis(5));
+            Ok(None) => {
+                let over = reader.is_finished()
+                    && output_ended.get_or_insert_with(Instant::now).elapsed()
+                        > Duration::from_millis(200);
+                if over || Instant::now() >= deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
-            // The output is complete (or over the cap): the exit follows at once.
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            _ => break None,
+            Err(_) => break None,
         }
     };
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(NftError::Failed(format!(
-            "`nft -j list ruleset` took more than {} s",
-            timeout.as_secs()
-        )));
+        let read = reader
+            .join()
+            .ok()
+            .and_then(Result::ok)
+            .map_or(0, |o| o.len());
+        return Err(NftError::Failed(if read > cap {
+            format!("the ruleset is larger than {} MiB", cap >> 20)
+        } else {
+            format!(
+                "`nft -j list ruleset` took more than {} s",
+                timeout.as_secs()
+            )
+        }));
     };
     let out = reader
         .join()
@@ -332,10 +353,11 @@ fn ipvs_ports_in(text: &str) -> NatPorts {
                     .and_then(|a| a.rsplit_once(':'))
                     .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
                 match port {
+                    // A service on port 0 takes every port (persistent, all-ports).
+                    Some(0) | None => return NatPorts::all(),
                     Some(p) => {
                         out.add(&NatPorts::range(p, p));
                     }
-                    None => return NatPorts::all(),
                 }
             }
             Some("FWM") => return NatPorts::all(),
@@ -367,7 +389,7 @@ fn without_nft(conntrack: bool) -> Reading {
     } else {
         Reading {
             ports: NatPorts::none(),
-            snat: false,
+            snat: 0,
             warning: None,
         }
     }
@@ -376,7 +398,7 @@ fn without_nft(conntrack: bool) -> Reading {
 fn unreadable(why: &str) -> Reading {
     Reading {
         ports: NatPorts::all(),
-        snat: true,
+        snat: SNAT_V4 | SNAT_V6,
         warning: Some(format!(
             "{why}; until it can, attack mode leaves every SYN to the kernel's own SYN cookies \
              and lets through every ACK that could belong to a NAT'd connection"
@@ -488,7 +510,14 @@ pub fn from_ruleset(doc: &Value) -> Result<Analysis, String> {
     }
     let snat = rules
         .iter()
-        .any(|(_, expr)| expr.iter().any(rewrites_source));
+        .filter(|(_, expr)| expr.iter().any(rewrites_source))
+        .fold(0, |acc, ((family, _, _), _)| {
+            acc | match family.as_str() {
+                "ip" => SNAT_V4,
+                "ip6" => SNAT_V6,
+                _ => SNAT_V4 | SNAT_V6,
+            }
+        });
     let mut out = NatPorts::none();
     for (chain, expr) in &rules {
         if !expr.iter().any(rewrites_destination) {
@@ -504,9 +533,43 @@ pub fn from_ruleset(doc: &Value) -> Result<Analysis, String> {
     Ok(Analysis { ports: out, snat })
 }
 
+/// The name of an iptables target (`{"xt": {"type": "target", "name": ...}}`: how `nft`
+/// shows what iptables-nft put in through the compatibility layer).
+fn xt_target(e: &Value) -> Option<&str> {
+    let xt = e.get("xt")?;
+    (xt.get("type")?.as_str()? == "target")
+        .then(|| xt.get("name")?.as_str())
+        .flatten()
+}
+
+/// iptables targets that change no address or port (those a NAT table's rules are seen
+/// with besides the NAT ones). Any other target counts as rewriting the destination.
+const XT_HARMLESS: &[&str] = &[
+    "MASQUERADE",
+    "SNAT",
+    "RETURN",
+    "ACCEPT",
+    "DROP",
+    "REJECT",
+    "LOG",
+    "NFLOG",
+    "MARK",
+    "CONNMARK",
+    "CT",
+    "NOTRACK",
+    "TRACE",
+    "CHECKSUM",
+    "TCPMSS",
+    "DSCP",
+    "TOS",
+    "TTL",
+    "HL",
+];
+
 /// Whether a statement gives the packet another source (address or port).
 fn rewrites_source(e: &Value) -> bool {
     ["masquerade", "snat"].iter().any(|k| e.get(k).is_some())
+        || xt_target(e).is_some_and(|t| matches!(t, "MASQUERADE" | "SNAT" | "NETMAP"))
 }
 
 /// Whether a statement sends the packet to another destination (address or port).
@@ -514,6 +577,7 @@ fn rewrites_destination(e: &Value) -> bool {
     ["dnat", "redirect", "tproxy"]
         .iter()
         .any(|k| e.get(k).is_some())
+        || xt_target(e).is_some_and(|t| !XT_HARMLESS.contains(&t))
 }
 
 /// Every chain named by a `jump` or `goto` inside `v`.
@@ -625,7 +689,7 @@ pub fn sync(maps: &mut Maps, ports: &NatPorts) -> anyhow::Result<()> {
 pub fn apply(maps: &mut Maps, reading: &Reading) -> anyhow::Result<()> {
     sync(maps, &reading.ports)?;
     let mut cfg = maps.read_config()?;
-    let snat = u32::from(reading.snat);
+    let snat = reading.snat;
     if cfg.snat != snat {
         cfg.snat = snat;
         maps.write_config(&cfg)?;
@@ -823,25 +887,72 @@ mod tests {
     fn source_nat_is_noticed() {
         let snat = |items: Vec<Value>| from_ruleset(&doc(items)).expect("readable").snat;
         let masq = json!({"masquerade": null});
-        assert!(snat(vec![
-            chain("POSTROUTING", Some("postrouting")),
-            rule("POSTROUTING", json!([masq])),
-        ]));
-        assert!(snat(vec![
-            chain("POSTROUTING", Some("postrouting")),
-            rule("POSTROUTING", json!([{"snat": {"addr": "192.0.2.1"}}])),
-        ]));
-        assert!(!snat(vec![
+        // The helpers' tables are of family `ip`: IPv4 only.
+        assert_eq!(
+            snat(vec![
+                chain("POSTROUTING", Some("postrouting")),
+                rule("POSTROUTING", json!([masq])),
+            ]),
+            SNAT_V4
+        );
+        assert_eq!(
+            snat(vec![
+                chain("POSTROUTING", Some("postrouting")),
+                rule("POSTROUTING", json!([{"snat": {"addr": "192.0.2.1"}}])),
+            ]),
+            SNAT_V4
+        );
+        assert_eq!(
+            snat(vec![
+                chain("PREROUTING", Some("prerouting")),
+                rule(
+                    "PREROUTING",
+                    json!([dport("tcp", json!(80)), {"dnat": {"addr": "10.0.0.2"}}])
+                ),
+            ]),
+            0
+        );
+        assert_eq!(snat(vec![]), 0);
+        // An `inet` table's rule may rewrite both families, an `ip6` table's IPv6.
+        let in_family = |family: &str| {
+            json!({"rule": {"family": family, "table": "m", "chain": "post", "handle": 3,
+                "expr": [{"masquerade": null}]}})
+        };
+        assert_eq!(snat(vec![in_family("inet")]), SNAT_V4 | SNAT_V6);
+        assert_eq!(snat(vec![in_family("ip6")]), SNAT_V6);
+        // What cannot be read counts as source NAT of both.
+        assert_eq!(unreadable("x").snat, SNAT_V4 | SNAT_V6);
+        assert_eq!(without_nft(false).snat, 0);
+    }
+
+    /// Docker's rules as iptables-nft (Debian 12's iptables) really leaves them, read by
+    /// `nft -j list ruleset` (`testdata/`, made with `iptables -t nat ...` in a namespace):
+    /// its targets are `xt` statements, its port matches nft's own. The published ports
+    /// and the masquerade are found.
+    #[test]
+    fn iptables_nft_rules_are_read() {
+        let doc: Value = serde_json::from_str(include_str!("../testdata/iptables-nft-docker.json"))
+            .expect("the fixture is JSON");
+        let a = from_ruleset(&doc).expect("readable");
+        assert_eq!(a.ports.describe(), "8080,8443");
+        assert_eq!(a.snat, SNAT_V4);
+        // A target this reading does not know rewrites every port it can apply to.
+        let odd = json!([dport("tcp", json!(25)), {"xt": {"type": "target", "name": "ODD"}}]);
+        let found = ports(vec![
             chain("PREROUTING", Some("prerouting")),
-            rule(
-                "PREROUTING",
-                json!([dport("tcp", json!(80)), {"dnat": {"addr": "10.0.0.2"}}])
-            ),
-        ]));
-        assert!(!snat(vec![]));
-        // What cannot be read counts as source NAT too.
-        assert!(unreadable("x").snat);
-        assert!(!without_nft(false).snat);
+            rule("PREROUTING", odd),
+        ]);
+        assert_eq!(found, "25");
+        // A match it does not know only narrows: ignored; a logging target changes nothing.
+        let m = json!([{"xt": {"type": "match", "name": "addrtype"}}, {"xt": {"type": "target",
+            "name": "LOG"}}]);
+        assert_eq!(
+            ports(vec![
+                chain("PREROUTING", Some("prerouting")),
+                rule("PREROUTING", m)
+            ]),
+            "none"
+        );
     }
 
     #[test]
@@ -855,6 +966,8 @@ mod tests {
                     TCP  [2001:0db8:0000:0000:0000:0000:0000:0001]:01BB wlc\n";
         assert_eq!(ipvs_ports_in(text).describe(), "80,443");
         assert!(ipvs_ports_in("FWM  00000001 rr\n").is_all());
+        // Port 0: a persistent service on every port.
+        assert!(ipvs_ports_in("TCP  C0000201:0000 rr persistent 360\n").is_all());
         assert!(ipvs_ports_in("").is_empty());
     }
 

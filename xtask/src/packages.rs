@@ -70,6 +70,10 @@ pub const PACKAGES: &[(&str, &[Cmd])] = &[
     // they rewrite to the kernel); the lab's container DNAT; the attacker drops its own
     // RSTs; the survival floors' rules (bench).
     ("nftables", &[Run, Lab, Test, Bench]),
+    // `iptables` (iptables-nft, Debian 12's): the lab's `nat-guests` profile masquerades
+    // its guest as Docker does, through the compatibility layer `run` must read (`xt`
+    // targets in `nft -j`).
+    ("iptables", NETWORK),
     // `nginx`: the lab's web server.
     ("nginx", NETWORK),
     // `sysctl`: every namespace's settings (tests/src/kit/netns.rs).

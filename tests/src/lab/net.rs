@@ -328,14 +328,35 @@ impl LabNet {
             ] {
                 server.sysctl(k, v);
             }
-            // As Docker and libvirt's NAT network do: the guest's connections leave with
-            // the server's address.
+            // As Docker does on Debian 12 (iptables-nft, whose targets `nft` shows as `xt`
+            // statements): the guest's connections leave with the server's address.
             server.exec(&[
-                "nft",
-                "add table inet sgmasq; add chain inet sgmasq post { type nat hook \
-                 postrouting priority 100; }; add rule inet sgmasq post oifname \"eth0\" ip \
-                 saddr 192.0.2.200/30 masquerade; add rule inet sgmasq post oifname \"eth0\" \
-                 ip6 saddr 2001:db8:4::/64 masquerade",
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "192.0.2.200/30",
+                "!",
+                "-o",
+                "gst0",
+                "-j",
+                "MASQUERADE",
+            ]);
+            server.exec(&[
+                "ip6tables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "2001:db8:4::/64",
+                "!",
+                "-o",
+                "gst0",
+                "-j",
+                "MASQUERADE",
             ]);
             employees.ip_batch(&[
                 "addr add 198.51.100.200/24 dev eth0".into(),

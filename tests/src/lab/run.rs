@@ -661,7 +661,7 @@ pub fn table(results: &[RunResult]) -> String {
 
 /// Check the tools the lab drives are installed.
 pub fn check_tools() -> anyhow::Result<()> {
-    for tool in ["ip", "nginx", "hping3", "nft", "nstat", "ss"] {
+    for tool in ["ip", "nginx", "hping3", "nft", "iptables", "nstat", "ss"] {
         let found = std::process::Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
