@@ -29,6 +29,9 @@ pub const ABI_VERSION: u32 = 16;
 /// can arrive at any port from here up. Below it only a guest that bound a port under
 /// 512 itself could collide with a listener, which clients do not do.
 pub const SNAT_LOW_PORT: u16 = 512;
+/// [`Config::snat`]'s bits: the host source-NATs IPv4, IPv6.
+pub const SNAT_V4: u32 = 1;
+pub const SNAT_V6: u32 = 2;
 
 /// Names of the maps, which are also their pin file names under `<pin-dir>/maps/`.
 /// Kernel map names are limited to 15 characters.
@@ -180,10 +183,11 @@ pub struct Config {
     /// Derived: [`sources::sketch_quiet_limit`] of `syn_interval_ns`, the SYNs per window
     /// a source may send in attack mode before it is metered in its bucket.
     pub syn_quiet: u32,
-    /// 1 when this host rewrites source addresses (masquerade, SNAT, or NAT rules that
-    /// cannot be read), kept by `run`: in attack mode an ACK with no socket, or at a
-    /// listener port from [`SNAT_LOW_PORT`] up, may be a reply to a guest's connection
-    /// and is passed to the kernel (see `stat::R_ACK_NO_SOCKET`).
+    /// Whether this host rewrites source addresses, per family ([`SNAT_V4`], [`SNAT_V6`]:
+    /// masquerade or SNAT rules of that family, or rules that cannot be read), kept by
+    /// `run`: in attack mode an ACK from 512 up with no socket, or at a listener port
+    /// from 512 up, may be a reply to a guest's connection and is passed to the kernel
+    /// (see `stat::R_ACK_NO_SOCKET`).
     pub snat: u32,
     /// Protected destination ports, bit `p % 64` of word `p / 64` (host order port).
     pub ports: [u64; PORT_WORDS],

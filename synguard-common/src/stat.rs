@@ -115,8 +115,9 @@ pub const N_SKETCH_NEW: usize = 37;
 /// Note: the same, for IPv6 sources.
 pub const N_SKETCH_NEW_V6: usize = 38;
 /// Attack mode: an ACK or RST from an unverified source for one of the machine's
-/// addresses, with no socket at all for its tuple, on a host that rewrites source
-/// addresses (masquerade, SNAT: `Config::snat`). Passed to the kernel: it may be a
+/// addresses, to a port from 512 up ([`crate::SNAT_LOW_PORT`]), with no socket at all for
+/// its tuple, on a host that rewrites source addresses of its family (masquerade, SNAT:
+/// `Config::snat`). Passed to the kernel: it may be a
 /// reply to a connection the host's NAT made for a guest (a container, a VM, a pod),
 /// which connection tracking owns and no socket of the host holds; if it is not, the
 /// kernel resets it, as it would without synguard. (On a host without source NAT such

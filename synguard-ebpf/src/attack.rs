@@ -125,11 +125,12 @@ pub(crate) enum AckCheck {
 /// masqueraded guest's connection (a container's, a VM's, a pod's): it arrives at one of
 /// the machine's addresses on the port the NAT chose, and only connection tracking knows
 /// it, which XDP cannot ask (the conntrack lookup kfuncs need a loader that resolves
-/// kfuncs, and 5.18). So on a host with source NAT (`Config::snat`, from its rules) an
-/// ACK with no socket at all is passed (`R_ACK_NO_SOCKET`), and so is one that reached a
-/// listener on a port the NAT may hand out (`R_ACK_SNAT_PORT`, from [`SNAT_LOW_PORT`]);
-/// what the flood aims at the machine's own services below that (80, 443, 22...) is
-/// still dropped. Verified sources, segments behind IP options or IPv6 extension
+/// kfuncs, and 5.18). So on a host with source NAT of the segment's family
+/// (`Config::snat`, from its rules), an ACK to a port the NAT may hand out (from
+/// [`SNAT_LOW_PORT`]) is passed when no socket has its tuple (`R_ACK_NO_SOCKET`), and
+/// when it reached a listener without a valid cookie (`R_ACK_SNAT_PORT`: the NAT kept a
+/// guest's port that a host listener has too); what a flood aims below that (80, 443,
+/// 22..., or closed low ports) is still dropped. Verified sources, segments behind IP options or IPv6 extension
 /// headers, and anything the check cannot read go on to the kernel.
 #[inline(never)]
 pub(crate) fn check_ack(
@@ -164,11 +165,18 @@ pub(crate) fn check_ack(
             if !rst && invalid {
                 pkt.note(N_COOKIE_ACK_INVALID);
             }
+            // A port the host's source NAT of this family may have given a guest.
+            let family_bit = if at.family == FAMILY_V4 {
+                SNAT_V4
+            } else {
+                SNAT_V6
+            };
+            let snat_port = pkt.cfg.snat & family_bit != 0 && dport >= SNAT_LOW_PORT;
             if !to_local(pkt.ctx, at) || nat_port(dport) {
                 R_TCP_OTHER
-            } else if pkt.cfg.snat != 0 && !invalid {
+            } else if snat_port && !invalid {
                 R_ACK_NO_SOCKET
-            } else if pkt.cfg.snat != 0 && dport >= SNAT_LOW_PORT {
+            } else if snat_port {
                 R_ACK_SNAT_PORT
             } else if rst {
                 R_RST_NO_FLOW

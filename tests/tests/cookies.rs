@@ -16,7 +16,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use synguard::{config::Settings, nat::NatPorts};
 use synguard_common::{
     ATTACK_STALE_NS, EVENT_ATTACK_OFF, EVENT_ATTACK_ON, EVENT_CHALLENGE, Event, PROOF_HANDSHAKE,
-    PROOF_SOCKET, Proof, RULE_ALLOW, stat::*,
+    PROOF_SOCKET, Proof, RULE_ALLOW, SNAT_V4, SNAT_V6, stat::*,
 };
 use synguard_tests::{
     kit::{
@@ -990,12 +990,13 @@ fn ack_and_rst_floods_are_dropped_in_attack_mode() {
 
 /// On a host that rewrites source addresses (Docker's, libvirt's or a Kubernetes node's
 /// masquerade), the replies to its guests' connections arrive at the host's own address
-/// on the port the NAT chose, with no socket of the host behind them: connection
-/// tracking owns them, which XDP cannot ask. Attack mode lets them through; when the NAT
-/// kept a guest's port that a listener of the host also has (any port from 512 up), the
-/// reply reaches that listener without a cookie, and goes through too. What an ACK or RST
-/// flood aims at a listener below (the web server's port) is still dropped; and a host
-/// without source NAT drops every segment that belongs to nothing, as before.
+/// on the port the NAT chose (512 and up), with no socket of the host behind them:
+/// connection tracking owns them, which XDP cannot ask. Attack mode lets them through;
+/// when the NAT kept a guest's port that a listener of the host also has, the reply
+/// reaches that listener without a cookie, and goes through too. What an ACK or RST flood
+/// aims below 512 (the web server's port, a closed low port) is still dropped, and so is
+/// everything of a family the host does not source-NAT; a host without source NAT drops
+/// every segment that belongs to nothing, as before.
 #[test]
 fn replies_to_a_nat_hosts_guests_pass_in_attack_mode() {
     in_server_ns("2", || {
@@ -1003,7 +1004,7 @@ fn replies_to_a_nat_hosts_guests_pass_in_attack_mode() {
         let _l4 = TcpListener::bind("192.0.2.1:40000").expect("listen v4");
         let _l6 = TcpListener::bind("[2001:db8:2::1]:40000").expect("listen v6");
         let mut p = always();
-        p.set_snat(true);
+        p.set_snat(SNAT_V4 | SNAT_V6);
         for (upstream, server) in [("198.51.100.200", SERVER), ("2001:db8:5::200", SERVER6)] {
             // An upstream API answering a guest's call: ACKs, data, FIN, RST.
             for f in [ACK, ACK | FIN, RST, RST | ACK] {
@@ -1032,9 +1033,26 @@ fn replies_to_a_nat_hosts_guests_pass_in_attack_mode() {
             p.expect(&flood, XDP_DROP, &[R_ACK_NO_FLOW, N_COOKIE_ACK_INVALID]);
             let flood = Tcp::syn(upstream, server).flags(RST).build();
             p.expect(&flood, XDP_DROP, &[R_RST_NO_FLOW]);
+            // Nor does a flood at a closed low port get through: no NAT hands those out.
+            let low = Tcp::syn(upstream, server).dport(81).flags(ACK).build();
+            p.expect(&low, XDP_DROP, &[R_ACK_NO_FLOW]);
         }
+        // Source NAT of IPv4 only: IPv6's replies belong to nothing.
+        p.set_snat(SNAT_V4);
+        let reply4 = Tcp::syn("198.51.100.200", SERVER)
+            .sport(443)
+            .dport(51234)
+            .flags(ACK)
+            .build();
+        p.expect(&reply4, XDP_PASS, &[R_ACK_NO_SOCKET]);
+        let reply6 = Tcp::syn("2001:db8:5::200", SERVER6)
+            .sport(443)
+            .dport(51234)
+            .flags(ACK)
+            .build();
+        p.expect(&reply6, XDP_DROP, &[R_ACK_NO_FLOW]);
         // Without source NAT nothing of the host can own them: dropped.
-        p.set_snat(false);
+        p.set_snat(0);
         for (upstream, server) in [("198.51.100.200", SERVER), ("2001:db8:5::200", SERVER6)] {
             let reply = Tcp::syn(upstream, server)
                 .sport(443)

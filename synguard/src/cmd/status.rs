@@ -96,10 +96,10 @@ struct StatusJson {
     /// Since when the host's settings are set for SYN cookies answered from XDP (the SYN
     /// queues ran over in attack mode, or `syn-cookies always`); absent when they are not.
     host_settings_since: Option<String>,
-    /// Whether the host rewrites source addresses (masquerade, SNAT): in attack mode, ACKs
-    /// its guests' connections may get are passed to the kernel (`ack_no_socket`,
-    /// `ack_snat_port`).
-    source_nat: bool,
+    /// The families whose source addresses the host rewrites (masquerade, SNAT): in attack
+    /// mode, ACKs its guests' connections may get are passed to the kernel
+    /// (`ack_no_socket`, `ack_snat_port`).
+    source_nat: Vec<String>,
     /// What a cookie SYN-ACK offers now besides the MSS, when the client asks for it
     /// (`timestamps`, `window scale N`, `sack`, `ecn`); empty: the MSS only.
     cookie_options: Vec<String>,
@@ -339,7 +339,14 @@ pub fn status(state: &State, json: bool, state_dir: &std::path::Path) -> anyhow:
         saved_tcp_timestamps: (host.saved_timestamps >= 0).then_some(host.saved_timestamps),
         host_settings_since: (host.cookies_since_ns != 0)
             .then(|| crate::clock::rfc3339(crate::clock::to_wall(host.cookies_since_ns))),
-        source_nat: cfg.snat != 0,
+        source_nat: [
+            (synguard_common::SNAT_V4, "IPv4"),
+            (synguard_common::SNAT_V6, "IPv6"),
+        ]
+        .iter()
+        .filter(|(bit, _)| cfg.snat & bit != 0)
+        .map(|(_, f)| (*f).to_string())
+        .collect(),
         cookie_options: crate::sysctls::describe(host.cookie_opts),
         crowdsec,
     };
@@ -470,10 +477,11 @@ pub fn status(state: &State, json: bool, state_dir: &std::path::Path) -> anyhow:
             out.cookie_options.join(", ")
         );
     }
-    if out.source_nat {
+    if !out.source_nat.is_empty() {
         println!(
-            "            source NAT here: ACKs with no socket, or at listener ports from {} up, \
-             are left to the kernel (replies to the guests' connections)",
+            "            source NAT here ({}): ACKs to ports from {} up with no socket or no \
+             valid cookie are left to the kernel (replies to the guests' connections)",
+            out.source_nat.join(", "),
             synguard_common::SNAT_LOW_PORT
         );
     }

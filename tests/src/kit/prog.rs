@@ -78,11 +78,12 @@ impl Prog {
         synguard::nat::sync(&mut self.loaded.maps, ports).expect("write SG_NAT_PORTS");
     }
 
-    /// Tell the program whether the host rewrites source addresses, as `run` does after
-    /// reading its NAT rules (attack mode then passes ACKs a guest's connection may get).
-    pub fn set_snat(&mut self, snat: bool) {
+    /// Tell the program which families' source addresses the host rewrites
+    /// (`SNAT_V4 | SNAT_V6` bits), as `run` does after reading its NAT rules (attack mode
+    /// then passes ACKs a guest's connection may get).
+    pub fn set_snat(&mut self, snat: u32) {
         let mut cfg = self.loaded.maps.read_config().expect("config");
-        cfg.snat = u32::from(snat);
+        cfg.snat = snat;
         self.loaded.maps.write_config(&cfg).expect("write config");
     }
 
