@@ -1529,3 +1529,62 @@ fn proofs_of_connections_are_made_a_share_at_a_time() {
     let words = p.loaded.maps.proof_filter.get(&row, 0).expect("filter row");
     assert_ne!(words[word] & bit, 0, "filter bit set");
 }
+
+/// A CrowdSec decision enforced before, whose prefix now covers one of the machine's own
+/// addresses, gateways or resolvers (a new gateway, say), is lifted at the next pull: no
+/// decision ever cuts the machine off its own network, whenever it became one.
+#[test]
+fn a_crowdsec_decision_covering_a_protected_address_is_lifted() {
+    require_root!();
+    use synguard::crowdsec::{Settings as CsSettings, decisions::Decision, enforce::Crowdsec};
+    let mut p = Prog::new(Settings::default());
+    let dir = std::env::temp_dir().join(format!("sg-cs-lift-{}", std::process::id()));
+    // The writers' lock is taken on the pin directory's `maps/` (none pinned here).
+    std::fs::create_dir_all(dir.join("maps")).expect("lock directory");
+    let settings = CsSettings {
+        url: "http://192.0.2.5:8080".into(),
+        ..CsSettings::default()
+    };
+    let mut cs = Crowdsec::new(settings, dir.clone(), dir.clone(), None);
+    let decision = Decision {
+        id: 1,
+        origin: "cscli".into(),
+        kind: "ban".into(),
+        scope: "Range".into(),
+        value: "198.18.0.0/24".into(),
+        duration: "1h".into(),
+        scenario: "test".into(),
+        simulated: None,
+    };
+    let now = synguard::clock::monotonic_ns();
+    let a = cs
+        .apply(
+            true,
+            vec![decision.clone()],
+            &[],
+            now,
+            &mut p.loaded.maps,
+            &[],
+        )
+        .expect("apply");
+    assert_eq!(a.put, 1);
+    assert_eq!(
+        p.rule("198.18.0.0/24").map(|r| r.kind),
+        Some(synguard_common::RULE_CROWDSEC)
+    );
+    // The machine's gateway is inside it now.
+    let gateway: std::net::IpAddr = "198.18.0.1".parse().expect("addr");
+    let a = cs
+        .apply(
+            true,
+            vec![decision],
+            &[],
+            now,
+            &mut p.loaded.maps,
+            &[gateway],
+        )
+        .expect("apply");
+    assert_eq!(a.lifted, 1, "{a:?}");
+    assert!(p.rule("198.18.0.0/24").is_none(), "lifted");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -306,11 +306,15 @@ impl Crowdsec {
                 *self.link.skipped.entry("protected".into()).or_default() += 1;
                 self.shadowed.insert(b.net);
                 out.skipped += 1;
+                // Enforced before (an earlier pull, before the address was the machine's):
+                // lifted now.
                 if by_net
                     .get(&b.net)
                     .is_some_and(|e| e.rule.kind == RULE_CROWDSEC)
+                    && rules::delete(maps, &b.net)?.is_some()
                 {
-                    changes.lift.push(b.net);
+                    out.lifted += 1;
+                    room.free(b.net.addr().is_ipv4());
                 }
                 continue;
             }
