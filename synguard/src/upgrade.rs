@@ -17,8 +17,15 @@
 //! - **A newer layout** (a downgrade): refused, with what to do; `detach` still works.
 //!
 //! Every adopted map is also checked against the program's own definition (type, key and
-//! value sizes, flags): a mismatch means its layout changed after all, and it is
-//! replaced rather than misread.
+//! value sizes, capacity, flags): a mismatch means its layout changed after all, and it
+//! is replaced rather than misread.
+//!
+//! A replaced map's pin is only moved aside (`maps/OLD_NAME`: a BPF filesystem allows no
+//! dot in a name, nor renames a pin) until the new program is in every link: if
+//! anything fails before (the verifier refuses the new program, an interface cannot be
+//! attached), [`Prepared::rollback`] puts the old pins back, and the old program, still
+//! attached, keeps its state reachable and its settings restorable.
+//! During an attack the old version's settings stay set: the new keeper owns them.
 
 use std::{
     fs, io, mem,
@@ -214,8 +221,10 @@ fn mismatched(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
         let same = MapData::from_pin(&path)
             .and_then(|m| m.info())
             .is_ok_and(|i| {
-                i.key_size() == def.key_size()
+                i.map_type().is_ok_and(|t| t as u32 == def.map_type())
+                    && i.key_size() == def.key_size()
                     && i.value_size() == def.value_size()
+                    && i.max_entries() == def.max_entries()
                     && i.map_flags() == def.map_flags()
             });
         if !same {
@@ -225,19 +234,45 @@ fn mismatched(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// What [`prepare`] did, for [`finish`].
+/// What [`prepare`] did, for [`finish`], [`Prepared::commit`] and
+/// [`Prepared::rollback`].
 #[derive(Debug, Default)]
 pub struct Prepared {
     pub carry: Option<Carry>,
-    /// The maps replaced (their pins removed before loading).
+    /// The maps replaced (their pins moved aside before loading).
     pub replaced: Vec<String>,
     /// The layout upgraded from, if any.
     pub from: Option<u32>,
 }
 
+/// Where a replaced map's pin waits until the upgrade is done.
+fn aside(pin_dir: &Path, name: &str) -> std::path::PathBuf {
+    maps_dir(pin_dir).join(format!("OLD_{name}"))
+}
+
+/// Move a pin: pinned again at `to`, then unpinned at `from` (a BPF filesystem does not
+/// rename pins).
+fn move_pin(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let map = MapData::from_pin(from).with_context(|| format!("opening {}", from.display()))?;
+    map.pin(to)
+        .map_err(|e| anyhow::anyhow!("pinning {} at {}: {e}", from.display(), to.display()))?;
+    fs::remove_file(from).with_context(|| format!("unpinning {}", from.display()))
+}
+
 /// Before `run` loads its program: make the pins loadable by this version (see the
-/// module's doc). Refuses a newer layout.
+/// module's doc). Refuses a newer layout. Pins moved aside by an earlier upgrade that
+/// did not finish (`run` killed in the middle) are put back first.
 pub fn prepare(pin_dir: &Path) -> anyhow::Result<Prepared> {
+    for name in map_names::ALL {
+        let old = aside(pin_dir, name);
+        if old.exists() {
+            let path = maps_dir(pin_dir).join(name);
+            if path.exists() {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+            move_pin(&old, &path)?;
+        }
+    }
     let mut out = Prepared::default();
     let mut replace: Vec<String> = match pinned(pin_dir)? {
         Pinned::None | Pinned::Current => Vec::new(),
@@ -276,21 +311,59 @@ pub fn prepare(pin_dir: &Path) -> anyhow::Result<Prepared> {
     for name in &replace {
         let path = maps_dir(pin_dir).join(name);
         if path.exists() {
-            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            move_pin(&path, &aside(pin_dir, name))?;
         }
     }
     out.replaced = replace;
     Ok(out)
 }
 
-/// After loading, before the config is written: give the new maps what the old config
-/// carried (the sources table's hash key, the saved settings).
+impl Prepared {
+    /// Whether `name` was replaced.
+    pub fn replaces(&self, name: &str) -> bool {
+        self.replaced.iter().any(|n| n == name)
+    }
+
+    /// The new program is in every link: the old maps' pins go (the old program, gone
+    /// from the links, held the last references).
+    pub fn commit(&self, pin_dir: &Path) {
+        for name in &self.replaced {
+            let old = aside(pin_dir, name);
+            if old.exists()
+                && let Err(e) = fs::remove_file(&old)
+            {
+                log::warn!("removing {}: {e}", old.display());
+            }
+        }
+    }
+
+    /// Something failed before the new program was in every link: the old pins back
+    /// (the new maps the load pinned in their place are dropped).
+    pub fn rollback(&self, pin_dir: &Path) {
+        for name in &self.replaced {
+            let old = aside(pin_dir, name);
+            if !old.exists() {
+                continue;
+            }
+            let path = maps_dir(pin_dir).join(name);
+            let _ = fs::remove_file(&path);
+            if let Err(e) = move_pin(&old, &path) {
+                log::error!("putting {} back: {e:#}", path.display());
+            }
+        }
+    }
+}
+
+/// After loading, before anything is attached: give the new maps what the old config
+/// carried (the sources table's hash key, the saved settings and, when the old version
+/// had set them, that they are set: the keeper owns them from here, during an attack as
+/// after it).
 pub fn finish(prepared: &Prepared, maps: &mut Maps) -> anyhow::Result<()> {
     let Some(c) = &prepared.carry else {
         return Ok(());
     };
     let mut cfg = maps.read_config()?;
-    if prepared.replaced.iter().any(|n| n == map_names::CONFIG) {
+    if prepared.replaces(map_names::CONFIG) {
         // A config holding only the identity and the key, so `write_config` keeps the key.
         cfg.abi = ABI_VERSION;
         cfg.source_seed = c.source_seed;
@@ -300,8 +373,14 @@ pub fn finish(prepared: &Prepared, maps: &mut Maps) -> anyhow::Result<()> {
             .set(0, cfg, 0)
             .context("writing the config map")?;
     }
-    if prepared.replaced.iter().any(|n| n == map_names::HOST) {
-        maps.write_host(&c.host)?;
+    if prepared.replaces(map_names::HOST) {
+        let mut host = c.host;
+        if host.saved_syncookies >= 0 || host.saved_timestamps >= 0 {
+            let now = crate::clock::monotonic_ns();
+            host.cookies_since_ns = now;
+            host.cookies_last_ns = now;
+        }
+        maps.write_host(&host)?;
     }
     Ok(())
 }

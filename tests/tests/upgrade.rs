@@ -57,6 +57,12 @@ fn config_v15(abi: u32) -> [u8; CONFIG_V15] {
 /// lists, a ban and a proof, and the program attached to the server's `sgc` through a
 /// pinned link. Returns the attached program's id.
 fn old_state(lab: &Lab, config: Vec<u8>) -> u32 {
+    old_state_in_attack(lab, config, false)
+}
+
+/// [`old_state`], with `sgc` in attack mode (as the old program's state holds it) if
+/// `attack`.
+fn old_state_in_attack(lab: &Lab, config: Vec<u8>, attack: bool) -> u32 {
     let pin_dir = lab.pin_dir();
     let ifindex = lab.server.ifindex("sgc");
     lab.server.sysctl("net.ipv4.tcp_syncookies", "2");
@@ -98,6 +104,16 @@ fn old_state(lab: &Lab, config: Vec<u8>) -> u32 {
                 .expect("attach");
             let link = FdLink::try_from(prog.take_link(id).expect("link")).expect("fd link");
             let prog_id = link.info().expect("link info").program_id();
+            if attack {
+                let slot = synguard_common::capacity::stats_slot(ifindex);
+                let mut st = loaded.maps.ifstate(slot).expect("ifstate");
+                st.attack = 1;
+                st.since_ns = now;
+                st.rate = 50_000;
+                st.rate_ns = now;
+                st.peak_rate = 50_000;
+                loaded.maps.ifstate.set(slot, st, 0).expect("ifstate");
+            }
             link.pin(pins::link_path(&pin_dir, ifindex, "sgc"))
                 .expect("pin link");
             // The maps of the old layout in place of this version's.
@@ -227,6 +243,59 @@ fn run_upgrades_an_older_layout_in_place_keeping_what_it_can_read() {
         syncookies(&lab) == "1"
     });
     drop(d);
+}
+
+/// An upgrade that fails before the new program is in every link (here: the second
+/// interface has another XDP program) leaves the old state as it was: its pins back in
+/// place, its program attached; `detach` then restores the settings its config saved.
+#[test]
+fn a_failed_upgrade_puts_the_old_state_back() {
+    require_root!();
+    let lab = Lab::minimal();
+    let old_prog = old_state(&lab, config_v15(15).to_vec());
+    let _busy = synguard_tests::kit::topo::xdp_peer(&lab.server, "sga").expect("busy sga");
+    let out = sg_server(&lab, &["run", "--iface", "sgc", "--iface", "sga"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already has another XDP program"),
+        "{out:?}"
+    );
+    assert_eq!(attached_program(&lab), old_prog, "the old program stays");
+    let err = String::from_utf8_lossy(&lab.sg(&["status"]).stderr).into_owned();
+    assert!(
+        err.contains("map layout 15"),
+        "the old config is back: {err}"
+    );
+    let maps = synguard::bpf::maps_dir(&lab.pin_dir());
+    let aside: Vec<_> = std::fs::read_dir(&maps)
+        .expect("maps dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("OLD_"))
+        .collect();
+    assert!(aside.is_empty(), "nothing left aside");
+    let out = sg_server(&lab, &["detach"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(syncookies(&lab), "1", "restored from the old config");
+}
+
+/// An upgrade during an attack: the settings the old version set stay set (the new
+/// keeper owns them), rather than being put back and set again.
+#[test]
+fn an_upgrade_during_an_attack_keeps_the_host_settings() {
+    require_root!();
+    let lab = Lab::minimal();
+    old_state_in_attack(&lab, config_v15(15).to_vec(), true);
+    let d = lab.daemon(&["run", "--iface", "sgc"]);
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        assert_eq!(syncookies(&lab), "2", "kept: {}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!d.log_text().contains("restored"), "{}", d.log_text());
+    let maps = synguard::bpf::Maps::from_pins(&lab.pin_dir()).expect("maps");
+    let host = maps.read_host().expect("host state");
+    assert_eq!(host.saved_syncookies, 1, "the saved value carried over");
+    assert_ne!(host.cookies_since_ns, 0, "owned by the keeper");
 }
 
 /// `detach` on layout 15's state: the program off the interface, every pin removed, and

@@ -215,13 +215,34 @@ pub(super) fn start(
     mode: XdpModeArg,
     adopting: bool,
 ) -> anyhow::Result<(Loaded, Vec<Attachment>, u64, crate::nat::Reading)> {
-    // Pins of another version: made loadable (or refused) first (see `upgrade`).
+    // Pins of another version: made loadable (or refused) first (see `upgrade`); the
+    // old pins come back if anything fails before the new program is in every link.
     let upgrade = crate::upgrade::prepare(pin_dir)?;
+    match start_with(pin_dir, settings, ifaces, mode, adopting, &upgrade) {
+        Ok(started) => {
+            upgrade.commit(pin_dir);
+            Ok(started)
+        }
+        Err(e) => {
+            upgrade.rollback(pin_dir);
+            Err(e)
+        }
+    }
+}
+
+fn start_with(
+    pin_dir: &Path,
+    settings: &Settings,
+    ifaces: &[Iface],
+    mode: XdpModeArg,
+    adopting: bool,
+    upgrade: &crate::upgrade::Prepared,
+) -> anyhow::Result<(Loaded, Vec<Attachment>, u64, crate::nat::Reading)> {
     let mut loaded = Loaded::load(&LoadOptions {
         pin_dir: Some(pin_dir.to_path_buf()),
         ..Default::default()
     })?;
-    crate::upgrade::finish(&upgrade, &mut loaded.maps)?;
+    crate::upgrade::finish(upgrade, &mut loaded.maps)?;
     if let Some(from) = upgrade.from {
         log::warn!(
             "upgraded the pinned state from map layout {from} to {}: {} replaced{}",
@@ -250,7 +271,7 @@ pub(super) fn start(
     }
     let mut kernel_cfg = settings.to_kernel(generation);
     kernel_cfg.daemon_pid = std::process::id();
-    kernel_cfg.snat = u32::from(nat.snat);
+    kernel_cfg.snat = nat.snat;
     if let Some(prev) = previous {
         // Internal tuning. (What a previous run changed and must be able to restore is in
         // `SG_HOST`, which the keeper takes over.)
@@ -258,7 +279,10 @@ pub(super) fn start(
             kernel_cfg.attack_calm_ns = prev.attack_calm_ns;
         }
     }
-    if !adopting {
+    // A config map the old program does not use (fresh, or replaced by an upgrade) gets
+    // its config before anything is attached.
+    let fresh_config = !adopting || upgrade.replaces(map_names::CONFIG);
+    if fresh_config {
         loaded.maps.write_config(&kernel_cfg)?;
     }
     // Before attaching: attack mode answers SYNs only for these (see `locals`); `run`
@@ -318,7 +342,7 @@ pub(super) fn start(
             crate::bpf::BUILD_ID
         );
     }
-    if adopting {
+    if !fresh_config {
         loaded.maps.write_config(&kernel_cfg)?;
     }
     let _lock = pins::lock_writers(pin_dir)?;
@@ -337,9 +361,11 @@ pub(crate) fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
     if let Ok(entries) = fs::read_dir(&dir) {
         for e in entries.flatten() {
             let p = e.path();
-            if p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("SG_"))
-            {
+            // Also pins an upgrade moved aside and never finished (see `upgrade`).
+            if p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("SG_") || n.starts_with("OLD_SG_")
+            }) {
                 fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             }
         }
