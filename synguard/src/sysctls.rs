@@ -182,13 +182,15 @@ fn sysctl_name(path: &str) -> String {
     path.trim_start_matches("/proc/sys/").replace('/', ".")
 }
 
-/// How many SYNs the listeners could not queue so far in this network namespace: the
-/// kernel's `TcpExt` counters `TCPReqQFullDoCookies` (the SYN queue was full: answered
-/// with the kernel's own cookie) and `ListenDrops` (dropped: a full SYN queue without
-/// cookies, a queue three quarters full of `tcp_max_syn_backlog` without cookies, a full
-/// accept queue), from `/proc/net/netstat`. When they move, the SYNs reaching the kernel
-/// are more than its queues hold: the pressure that justifies attack mode's host-wide
-/// settings. `None` if the file cannot be read.
+/// How many SYNs the listeners could not queue so far in this network namespace, from the
+/// kernel's `TcpExt` counters (`/proc/net/netstat`): `TCPReqQFullDoCookies` (a SYN queue
+/// was full: answered with the kernel's own cookie) and the listener drops other than
+/// full accept queues, `ListenDrops` less `ListenOverflows` (a full SYN queue without
+/// cookies, one three quarters full of `tcp_max_syn_backlog` without cookies). When they
+/// move, the SYNs reaching the kernel are more than its queues hold: the pressure that
+/// justifies attack mode's host-wide settings. (A full accept queue is an application
+/// that does not keep up, which cookies do not help, and which any local user can cause
+/// with a listener of their own: not counted.) `None` if the file cannot be read.
 pub fn queue_overflows() -> Option<u64> {
     let text = fs::read_to_string("/proc/net/netstat").ok()?;
     queue_overflows_in(&text)
@@ -203,13 +205,15 @@ fn queue_overflows_in(text: &str) -> Option<u64> {
         else {
             continue;
         };
-        let mut total = None;
+        let mut get = std::collections::HashMap::new();
         for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
-            if n == "TCPReqQFullDoCookies" || n == "ListenDrops" {
-                total = Some(total.unwrap_or(0) + v.parse::<u64>().ok()?);
-            }
+            get.insert(n, v.parse::<u64>().ok()?);
         }
-        return total;
+        let cookies = *get.get("TCPReqQFullDoCookies")?;
+        let drops = get
+            .get("ListenDrops")?
+            .saturating_sub(*get.get("ListenOverflows")?);
+        return Some(cookies + drops);
     }
     None
 }
@@ -242,11 +246,12 @@ mod tests {
 
     #[test]
     fn queue_overflows_are_read_from_tcpext() {
-        let text = "TcpExt: SyncookiesSent ListenDrops TCPReqQFullDoCookies TCPReqQFullDrop\n\
-                    TcpExt: 5 11 7 3\n\
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPReqQFullDoCookies\n\
+                    TcpExt: 5 4 11 7\n\
                     IpExt: InNoRoutes\n\
                     IpExt: 0\n";
-        assert_eq!(queue_overflows_in(text), Some(18));
+        // 7 cookies, and 11 drops of which 4 full accept queues.
+        assert_eq!(queue_overflows_in(text), Some(14));
         // Another section first, and a kernel without the counters.
         let text = "IpExt: InNoRoutes\nIpExt: 0\nTcpExt: SyncookiesSent\nTcpExt: 5\n";
         assert_eq!(queue_overflows_in(text), None);

@@ -99,7 +99,7 @@ impl Daemon {
                 nat.ports.describe()
             ),
         }
-        if nat.snat && self.nat.as_ref().is_none_or(|n| !n.snat) && nat.warning.is_none() {
+        if nat.snat != 0 && self.nat.as_ref().is_none_or(|n| n.snat == 0) && nat.warning.is_none() {
             log::info!(
                 "this host rewrites source addresses (masquerade or SNAT): in attack mode, ACKs \
                  that may be replies to its guests' connections go to the kernel"

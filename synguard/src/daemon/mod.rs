@@ -433,10 +433,19 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A failure of the loop itself ends it like a crash: the program and its state stay
+    // (as with --keep), and the host's settings are left right for the next `run`.
+    let mut fatal: Option<anyhow::Error> = None;
     let why = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => {
+                        fatal = Some(anyhow!(e).context("waiting for events"));
+                        break "an error";
+                    }
+                };
                 let attacks = daemon.attacks.len();
                 drain_ring(guard.get_inner_mut(), &mut daemon);
                 guard.clear_ready();
@@ -468,11 +477,18 @@ pub async fn run(pin_dir: PathBuf, state_dir: PathBuf, args: RunArgs) -> anyhow:
     while let Ok(note) = notes_rx.try_recv() {
         daemon.journal(note);
     }
-    keeper::on_stop(&mut daemon.maps, args.keep, !daemon.attacks.is_empty());
+    let keep = args.keep || fatal.is_some();
+    keeper::on_stop(&mut daemon.maps, keep, !daemon.attacks.is_empty());
     daemon.journal(journal::Event::Stop {
         reason: why.to_string(),
-        kept: args.keep,
+        kept: keep,
     });
+    if let Some(e) = fatal {
+        return Err(e.context(format!(
+            "protection left in place; state stays pinned in {}",
+            pin_dir.display()
+        )));
+    }
     if args.keep {
         log::info!(
             "{why}: leaving protection in place (--keep); state stays pinned in {}",

@@ -131,9 +131,11 @@ pub enum Attack {
     SingleSource,
     /// SYNs from random sources in 198.18.0.0/15.
     Forged,
-    /// ACKs from random sources in 198.18.0.0/15 to a port nothing listens on (81): the
-    /// kernel answers each with a reset.
+    /// ACKs from random sources in 198.18.0.0/15 to a port nothing listens on, one a
+    /// source NAT may hand out (40000): the kernel answers each with a reset.
     AckClosed,
+    /// The same to a closed port below 512 (81), which no source NAT hands out.
+    AckClosedLow,
     /// ACKs from random sources to the web server's port (80): each reaches its listener
     /// with no valid cookie; the kernel answers each with a reset.
     AckListener,
@@ -144,8 +146,9 @@ impl Attack {
         match self {
             Self::SingleSource => "single-source",
             Self::Forged => "forged",
-            Self::AckClosed => "ack-closed-port",
-            Self::AckListener => "ack-listener-port",
+            Self::AckClosed => "ack-closed-port-40000",
+            Self::AckClosedLow => "ack-closed-port-81",
+            Self::AckListener => "ack-listener-port-80",
         }
     }
 }
@@ -626,7 +629,7 @@ pub fn run(
     let attacker: IpAddr = "203.0.113.0".parse()?;
     let sources: Ipv4Net = match attack {
         Attack::SingleSource => "203.0.113.0/32",
-        Attack::Forged | Attack::AckClosed | Attack::AckListener => FORGED,
+        Attack::Forged | Attack::AckClosed | Attack::AckClosedLow | Attack::AckListener => FORGED,
     }
     .parse()?;
     let _guard = install(&mut net, defence, attacker, sources)?;
@@ -644,15 +647,21 @@ pub fn run(
             dst_mac: mac_of(&net.router, "r-att")?,
             source: match attack {
                 Attack::SingleSource => Source::Fixed(attacker),
-                Attack::Forged | Attack::AckClosed | Attack::AckListener => {
+                Attack::Forged | Attack::AckClosed | Attack::AckClosedLow | Attack::AckListener => {
                     Source::Random(FORGED.parse()?)
                 }
             },
             dst: SERVER4.parse()?,
-            dport: if attack == Attack::AckClosed { 81 } else { 80 },
+            dport: match attack {
+                Attack::AckClosed => 40_000,
+                Attack::AckClosedLow => 81,
+                _ => 80,
+            },
             rate,
             flags: match attack {
-                Attack::AckClosed | Attack::AckListener => crate::kit::packet::ACK,
+                Attack::AckClosed | Attack::AckClosedLow | Attack::AckListener => {
+                    crate::kit::packet::ACK
+                }
                 _ => crate::kit::packet::SYN,
             },
             duration,

@@ -996,7 +996,7 @@ fn ack_runs(stop: &Arc<AtomicBool>) -> anyhow::Result<Vec<Survival>> {
     let duration = Duration::from_secs(4);
     let idle = survival::idle(Link::Coalesced, duration, stop)?;
     let mut out = Vec::new();
-    for attack in [Attack::AckClosed, Attack::AckListener] {
+    for attack in [Attack::AckClosed, Attack::AckClosedLow, Attack::AckListener] {
         for d in [
             Defence::Kernel,
             Defence::SynguardAttack,
