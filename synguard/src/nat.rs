@@ -299,11 +299,17 @@ fn run_nft(timeout: Duration, cap: usize) -> Result<Vec<u8>, NftError> {
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        let read = reader
-            .join()
-            .ok()
-            .and_then(Result::ok)
-            .map_or(0, |o| o.len());
+        // A reader still waiting (a child of nft holding the pipe open) is left to end by
+        // itself: joining it could wait for as long as that child lives.
+        let read = if reader.is_finished() {
+            reader
+                .join()
+                .ok()
+                .and_then(Result::ok)
+                .map_or(0, |o| o.len())
+        } else {
+            0
+        };
         return Err(NftError::Failed(if read > cap {
             format!("the ruleset is larger than {} MiB", cap >> 20)
         } else {

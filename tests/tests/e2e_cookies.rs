@@ -460,11 +460,7 @@ fn handshakes_in_flight_when_attack_mode_starts_complete() {
     );
 
     // A forged flood: attack mode, and the host's settings (the queue runs over).
-    let flooding = {
-        let spec = flood_spec(&net, SYN, 2.0);
-        net.attacker
-            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
-    };
+    let flooding = flood_in_background(&net, 2.0);
     wait_for(
         "attack mode and the host's settings",
         Duration::from_secs(2),
@@ -480,7 +476,7 @@ fn handshakes_in_flight_when_attack_mode_starts_complete() {
         })
         .join()
         .expect("requests");
-    flooding.join().expect("flood").expect("flood ran");
+    flooding.join().expect("flood ran").expect("flood ran");
     let waited: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(waited.is_empty(), "connections left waiting: {waited:?}");
     let pages = results.iter().filter(|r| matches!(r, Ok(true))).count();
@@ -562,19 +558,9 @@ fn a_burst_of_real_clients_changes_nothing_on_the_host() {
 
     // A flood the queues cannot hold: within a second.
     let start = Instant::now();
-    let flooding = {
-        let spec = flood_spec(&net, SYN, 1.5);
-        net.attacker
-            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
-    };
-    wait_for("the host's settings", Duration::from_secs(1), || {
-        syncookies(&net) == "2"
-    });
-    println!(
-        "tcp_syncookies set {:?} after the flood began",
-        start.elapsed()
-    );
-    flooding.join().expect("flood").expect("flood ran");
+    let flooding = flood_in_background(&net, 1.5);
+    host_settings_within_a_second(&net, start);
+    flooding.join().expect("flood ran").expect("flood ran");
     let log = net.synguard_log();
     assert!(log.contains("SYN queues ran over in attack mode"), "{log}");
     assert!(!status_json(&net)["host_settings_since"].is_null());
@@ -596,11 +582,7 @@ fn a_restart_during_an_attack_hands_the_host_settings_over() {
     cfg.attack_calm_ns = 1_000_000_000;
     maps.write_config(&cfg).expect("config");
 
-    let flooding = {
-        let spec = flood_spec(&net, SYN, 6.0);
-        net.attacker
-            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
-    };
+    let flooding = flood_in_background(&net, 6.0);
     wait_for("cookies on", Duration::from_secs(2), || {
         syncookies(&net) == "2"
     });
@@ -629,7 +611,7 @@ fn a_restart_during_an_attack_hands_the_host_settings_over() {
         );
         thread::sleep(Duration::from_millis(100));
     }
-    flooding.join().expect("flood").expect("flood ran");
+    flooding.join().expect("flood ran").expect("flood ran");
     wait_for("tcp_syncookies restored", Duration::from_secs(5), || {
         syncookies(&net) == "1"
     });
@@ -643,11 +625,7 @@ fn a_restart_during_an_attack_hands_the_host_settings_over() {
     d.signal(libc::SIGTERM);
     d.wait(Duration::from_secs(10));
     net.start_synguard(&[]).expect("synguard, no --keep");
-    let flooding = {
-        let spec = flood_spec(&net, SYN, 3.0);
-        net.attacker
-            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
-    };
+    let flooding = flood_in_background(&net, 3.0);
     wait_for("cookies on", Duration::from_secs(2), || {
         syncookies(&net) == "2"
     });
@@ -658,7 +636,7 @@ fn a_restart_during_an_attack_hands_the_host_settings_over() {
         (syncookies(&net), timestamps(&net)),
         ("1".into(), "1".into())
     );
-    flooding.join().expect("flood").expect("flood ran");
+    flooding.join().expect("flood ran").expect("flood ran");
 }
 
 /// What could hold `run` up never delays attack mode's settings: an `nft` that hangs
@@ -711,19 +689,9 @@ fn nothing_slow_delays_the_host_settings_in_an_attack() {
     // Past the next reading of the rules (every 10 s), which hangs in its thread now.
     thread::sleep(Duration::from_secs(11));
     let start = Instant::now();
-    let flooding = {
-        let spec = flood_spec(&net, SYN, 2.0);
-        net.attacker
-            .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
-    };
-    wait_for("the host's settings", Duration::from_secs(1), || {
-        syncookies(&net) == "2"
-    });
-    println!(
-        "tcp_syncookies set {:?} after the flood began",
-        start.elapsed()
-    );
-    flooding.join().expect("flood").expect("flood ran");
+    let flooding = flood_in_background(&net, 2.0);
+    host_settings_within_a_second(&net, start);
+    flooding.join().expect("flood ran").expect("flood ran");
     // And `run`'s own loop is not held up either: a config change is noticed at once.
     net.server.exec(&[
         synguard_bin().to_str().expect("utf-8"),
@@ -764,6 +732,27 @@ fn nothing_slow_delays_the_host_settings_in_an_attack() {
     let log = net.synguard_log();
     assert!(!log.contains("Too many open files"), "{log}");
     let _ = std::fs::remove_dir_all(&fake);
+}
+
+/// A forged SYN flood of `seconds` at 20,000 a second, in the background.
+fn flood_in_background(
+    net: &LabNet,
+    seconds: f64,
+) -> thread::JoinHandle<anyhow::Result<flood::FloodReport>> {
+    let spec = flood_spec(net, SYN, seconds);
+    net.attacker
+        .spawn(move || flood::run(&spec, &AtomicBool::new(false)))
+}
+
+/// `tcp_syncookies` is set within a second of `start` (a flood's beginning).
+fn host_settings_within_a_second(net: &LabNet, start: Instant) {
+    wait_for("the host's settings", Duration::from_secs(1), || {
+        syncookies(net) == "2"
+    });
+    println!(
+        "tcp_syncookies set {:?} after the flood began",
+        start.elapsed()
+    );
 }
 
 /// A directory of the test's own under the system's temporary directory.

@@ -107,6 +107,25 @@ fn spoofed_victim_keeps_working_with_synguard() {
     }
 }
 
+/// A forged flood (`scenario`) of 4 s at the lab's default rate on `profile`, with
+/// synguard; checked to be a flood (50,000 SYN/s or more).
+fn forged_with_synguard(scenario: Scenario, profile: Profile) -> lab::RunResult {
+    let spec = RunSpec {
+        scenario,
+        profile,
+        synguard: true,
+        duration: Duration::from_secs(4),
+        synguard_args: Vec::new(),
+        attack_rate: Some(lab::DEFAULT_ATTACK_RATE),
+        report_dir: None,
+        calm: Duration::ZERO,
+    };
+    let r = lab::run(&spec, &Arc::new(AtomicBool::new(false))).expect("lab run");
+    println!("{}", lab::table(std::slice::from_ref(&r)));
+    assert!(r.attack_pps >= 50_000.0, "a flood: {r:?}");
+    r
+}
+
 /// A web server in a container behind a DNAT (with docker-proxy's host listener on the
 /// port, and without): forged floods at its published port go to the kernel, which
 /// answers them with the container's own cookies, and every employee still gets the page.
@@ -119,19 +138,7 @@ fn a_container_behind_dnat_keeps_its_employees_under_forged_floods() {
     lab::check_tools().expect("lab tools installed");
     for profile in [Profile::Container, Profile::ContainerNoProxy] {
         for scenario in [Scenario::Forged, Scenario::ForgedV6] {
-            let spec = RunSpec {
-                scenario,
-                profile,
-                synguard: true,
-                duration: Duration::from_secs(4),
-                synguard_args: Vec::new(),
-                attack_rate: Some(lab::DEFAULT_ATTACK_RATE),
-                report_dir: None,
-                calm: Duration::ZERO,
-            };
-            let r = lab::run(&spec, &Arc::new(AtomicBool::new(false))).expect("lab run");
-            println!("{}", lab::table(std::slice::from_ref(&r)));
-            assert!(r.attack_pps >= 50_000.0, "a flood: {r:?}");
+            let r = forged_with_synguard(scenario, profile);
             assert!(
                 r.syns_to_kernel.is_some_and(|n| n > 10_000),
                 "the published port's SYNs left to the kernel: {r:?}"
@@ -153,19 +160,7 @@ fn a_masqueraded_guest_keeps_calling_out_under_forged_floods() {
     require_root!();
     lab::check_tools().expect("lab tools installed");
     for scenario in [Scenario::Forged, Scenario::ForgedV6] {
-        let spec = RunSpec {
-            scenario,
-            profile: Profile::NatGuests,
-            synguard: true,
-            duration: Duration::from_secs(4),
-            synguard_args: Vec::new(),
-            attack_rate: Some(lab::DEFAULT_ATTACK_RATE),
-            report_dir: None,
-            calm: Duration::ZERO,
-        };
-        let r = lab::run(&spec, &Arc::new(AtomicBool::new(false))).expect("lab run");
-        println!("{}", lab::table(std::slice::from_ref(&r)));
-        assert!(r.attack_pps >= 50_000.0, "a flood: {r:?}");
+        let r = forged_with_synguard(scenario, Profile::NatGuests);
         assert!(
             r.xdp_answered
                 .is_some_and(|n| n as f64 > 0.5 * r.attack_sent as f64),

@@ -176,16 +176,11 @@ fn guest_calls(
             let target: SocketAddr = api.parse().expect("addr");
             let stop = stop.clone();
             guest.spawn(move || {
-                let mut out = Vec::new();
-                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    let result = crate::kit::http::Get::new(target)
+                calls(until, &stop, || {
+                    crate::kit::http::Get::new(target)
                         .timeout(REQUEST_TIMEOUT)
-                        .send();
-                    out.push(Attempt { started, result });
-                    thread::sleep(THINK);
-                }
-                out
+                        .send()
+                })
             })
         })
         .collect()
@@ -224,22 +219,33 @@ pub(crate) fn employees(
             };
             let stop = stop.clone();
             net.employees.spawn(move || {
-                let mut out = Vec::new();
                 // Spread the employees over the first think time.
                 thread::sleep(THINK * u32::from(i) / u32::from(EMPLOYEES));
-                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    let result = page_request(target)
+                calls(until, &stop, || {
+                    page_request(target)
                         .bind(local)
                         .timeout(REQUEST_TIMEOUT)
-                        .send();
-                    out.push(Attempt { started, result });
-                    thread::sleep(THINK);
-                }
-                out
+                        .send()
+                })
             })
         })
         .collect()
+}
+
+/// Make `request` every [`THINK`] until `until` (or `stop`), recording each attempt.
+fn calls(
+    until: Instant,
+    stop: &AtomicBool,
+    request: impl Fn() -> Result<Duration, String>,
+) -> Vec<Attempt> {
+    let mut out = Vec::new();
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let result = request();
+        out.push(Attempt { started, result });
+        thread::sleep(THINK);
+    }
+    out
 }
 
 pub(crate) fn softirq_ticks() -> u64 {
